@@ -1,0 +1,1 @@
+"""Shared plumbing: tasks, distributed set-up, checkpoint I/O, MLflow, metrics, config, signals."""
