@@ -1,0 +1,237 @@
+"""The one training configuration: a dataclass filled by argparse, optionally from a YAML/JSON file.
+
+Precedence: dataclass defaults < ``--config FILE`` < command-line flags.  Every field is a flag
+(``batch_size`` -> ``--batch-size``); booleans also get ``--no-<name>``.  The whole config is
+printed once, stored in every checkpoint and logged to MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+
+
+def _f(default: Any, help: str, choices: tuple | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class TrainConfig:
+    # --- data ---------------------------------------------------------------------------------
+    videos: Optional[str] = _f(None, "video root (searched recursively for the table's video_name); "
+                               "unset = the built-in demo dataset")
+    annotations: Optional[str] = _f(None, "annotation CSV (cleaned or raw `model_` schema)")
+    cache: Optional[str] = _f(None, "frame cache directory made by `python -m datasets.prepare` "
+                              "(used instead of decoding --videos)")
+    demo_dir: str = _f(".cache/demo", "where the demo dataset is generated when --videos is unset")
+    demo_videos: int = _f(600, "number of demo clips to generate")
+    split: str = _f("hash", "train/val split: hash (stable hash of video_name), column (a `split` "
+                    "column), random42 (the earlier version's 90/10 random split, seed 42)",
+                    ("hash", "column", "random42"))
+    val_fraction: float = _f(0.1, "validation fraction for --split hash")
+    test_fraction: float = _f(0.1, "test fraction for --split hash (held out, never trained on)")
+    frames: int = _f(16, "frames per clip (T)")
+    size: int = _f(224, "spatial input size (H = W)")
+    num_workers: int = _f(4, "DataLoader worker processes per rank")
+    prefetch_factor: int = _f(2, "batches prefetched per worker")
+    bad_video: str = _f("skip", "unreadable/missing videos: skip (drop, count, report) or error (stop)",
+                        ("skip", "error"))
+    # --- model ----------------------------------------------------------------------------------
+    depth: int = _f(50, "ResNet3D depth", (18, 34, 50, 101, 152))
+    pretrained: Optional[str] = _f(None, "initial weights: MiT .pth.tar, earlier Lightning .ckpt, or "
+                                   "one of this project's checkpoints")
+    init_from_run: Optional[str] = _f(None, "initialise from the best (else last) checkpoint of an "
+                                      "earlier MLflow run, by run id")
+    tasks: str = _f("all", "tasks to train: all, or a comma list of distance,object,expanse,"
+                    "facingness,communicating,joint,valence,arousal,peoplecount,location")
+    dropout: float = _f(0.5, "dropout before the multi-task head")
+    freeze: str = _f("", "comma list of module-name prefixes kept frozen (e.g. conv1,bn1,layer1)")
+    unfreeze: str = _f("", "progressive unfreezing, prefix:epoch list (e.g. layer3:2,layer2:4); "
+                       "those modules start frozen and unfreeze at that epoch")
+    unfreeze_low_lr_factor: float = _f(1.0, "LR multiplier for freshly unfrozen modules")
+    unfreeze_low_lr_epochs: int = _f(0, "epochs the low LR lasts after an unfreeze")
+    bn: str = _f("train", "BatchNorm: train (per-rank batch stats), sync (SyncBatchNorm), "
+                 "eval (running stats, not updated)", ("train", "sync", "eval"))
+    # --- loss -----------------------------------------------------------------------------------
+    include_confidence: bool = _f(False, "weight score errors by the annotated confidence")
+    alpha: float = _f(1.0, "weight of the confidence-prediction terms")
+    beta: float = _f(1.0, "weight of the peoplecount_certain term")
+    task_weights: str = _f("", "per-task weight overrides, e.g. location=0.1,peoplecount=0.04 "
+                           "(defaults: scores 1.0, location 0.1, peoplecount 0.04)")
+    # --- optimisation ---------------------------------------------------------------------------
+    epochs: int = _f(10, "epochs")
+    max_steps: int = _f(0, "stop after this many optimizer steps (0 = no limit)")
+    batch_size: int = _f(8, "clips per process per micro-step")
+    accum_steps: int = _f(1, "micro-steps per optimizer step (gradient accumulation)")
+    optimizer: str = _f("adamw", "optimizer", ("adamw", "adam", "sgd"))
+    lr: float = _f(3e-4, "peak learning rate")
+    weight_decay: float = _f(0.05, "weight decay (never applied to norms and biases)")
+    momentum: float = _f(0.9, "SGD momentum")
+    schedule: str = _f("cosine", "LR schedule: cosine (linear warmup + cosine), restarts "
+                       "(the earlier CosineAnnealingWarmRestarts), constant",
+                       ("cosine", "restarts", "constant"))
+    warmup_steps: int = _f(-1, "warmup steps (-1 = 5% of the total steps)")
+    min_lr_ratio: float = _f(0.01, "final LR as a fraction of --lr (cosine)")
+    restart_epochs: int = _f(1, "first restart period in epochs (restarts)")
+    restart_mult: int = _f(2, "period multiplier after each restart (restarts)")
+    clip_grad: float = _f(1.0, "clip the global gradient norm (0 = off)")
+    amp: str = _f("auto", "mixed precision: auto (bf16 on GPUs that support it, off on CPU), "
+                  "bf16, fp16 (with GradScaler), off", ("auto", "bf16", "fp16", "off"))
+    channels_last: str = _f("auto", "channels_last_3d memory format (auto = on GPU)", ("auto", "on", "off"))
+    compile: bool = _f(False, "torch.compile the model")
+    cudnn_benchmark: bool = _f(True, "cudnn.benchmark on GPU")
+    device: str = _f("auto", "auto, cpu or cuda", ("auto", "cpu", "cuda"))
+    seed: int = _f(0, "seed for data order, augmentation and initialisation")
+    deterministic: bool = _f(False, "deterministic algorithms (bitwise-reproducible resume on CPU)")
+    # --- validation / early stopping ------------------------------------------------------------
+    val_every: int = _f(1, "validate every N epochs (0 = never)")
+    early_stop_metric: str = _f("val/mean_spearman", "metric monitored for best.pt and early stopping")
+    early_stop_mode: str = _f("max", "whether larger or smaller is better", ("max", "min"))
+    patience: int = _f(5, "stop after this many validations without improvement (0 = never)")
+    # --- checkpoints / resume -------------------------------------------------------------------
+    output_dir: str = _f("runs/demo", "output directory (checkpoints, reports, default MLflow store)")
+    checkpoint_every: int = _f(500, "write a checkpoint every N optimizer steps (0 = epoch ends only)")
+    keep_last: int = _f(3, "keep the newest N step checkpoints")
+    resume: str = _f("auto", "auto (newest valid checkpoint in --output-dir, if any), none, or a PATH")
+    allow_world_size_change: bool = _f(False, "resume with a different world size (the epoch restarts)")
+    # --- faults ---------------------------------------------------------------------------------
+    nonfinite: str = _f("skip", "non-finite loss/gradients: skip the step (counted) or stop", ("skip", "stop"))
+    max_nonfinite_skips: int = _f(20, "consecutive skipped steps before giving up")
+    dist_timeout: float = _f(600.0, "seconds any collective may wait for a peer")
+    # --- tracking -------------------------------------------------------------------------------
+    tracking_uri: Optional[str] = _f(None, "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                                     "sqlite:///<output-dir>/mlflow.db)")
+    experiment: str = _f("social-vision", "MLflow experiment name")
+    run_name: Optional[str] = _f(None, "MLflow run name")
+    log_every: int = _f(10, "log train metrics every N optimizer steps")
+    log_model: bool = _f(True, "log the final model with mlflow.pytorch.log_model")
+    log_checkpoints: bool = _f(True, "log best.pt and last.pt as MLflow artifacts at the end")
+    system_metrics: bool = _f(True, "MLflow system metrics (CPU, memory, GPU)")
+    progress: bool = _f(True, "tqdm progress bar on rank 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_FIELD_TYPES = get_type_hints(TrainConfig)
+
+
+def _base_type(tp: Any) -> Any:
+    if get_origin(tp) is Union:
+        args = [a for a in get_args(tp) if a is not type(None)]
+        return args[0]
+    return tp
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    tp = _base_type(_FIELD_TYPES[name])
+    if value is None:
+        return None
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{source}: {name} must be a boolean, got {value!r}")
+    if tp is str and isinstance(value, dict):  # e.g. unfreeze: {layer4: 2} in YAML
+        return ",".join(f"{k}:{v}" if name == "unfreeze" else f"{k}={v}" for k, v in value.items())
+    if tp is str and isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    try:
+        return tp(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{source}: {name} must be {tp.__name__}, got {value!r}") from exc
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON config; keys may use - or _; unknown keys are an error naming them."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ValueError(f"cannot read config file {path}: {exc}") from exc
+    if path.suffix.lower() == ".json":
+        data = json.loads(text)
+    else:
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of option: value")
+    known = {f.name for f in fields(TrainConfig)}
+    out: dict[str, Any] = {}
+    unknown = []
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            unknown.append(key)
+            continue
+        out[name] = _coerce(name, value, str(path))
+    if unknown:
+        raise ValueError(f"config file {path}: unknown option(s) {unknown}")
+    return out
+
+
+def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
+    """The flags; with ``suppress_defaults`` only options given on the command line appear."""
+    parser = argparse.ArgumentParser(
+        description="Multi-task ResNet3D training with torchrun DDP (no arguments = the demo).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--config", default=None, help="YAML or JSON file of options (flags override it)")
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        tp = _base_type(_FIELD_TYPES[f.name])
+        default = argparse.SUPPRESS if suppress_defaults else f.default
+        kwargs: dict[str, Any] = {"default": default, "help": f.metadata["help"], "dest": f.name}
+        if tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = tp
+            if f.metadata.get("choices"):
+                kwargs["choices"] = f.metadata["choices"]
+        parser.add_argument(flag, **kwargs)
+    return parser
+
+
+def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, set[str]]:
+    """Parse flags (and ``--config``); returns the config and the names the user set explicitly."""
+    parser = build_parser()
+    pre, _ = parser.parse_known_args(argv)
+    file_values: dict[str, Any] = {}
+    if pre.config:
+        file_values = load_config_file(pre.config)
+        parser.set_defaults(**file_values)
+    args = parser.parse_args(argv)
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
+    # Which options did the user choose (file or flag)?  The demo preset only fills the others.
+    given, _ = build_parser(suppress_defaults=True).parse_known_args(argv)
+    explicit = set(file_values) | (set(vars(given)) - {"config"})
+    return TrainConfig(**values), explicit
+
+
+def flatten_for_logging(cfg: TrainConfig) -> dict[str, str]:
+    """Config as MLflow params (strings; None -> "")."""
+    return {k: "" if v is None else str(v) for k, v in cfg.to_dict().items()}
+
+
+def parse_key_values(spec: str, what: str, value_type=float, sep: str = "=") -> dict[str, Any]:
+    """``"a=1,b=2"`` -> {"a": 1.0, "b": 2.0}; errors name the bad item."""
+    out: dict[str, Any] = {}
+    for item in (s.strip() for s in spec.split(",")):
+        if not item:
+            continue
+        if sep not in item:
+            raise ValueError(f"{what}: expected name{sep}value, got {item!r}")
+        key, value = item.split(sep, 1)
+        try:
+            out[key.strip()] = value_type(value)
+        except ValueError as exc:
+            raise ValueError(f"{what}: bad value in {item!r}") from exc
+    return out

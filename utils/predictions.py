@@ -1,0 +1,54 @@
+"""From head logits to the numbers users read: probabilities named like the annotation columns.
+
+Size-1 outputs go through a sigmoid (scores and confidences in [0, 1]; ``location_score`` is
+p(Indoor); ``peoplecount_certain`` is p(certain)); ``peoplecount`` goes through a softmax over
+0, 1, 2, 3, many.  ``ServingModel`` wraps a trained network for ``mlflow.pytorch.log_model``: it
+takes raw uint8 video (N, 3, T, H, W), normalizes it itself and returns one float tensor
+(N, K) whose columns are ``prediction_columns(tasks)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from utils.tasks import PEOPLECOUNT_CLASSES, output_sizes
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def prediction_columns(tasks="all") -> list[str]:
+    cols: list[str] = []
+    for name, width in output_sizes(tasks).items():
+        if name == "peoplecount":
+            cols += [f"peoplecount_p{c}" for c in PEOPLECOUNT_CLASSES]
+        else:
+            cols.append(name)
+    return cols
+
+
+def logits_to_probabilities(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """sigmoid for size-1 outputs, softmax for ``peoplecount``; float32."""
+    probs = {}
+    for name, logit in outputs.items():
+        logit = logit.float()
+        probs[name] = torch.softmax(logit, dim=-1) if name == "peoplecount" else torch.sigmoid(logit)
+    return probs
+
+
+class ServingModel(nn.Module):
+    """uint8 video (N, 3, T, H, W) -> probabilities (N, K), columns = ``prediction_columns``."""
+
+    def __init__(self, model: nn.Module, tasks="all"):
+        super().__init__()
+        self.model = model
+        self.columns = prediction_columns(tasks)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1) * 255.0)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        x = (video.float() - self.mean) / self.std
+        probs = logits_to_probabilities(self.model(x))
+        parts = [p.reshape(p.shape[0], -1) for p in probs.values()]
+        return torch.cat(parts, dim=1)
