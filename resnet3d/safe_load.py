@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import shlex
 from typing import IO, Any
 
@@ -38,12 +39,12 @@ def describe_source(source: str | os.PathLike | IO[bytes]) -> str:
 
 
 def weights_only_reason(error: BaseException) -> str:
-    """The useful line of torch's weights_only refusal (e.g. the class it would not import)."""
+    """The core of torch's weights_only refusal, e.g. "Unsupported global: GLOBAL x.Y was not
+    an allowed global by default" (torch's advice to allowlist the class is left out on purpose)."""
     text = str(error)
-    for line in text.splitlines():
-        if "WeightsUnpickler error" in line:
-            return line.strip()
-    return text.strip().splitlines()[-1] if text.strip() else type(error).__name__
+    match = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(?:Check the documentation|$)", text, re.DOTALL)
+    reason = " ".join((match.group(1) if match else text).split())
+    return reason.split(". Please use")[0] or type(error).__name__
 
 
 def read_checkpoint(source: str | os.PathLike | IO[bytes]) -> Any:
@@ -54,12 +55,14 @@ def read_checkpoint(source: str | os.PathLike | IO[bytes]) -> Any:
     except FileNotFoundError:
         raise
     except pickle.UnpicklingError as error:
-        if "weights only" not in str(error).lower():
-            raise UnreadableCheckpointError(f"{where}: not a readable torch checkpoint ({error})") from error
+        reason = weights_only_reason(error)
+        if "weights only" not in str(error).lower() or reason.startswith("Unsupported operand"):
+            # not a pickle torch could parse at all, as opposed to one it refused to trust
+            raise UnreadableCheckpointError(f"{where}: not a readable torch checkpoint ({reason})") from error
         raise UnsafeCheckpointError(
             f"{where}: refused to load. torch.load(weights_only=True) found objects other than "
             f"tensors and plain containers, and rebuilding them would mean running code from the "
-            f"file. Reason: {weights_only_reason(error)}\n"
+            f"file. Reason: {reason}\n"
             f"If you trust where this file comes from, convert it once into a tensors-only file "
             f"and use that instead:\n    {convert_command(where)}"
         ) from error
