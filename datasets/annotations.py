@@ -97,13 +97,16 @@ class NormalizationReport:
     ignored_columns: dict[str, list[str]] = field(default_factory=dict)
 
     @property
-    def unmapped_total(self) -> int:
+    def total_unmapped(self) -> int:
         return sum(sum(c.values()) for c in self.unmapped.values())
+
+    def __str__(self) -> str:
+        return "\n".join(self.summary_lines())
 
     def summary_lines(self) -> list[str]:
         lines = [f"files: {len(self.files)}  rows: {self.rows}"]
         if self.unmapped:
-            lines.append(f"values that could not be mapped (set to unknown): {self.unmapped_total}")
+            lines.append(f"values that could not be mapped (set to unknown): {self.total_unmapped}")
             for column, counts in self.unmapped.items():
                 for value, n in counts.most_common():
                     lines.append(f"  {column}: {value!r} x{n}")

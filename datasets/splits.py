@@ -2,19 +2,21 @@
 
 Three ways, chosen by :func:`assign_splits` (``method``):
 
-* ``"hash"`` (default when the table has no ``split`` column): each video goes to a split by
-  a stable hash of ``salt + video_name`` (BLAKE2b, first 8 bytes -> a number u in [0, 1)):
-  train if u < f_train, val if u < f_train + f_val, else test. Default fractions 0.8/0.1/0.1.
-  A video's split depends on its name and the salt only: not on row order, on other rows,
-  on the world size or on any RNG state, and it stays put when rows are added.
-* ``"column"`` (default when a ``split`` column exists): the table says; values
-  ``train``/``val``/``test`` (case and surrounding spaces ignored), anything else is an error
-  naming the rows.
-* ``"legacy"``: the earlier version's 90/10 train/val split, reproduced exactly. It called
+* ``"hash"``: each video goes to a split by a stable hash of ``salt + video_name`` (BLAKE2b,
+  first 8 bytes -> a number u in [0, 1)): test if u >= 1 - test_fraction, val if
+  u >= 1 - test_fraction - val_fraction, else train. Defaults: val 0.1, test 0.1 (so
+  0.8/0.1/0.1). A video's split depends on its name and the salt only: not on row order,
+  on other rows, on the world size or on any RNG state, and it stays put when rows are
+  added.
+* ``"column"``: the table says; a ``split`` column with ``train``/``val``/``test`` (case and
+  surrounding spaces ignored); anything else is an error naming the rows.
+* ``"random42"``: the earlier version's 90/10 train/val split, reproduced exactly. It called
   ``torch.utils.data.random_split(dataset, [int(0.9 * n), n - int(0.9 * n)],
   generator=torch.Generator().manual_seed(42))`` on the whole table in CSV row order, i.e.
   train = the first ``int(0.9 * n)`` entries of ``torch.randperm(n, generator)``, val = the
-  rest. Same table, same order, same torch ``randperm`` -> same split. No test split.
+  rest. Same table, same row order, same torch ``randperm`` -> same split. It has no test
+  split, and ``val_fraction``/``test_fraction`` do not apply to it.
+* ``"auto"``: ``"column"`` when the table has a ``split`` column, else ``"hash"``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ DEFAULT_SALT = "moments-annotations-split-v1"
 LEGACY_TRAIN_FRACTION = 0.9
 LEGACY_SEED = 42
 SPLIT_COLUMN = "split"
-SPLIT_METHODS = ("auto", "hash", "column", "legacy")
+SPLIT_METHODS = ("hash", "column", "random42", "auto")
 
 
 class SplitError(ValueError):
@@ -55,12 +57,14 @@ def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
 def hash_splits(
     video_names: Iterable[str], fractions: Sequence[float] = DEFAULT_FRACTIONS, salt: str = DEFAULT_SALT
 ) -> np.ndarray:
-    """Split name (``train``/``val``/``test``) per video, from :func:`hash_unit`."""
-    train, val, _ = _check_fractions(fractions)
+    """Split name (``train``/``val``/``test``) per video for (train, val, test) ``fractions``."""
+    _, val, test = _check_fractions(fractions)
     units = np.array([hash_unit(str(name), salt) for name in video_names], dtype=np.float64)
-    labels = np.full(len(units), "test", dtype=object)
-    labels[units < train + val] = "val"
-    labels[units < train] = "train"
+    labels = np.full(len(units), "train", dtype=object)
+    # Cut from the top, so the test set of a fixed test fraction does not move when only
+    # the val fraction changes.
+    labels[units >= 1.0 - test - val] = "val"
+    labels[units >= 1.0 - test] = "test"
     return labels
 
 
@@ -99,17 +103,18 @@ def legacy_splits(n: int, train_fraction: float = LEGACY_TRAIN_FRACTION, seed: i
 def assign_splits(
     table: pd.DataFrame,
     method: str = "auto",
-    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
     salt: str = DEFAULT_SALT,
     seed: int = LEGACY_SEED,
     train_fraction: float = LEGACY_TRAIN_FRACTION,
     source: str = "annotation table",
-) -> np.ndarray:
-    """Split name per row of ``table`` (which needs ``video_name``; ``split`` for "column").
+) -> pd.Series:
+    """Split name per row of ``table`` (a Series aligned with it, named ``split``).
 
-    ``method``: "auto" (the ``split`` column if present, else "hash"), "hash", "column" or
-    "legacy"; see the module docstring. ``fractions``/``salt`` are used by "hash",
-    ``seed``/``train_fraction`` by "legacy".
+    ``method``: "hash" (uses ``val_fraction``, ``test_fraction``, ``salt``), "column",
+    "random42" (uses ``seed`` and ``train_fraction``, the earlier 42 / 0.9) or "auto"; see
+    the module docstring. ``table`` needs ``video_name`` ("hash") or ``split`` ("column").
     """
     if method not in SPLIT_METHODS:
         raise SplitError(f"split method must be one of {SPLIT_METHODS}, got {method!r}")
@@ -118,10 +123,13 @@ def assign_splits(
     if method == "column":
         if SPLIT_COLUMN not in table:
             raise SplitError(f"{source}: split method 'column' needs a {SPLIT_COLUMN!r} column")
-        return column_splits(table[SPLIT_COLUMN], source=source)
-    if method == "legacy":
-        return legacy_splits(len(table), train_fraction, seed)
-    return hash_splits(table["video_name"], fractions, salt)
+        labels = column_splits(table[SPLIT_COLUMN], source=source)
+    elif method == "random42":
+        labels = legacy_splits(len(table), train_fraction, seed)
+    else:
+        fractions = (max(0.0, 1.0 - val_fraction - test_fraction), val_fraction, test_fraction)
+        labels = hash_splits(table["video_name"], fractions, salt)
+    return pd.Series(labels, index=table.index, name=SPLIT_COLUMN, dtype=object)
 
 
 def split_indices(labels: Sequence[str] | np.ndarray) -> dict[str, np.ndarray]:

@@ -108,7 +108,7 @@ def test_every_messy_raw_value_is_normalized(tmp_path):
     }
     assert report.unmapped == want_unmapped
     assert report.unmapped["peoplecount"] == Counter({"uncertain, likely many": 1})
-    assert report.unmapped_total == sum(sum(c.values()) for c in want_unmapped.values())
+    assert report.total_unmapped == sum(sum(c.values()) for c in want_unmapped.values())
     assert report.recoded["location_score"][("outdoors", "Outdoor")] == locations.count("outdoors")
     assert report.recoded["peoplecount"][("difficult to estimate due to crowd", "many")] == 1
     assert ("Indoor", "Indoor") not in report.recoded["location_score"]
@@ -222,5 +222,6 @@ def test_build_targets_encodings():
 
 def test_report_starts_empty():
     report = NormalizationReport()
-    assert report.unmapped_total == 0
+    assert report.total_unmapped == 0
     assert "values that could not be mapped: none" in report.summary_lines()
+    assert str(report) == "\n".join(report.summary_lines())

@@ -27,8 +27,11 @@ def test_hash_split_does_not_depend_on_row_order_or_other_rows():
     assert dict(zip(shuffled, hash_splits(shuffled))) == labels
     subset = NAMES[::7]
     assert list(hash_splits(subset)) == [labels[n] for n in subset]
-    table = pd.DataFrame({"video_name": shuffled})
-    assert list(assign_splits(table)) == [labels[n] for n in shuffled]  # auto -> hash without a split column
+    table = pd.DataFrame({"video_name": shuffled}, index=np.arange(5, 10_005))
+    split = assign_splits(table)  # auto -> hash without a split column
+    assert split.name == "split" and split.index.equals(table.index)
+    assert list(split) == [labels[n] for n in shuffled]
+    assert list(assign_splits(table, method="hash")) == list(split)
 
 
 def test_hash_split_fractions_on_10k_names():
@@ -38,6 +41,18 @@ def test_hash_split_fractions_on_10k_names():
     assert counts["test"] == pytest.approx(0.1, abs=0.015)
     counts = pd.Series(hash_splits(NAMES, fractions=(0.6, 0.0, 0.4))).value_counts(normalize=True)
     assert "val" not in counts and counts["train"] == pytest.approx(0.6, abs=0.02)
+    table = pd.DataFrame({"video_name": NAMES})
+    counts = assign_splits(table, val_fraction=0.2, test_fraction=0.05).value_counts(normalize=True)
+    assert counts["val"] == pytest.approx(0.2, abs=0.015) and counts["test"] == pytest.approx(0.05, abs=0.01)
+    everything_held_out = assign_splits(table, val_fraction=0.5, test_fraction=0.5)
+    assert "train" not in set(everything_held_out)
+
+
+def test_test_set_stays_put_when_only_val_fraction_changes():
+    table = pd.DataFrame({"video_name": NAMES})
+    a = assign_splits(table, method="hash", val_fraction=0.1, test_fraction=0.1)
+    b = assign_splits(table, method="hash", val_fraction=0.25, test_fraction=0.1)
+    assert (a == "test").equals(b == "test")
 
 
 def test_hash_scheme_is_pinned():
@@ -68,6 +83,7 @@ def test_split_column_is_used_and_checked():
         assign_splits(pd.DataFrame({"video_name": ["a"]}), method="column")
     with pytest.raises(SplitError, match="method"):
         assign_splits(table, method="random")
+    assert list(assign_splits(table.drop(columns="split").assign(split=["test"] * 3), method="column")) == ["test"] * 3
     assert list(column_splits(["TEST"])) == ["test"]
 
 
@@ -80,8 +96,9 @@ def test_legacy_split_reproduces_torch_random_split_with_seed_42(n):
     mine_train, mine_val = legacy_random_split(n)
     assert mine_train.tolist() == list(train.indices)
     assert mine_val.tolist() == list(val.indices)
-    labels = assign_splits(pd.DataFrame({"video_name": [f"v{i}" for i in range(n)]}), method="legacy")
-    parts = split_indices(labels)
+    table = pd.DataFrame({"video_name": [f"v{i}" for i in range(n)], "split": "test"})
+    labels = assign_splits(table, method="random42", val_fraction=0.3, test_fraction=0.3)  # fractions don't apply
+    parts = split_indices(labels.to_numpy())
     assert parts["train"].tolist() == sorted(train.indices) and parts["val"].tolist() == sorted(val.indices)
     assert len(parts["test"]) == 0
 
