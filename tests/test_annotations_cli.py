@@ -1,4 +1,5 @@
-"""`python -m datasets.clean_annotations` end to end, in a subprocess like a user runs it."""
+"""`python -m datasets.clean_annotations`: end to end in a subprocess like a user runs it (twice;
+each start imports the whole `datasets` package, ~4 s), the other cases in-process via main()."""
 
 import csv
 import os
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from datasets.clean_annotations import main
 from utils.tasks import SCORE_FEATURES
 
 ROOT = Path(__file__).parent.parent  # the repo root (tests/..); not resolved, so a mirrored checkout works
@@ -70,11 +72,11 @@ def test_clean_command_merges_raw_files_and_prints_summary(tmp_path):
 
     # cleaning the cleaned table again changes nothing
     again = tmp_path / "again.csv"
-    assert run_clean(out, "--out", again, cwd=ROOT).returncode == 0
+    assert main([str(out), "--out", str(again)]) == 0
     assert again.read_text() == out.read_text()
 
 
-def test_clean_command_errors_exit_nonzero_and_write_nothing(tmp_path):
+def test_clean_command_error_exits_nonzero_and_writes_nothing(tmp_path):
     files = question_files(tmp_path)
     out = tmp_path / "clean.csv"
     duplicate = write_csv(tmp_path / "distance_rerun.csv", ["video_name", "model_distance_score", "model_distance_confidence"],
@@ -84,18 +86,31 @@ def test_clean_command_errors_exit_nonzero_and_write_nothing(tmp_path):
     assert "distance.csv" in result.stderr and "distance_rerun.csv" in result.stderr and "'a.mp4'" in result.stderr
     assert not out.exists()
 
-    result = run_clean(*files, duplicate, "--out", out, "--on-duplicate", "last", cwd=ROOT)
-    assert result.returncode == 0, result.stderr
-    assert pd.read_csv(out)["distance_score"].tolist()[0] == 0.3
-    assert "duplicate cells resolved" in result.stdout
 
+def test_on_duplicate_last(tmp_path, capsys):
+    files = question_files(tmp_path)
+    duplicate = write_csv(tmp_path / "distance_rerun.csv", ["video_name", "model_distance_score", "model_distance_confidence"],
+                          [["c.mp4", "0.1", "0.2"], ["a.mp4", "0.3", "0.4"]])
+    out = tmp_path / "clean.csv"
+    assert main([*map(str, files), str(duplicate), "--out", str(out), "--on-duplicate", "last"]) == 0
+    assert pd.read_csv(out)["distance_score"].tolist()[0] == 0.3
+    assert "duplicate cells resolved" in capsys.readouterr().out
+
+
+def test_bad_tables_exit_1_naming_file_row_column(tmp_path, capsys):
     bad = write_csv(tmp_path / "bad.csv", ["video_name", "model_distance_score", "model_distance_confidence"],
                     [["x.mp4", "0.1", "0.2"], ["y.mp4", "lots", "0.2"]])
-    result = run_clean(bad, "--out", tmp_path / "bad_out.csv", "--tasks", "distance", cwd=ROOT)
-    assert result.returncode == 1
-    assert "bad.csv" in result.stderr and "'model_distance_score'" in result.stderr and "data row 2" in result.stderr
+    assert main([str(bad), "--out", str(tmp_path / "bad_out.csv"), "--tasks", "distance"]) == 1
+    err = capsys.readouterr().err
+    assert "bad.csv" in err and "'model_distance_score'" in err and "data row 2" in err
     assert not (tmp_path / "bad_out.csv").exists()
 
-    result = run_clean(files[0], "--out", tmp_path / "partial.csv", cwd=ROOT)  # only distance columns
-    assert result.returncode == 1 and "missing required column(s)" in result.stderr
+    partial = write_csv(tmp_path / "partial.csv", ["video_name", "model_distance_score", "model_distance_confidence"],
+                        [["x.mp4", "0.1", "0.2"]])
+    assert main([str(partial), "--out", str(tmp_path / "partial_out.csv")]) == 1  # only distance columns
+    assert "missing required column(s)" in capsys.readouterr().err
+    assert main([str(bad), "--out", str(bad)]) == 1
+    assert "also an input" in capsys.readouterr().err
+    assert main([str(tmp_path / "nope.csv"), "--out", str(tmp_path / "x.csv")]) == 1
+    assert "nope.csv" in capsys.readouterr().err
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".clean_annotations.")]  # no temp files left
