@@ -1,0 +1,269 @@
+"""Map-style clip Dataset (video file + per-row targets -> clip sample) and its collate.
+
+Item format and batch format are the team contract's (see ``ClipDataset.__getitem__`` and
+``collate_clips``).  Keys are an ``int`` index or an ``(epoch, index)`` tuple; training
+randomness comes only from ``numpy.random.default_rng([seed, epoch, index])``, so a
+sample's clip depends on nothing else (not the worker, world size or global RNG state).
+
+Videos are located by one recursive scan of the video root in the main process
+(:func:`scan_video_root`), because Moments in Time trees keep clips in class sub-folders
+while the annotation table only holds basenames.  Bad files never crash a worker under
+``bad_video="skip"``: the sample comes back with ``error`` set and ``collate_clips`` drops
+it and reports it in ``bad``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .transforms import ClipTransform
+from .video import BadVideoError, decode_clip
+
+__all__ = [
+    "LEGACY_SUFFIX",
+    "AmbiguousVideoError",
+    "LegacyClipShapeError",
+    "VideoIndex",
+    "scan_video_root",
+    "ClipDataset",
+    "collate_clips",
+]
+
+LEGACY_SUFFIX = ".pt"  # torch.save'd float32 [3, T, H, W] clips of the earlier version
+
+
+class AmbiguousVideoError(ValueError):
+    """Two files under the video root share the basename an annotation row asks for."""
+
+
+class LegacyClipShapeError(ValueError):
+    """A legacy .pt clip does not match the configured frames/size.
+
+    Raised even under ``bad_video="skip"``: it means the run is configured for different
+    clips than the files hold (every file would fail), not that one file is damaged.
+    """
+
+
+@dataclass
+class VideoIndex:
+    """Basename -> path for every file under ``root`` (one scan; hidden files skipped)."""
+
+    root: str
+    paths: dict[str, str] = field(default_factory=dict)
+    duplicates: dict[str, list[str]] = field(default_factory=dict)
+
+    def _lookup(self, basename: str) -> str | None:
+        if basename in self.duplicates:
+            listed = " and ".join(self.duplicates[basename])
+            raise AmbiguousVideoError(
+                f"video name {basename!r} is ambiguous under {self.root}: found {listed}; "
+                "remove or rename one of them"
+            )
+        return self.paths.get(basename)
+
+    def resolve(self, name: str) -> str | None:
+        """Path of the file for annotation ``name``, or None if there is none.
+
+        ``name`` may be a basename (searched in the whole tree) or a path relative to the
+        root.  The video itself is preferred; failing that ``<stem>.pt`` (legacy clip).
+        """
+        if os.sep in name or (os.altsep and os.altsep in name):
+            candidate = os.path.join(self.root, name)
+            if os.path.isfile(candidate):
+                return candidate
+            name = os.path.basename(name)
+        found = self._lookup(name)
+        if found is None:
+            found = self._lookup(os.path.splitext(name)[0] + LEGACY_SUFFIX)
+        return found
+
+
+def scan_video_root(root: str | os.PathLike) -> VideoIndex:
+    """Walk ``root`` once (following no symlinked directories) and index files by basename."""
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"video root {root} is not a directory")
+    index = VideoIndex(root=root)
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for filename in sorted(filenames):
+            if filename.startswith("."):
+                continue
+            path = os.path.join(dirpath, filename)
+            if filename in index.duplicates:
+                index.duplicates[filename].append(path)
+            elif filename in index.paths:
+                index.duplicates[filename] = [index.paths.pop(filename), path]
+            else:
+                index.paths[filename] = path
+    return index
+
+
+def _parse_key(key: Any) -> tuple[int, int]:
+    if isinstance(key, (tuple, list)):
+        if len(key) != 2:
+            raise TypeError(f"dataset key must be an int or (epoch, index), got {key!r}")
+        return int(key[0]), int(key[1])
+    return 0, int(key)
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Clips of the videos named in an annotation table, with their per-row targets.
+
+    Args:
+        video_names: the table's ``video_name`` column (one entry per row).
+        targets: target key -> array with one entry per row (as built from the table;
+            NaN / -1 mark missing values).  Integer arrays become int64 tensors, all others
+            float32.
+        video_root: folder searched recursively for the files (see :class:`VideoIndex`).
+        num_frames, size: clip shape T and H = W.
+        train: temporal jitter + random resized crop + flip (else centres + centre crop).
+        seed: base of the per-sample rng ``default_rng([seed, epoch, index])``.
+        bad_video: ``"skip"`` (return the sample with ``error`` set) or ``"error"`` (raise
+            :class:`BadVideoError` naming the path).
+        transform: overrides the default ``ClipTransform(size, train)``.
+        decode_threads: FFmpeg decoder threads per clip; 1 because workers already share
+            the cores.
+        index: a :class:`VideoIndex` to reuse (e.g. one scan for train and val).
+    """
+
+    def __init__(
+        self,
+        video_names: Sequence[str],
+        targets: Mapping[str, np.ndarray],
+        video_root: str | os.PathLike,
+        *,
+        num_frames: int = 16,
+        size: int = 224,
+        train: bool = False,
+        seed: int = 0,
+        bad_video: str = "skip",
+        transform: ClipTransform | None = None,
+        decode_threads: int = 1,
+        index: VideoIndex | None = None,
+    ) -> None:
+        if bad_video not in ("skip", "error"):
+            raise ValueError(f"bad_video must be 'skip' or 'error', got {bad_video!r}")
+        if num_frames <= 0:
+            raise ValueError(f"num_frames must be positive, got {num_frames}")
+        names = [str(n) for n in video_names]
+        self.targets: dict[str, np.ndarray] = {}
+        for key, values in targets.items():
+            values = np.asarray(values)
+            if values.shape != (len(names),):
+                raise ValueError(
+                    f"target {key!r} has shape {values.shape}, expected ({len(names)},) "
+                    "(one value per video name)"
+                )
+            dtype = np.int64 if np.issubdtype(values.dtype, np.integer) else np.float32
+            self.targets[key] = values.astype(dtype)
+        index = index if index is not None else scan_video_root(video_root)
+        self.video_root = index.root
+        # Plain numpy string arrays rather than lists of str: forked workers then share
+        # these pages instead of copying them (touching Python objects writes refcounts).
+        self.video_names = np.array(names, dtype=str)
+        self.paths = np.array([index.resolve(n) or "" for n in names], dtype=str)
+        self.num_frames = num_frames
+        self.size = size
+        self.train = train
+        self.seed = seed
+        self.bad_video = bad_video
+        self.transform = transform if transform is not None else ClipTransform(size=size, train=train)
+        self.decode_threads = decode_threads
+
+    def __len__(self) -> int:
+        return len(self.video_names)
+
+    @property
+    def missing(self) -> list[str]:
+        """Video names with no file under the root (they load as failed samples)."""
+        return [str(n) for n, p in zip(self.video_names, self.paths) if not p]
+
+    def _load_legacy(self, path: str, rng: np.random.Generator | None) -> torch.Tensor:
+        video = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(video, torch.Tensor) or not video.is_floating_point():
+            raise TypeError(f"expected a float tensor, found {type(video).__name__}")
+        expected = (3, self.num_frames, self.size, self.size)
+        if tuple(video.shape) != expected:
+            raise LegacyClipShapeError(
+                f"{path}: legacy clip has shape {tuple(video.shape)} but the run is configured "
+                f"for {expected} (frames={self.num_frames}, size={self.size}); set the frame "
+                "count and size to match the .pt files, or use the original videos"
+            )
+        return self.transform.legacy(video.float(), rng)
+
+    def _load(self, path: str, rng: np.random.Generator | None) -> torch.Tensor:
+        if path.endswith(LEGACY_SUFFIX):
+            return self._load_legacy(path, rng)
+        frames, _ = decode_clip(path, self.num_frames, rng, threads=self.decode_threads)
+        return self.transform(frames, rng)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, index = _parse_key(key)
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} clips")
+        index %= len(self)
+        name, path = str(self.video_names[index]), str(self.paths[index])
+        sample: dict[str, Any] = {
+            "video": None,
+            "targets": {k: torch.tensor(v[index]) for k, v in self.targets.items()},
+            "video_id": name,
+            "index": index,
+            "error": None,
+        }
+        rng = np.random.default_rng([self.seed, epoch, index]) if self.train else None
+        try:
+            if not path:
+                raise FileNotFoundError(
+                    f"missing file (no {name!r} or its {LEGACY_SUFFIX} under {self.video_root})"
+                )
+            sample["video"] = self._load(path, rng)
+        except LegacyClipShapeError:
+            raise
+        except Exception as exc:  # any failure to read this one file; see bad_video
+            where = path or os.path.join(self.video_root, name)
+            message = f"{where}: {type(exc).__name__}: {exc}"
+            if self.bad_video == "error":
+                raise BadVideoError(message) from exc
+            sample["error"] = message
+        return sample
+
+
+def collate_clips(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack good samples; drop failed ones and list them in ``bad``.
+
+    Returns ``{"video": (N, 3, T, H, W), "targets": {k: (N,)}, "video_ids": [str],
+    "indices": int64 (N,), "bad": [(video_id, error)]}``.  When every sample failed, N is 0
+    and ``video`` is None (the loop should skip such a batch).
+    """
+    good = [s for s in samples if s["error"] is None]
+    bad = [(s["video_id"], s["error"]) for s in samples if s["error"] is not None]
+    keys = list(samples[0]["targets"]) if samples else []
+    if not good:
+        return {
+            "video": None,
+            "targets": {k: samples[0]["targets"][k].new_empty((0,)) for k in keys},
+            "video_ids": [],
+            "indices": torch.empty(0, dtype=torch.int64),
+            "bad": bad,
+        }
+    dtypes = {s["video"].dtype for s in good}
+    if len(dtypes) > 1:
+        kinds = ", ".join(f"{s['video_id']}: {s['video'].dtype}" for s in good)
+        raise TypeError(
+            "batch mixes decoded uint8 clips and pre-normalized float legacy .pt clips "
+            f"({kinds}); keep one kind of input per video root"
+        )
+    return {
+        "video": torch.stack([s["video"] for s in good]),
+        "targets": {k: torch.stack([s["targets"][k] for s in good]) for k in keys},
+        "video_ids": [s["video_id"] for s in good],
+        "indices": torch.tensor([s["index"] for s in good], dtype=torch.int64),
+        "bad": bad,
+    }
