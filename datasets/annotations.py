@@ -11,13 +11,19 @@ Two input formats, told apart by column names:
   ``model_location_confidence`` -> ``location_confidence``, ``model_location_explanation``
   -> ``location_explanation``); ``model_location`` (or ``model_location_score``) becomes
   ``location_score``. The annotation script wrote one file per question, so a raw file
-  usually holds the columns of one question only; several files are merged per video.
+  usually holds the columns of one question only.
+
+Several files are merged per ``video_name`` (rows in first-seen order). The same column for
+the same video in two files is an error unless ``on_duplicate`` is ``first``/``last``; a
+repeated name inside one file is always an error. Kept columns: ``video_name``, the 20
+target columns, ``*_explanation`` and ``split``; the rest (``model``, ``model_response``,
+``question_name``, ...) is ignored and listed in the report.
 
 Both go through the same value normalization (clean values pass through unchanged):
 
 * scores and confidences: parsed as numbers, clipped to [0, 1], rounded to one decimal
   (half-to-even, as pandas' ``round(1)``); an empty score stays NaN, an empty confidence
-  becomes 0. A non-empty value that is not a number is an error (a broken table, not a
+  becomes 0 (so does one of a video that the file of that question lacks). A non-empty value that is not a number is an error (a broken table, not a
   judgement call).
 * ``location_score``: ``indoor``/``indoors`` (any case) -> ``Indoor``, ``outdoor``/``outdoors``
   -> ``Outdoor``; anything else (``underwater``, ``both``, ``Mixed``, ``Unknown``,
