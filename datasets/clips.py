@@ -1,7 +1,7 @@
 """Map-style clip Dataset (video file + per-row targets -> clip sample) and its collate.
 
-Item format and batch format are the team contract's (see ``ClipDataset.__getitem__`` and
-``collate_clips``).  Keys are an ``int`` index or an ``(epoch, index)`` tuple; training
+Item and batch formats are the team contract's (see ``VideoClipDataset.__getitem__``
+and ``collate_clips``).  Keys are an ``int`` index or an ``(epoch, index)`` tuple; training
 randomness comes only from ``numpy.random.default_rng([seed, epoch, index])``, so a
 sample's clip depends on nothing else (not the worker, world size or global RNG state).
 
@@ -31,7 +31,7 @@ __all__ = [
     "LegacyClipShapeError",
     "VideoIndex",
     "scan_video_root",
-    "ClipDataset",
+    "VideoClipDataset",
     "collate_clips",
 ]
 
@@ -113,7 +113,7 @@ def _parse_key(key: Any) -> tuple[int, int]:
     return 0, int(key)
 
 
-class ClipDataset(torch.utils.data.Dataset):
+class VideoClipDataset(torch.utils.data.Dataset):
     """Clips of the videos named in an annotation table, with their per-row targets.
 
     Args:
@@ -205,6 +205,12 @@ class ClipDataset(torch.utils.data.Dataset):
         return self.transform(frames, rng)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        """``key`` = index or (epoch, index); an int key means epoch 0.
+
+        Returns ``{"video": uint8 (3, T, size, size) (float32 for legacy .pt clips) or None,
+        "targets": {key: 0-dim tensor}, "video_id": str, "index": int, "error": None or
+        "<path>: <ExceptionType>: <message>"}``.
+        """
         epoch, index = _parse_key(key)
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} clips")

@@ -1,4 +1,4 @@
-"""ClipDataset + collate_clips: item/batch format, locating files, bad files, legacy .pt, workers."""
+"""VideoClipDataset + collate_clips: item/batch format, locating files, bad files, legacy .pt, workers."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader
 
 from datasets.clips import (
     AmbiguousVideoError,
-    ClipDataset,
+    VideoClipDataset,
     LegacyClipShapeError,
     collate_clips,
     scan_video_root,
@@ -55,7 +55,7 @@ def targets_for(n):
 def make_dataset(root, names=NAMES, **kwargs):
     kwargs.setdefault("num_frames", T)
     kwargs.setdefault("size", SIZE)
-    return ClipDataset(names, targets_for(len(names)), root, **kwargs)
+    return VideoClipDataset(names, targets_for(len(names)), root, **kwargs)
 
 
 # ----------------------------------------------------------------- locating files
@@ -80,17 +80,17 @@ def test_ambiguous_names_fail_naming_both_paths(tmp_path):
         (tmp_path / folder / "same.mp4").write_bytes(b"x")
     (tmp_path / "unique.mp4").write_bytes(b"x")
     with pytest.raises(AmbiguousVideoError) as err:
-        ClipDataset(["same.mp4"], {}, tmp_path)
+        VideoClipDataset(["same.mp4"], {}, tmp_path)
     assert str(tmp_path / "a" / "same.mp4") in str(err.value) and str(tmp_path / "b" / "same.mp4") in str(err.value)
     # duplicates that no row asks for do not matter
-    assert len(ClipDataset(["unique.mp4"], {}, tmp_path)) == 1
+    assert len(VideoClipDataset(["unique.mp4"], {}, tmp_path)) == 1
 
 
 def test_missing_root_and_bad_targets_are_clear_errors(video_root, tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        ClipDataset(["a.mp4"], {}, tmp_path / "nowhere")
+        VideoClipDataset(["a.mp4"], {}, tmp_path / "nowhere")
     with pytest.raises(ValueError, match="distance_score"):
-        ClipDataset(["good_a.mp4", "good_b.mp4"], {"distance_score": np.zeros(3)}, video_root)
+        VideoClipDataset(["good_a.mp4", "good_b.mp4"], {"distance_score": np.zeros(3)}, video_root)
     with pytest.raises(ValueError, match="bad_video"):
         make_dataset(video_root, bad_video="ignore")
 

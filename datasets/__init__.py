@@ -1,0 +1,62 @@
+"""Data for the project: annotation tables -> targets, video decoding, clip Datasets,
+and the built-in synthetic demo dataset.
+
+Run from the repo root: this package shadows the PyPI package named ``datasets``.
+Nothing here imports ``resnet3d`` or ``losses``; only ``utils.tasks`` is shared.
+
+Exports are resolved lazily (PEP 562): ``from datasets import VideoClipDataset`` imports
+``datasets.clips`` on first use.  That keeps ``python -m datasets.<tool>`` commands that
+need no video code (annotation cleaning, the demo generator) from paying for importing
+torch/torchvision/PyAV, and lets ``python -m datasets.demo`` run without runpy warning that
+the module was already imported by its package.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# public name -> submodule that defines it
+_EXPORTS: dict[str, str] = {
+    # video.py: decoding
+    "BadVideoError": "video",
+    "decode_clip": "video",
+    "probe_video": "video",
+    "sample_clip_indices": "video",
+    "write_video": "video",
+    # transforms.py: clip transforms and device-side normalization
+    "IMAGENET_MEAN": "transforms",
+    "IMAGENET_STD": "transforms",
+    "DEFAULT_CROP_SCALE": "transforms",
+    "DEFAULT_CROP_RATIO": "transforms",
+    "ClipTransform": "transforms",
+    "normalize_on_device": "transforms",
+    # clips.py: the map-style Dataset and its collate
+    "LEGACY_SUFFIX": "clips",
+    "AmbiguousVideoError": "clips",
+    "LegacyClipShapeError": "clips",
+    "VideoIndex": "clips",
+    "scan_video_root": "clips",
+    "VideoClipDataset": "clips",
+    "collate_clips": "clips",
+    # demo.py: synthetic demo dataset
+    "ensure_demo_dataset": "demo",
+    "generate_demo_dataset": "demo",
+    # ---- annotation exports: the lead adds datasets/annotations.py and datasets/splits.py
+    # ---- names here, e.g.  "load_annotation_table": "annotations",
+    # ----                   "build_targets": "annotations",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'datasets' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
