@@ -459,7 +459,7 @@ def load_annotation_table(
 # --------------------------------------------------------------------------- targets
 
 _PEOPLECOUNT_INDEX = {name: i for i, name in enumerate(PEOPLECOUNT_CLASSES)}
-_LOCATION_VALUE = {"Indoor": 1.0, "Outdoor": 0.0}
+_LOCATION_VALUE = {"Indoor": 0.0, "Outdoor": 1.0}  # the earlier version's encoding
 
 
 def build_targets(df: pd.DataFrame, tasks: str | Iterable[str] | None = "all") -> dict[str, np.ndarray]:
@@ -467,7 +467,7 @@ def build_targets(df: pd.DataFrame, tasks: str | Iterable[str] | None = "all") -
 
     Score/confidence columns: float32, NaN = missing. ``peoplecount``: int64 class index
     (0, 1, 2, 3, many=4), -1 = unknown. ``peoplecount_certain``: float32 1/0, NaN = unknown.
-    ``location_score``: float32 1.0 = Indoor, 0.0 = Outdoor, NaN = unknown.
+    ``location_score``: float32 1.0 = Outdoor, 0.0 = Indoor, NaN = unknown.
     ``df`` must be canonical (from :func:`load_annotation_table`).
     """
     selected = parse_tasks(tasks)

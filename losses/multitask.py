@@ -8,7 +8,7 @@ Per task t, a *task loss* is computed for every sample whose target is valid:
         + alpha * (sigmoid(f_confidence_logit_i) - f_confidence_i)^2
 
   with ``w_i = f_confidence_i`` (the annotated confidence) if ``include_confidence`` else 1.
-* ``location``, valid where ``location_score`` is not NaN (1 = Indoor, 0 = Outdoor)::
+* ``location``, valid where ``location_score`` is not NaN (1 = Outdoor, 0 = Indoor)::
 
       w_i * BCEWithLogits(location_score_logit_i, location_score_i)
         + alpha * (sigmoid(location_confidence_logit_i) - location_confidence_i)^2

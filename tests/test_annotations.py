@@ -207,7 +207,7 @@ def test_build_targets_encodings():
     np.testing.assert_array_equal(targets["peoplecount"], np.array([4, -1, 0]))
     assert targets["peoplecount"].dtype == np.int64
     np.testing.assert_array_equal(targets["peoplecount_certain"], np.array([1.0, np.nan, 0.0], dtype=np.float32))
-    np.testing.assert_array_equal(targets["location_score"], np.array([1.0, 0.0, np.nan], dtype=np.float32))
+    np.testing.assert_array_equal(targets["location_score"], np.array([0.0, 1.0, np.nan], dtype=np.float32))
     np.testing.assert_array_equal(targets["distance_score"], np.array([0.3, np.nan, 1.0], dtype=np.float32))
     assert all(v.dtype == np.float32 for k, v in targets.items() if k != "peoplecount")
 

@@ -77,7 +77,7 @@ def task_metrics(logits: Mapping[str, np.ndarray], targets: Mapping[str, np.ndar
     """Validation metrics from whole-set logits and targets, named ``<task>/<metric>``.
 
     Scores: Spearman, Pearson, MAE of sigmoid(score logit); ``n`` valid targets.
-    peoplecount: accuracy of the argmax class.  location: accuracy at p(Indoor) >= 0.5.
+    peoplecount: accuracy of the argmax class.  location: accuracy at p(Outdoor) >= 0.5.
     ``mean_spearman`` averages the score tasks' Spearman (ignoring undefined ones).
     """
     out: dict[str, float] = {}

@@ -1,7 +1,7 @@
 """From head logits to the numbers users read: probabilities named like the annotation columns.
 
 Size-1 outputs go through a sigmoid (scores and confidences in [0, 1]; ``location_score`` is
-p(Indoor); ``peoplecount_certain`` is p(certain)); ``peoplecount`` goes through a softmax over
+p(Outdoor); ``peoplecount_certain`` is p(certain)); ``peoplecount`` goes through a softmax over
 0, 1, 2, 3, many.  ``ServingModel`` wraps a trained network for ``mlflow.pytorch.log_model``: it
 takes raw uint8 video (N, 3, T, H, W), normalizes it itself and returns one float tensor
 (N, K) whose columns are ``prediction_columns(tasks)``.

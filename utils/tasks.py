@@ -13,7 +13,8 @@ peoplecount     ``peoplecount`` (5), ``peoplecount_certain`` (1)
                                                              class index 0..4 (0, 1, 2, 3, many),
                                                              -1 = unknown; certain 0/1, NaN = unknown
 location        ``location_score`` (1), ``location_confidence`` (1)
-                                                             1.0 = Indoor, 0.0 = Outdoor, NaN = unknown
+                                                             1.0 = Outdoor, 0.0 = Indoor, NaN = unknown
+                                                             (the earlier version's encoding)
 ==============  ==========================================  =========================
 
 Size-1 outputs are returned as shape (N,), ``peoplecount`` as (N, 5).
@@ -37,7 +38,9 @@ CATEGORICAL_TASKS: tuple[str, ...] = ("peoplecount", "location")
 TASKS: tuple[str, ...] = SCORE_FEATURES + CATEGORICAL_TASKS
 
 PEOPLECOUNT_CLASSES: tuple[str, ...] = ("0", "1", "2", "3", "many")
-LOCATION_CLASSES: tuple[str, ...] = ("Outdoor", "Indoor")  # index = target value
+# index = target value; the earlier version used {"Indoor": 0, "Outdoor": 1} and its checkpoints'
+# location head predicts p(Outdoor), so we keep that.
+LOCATION_CLASSES: tuple[str, ...] = ("Indoor", "Outdoor")
 
 
 def task_outputs(task: str) -> dict[str, int]:
