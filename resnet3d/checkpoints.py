@@ -149,9 +149,9 @@ def match_heads(model: nn.Module, model_tensors: Mapping[str, Tensor], ckpt_head
         for name in ckpt_head:
             report.skipped[prefix + name] = (f"{classifier.shape[0]}-class classifier; replaced by the "
                                     "multi-task head")
-        report.heads_initialized = list(model.output_sizes)
+        report.heads_initialized = list(getattr(model, "output_sizes", {}))
         return to_load
-    for output in model.output_sizes:
+    for output in getattr(model, "output_sizes", {}):  # a bare ResNet3D has no heads
         names = [f"{HEAD}.{output}.weight", f"{HEAD}.{output}.bias"]
         present = all(n in ckpt_head for n in names)
         if present and all(ckpt_head[n].shape == model_tensors[n].shape for n in names):
@@ -228,7 +228,9 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike | IO[bytes] | Ma
 def _unwrap(model: nn.Module) -> nn.Module:
     """The MultiTaskResNet3D inside DDP (``.module``) and/or torch.compile (``._orig_mod``)."""
     while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        inner = getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            inner = getattr(model, "_orig_mod", None)
         if not isinstance(inner, nn.Module):
             return model
         model = inner
