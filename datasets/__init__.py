@@ -41,9 +41,16 @@ _EXPORTS: dict[str, str] = {
     # demo.py: synthetic demo dataset
     "ensure_demo_dataset": "demo",
     "generate_demo_dataset": "demo",
-    # ---- annotation exports: the lead adds datasets/annotations.py and datasets/splits.py
-    # ---- names here, e.g.  "load_annotation_table": "annotations",
-    # ----                   "build_targets": "annotations",
+    # annotations.py / splits.py: tables -> targets, train/val/test splits
+    "AnnotationError": "annotations",
+    "NormalizationReport": "annotations",
+    "load_annotation_table": "annotations",
+    "build_targets": "annotations",
+    "SplitError": "splits",
+    "assign_splits": "splits",
+    # samplers.py: resumable training sampler, exactly-once evaluation sampler
+    "ResumableShardSampler": "samplers",
+    "ExactShardSampler": "samplers",
 }
 
 __all__ = list(_EXPORTS)
