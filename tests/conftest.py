@@ -17,3 +17,13 @@ torch.set_num_threads(int(os.environ.get("TORCH_NUM_THREADS", "2")))
 def _seed_everything():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory):
+    """A small demo dataset (real H.264 clips + annotations.csv), generated once per session."""
+    from datasets import ensure_demo_dataset
+
+    root = tmp_path_factory.mktemp("demo")
+    videos, annotations = ensure_demo_dataset(root / "demo", num_videos=48, seed=0)
+    return videos, annotations
