@@ -14,7 +14,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from utils.tasks import CATEGORICAL_TASKS, SCORE_FEATURES
+from utils.tasks import CATEGORICAL_TASKS, PEOPLECOUNT_CLASSES, SCORE_FEATURES
 
 
 def _valid_pairs(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -106,3 +106,208 @@ def task_metrics(logits: Mapping[str, np.ndarray], targets: Mapping[str, np.ndar
             raise ValueError(f"unknown task {task!r} (known: {SCORE_FEATURES + CATEGORICAL_TASKS})")
     out["mean_spearman"] = float(np.mean(spearmans)) if spearmans else math.nan
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation metrics (evaluate.py): confidence-weighted score metrics, ROC AUC, macro-F1,
+# confusion matrix, and the per-task report built from per-video probabilities.
+#
+# Weights are the annotated confidences.  Every weighted metric treats an integer weight w as
+# w copies of the pair, so weight 2 means exactly "counted twice" (the tests check this against
+# the unweighted functions on repeated data).  Pairs with weight 0 (or NaN) drop out.
+# ------------------------------------------------------------------------------------------------
+def _valid_weighted(pred, target, weight) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    pred = np.asarray(pred, dtype=np.float64).reshape(-1)
+    target = np.asarray(target, dtype=np.float64).reshape(-1)
+    weight = np.asarray(weight, dtype=np.float64).reshape(-1)
+    if not pred.shape == target.shape == weight.shape:
+        raise ValueError(f"prediction, target and weight lengths differ: {pred.shape}, {target.shape}, {weight.shape}")
+    if np.any(weight < 0):
+        raise ValueError("weights must be >= 0 (they are annotated confidences in [0, 1])")
+    ok = np.isfinite(pred) & np.isfinite(target) & np.isfinite(weight) & (weight > 0)
+    return pred[ok], target[ok], weight[ok]
+
+
+def weighted_pearson(pred, target, weight) -> float:
+    p, t, w = _valid_weighted(pred, target, weight)
+    if len(p) < 2:
+        return math.nan
+    w = w / w.sum()
+    dp, dt = p - np.sum(w * p), t - np.sum(w * t)
+    var_p, var_t = np.sum(w * dp * dp), np.sum(w * dt * dt)
+    if var_p <= 0 or var_t <= 0:
+        return math.nan
+    return float(np.sum(w * dp * dt) / math.sqrt(var_p * var_t))
+
+
+def weighted_ranks(values, weight) -> np.ndarray:
+    """Rank of each value in the weighted sample: the weight of all smaller values plus half the
+    weight of its tie group (the mid-point of the group's share).  For integer weights this is
+    the average rank in the data with each value repeated ``weight`` times, up to a constant
+    shift (1/2), which correlations ignore."""
+    values = np.asarray(values, dtype=np.float64)
+    weight = np.asarray(weight, dtype=np.float64)
+    order = np.argsort(values, kind="stable")
+    sorted_values, sorted_w = values[order], weight[order]
+    # tie groups in sorted order
+    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
+    group_w = np.add.reduceat(sorted_w, starts)
+    below = np.cumsum(group_w) - group_w
+    group_of = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(values)]))
+    ranks = np.empty_like(values)
+    ranks[order] = below[group_of] + group_w[group_of] / 2.0
+    return ranks
+
+
+def weighted_spearman(pred, target, weight) -> float:
+    """Weighted Pearson correlation of the weighted ranks (see ``weighted_ranks``)."""
+    p, t, w = _valid_weighted(pred, target, weight)
+    if len(p) < 2:
+        return math.nan
+    return weighted_pearson(weighted_ranks(p, w), weighted_ranks(t, w), w)
+
+
+def weighted_mae(pred, target, weight) -> float:
+    p, t, w = _valid_weighted(pred, target, weight)
+    return float(np.sum(w * np.abs(p - t)) / w.sum()) if len(p) else math.nan
+
+
+def weighted_rmse(pred, target, weight) -> float:
+    p, t, w = _valid_weighted(pred, target, weight)
+    return float(np.sqrt(np.sum(w * (p - t) ** 2) / w.sum())) if len(p) else math.nan
+
+
+def weighted_r2(pred, target, weight) -> float:
+    """1 - sum w (p - t)^2 / sum w (t - weighted mean of t)^2."""
+    p, t, w = _valid_weighted(pred, target, weight)
+    if len(p) < 2:
+        return math.nan
+    ss_tot = float(np.sum(w * (t - np.sum(w * t) / w.sum()) ** 2))
+    if ss_tot <= 0:
+        return math.nan
+    return 1.0 - float(np.sum(w * (p - t) ** 2)) / ss_tot
+
+
+def roc_auc(score, label) -> float:
+    """Area under the ROC curve by the Mann-Whitney rank formula (ties count one half).
+
+    ``label``: 1 = positive, 0 = negative, NaN = unknown (dropped).  NaN when a class is absent.
+    """
+    s, y = _valid_pairs(score, label)
+    if np.any((y != 0) & (y != 1)):
+        raise ValueError("roc_auc labels must be 0 or 1 (NaN = unknown)")
+    n_pos, n_neg = int(np.sum(y == 1)), int(np.sum(y == 0))
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    ranks = pd.Series(s).rank().to_numpy()  # average ranks: a tied pair contributes 1/2
+    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def confusion_matrix(pred_class, target_class, num_classes: int) -> list[list[int]]:
+    """Counts, rows = annotated class, columns = predicted class; targets < 0 are unknown."""
+    pred_class = np.asarray(pred_class, dtype=np.int64).reshape(-1)
+    target_class = np.asarray(target_class, dtype=np.int64).reshape(-1)
+    ok = target_class >= 0
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (target_class[ok], pred_class[ok]), 1)
+    return matrix.tolist()
+
+
+def macro_f1(pred_class, target_class) -> float:
+    """Unweighted mean of per-class F1 = 2TP / (2TP + FP + FN) over the classes that occur in
+    the known targets or in the predictions for them (as scikit-learn's default); NaN if none."""
+    pred_class = np.asarray(pred_class, dtype=np.int64).reshape(-1)
+    target_class = np.asarray(target_class, dtype=np.int64).reshape(-1)
+    ok = target_class >= 0
+    p, t = pred_class[ok], target_class[ok]
+    classes = np.union1d(p, t)
+    if len(classes) == 0:
+        return math.nan
+    scores = []
+    for c in classes:
+        tp = np.sum((p == c) & (t == c))
+        fp = np.sum((p == c) & (t != c))
+        fn = np.sum((p != c) & (t == c))
+        scores.append(2.0 * tp / (2.0 * tp + fp + fn))
+    return float(np.mean(scores))
+
+
+def score_metrics(pred, target, confidence=None) -> dict[str, float]:
+    """Spearman, Pearson, MAE, RMSE, R^2 (and the confidence-weighted ones) of one score task."""
+    out = {
+        "n": float(len(_valid_pairs(pred, target)[0])),  # valid targets of videos with a prediction
+        "spearman": spearman(pred, target),
+        "pearson": pearson(pred, target),
+        "mae": mae(pred, target),
+        "rmse": rmse(pred, target),
+        "r2": r2(pred, target),
+    }
+    if confidence is not None:
+        _, _, w = _valid_weighted(pred, target, confidence)
+        out.update({
+            "weighted_n": float(len(w)),
+            "weight_sum": float(w.sum()),
+            "weighted_spearman": weighted_spearman(pred, target, confidence),
+            "weighted_pearson": weighted_pearson(pred, target, confidence),
+            "weighted_mae": weighted_mae(pred, target, confidence),
+            "weighted_rmse": weighted_rmse(pred, target, confidence),
+            "weighted_r2": weighted_r2(pred, target, confidence),
+        })
+    return out
+
+
+def evaluation_metrics(probs: Mapping[str, np.ndarray], targets: Mapping[str, np.ndarray],
+                       tasks) -> dict[str, dict]:
+    """The evaluation report from whole-set per-video *probabilities* (not logits).
+
+    ``probs``: output name -> probabilities (sigmoid / softmax already applied, views already
+    averaged); rows of videos that failed to load are NaN and drop out like missing targets.
+    Returns ``{task: {metric: value}}`` plus ``"overall"``:
+    scores: n, spearman, pearson, mae, rmse, r2 and weighted_* (weights = annotated confidence);
+    peoplecount: n, accuracy, macro_f1, confusion_matrix (5x5 list, rows = annotated class),
+    classes; location: n, accuracy (p(Outdoor) >= 0.5), roc_auc (of p(Outdoor)).
+    """
+    report: dict[str, dict] = {}
+    for task in tasks:
+        if task in SCORE_FEATURES:
+            pred = np.asarray(probs[f"{task}_score"], dtype=np.float64)
+            conf = targets.get(f"{task}_confidence")
+            report[task] = score_metrics(pred, targets[f"{task}_score"], conf)
+        elif task == "peoplecount":
+            p = np.asarray(probs["peoplecount"], dtype=np.float64)
+            ok_pred = np.all(np.isfinite(p), axis=1)
+            target = np.where(ok_pred, np.asarray(targets["peoplecount"]).astype(np.int64), -1)
+            pred_class = np.argmax(np.where(ok_pred[:, None], p, 0.0), axis=1)
+            report[task] = {
+                "n": float((target >= 0).sum()),
+                "accuracy": accuracy(pred_class, target),
+                "macro_f1": macro_f1(pred_class, target),
+                "confusion_matrix": confusion_matrix(pred_class, target, p.shape[1]),
+                "classes": list(PEOPLECOUNT_CLASSES)[: p.shape[1]],
+            }
+        elif task == "location":
+            p_out = np.asarray(probs["location_score"], dtype=np.float64)
+            target = np.asarray(targets["location_score"], dtype=np.float64)
+            target = np.where(np.isfinite(p_out), target, np.nan)
+            ok = np.isfinite(target)
+            pred_class = (np.nan_to_num(p_out) >= 0.5).astype(np.int64)
+            report[task] = {
+                "n": float(ok.sum()),
+                "accuracy": accuracy(pred_class, np.where(ok, target, -1).astype(np.int64)),
+                "roc_auc": roc_auc(p_out, target),
+            }
+        else:
+            raise ValueError(f"unknown task {task!r} (known: {SCORE_FEATURES + CATEGORICAL_TASKS})")
+    spearmans = [report[t]["spearman"] for t in tasks if t in SCORE_FEATURES]
+    weighted = [report[t]["weighted_spearman"] for t in tasks
+                if t in SCORE_FEATURES and "weighted_spearman" in report[t]]
+    report["overall"] = {
+        "mean_spearman": _nanmean(spearmans),
+        "mean_weighted_spearman": _nanmean(weighted),
+    }
+    return report
+
+
+def _nanmean(values) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return float(np.mean(values)) if values else math.nan
