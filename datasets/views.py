@@ -1,0 +1,127 @@
+"""Multi-view test-time sampling: N temporal clips x M spatial crops of each video.
+
+Temporal views.  A training clip spans the whole video: it is cut into T segments and one
+frame is taken at a random position inside each (temporal jitter); evaluation takes the
+segment centres.  Temporal view i of N takes the frame at position (i + 0.5) / N inside
+every segment: the deterministic, evenly spaced counterparts of the training jitter.  Each
+view therefore spans the whole video at the frame spacing the network was trained with,
+rather than being a short window at a higher frame rate it never saw.  All N x T frames are
+the segment centres of N x T segments, so one ``decode_clip(path, N * T)`` pass decodes
+every view, and view i is ``frames[i::N]``; with N = 1 this is exactly the evaluation clip.
+
+Spatial views.  After the evaluation resize (short side to ``size``), M square crops are
+taken evenly spaced along the long side, from one end to the other: M = 1 is the centre
+crop of the evaluation transform, M = 3 is left / centre / right (top / centre / bottom for
+portrait video).  A square frame gives M identical crops.
+
+Views are ordered temporal-major (view = i * M + j).  Averaging the network's outputs over
+views happens in probability space, after the sigmoid / softmax (see
+``utils.inference.average_view_probabilities``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+
+from .clips import LEGACY_SUFFIX, VideoClipDataset, collate_clips
+from .transforms import frames_to_tensor, resize_center_crop
+from .video import decode_clip
+
+__all__ = ["spatial_crop_offsets", "multi_view_clips", "MultiViewClipDataset", "collate_views", "parse_views"]
+
+
+def parse_views(spec: str) -> tuple[int, int]:
+    """``"4x3"`` -> (4 temporal, 3 spatial); ``"1"`` -> (1, 1)."""
+    parts = str(spec).lower().replace("×", "x").split("x")
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        numbers = []
+    if len(numbers) == 1:
+        numbers.append(1)
+    if len(numbers) != 2 or min(numbers) < 1:
+        raise ValueError(f"views must look like NxM with N temporal clips and M spatial crops >= 1 "
+                         f"(e.g. 1x1, 4x3), got {spec!r}")
+    return numbers[0], numbers[1]
+
+
+def spatial_crop_offsets(length: int, size: int, num_crops: int) -> list[int]:
+    """Start offsets of ``num_crops`` windows of ``size`` evenly spaced along ``length``.
+
+    The middle offset of an odd count equals torchvision's centre-crop offset
+    ``int(round((length - size) / 2))``, so one crop is exactly the evaluation centre crop.
+    """
+    if size > length:
+        raise ValueError(f"crop size {size} exceeds the side {length}")
+    if num_crops == 1:
+        return [int(round((length - size) / 2.0))]
+    return [int(round(j * (length - size) / (num_crops - 1))) for j in range(num_crops)]
+
+
+def multi_view_clips(frames: np.ndarray, num_frames: int, temporal_views: int, spatial_views: int,
+                     size: int) -> torch.Tensor:
+    """Decoded frames (N*T, H, W, 3) uint8 -> views uint8 (N*M, 3, T, size, size)."""
+    expected = num_frames * temporal_views
+    if frames.shape[0] != expected:
+        raise ValueError(f"expected {expected} frames ({temporal_views} views x {num_frames}), got {frames.shape[0]}")
+    video = frames_to_tensor(frames)  # (N*T, C, H, W)
+    if spatial_views == 1:
+        resized = resize_center_crop(video, size)  # exactly the evaluation transform
+        crops = [resized]
+    else:
+        resized = TF.resize(video, [size], antialias=True)
+        height, width = resized.shape[-2:]
+        if width >= height:
+            crops = [resized[..., :, o:o + size] for o in spatial_crop_offsets(width, size, spatial_views)]
+        else:
+            crops = [resized[..., o:o + size, :] for o in spatial_crop_offsets(height, size, spatial_views)]
+    views = []
+    for i in range(temporal_views):
+        for crop in crops:
+            clip = crop[i::temporal_views]  # (T, C, size, size): temporal view i
+            views.append(clip.permute(1, 0, 2, 3))
+    return torch.stack(views).contiguous()
+
+
+class MultiViewClipDataset(VideoClipDataset):
+    """``VideoClipDataset`` for testing whose ``video`` is (V, 3, T, size, size), V = N x M.
+
+    Same constructor (``train`` must stay False) plus ``temporal_views`` and
+    ``spatial_views``.  Legacy ``.pt`` clips hold one fixed clip: they work with 1 x 1 views
+    (V = 1) and fail (as a bad sample naming the reason) otherwise.
+    """
+
+    def __init__(self, video_names: Sequence[str], targets, video_root, *, temporal_views: int = 1,
+                 spatial_views: int = 1, **kwargs: Any) -> None:
+        if kwargs.get("train"):
+            raise ValueError("multi-view sampling is for evaluation; use train=False")
+        if temporal_views < 1 or spatial_views < 1:
+            raise ValueError(f"views must be >= 1, got {temporal_views} x {spatial_views}")
+        super().__init__(video_names, targets, video_root, **kwargs)
+        self.temporal_views = temporal_views
+        self.spatial_views = spatial_views
+
+    @property
+    def num_views(self) -> int:
+        return self.temporal_views * self.spatial_views
+
+    def _load(self, path: str, rng: np.random.Generator | None) -> torch.Tensor:
+        if path.endswith(LEGACY_SUFFIX):
+            if self.num_views != 1:
+                raise ValueError(f"a legacy {LEGACY_SUFFIX} clip holds one fixed clip; "
+                                 f"{self.temporal_views}x{self.spatial_views} views need the original video")
+            return self._load_legacy(path, rng).unsqueeze(0)
+        frames, _ = decode_clip(path, self.num_frames * self.temporal_views, None, threads=self.decode_threads)
+        return multi_view_clips(frames, self.num_frames, self.temporal_views, self.spatial_views, self.size)
+
+
+def collate_views(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """``collate_clips`` plus ``bad_indices``: the dataset index of each failed sample, so a
+    failed video keeps its row even when two inputs share a name."""
+    batch = collate_clips(samples)
+    batch["bad_indices"] = [int(s["index"]) for s in samples if s["error"] is not None]
+    return batch
