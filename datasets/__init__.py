@@ -51,6 +51,16 @@ _EXPORTS: dict[str, str] = {
     # samplers.py: resumable training sampler, exactly-once evaluation sampler
     "ResumableShardSampler": "samplers",
     "ExactShardSampler": "samplers",
+    # views.py: multi-view (N temporal x M spatial) test-time sampling
+    "MultiViewClipDataset": "views",
+    "collate_views": "views",
+    "multi_view_clips": "views",
+    "parse_views": "views",
+    "spatial_crop_offsets": "views",
+    # human_ratings.py: human rating tables (long / wide form) for comparison with the model
+    "HumanRatings": "human_ratings",
+    "HumanRatingsError": "human_ratings",
+    "load_human_ratings": "human_ratings",
 }
 
 __all__ = list(_EXPORTS)
