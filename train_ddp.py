@@ -327,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         ckpts = CheckpointManager(out_dir / "checkpoints", keep_last=cfg.keep_last)
         step, epoch, batch_in_epoch = 0, 0, 0
         early = {"best": None, "bad_validations": 0}
-        counters = {"nonfinite_skips": 0, "consecutive_nonfinite": 0, "empty_steps": 0, "bad_videos": 0}
+        counters = {"nonfinite_skips": 0, "consecutive_nonfinite": 0, "fp16_overflows": 0, "empty_steps": 0,
+                    "bad_videos": 0}
         run_id = None
         resumed = None
         if cfg.resume != "none":
@@ -472,6 +473,9 @@ def main(argv: list[str] | None = None) -> int:
                 # DDP averages gradients over ranks, so dividing each task's loss sum by
                 # global_count / world_size makes the update equal to one process's on the union batch.
                 denominators = {t: global_counts[i].item() / info.world_size for i, t in enumerate(tasks)}
+                step_sums = torch.zeros(len(tasks), dtype=torch.float64, device=info.device)
+                step_counts = torch.zeros(len(tasks), dtype=torch.float64, device=info.device)
+                loss_finite = torch.ones((), dtype=torch.bool, device=info.device)
                 for i, b in enumerate(micro):
                     x = model_input(b, info.device, channels_last)
                     y = move_targets(b["targets"], info.device)
@@ -483,10 +487,9 @@ def main(argv: list[str] | None = None) -> int:
                             outputs = train_model(x)
                         out = loss_fn(outputs, y, denominators=denominators)  # fp32 inside
                         scaler.scale(out.total).backward()
-                    for j, t in enumerate(tasks):
-                        window["sums"][j] += out.sums[t].double()
-                        window["counts"][j] += out.counts[t].double()
-                    window["clips"] += len(b["indices"])
+                    step_sums += torch.stack([out.sums[t] for t in tasks]).double()
+                    step_counts += torch.stack([out.counts[t] for t in tasks]).double()
+                    loss_finite &= torch.isfinite(out.total.detach())
                 # -- unscale, clip, and the finite check.  Gradients were all-reduced by DDP, so the
                 #    norm (and the decision) is identical on every rank without another collective.
                 scaler.unscale_(optimizer)
@@ -495,13 +498,26 @@ def main(argv: list[str] | None = None) -> int:
                 if torch.isfinite(grad_norm):
                     scaler.step(optimizer)
                     counters["consecutive_nonfinite"] = 0
+                    window["sums"] += step_sums
+                    window["counts"] += step_counts
+                    window["clips"] += sum(len(b["indices"]) for b in micro)
                 else:
-                    counters["nonfinite_skips"] += 1
-                    counters["consecutive_nonfinite"] += 1
-                    report_nonfinite(micro, out, step, info, out_dir, amp_dtype)
-                    if cfg.nonfinite == "stop" or counters["consecutive_nonfinite"] > cfg.max_nonfinite_skips:
-                        optimizer.zero_grad(set_to_none=True)
+                    # Collective, entered by every rank (they all saw the same norm): whose loss was bad?
+                    culprits = gather_nonfinite(micro, bool(loss_finite), info)
+                    if amp_dtype == torch.float16 and not culprits and scaler.get_scale() >= 1.0:
+                        # Finite losses, overflowing fp16 gradients: GradScaler lowers its scale in
+                        # update() below. Expected in the first steps, not a data problem.
+                        counters["fp16_overflows"] += 1
+                    else:
+                        counters["consecutive_nonfinite"] += 1
+                        counters["nonfinite_skips"] += 1
+                        report_nonfinite(culprits, step, info, out_dir)
+                        if cfg.nonfinite == "stop":
+                            stop_reason = "nonfinite"
+                    if counters["consecutive_nonfinite"] > cfg.max_nonfinite_skips:
                         stop_reason = "nonfinite"
+                    if stop_reason == "nonfinite":
+                        optimizer.zero_grad(set_to_none=True)
                         break
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
@@ -598,7 +614,8 @@ def log_window(window, tasks, loss_fn, optimizer, grad_norm, counters, step, epo
         if counts[i] > 0:
             metrics[f"train/{t}/loss"] = (sums[i] / counts[i]).item()
             total += loss_fn.task_weights[t] * metrics[f"train/{t}/loss"]
-    metrics["train/loss"] = total
+    if counts.sum() > 0:  # every step of the window may have been skipped
+        metrics["train/loss"] = total
     busy = window["data_s"] + window["compute_s"]
     metrics.update({
         "train/lr": max(g["lr"] for g in optimizer.param_groups),
@@ -608,31 +625,35 @@ def log_window(window, tasks, loss_fn, optimizer, grad_norm, counters, step, epo
         "perf/data_wait_fraction": window["data_s"] / busy if busy > 0 else 0.0,
         "data/bad_videos": counters["bad_videos"],
         "train/nonfinite_skips": counters["nonfinite_skips"],
+        "train/fp16_overflow_skips": counters["fp16_overflows"],
         "train/empty_steps": counters["empty_steps"],
         "epoch": epoch,
     })
     if info.is_main:
         tracker.log_metrics(metrics, step)
-        progress.set_postfix(loss=f"{total:.4f}", clips_s=f"{metrics['perf/clips_per_s']:.1f}",
+        progress.set_postfix(loss=f"{total:.4f}" if counts.sum() > 0 else "skipped", clips_s=f"{metrics['perf/clips_per_s']:.1f}",
                              wait=f"{metrics['perf/data_wait_fraction']:.0%}")
     window["sums"].zero_()
     window["counts"].zero_()
     window.update(clips=0.0, data_s=0.0, compute_s=0.0, t0=time.perf_counter(), steps=0)
 
 
-def report_nonfinite(micro, out, step, info, out_dir, amp_dtype) -> None:
-    """Which rank saw a non-finite loss, on which videos: gathered to rank 0, one line each."""
-    local_bad = not torch.isfinite(out.total.detach()).item()
-    ids = [vid for b in micro for vid in b["video_ids"]] if local_bad else []
-    rows = all_gather_objects((info.rank, local_bad, ids), info)
-    if info.is_main:
-        kind = "overflow/non-finite (fp16 loss scaling)" if amp_dtype == torch.float16 else "non-finite"
-        with open(out_dir / "nonfinite.tsv", "a") as fh:
-            for rank, bad, vids in rows:
-                if bad:
-                    fh.write(f"{step}\t{rank}\t{','.join(vids)}\n")
-        culprits = [f"rank {r}: {', '.join(v)}" for r, bad, v in rows if bad] or ["loss finite; gradients not"]
-        print(f"step {step}: {kind} loss/gradients, step skipped; {'; '.join(culprits)}", flush=True)
+def gather_nonfinite(micro, local_loss_finite: bool, info: DistInfo) -> list[tuple[int, list[str]]]:
+    """(rank, video ids) of every rank whose loss was non-finite this step, on every rank."""
+    ids = [] if local_loss_finite else [vid for b in micro for vid in b["video_ids"]]
+    rows = all_gather_objects((info.rank, local_loss_finite, ids), info)
+    return [(rank, vids) for rank, finite, vids in rows if not finite]
+
+
+def report_nonfinite(culprits, step: int, info: DistInfo, out_dir: Path) -> None:
+    """One line per culprit rank in nonfinite.tsv (rank 0 writes) and a message."""
+    if not info.is_main:
+        return
+    with open(out_dir / "nonfinite.tsv", "a") as fh:
+        for rank, vids in culprits:
+            fh.write(f"{step}\t{rank}\t{','.join(vids)}\n")
+    where = "; ".join(f"rank {r}: {', '.join(v)}" for r, v in culprits) or "losses finite, gradients not"
+    print(f"step {step}: non-finite loss/gradients, step skipped ({where})", flush=True)
 
 
 def download_run_checkpoint(run_id: str, cfg: TrainConfig, info: DistInfo) -> str:
