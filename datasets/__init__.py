@@ -48,6 +48,16 @@ _EXPORTS: dict[str, str] = {
     "build_targets": "annotations",
     "SplitError": "splits",
     "assign_splits": "splits",
+    # cache.py / gpu_augment.py: the uint8 frame cache (python -m datasets.prepare) and its
+    # device-side crop/resize/flip/normalize
+    "CACHE_FORMAT_VERSION": "cache",
+    "CacheParams": "cache",
+    "CacheMismatchError": "cache",
+    "FrameCache": "cache",
+    "CachedClipDataset": "cache",
+    "collate_cached": "cache",
+    "augment_on_device": "gpu_augment",
+    "resized_crop_flip_normalize": "gpu_augment",
     # samplers.py: resumable training sampler, exactly-once evaluation sampler
     "ResumableShardSampler": "samplers",
     "ExactShardSampler": "samplers",

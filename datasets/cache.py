@@ -1,0 +1,505 @@
+"""The frame cache: videos decoded once, stored as uint8 frames in shards, read back by a Dataset.
+
+Why: decoding H.264 on the fly gives 20-40 clips/s per core and float32 ``.pt`` clips cost
+9.6 MB each; a GPU trains ResNet3D-50 at 1,000-2,000 clips/s.  So frames are decoded once
+(``python -m datasets.prepare``), kept as uint8, and turned into floats on the GPU
+(:mod:`datasets.gpu_augment`).
+
+Layout of a cache directory::
+
+    cache.json                 every parameter that shaped the cache (see CacheParams) + provenance
+    shards/shard-000000.bin    clips back to back (one per video, fixed size for raw storage)
+    shards/shard-000000.json   the shard's index: one record per video it holds (or failed on);
+                               written last, so it is the shard's commit marker
+    manifest.csv               one row per video: where its clip is, source facts, status, error
+    failures.csv               the rows of manifest.csv whose status is not "ok"
+
+Why shards and not one file per video: 43,000+ small files cost a metadata-server round trip
+each (open/stat/close) on Lustre/GPFS, for every epoch and every worker; a few hundred
+shards of ~1 GB are opened once per worker and read with one ``pread`` per clip, which is
+O(1) random access and large contiguous reads.  Each shard is written by one prepare worker
+into a temporary name, fsynced and renamed, and only then indexed, so an interrupted run
+never leaves a half-written entry that looks valid, and shards are never modified afterwards.
+
+A clip's bytes (``storage``):
+- ``raw``: uint8 array (K, 3, S, S), frame-major, so T of K frames are T contiguous reads
+  (one read when K == T).  3 * K * S * S bytes (3.1 MB for K=16, S=256).
+- ``jpeg``: K little-endian uint32 byte counts, then K JPEG images (3, S, S).  ~8x smaller;
+  decoded in the DataLoader workers or, batched, on the GPU (torchvision + nvJPEG).
+
+Every frame is stored S x S: the short side resized to S (bilinear, antialiased), then the
+centre S x S square kept.  A fixed size keeps raw clips fixed-length (offset = slot * size)
+and batches stackable; the price is that training crops come from the centre square only,
+not from the full width of a wide frame.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .transforms import DEFAULT_CROP_RATIO, DEFAULT_CROP_SCALE, sample_resized_crop_box
+from .video import BadVideoError, sample_clip_indices
+
+__all__ = [
+    "CACHE_FORMAT_VERSION",
+    "CacheParams",
+    "CacheMismatchError",
+    "FrameCache",
+    "CachedClipDataset",
+    "collate_cached",
+    "MANIFEST_FIELDS",
+]
+
+CACHE_FORMAT_VERSION = 1
+PARAMS_FILE = "cache.json"
+MANIFEST_FILE = "manifest.csv"
+FAILURES_FILE = "failures.csv"
+SHARD_DIR = "shards"
+STORAGES = ("raw", "jpeg")
+# Statuses of a manifest row; the first two have a clip in the cache.
+STORED_STATUSES = ("ok", "short")  # short = fewer frames than K in the video: frames repeat
+MANIFEST_FIELDS = [
+    "video_name", "status", "error", "source", "declared_frames", "total_frames", "fps",
+    "height", "width", "frames_kept", "frame_indices", "shard", "offset", "nbytes",
+]
+_JPEG_LENGTH = np.dtype("<u4")
+
+
+class CacheMismatchError(ValueError):
+    """The cache was built with other parameters than the run (or command) asks for."""
+
+
+@dataclass(frozen=True)
+class CacheParams:
+    """Everything that decides a cache's bytes.  Two caches with equal params hold equal clips."""
+
+    frames: int  # K frames kept per video
+    stored_size: int  # S: frames are S x S
+    storage: str = "raw"  # "raw" or "jpeg"
+    jpeg_quality: int | None = None  # only for jpeg
+    # "segment-centres": the centre frame of each of K equal segments of the video (as the
+    # video Dataset's evaluation); "legacy-pt": frames converted from the earlier version's .pt
+    sampling: str = "segment-centres"
+    fit: str = "short-side-bilinear-antialias+centre-crop"
+    version: int = CACHE_FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if self.frames <= 0 or self.stored_size <= 0:
+            raise ValueError(f"frames and stored_size must be positive, got {self.frames}, {self.stored_size}")
+        if self.storage not in STORAGES:
+            raise ValueError(f"storage must be one of {STORAGES}, got {self.storage!r}")
+        if (self.storage == "jpeg") != (self.jpeg_quality is not None):
+            raise ValueError("jpeg_quality is set for jpeg storage and only for it")
+
+    @property
+    def frame_bytes(self) -> int:
+        return 3 * self.stored_size * self.stored_size
+
+    @property
+    def raw_clip_bytes(self) -> int:
+        return self.frames * self.frame_bytes
+
+    def describe(self) -> str:
+        quality = f" (quality {self.jpeg_quality})" if self.storage == "jpeg" else ""
+        return (f"frames={self.frames}, stored_size={self.stored_size}, storage={self.storage}{quality}, "
+                f"sampling={self.sampling}, fit={self.fit}, format version {self.version}")
+
+    def differences(self, other: "CacheParams") -> list[str]:
+        mine, theirs = asdict(self), asdict(other)
+        return [f"{k}: cache has {mine[k]!r}, asked for {theirs[k]!r}" for k in mine if mine[k] != theirs[k]]
+
+
+# ------------------------------------------------------------------------------------------------
+# small file helpers (shared with datasets.prepare)
+# ------------------------------------------------------------------------------------------------
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename inside ``path`` durable (a crash right after could otherwise undo it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write to a temporary file beside ``path``, fsync, rename: readers see old or new, never half."""
+    path = Path(path)
+    # os.open applies the umask (mkstemp would make the file private to its owner, and a
+    # cache is usually shared by a group).
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def read_params(root: str | os.PathLike) -> tuple[CacheParams, dict[str, Any]]:
+    """(params, the whole cache.json) of the cache at ``root``; errors name the file."""
+    path = Path(root) / PARAMS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{root} is not a frame cache (no {PARAMS_FILE}); "
+                                "build one with `python -m datasets.prepare`")
+    try:
+        doc = json.loads(path.read_text())
+        params = CacheParams(**doc["params"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: unreadable cache description ({type(exc).__name__}: {exc})") from exc
+    return params, doc
+
+
+def write_params(root: str | os.PathLike, params: CacheParams, provenance: Mapping[str, Any]) -> None:
+    doc = {"kind": "resnet3d-frame-cache", "params": asdict(params), "provenance": dict(provenance)}
+    atomic_write_text(Path(root) / PARAMS_FILE, json.dumps(doc, indent=2) + "\n")
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> None:
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fields), extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in fields})
+    atomic_write_text(path, buf.getvalue())
+
+
+def parse_jpeg_blob(blob: np.ndarray, frames: int) -> list[np.ndarray]:
+    """Split a jpeg clip blob into its K encoded frames (views, no copy)."""
+    header = frames * _JPEG_LENGTH.itemsize
+    lengths = blob[:header].view(_JPEG_LENGTH).astype(np.int64)
+    ends = header + np.cumsum(lengths)
+    if len(blob) != ends[-1]:
+        raise ValueError(f"jpeg clip of {len(blob)} bytes, its header says {int(ends[-1])}")
+    starts = ends - lengths
+    return [blob[s:e] for s, e in zip(starts.tolist(), ends.tolist())]
+
+
+def jpeg_blob(encoded: Sequence[bytes | np.ndarray]) -> bytes:
+    """The inverse of :func:`parse_jpeg_blob`: lengths header + the encoded frames."""
+    parts = [np.frombuffer(bytes(e), np.uint8) if isinstance(e, (bytes, bytearray)) else e for e in encoded]
+    header = np.array([len(p) for p in parts], dtype=_JPEG_LENGTH).tobytes()
+    return header + b"".join(p.tobytes() for p in parts)
+
+
+# ------------------------------------------------------------------------------------------------
+# reading
+# ------------------------------------------------------------------------------------------------
+class FrameCache:
+    """A prepared cache: its params and where each video's clip is.  Picklable (no open files).
+
+    ``FrameCache(root)`` reads ``cache.json`` and ``manifest.csv``; :meth:`check_serves`
+    refuses a run the cache was not built for; :meth:`read` returns a clip's frames.
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        self.params, self.description = read_params(self.root)
+        if self.params.version != CACHE_FORMAT_VERSION:
+            raise CacheMismatchError(
+                f"{self.root}: cache format version {self.params.version}, this code reads version "
+                f"{CACHE_FORMAT_VERSION}; rebuild it with `python -m datasets.prepare` (new --out directory)"
+            )
+        manifest = self.root / MANIFEST_FILE
+        if not manifest.is_file():
+            raise FileNotFoundError(
+                f"{self.root}: no {MANIFEST_FILE}, so `python -m datasets.prepare` has not finished here; "
+                "rerun the same command (it resumes where it stopped)"
+            )
+        names, shards, offsets, nbytes, problems = [], [], [], [], {}
+        with open(manifest, newline="") as fh:
+            for line, row in enumerate(csv.DictReader(fh), start=2):
+                if row["status"] in STORED_STATUSES:
+                    try:
+                        offsets.append(int(row["offset"]))
+                        nbytes.append(int(row["nbytes"]))
+                    except (TypeError, ValueError) as exc:
+                        raise ValueError(f"{manifest} line {line}: bad offset/nbytes ({exc})") from exc
+                    names.append(row["video_name"])
+                    shards.append(row["shard"])
+                else:
+                    problems[row["video_name"]] = f"{row['status']}: {row['error']}"
+        self.shard_names = sorted(set(shards))
+        shard_id = {s: i for i, s in enumerate(self.shard_names)}
+        # numpy arrays, not lists of Python objects: forked workers share these pages.
+        self.names = np.array(names, dtype=str)
+        self.shard_of = np.array([shard_id[s] for s in shards], dtype=np.int32)
+        self.offsets = np.array(offsets, dtype=np.int64)
+        self.nbytes = np.array(nbytes, dtype=np.int64)
+        self.problems = problems  # video_name -> why it has no clip (failed in prepare)
+        self._row_of = {n: i for i, n in enumerate(names)}
+        self._check_shard_sizes()
+        self._fds: dict[int, int] = {}
+
+    def _check_shard_sizes(self) -> None:
+        """A shard shorter than its manifest says was damaged after prepare (copy cut short...)."""
+        if not len(self.names):
+            return
+        ends = np.zeros(len(self.shard_names), dtype=np.int64)
+        np.maximum.at(ends, self.shard_of, self.offsets + self.nbytes)
+        for i, name in enumerate(self.shard_names):
+            path = self.root / SHARD_DIR / name
+            size = path.stat().st_size if path.exists() else -1
+            if size < ends[i]:
+                raise ValueError(f"{path}: {'missing' if size < 0 else f'{size} bytes'}, but {MANIFEST_FILE} "
+                                 f"places clips up to byte {int(ends[i])}; the cache is damaged, rebuild it")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_fds"] = {}  # file descriptors don't travel to worker processes
+        return state
+
+    def __del__(self) -> None:
+        for fd in getattr(self, "_fds", {}).values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def row(self, video_name: str) -> int:
+        """Row of ``video_name`` in the cache, or -1."""
+        return self._row_of.get(video_name, -1)
+
+    def check_serves(self, frames: int, size: int) -> None:
+        """Refuse a run (T frames, size x size input) this cache can't feed without making things up.
+
+        K >= T (K > T: T frames chosen per clip, jittered in training) and S >= size (crops are
+        resized down/up to ``size``).  Anything else means the cache was built for another run.
+        """
+        p = self.params
+        problems = []
+        if p.frames < frames:
+            problems.append(f"it keeps {p.frames} frames per clip but the run uses --frames {frames}")
+        if p.stored_size < size:
+            problems.append(f"it stores {p.stored_size}x{p.stored_size} frames but the run uses --size {size}")
+        if problems:
+            raise CacheMismatchError(
+                f"frame cache {self.root} was built with {p.describe()}; {' and '.join(problems)}. "
+                f"Rebuild it for this run: python -m datasets.prepare ... --frames {max(frames, p.frames)} "
+                f"--stored-size {max(size, p.stored_size)} --out NEW_DIR"
+            )
+
+    def _fd(self, shard: int) -> int:
+        fd = self._fds.get(shard)
+        if fd is None:
+            fd = self._fds[shard] = os.open(self.root / SHARD_DIR / self.shard_names[shard], os.O_RDONLY)
+        return fd
+
+    def _pread(self, row: int, start: int, out: np.ndarray) -> None:
+        view = out.reshape(-1)
+        got = os.preadv(self._fd(int(self.shard_of[row])), [view], int(self.offsets[row]) + start)
+        if got != view.nbytes:
+            raise OSError(f"short read in {self.shard_names[self.shard_of[row]]}: {got} of {view.nbytes} bytes")
+
+    def read_raw(self, row: int, indices: Sequence[int]) -> torch.Tensor:
+        """Frames ``indices`` (increasing) of a raw clip as uint8 (T, 3, S, S); consecutive runs
+        of indices are read with one pread each (one in all when T == K)."""
+        p = self.params
+        out = torch.empty((len(indices), 3, p.stored_size, p.stored_size), dtype=torch.uint8)
+        buf = out.numpy()
+        t = 0
+        while t < len(indices):
+            run = 1
+            while t + run < len(indices) and indices[t + run] == indices[t] + run:
+                run += 1
+            self._pread(row, int(indices[t]) * p.frame_bytes, buf[t:t + run])
+            t += run
+        return out
+
+    def read_jpeg(self, row: int, indices: Sequence[int]) -> list[np.ndarray]:
+        """Encoded frames ``indices`` of a jpeg clip (one read of the whole blob)."""
+        blob = np.empty(int(self.nbytes[row]), dtype=np.uint8)
+        self._pread(row, 0, blob)
+        frames = parse_jpeg_blob(blob, self.params.frames)
+        return [frames[int(i)] for i in indices]
+
+
+def decode_jpeg_frames(encoded: Sequence[np.ndarray | torch.Tensor], device: str | torch.device = "cpu") -> torch.Tensor:
+    """Encoded frames -> uint8 (T, 3, S, S) on ``device`` (nvJPEG when it is a CUDA device)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    data = [e if isinstance(e, torch.Tensor) else torch.from_numpy(e) for e in encoded]
+    decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    return torch.stack(decoded)
+
+
+# ------------------------------------------------------------------------------------------------
+# the Dataset
+# ------------------------------------------------------------------------------------------------
+def _parse_key(key: Any) -> tuple[int, int]:
+    if isinstance(key, (tuple, list)):
+        if len(key) != 2:
+            raise TypeError(f"dataset key must be an int or (epoch, index), got {key!r}")
+        return int(key[0]), int(key[1])
+    return 0, int(key)
+
+
+class CachedClipDataset(torch.utils.data.Dataset):
+    """Clips from a frame cache, with per-row targets; uint8 at stored size + the crop to apply.
+
+    The workers only read bytes and draw the augmentation; the crop, resize, flip and
+    normalization are applied to the whole batch on the device by
+    :func:`datasets.gpu_augment.augment_on_device`.  Randomness comes only from
+    ``default_rng([seed, epoch, index])``, drawn in the same order as the video Dataset
+    (T segment offsets, then the crop box, then the flip).
+
+    Training: T of the K stored frames by jittered segments (when K == T all of them, so no
+    temporal jitter: build the cache with more frames, e.g. 32, to get it); a random
+    resized crop box inside the S x S frame (area ``crop_scale``, ratio ``crop_ratio``); a
+    horizontal flip with probability ``flip_p``.  Evaluation: segment centres, the whole
+    S x S frame resized to ``size`` (the field of view of the video Dataset's short-side
+    resize + centre crop, resampled twice instead of once).
+
+    Item: ``{"video": uint8 (3, T, S, S) or None, "targets", "video_id", "index", "error",
+    "crop_box": (top, left, height, width), "flip": bool, "out_size": size}`` and, with
+    ``jpeg_decode="device"``, ``"jpeg": [T encoded frames]`` instead of ``"video"``.
+    Videos the cache lacks (failed in prepare, or not in the table it was built from) come
+    back as failed samples (``error`` set) or raise under ``bad_video="error"``.
+    """
+
+    def __init__(
+        self,
+        cache: FrameCache | str | os.PathLike,
+        video_names: Sequence[str],
+        targets: Mapping[str, np.ndarray],
+        *,
+        num_frames: int = 16,
+        size: int = 224,
+        train: bool = False,
+        seed: int = 0,
+        bad_video: str = "skip",
+        crop_scale: tuple[float, float] = DEFAULT_CROP_SCALE,
+        crop_ratio: tuple[float, float] = DEFAULT_CROP_RATIO,
+        flip_p: float = 0.5,
+        jpeg_decode: str = "worker",
+    ) -> None:
+        if bad_video not in ("skip", "error"):
+            raise ValueError(f"bad_video must be 'skip' or 'error', got {bad_video!r}")
+        if jpeg_decode not in ("worker", "device"):
+            raise ValueError(f"jpeg_decode must be 'worker' or 'device', got {jpeg_decode!r}")
+        self.cache = cache if isinstance(cache, FrameCache) else FrameCache(cache)
+        self.cache.check_serves(num_frames, size)
+        names = [str(n) for n in video_names]
+        self.targets: dict[str, np.ndarray] = {}
+        for key, values in targets.items():
+            values = np.asarray(values)
+            if values.shape != (len(names),):
+                raise ValueError(f"target {key!r} has shape {values.shape}, expected ({len(names)},)")
+            dtype = np.int64 if np.issubdtype(values.dtype, np.integer) else np.float32
+            self.targets[key] = values.astype(dtype)
+        self.video_names = np.array(names, dtype=str)
+        self.rows = np.array([self.cache.row(n) for n in names], dtype=np.int64)
+        self.num_frames, self.size, self.train, self.seed = num_frames, size, train, seed
+        self.bad_video = bad_video
+        self.crop_scale, self.crop_ratio, self.flip_p = crop_scale, crop_ratio, flip_p
+        self.jpeg_decode = jpeg_decode if self.cache.params.storage == "jpeg" else "worker"
+
+    def __len__(self) -> int:
+        return len(self.video_names)
+
+    @property
+    def missing(self) -> list[str]:
+        """Video names the cache has no clip for."""
+        return [str(n) for n, r in zip(self.video_names, self.rows) if r < 0]
+
+    def draw(self, rng: np.random.Generator | None) -> tuple[np.ndarray, tuple[int, int, int, int], bool]:
+        """(frame indices into the K stored frames, crop box, flip) for one sample."""
+        stored = self.cache.params.stored_size
+        indices = sample_clip_indices(self.cache.params.frames, self.num_frames, rng)
+        if rng is None:
+            return indices, (0, 0, stored, stored), False
+        box = sample_resized_crop_box(stored, stored, self.crop_scale, self.crop_ratio, rng)
+        return indices, box, bool(rng.random() < self.flip_p)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, index = _parse_key(key)
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} clips")
+        index %= len(self)
+        name, row = str(self.video_names[index]), int(self.rows[index])
+        rng = np.random.default_rng([self.seed, epoch, index]) if self.train else None
+        indices, box, flip = self.draw(rng)
+        sample: dict[str, Any] = {
+            "video": None,
+            "targets": {k: torch.tensor(v[index]) for k, v in self.targets.items()},
+            "video_id": name, "index": index, "error": None,
+            "crop_box": box, "flip": flip, "out_size": self.size,
+        }
+        try:
+            if row < 0:
+                why = self.cache.problems.get(name, "not in the cache (its table did not list it)")
+                raise LookupError(f"no clip in cache {self.cache.root}: {why}")
+            if self.cache.params.storage == "raw":
+                sample["video"] = self.cache.read_raw(row, indices).permute(1, 0, 2, 3)
+            elif self.jpeg_decode == "device":
+                sample["jpeg"] = self.cache.read_jpeg(row, indices)
+            else:
+                sample["video"] = decode_jpeg_frames(self.cache.read_jpeg(row, indices)).permute(1, 0, 2, 3)
+        except Exception as exc:  # one clip failed to read: see bad_video
+            message = f"{name}: {type(exc).__name__}: {exc}"
+            if self.bad_video == "error":
+                raise BadVideoError(message) from exc
+            sample["error"] = message
+        return sample
+
+
+def _stack_shared(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """torch.stack straight into shared memory when in a DataLoader worker (as default_collate
+    does), saving the copy the worker -> main process transfer would otherwise make."""
+    out = None
+    if torch.utils.data.get_worker_info() is not None:
+        numel = sum(t.numel() for t in tensors)
+        storage = tensors[0]._typed_storage()._new_shared(numel, device=tensors[0].device)
+        out = tensors[0].new(storage).resize_(len(tensors), *tensors[0].shape)
+    return torch.stack(list(tensors), out=out)
+
+
+def collate_cached(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Batch of :class:`CachedClipDataset` items: the contract's keys plus what the device needs.
+
+    Returns ``{"video": uint8 (N, 3, T, S, S) or None, "targets", "video_ids", "indices",
+    "bad", "crop_boxes": int64 (N, 4) (top, left, height, width), "flips": bool (N,),
+    "out_size": int}``; for device-side JPEG decoding ``"video"`` is None and
+    ``"jpeg_data"`` (all encoded frames concatenated, uint8) and ``"jpeg_lengths"``
+    (int64 (N * T,)) hold the frames.
+    """
+    good = [s for s in samples if s["error"] is None]
+    bad = [(s["video_id"], s["error"]) for s in samples if s["error"] is not None]
+    keys = list(samples[0]["targets"]) if samples else []
+    batch: dict[str, Any] = {
+        "video": None,
+        "targets": {k: torch.stack([s["targets"][k] for s in good]) if good
+                    else samples[0]["targets"][k].new_empty((0,)) for k in keys},
+        "video_ids": [s["video_id"] for s in good],
+        "indices": torch.tensor([s["index"] for s in good], dtype=torch.int64),
+        "bad": bad,
+        "crop_boxes": torch.tensor([s["crop_box"] for s in good], dtype=torch.int64).reshape(-1, 4),
+        "flips": torch.tensor([s["flip"] for s in good], dtype=torch.bool),
+        "out_size": samples[0]["out_size"] if samples else 0,
+    }
+    if good and good[0].get("jpeg") is not None:
+        frames = [f for s in good for f in s["jpeg"]]
+        batch["jpeg_lengths"] = torch.tensor([len(f) for f in frames], dtype=torch.int64)
+        batch["jpeg_data"] = torch.from_numpy(np.concatenate(frames))
+    elif good:
+        batch["video"] = _stack_shared([s["video"] for s in good])
+    return batch
