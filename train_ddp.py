@@ -37,11 +37,15 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets import (
+    CachedClipDataset,
     ExactShardSampler,
+    FrameCache,
     ResumableShardSampler,
     VideoClipDataset,
     assign_splits,
+    augment_on_device,
     build_targets,
+    collate_cached,
     collate_clips,
     ensure_demo_dataset,
     load_annotation_table,
@@ -145,7 +149,10 @@ def move_targets(targets: dict[str, torch.Tensor], device: torch.device) -> dict
 
 def model_input(batch: dict, device: torch.device, channels_last: bool) -> torch.Tensor:
     """uint8 clips -> normalized float on the device (the workers never do float work)."""
-    x = normalize_on_device(batch["video"].to(device, non_blocking=True))
+    if "crop_boxes" in batch:  # --cache batches: crop, resize, flip and normalize here, batched
+        x = augment_on_device(batch, device)
+    else:
+        x = normalize_on_device(batch["video"].to(device, non_blocking=True))
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last_3d)
     return x
@@ -262,9 +269,24 @@ def main(argv: list[str] | None = None) -> int:
         if table_report is not None and info.is_main and getattr(table_report, "total_unmapped", 0):
             print(f"annotation values that could not be mapped (set to unknown): {table_report}", flush=True)
 
-        video_index = scan_video_root(cfg.videos)  # one recursive scan, shared by both splits
+        if cfg.cache:  # refuses a cache built for other frames/size before any work starts
+            try:
+                cache = FrameCache(cfg.cache)
+                cache.check_serves(cfg.frames, cfg.size)
+            except (OSError, ValueError) as exc:
+                raise SystemExit(f"--cache: {exc}") from exc
+            log0(info, f"frame cache {cfg.cache}: {cache.params.describe()}; {len(cache)} clips")
+        else:
+            video_index = scan_video_root(cfg.videos)  # one recursive scan, shared by both splits
 
         def make_dataset(rows, train: bool):
+            if cfg.cache:
+                return CachedClipDataset(
+                    cache, video_names=[names[i] for i in rows], targets={k: v[rows] for k, v in targets.items()},
+                    num_frames=cfg.frames, size=cfg.size, train=train, seed=cfg.seed, bad_video=cfg.bad_video,
+                    jpeg_decode="device" if cfg.cache_decode == "device" or (cfg.cache_decode == "auto" and on_gpu)
+                    else "worker",
+                )
             return VideoClipDataset(
                 video_root=cfg.videos, video_names=[names[i] for i in rows],
                 targets={k: v[rows] for k, v in targets.items()}, num_frames=cfg.frames,
@@ -273,6 +295,14 @@ def main(argv: list[str] | None = None) -> int:
 
         train_set = make_dataset(train_rows, train=True)
         val_set = make_dataset(val_rows, train=False) if len(val_rows) and cfg.val_every > 0 else None
+        if cfg.cache:
+            absent = len(train_set.missing) + (len(val_set.missing) if val_set is not None else 0)
+            if len(train_set.missing) == len(train_set):
+                raise SystemExit(f"none of the {len(train_set)} training videos of {cfg.annotations} is in the "
+                                 f"cache {cfg.cache}; was it prepared from this table? (see its manifest.csv)")
+            if absent:
+                log0(info, f"{absent} table videos have no clip in the cache (see {cfg.cache}/failures.csv); "
+                           "they load as bad videos")
         train_sampler = ResumableShardSampler(len(train_set), info.rank, info.world_size, cfg.seed,
                                               multiple_of=cfg.batch_size * cfg.accum_steps)
         steps_per_epoch = len(train_sampler) // (cfg.batch_size * cfg.accum_steps)
@@ -280,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.max_steps > 0:
             total_steps = min(total_steps, cfg.max_steps)
         loader_kwargs = dict(
-            num_workers=cfg.num_workers, collate_fn=collate_clips, pin_memory=on_gpu,
+            num_workers=cfg.num_workers, pin_memory=on_gpu,
+            collate_fn=collate_cached if cfg.cache else collate_clips,
             persistent_workers=cfg.num_workers > 0,
             prefetch_factor=cfg.prefetch_factor if cfg.num_workers > 0 else None,
             # A private generator: creating loader iterators must not consume the global RNG, or a

@@ -27,6 +27,9 @@ class TrainConfig:
     annotations: Optional[str] = _f(None, "annotation CSV (cleaned or raw `model_` schema)")
     cache: Optional[str] = _f(None, "frame cache directory made by `python -m datasets.prepare` "
                               "(used instead of decoding --videos)")
+    cache_decode: str = _f("auto", "JPEG frame caches: decode in the DataLoader workers (worker) or batched "
+                           "on the GPU (device); auto = device when training on CUDA",
+                           ("auto", "worker", "device"))
     demo_dir: str = _f(".cache/demo", "where the demo dataset is generated when --videos is unset")
     demo_videos: int = _f(600, "number of demo clips to generate")
     split: str = _f("hash", "train/val split: hash (stable hash of video_name), column (a `split` "
