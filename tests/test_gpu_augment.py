@@ -1,0 +1,108 @@
+"""Device-side crop/resize/flip/normalize (run here on CPU tensors) against CPU references."""
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.v2.functional as TF
+
+from datasets.gpu_augment import augment_on_device, decode_jpeg_batch, resized_crop_flip_normalize
+from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, ClipTransform, normalize_on_device
+
+N, C, T, S = 3, 3, 4, 40
+
+
+def clips(seed=0, n=N, s=S):
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (n, C, T, s, s), dtype=np.uint8))
+
+
+def reference(video, boxes, flips, size):
+    """One clip at a time with torchvision's resized_crop on float frames, flip, then normalize."""
+    out = []
+    for clip, (top, left, h, w), flip in zip(video, boxes.tolist(), flips.tolist()):
+        frames = clip.permute(1, 0, 2, 3).float()  # (T, C, H, W) as the video pipeline holds them
+        frames = TF.resized_crop(frames, top, left, h, w, [size, size], antialias=True)
+        if flip:
+            frames = frames.flip(-1)
+        out.append(frames.permute(1, 0, 2, 3))
+    x = torch.stack(out) / 255
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1)
+    return (x - mean) / std
+
+
+def test_per_sample_boxes_and_flips_equal_reference():
+    video = clips()
+    boxes = torch.tensor([[0, 0, 40, 40], [5, 3, 30, 36], [10, 12, 25, 20]])
+    flips = torch.tensor([False, True, True])
+    out = resized_crop_flip_normalize(video, boxes, flips, 32)
+    assert out.shape == (N, C, T, 32, 32) and out.dtype == torch.float32
+    torch.testing.assert_close(out, reference(video, boxes, flips, 32), atol=1e-4, rtol=0)
+
+
+def test_flip_mirrors_and_crop_selects_the_box():
+    """Without resizing (box size == output size) the output is exactly the box, mirrored if asked."""
+    video = clips(1)
+    boxes = torch.tensor([[4, 6, 24, 24]] * N)
+    flips = torch.tensor([True, False, True])
+    out = resized_crop_flip_normalize(video, boxes, flips, 24)
+    crop = normalize_on_device(video[:, :, :, 4:28, 6:30])
+    torch.testing.assert_close(out[1], crop[1])
+    torch.testing.assert_close(out[0], crop[0].flip(-1))
+    torch.testing.assert_close(out[2], crop[2].flip(-1))
+
+
+def test_evaluation_batch_is_one_resize_or_plain_normalization():
+    video = clips(2)
+    full = torch.tensor([[0, 0, S, S]] * N)
+    no_flip = torch.zeros(N, dtype=torch.bool)
+    torch.testing.assert_close(resized_crop_flip_normalize(video, full, no_flip, S), normalize_on_device(video))
+    resized = resized_crop_flip_normalize(video, full, no_flip, 24)
+    torch.testing.assert_close(resized, reference(video, full, no_flip, 24), atol=1e-4, rtol=0)
+
+
+def test_matches_the_video_pipeline_train_transform_up_to_uint8_rounding():
+    """The same rng draws through ClipTransform (uint8, on CPU workers) and through the device path."""
+    from datasets.transforms import sample_resized_crop_box
+
+    video = clips(3, n=1)
+    frames = video[0].permute(1, 2, 3, 0).numpy()  # (T, H, W, C) as decoded
+    for seed in range(6):
+        cpu = normalize_on_device(ClipTransform(size=32, train=True)(frames, np.random.default_rng(seed)))
+        rng = np.random.default_rng(seed)
+        box = sample_resized_crop_box(S, S, (0.6, 1.0), (3 / 4, 4 / 3), rng)
+        flip = rng.random() < 0.5
+        out = resized_crop_flip_normalize(video, torch.tensor([box]), torch.tensor([flip]), 32)[0]
+        # uint8 rounding in the CPU path: at most ~1 level = 1 / (255 * 0.225)
+        assert (out - cpu).abs().max().item() < 2.5 / (255 * 0.225), seed
+
+
+def test_augment_on_device_from_a_batch_and_from_jpeg():
+    from torchvision.io import encode_jpeg
+
+    video = clips(4)
+    batch = {"video": video, "indices": torch.arange(N), "crop_boxes": torch.tensor([[0, 0, S, S]] * N),
+             "flips": torch.tensor([False, True, False]), "out_size": 32}
+    out = augment_on_device(batch, "cpu")
+    torch.testing.assert_close(out, reference(video, batch["crop_boxes"], batch["flips"], 32), atol=1e-4, rtol=0)
+    # JPEG frames (clip-major, frame order) decode into the same layout
+    frames = [video[i, :, t].contiguous() for i in range(N) for t in range(T)]
+    encoded = encode_jpeg(frames, quality=95)
+    jpeg_batch = dict(batch, video=None, jpeg_data=torch.cat(encoded),
+                      jpeg_lengths=torch.tensor([len(e) for e in encoded]))
+    decoded = decode_jpeg_batch(jpeg_batch["jpeg_data"], jpeg_batch["jpeg_lengths"], N, "cpu")
+    assert decoded.shape == (N, C, T, S, S)
+    from torchvision.io import decode_jpeg
+
+    assert torch.equal(decoded[1, :, 2], decode_jpeg(encoded[1 * T + 2]))
+    assert augment_on_device(jpeg_batch, "cpu").shape == (N, C, T, 32, 32)
+
+
+def test_bad_inputs_are_refused():
+    video = clips()
+    with pytest.raises(ValueError, match="outside its 40x40 frames"):
+        resized_crop_flip_normalize(video, torch.tensor([[0, 0, 40, 40], [20, 0, 30, 10], [0, 0, 1, 1]]),
+                                    torch.zeros(N, dtype=torch.bool), 32)
+    with pytest.raises(ValueError, match="3 clips but 2 crop boxes"):
+        resized_crop_flip_normalize(video, torch.tensor([[0, 0, 4, 4]] * 2), torch.zeros(N, dtype=torch.bool), 8)
+    with pytest.raises(ValueError, match="expected uint8 clips"):
+        resized_crop_flip_normalize(video.float(), torch.tensor([[0, 0, 4, 4]] * N), torch.zeros(N, dtype=torch.bool), 8)
