@@ -1,0 +1,39 @@
+"""train_ddp.py --cache: a tiny run trains from a prepared cache; a cache built for other clips is refused."""
+
+import pytest
+
+from datasets import prepare
+from launch_helpers import TINY, run_train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo_cache(tiny_demo, tmp_path_factory):
+    videos, annotations = tiny_demo
+    out = tmp_path_factory.mktemp("cache") / "demo"
+    # 6 stored frames for the run's 4 (temporal jitter), 40 px stored for 32 px crops
+    prepare.prepare_cache(out, prepare.read_video_names(annotations), str(videos), frames=6, stored_size=40,
+                          workers=0, progress=False, log=lambda m: None)
+    return out, annotations
+
+
+def test_train_from_cache(demo_cache, tmp_path):
+    cache, annotations = demo_cache
+    out = tmp_path / "run"
+    # TINY = 4 frames of 32 px; one worker process exercises the Dataset's pickling and collate in a worker
+    res = run_train(["--cache", str(cache), "--annotations", str(annotations), "--output-dir", str(out),
+                     *TINY, "--num-workers", "1", "--epochs", "1", "--max-steps", "3", "--batch-size", "4"],
+                    timeout=600)
+    assert res.returncode == 0, res.stdout[-4000:]
+    assert f"frame cache {cache}: frames=6, stored_size=40, storage=raw" in res.stdout
+    assert (out / "checkpoints" / "last.pt").exists()
+
+
+def test_cache_for_other_clips_is_refused(demo_cache, tmp_path):
+    cache, annotations = demo_cache
+    res = run_train(["--cache", str(cache), "--annotations", str(annotations), "--output-dir", str(tmp_path),
+                     *TINY, "--frames", "8"], timeout=300)
+    assert res.returncode != 0
+    assert "it keeps 6 frames per clip but the run uses --frames 8" in res.stdout
+    assert "Traceback" not in res.stdout  # a clear message, not a crash
