@@ -45,7 +45,7 @@ def checkpoint(tmp_path_factory):
     # the training run's local metric mirror, as train_ddp.py's RunTracker writes it
     tracker = RunTracker(True, train_dir, None, "unused")
     for step in range(1, 7):
-        tracker.log_metrics({"train/loss": 2.0 / step, "train/lr": 1e-3}, step)
+        tracker.log_metrics({"train/loss": 2.0 / step, "train/distance/loss": 1.0 / step, "train/lr": 1e-3}, step)
         if step % 3 == 0:
             tracker.log_metrics({"val/distance/spearman": 0.1 * step, "val/distance/loss": 1.0 / step,
                                  "val/mean_spearman": 0.05 * step}, step)

@@ -132,8 +132,9 @@ def plot_human_comparison(human: Mapping[str, Mapping], path: str | Path) -> Pat
         ax.plot(x, pair, "o", color="tab:red", ms=5, label="human-to-human (pairwise)")
     ax.set_xticks(x, [f"{t}\n({human[t].get('question', '')})" for t in features], rotation=30, ha="right", fontsize=8)
     ax.axhline(0, color="black", lw=0.8)
-    ax.set(ylabel="Spearman correlation", ylim=(min(-0.05, np.nanmin(model + [0]) - 0.05), 1))
-    ax.legend(fontsize=7, loc="upper right")
+    lowest = np.nanmin(model + (gpt if has_gpt else []) + [0.0])
+    ax.set(ylabel="Spearman correlation", ylim=(min(-0.05, lowest - 0.05), 1.02))
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _save(fig, Path(path))
 
 
@@ -173,18 +174,23 @@ def plot_training_curves(history: Mapping[str, Sequence[tuple[int, float]]], pat
 
     if not history.get("train/loss") and not any(k.startswith("val/") for k in history):
         return None
-    fig = Figure(figsize=(12, 3.6))
+    fig = Figure(figsize=(13, 3.8), layout="constrained")
     ax_loss, ax_val, ax_lr = fig.subplots(1, 3)
-    ax_loss.plot(*series("train/loss"), label="train loss", lw=1)
-    val_losses = sorted(k for k in history if k.startswith("val/") and k.endswith("/loss"))
-    if val_losses:
-        # the validation total is not logged: the mean of the per-task losses shows the trend
-        steps = sorted({s for k in val_losses for s, _ in history[k]})
-        table = {k: dict(history[k]) for k in val_losses}
-        mean = [np.nanmean([table[k].get(s, np.nan) for k in val_losses]) for s in steps]
-        ax_loss.plot(steps, mean, "o-", label="val loss (mean over tasks)", lw=1, ms=3)
+    # train/loss is a task-weighted sum and validation logs no total, so both curves here are
+    # the plain mean of the per-task losses: the same quantity on both sides.
+    for split, style in (("train", "-"), ("val", "o-")):
+        keys = sorted(k for k in history if k.startswith(f"{split}/") and k.endswith("/loss") and k.count("/") == 2)
+        if not keys:
+            continue
+        table = {k: dict(history[k]) for k in keys}
+        steps = sorted({s for k in keys for s in table[k]})
+        mean = [float(np.nanmean([table[k].get(s, np.nan) for k in keys])) for s in steps]
+        ax_loss.plot(steps, mean, style, lw=1, ms=3, label=f"{split} (mean of {len(keys)} task losses)")
+    if not ax_loss.lines and history.get("train/loss"):
+        ax_loss.plot(*series("train/loss"), lw=1, label="train (task-weighted total)")
     ax_loss.set(xlabel="step", ylabel="loss", title="loss")
-    ax_loss.legend(fontsize=8)
+    if ax_loss.lines:
+        ax_loss.legend(fontsize=8)
     for key in sorted(k for k in history if k.startswith("val/") and k.endswith("/spearman")):
         ax_val.plot(*series(key), "o-", lw=1, ms=2, label=key.split("/")[1])
     ax_val.plot(*series("val/mean_spearman"), "k-", lw=2, label="mean")
