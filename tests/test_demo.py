@@ -1,0 +1,178 @@
+"""The built-in demo dataset: schema, label ranges and NaNs, determinism, reuse, atomicity."""
+
+import math
+import multiprocessing
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from datasets.clips import scan_video_root
+from datasets.demo import (
+    COLUMNS,
+    MARKER_NAME,
+    demo_annotation,
+    demo_scene,
+    ensure_demo_dataset,
+    render_demo_clip,
+)
+from datasets.video import probe_video, sample_clip_indices
+from utils.tasks import SCORE_FEATURES
+
+NUM = 10
+
+
+def read_table(csv_path):
+    # keep "" for empty location; everything else parsed like the cleaned table
+    return pd.read_csv(csv_path, dtype={"peoplecount": str})
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo") / "demo"
+    videos, csv_path = ensure_demo_dataset(root, num_videos=NUM, seed=5)
+    return root, videos, csv_path
+
+
+def test_schema_and_files(demo_dir):
+    root, videos, csv_path = demo_dir
+    assert (root / MARKER_NAME).is_file()
+    table = read_table(csv_path)
+    assert tuple(table.columns) == COLUMNS and len(COLUMNS) == 31 and len(table) == NUM
+    assert table.columns[0] == "video_name" and table["video_name"].is_unique
+    index = scan_video_root(videos)
+    for name in table["video_name"]:
+        assert index.resolve(name) is not None, name
+
+
+def test_videos_vary_in_size_rate_and_length(demo_dir):
+    _, videos, csv_path = demo_dir
+    index = scan_video_root(videos)
+    facts = [probe_video(index.resolve(n)) for n in read_table(csv_path)["video_name"]]
+    for f in facts:
+        assert f["codec"] == "h264" and f["pix_fmt"] == "yuv420p"
+        assert 64 <= f["height"] <= 96 and f["height"] <= f["width"] <= 112
+        assert f["height"] % 2 == 0 and f["width"] % 2 == 0
+        assert 10 <= f["fps"] <= 15 and 2.0 <= f["declared_frames"] / f["fps"] <= 3.05
+    assert len({(f["height"], f["width"]) for f in facts}) > 3 and len({f["fps"] for f in facts}) > 2
+
+
+def test_values_are_in_the_cleaned_schema(demo_dir):
+    table = read_table(demo_dir[2])
+    for f in SCORE_FEATURES:
+        scores, confs = table[f"{f}_score"], table[f"{f}_confidence"]
+        present = scores.dropna()
+        assert present.between(0, 1).all() and np.allclose(present * 10, (present * 10).round())
+        assert confs.notna().all() and confs.between(0, 1).all()
+        assert (confs[scores.isna()] == 0).all()  # a missing score has confidence 0
+    assert set(table["peoplecount"]) <= {"0", "1", "2", "3", "many"}
+    assert set(table["peoplecount_certain"]) <= {True, False}
+    assert (table.loc[table["peoplecount"] == "many", "peoplecount_certain"]).all()
+    assert set(table["location_score"].dropna()) <= {"Indoor", "Outdoor"}
+    assert table["location_confidence"].between(0, 1).all()
+    for column in [c for c in COLUMNS if c.endswith("_explanation")]:
+        assert table[column].str.len().gt(5).all()
+
+
+def test_labels_and_nans_over_many_clips():
+    rows = pd.DataFrame([demo_annotation(0, i) for i in range(400)])
+    counts = rows["peoplecount"].value_counts()
+    assert set(counts.index) == {"0", "1", "2", "3", "many"} and counts.idxmax() == "2"
+    few = rows["peoplecount"].isin(["0", "1"])
+    assert rows.loc[few, "distance_score"].isna().all()  # distance needs two agents
+    assert rows.loc[few, "joint_score"].isna().all()
+    nan_rates = {f: rows[f"{f}_score"][~few].isna().mean() for f in SCORE_FEATURES}
+    assert all(0.02 < r < 0.30 for r in nan_rates.values()), nan_rates
+    assert len({round(r, 2) for r in nan_rates.values()}) > 3  # rates differ by column
+    for f in SCORE_FEATURES:
+        present = rows[f"{f}_score"].dropna()
+        assert present.nunique() >= 3, f  # every label varies
+        assert rows[f"{f}_confidence"][rows[f"{f}_score"].notna()].nunique() >= 3, f
+    assert set(rows["location_score"]) == {"Indoor", "Outdoor", ""}
+    assert not rows["peoplecount_certain"].all()
+
+
+def test_arousal_is_speed_of_motion():
+    # Change between the 8 frames a model samples, per unit of agent area, grows with arousal.
+    arousal, motion = [], []
+    for i in range(60):
+        frames, _, row = render_demo_clip(1, i)
+        scene = demo_scene(1, i)
+        if scene.n == 0 or math.isnan(row["arousal_score"]) or row["communicating_score"] > 0:
+            continue  # (bubbles blinking would count as motion)
+        clip = np.stack(frames)[sample_clip_indices(len(frames), 8)].astype(np.int16)
+        motion.append(np.abs(np.diff(clip, axis=0)).sum() / (scene.n * scene.body_h**2))
+        arousal.append(row["arousal_score"])
+    assert len(arousal) > 10
+    assert pd.Series(arousal).corr(pd.Series(motion), method="spearman") > 0.6
+
+
+def test_joint_is_invisible_in_one_frame_and_follows_the_movements():
+    # Feet stand at different heights, so agents' heights in one frame do not reveal phase.
+    scenes = [demo_scene(2, i) for i in range(200)]
+    pairs = [s for s in scenes if s.n >= 2]
+    assert sum(len(set(round(y, 3) for y in s.feet_y)) == s.n for s in pairs) > 0.9 * len(pairs)
+    for s in pairs:
+        different = len(set(s.moves)) > 1
+        assert different == (s.joint == 0.1)
+        if s.joint == 1.0:
+            assert len({round(p, 6) for p in s.phases}) == 1
+
+
+def test_same_seed_same_annotations_other_seed_differs(demo_dir, tmp_path):
+    _, _, csv_path = demo_dir
+    _, again = ensure_demo_dataset(tmp_path / "again", num_videos=NUM, seed=5)
+    assert again.read_bytes() == csv_path.read_bytes()
+    _, other = ensure_demo_dataset(tmp_path / "other", num_videos=NUM, seed=6)
+    assert other.read_bytes() != csv_path.read_bytes()
+
+
+def test_reuse_and_regenerate(tmp_path, monkeypatch):
+    root = tmp_path / "demo"
+    ensure_demo_dataset(root, num_videos=3, seed=1)
+    marker_time = (root / MARKER_NAME).stat().st_mtime_ns
+
+    import datasets.demo as demo
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("regenerated a complete dataset")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(demo, "generate_demo_dataset", must_not_run)
+        ensure_demo_dataset(root, num_videos=3, seed=1)
+    assert (root / MARKER_NAME).stat().st_mtime_ns == marker_time
+
+    _, csv_path = ensure_demo_dataset(root, num_videos=4, seed=1)  # other parameters
+    assert len(read_table(csv_path)) == 4
+    (root / MARKER_NAME).unlink()  # incomplete
+    _, csv_path = ensure_demo_dataset(root, num_videos=4, seed=1)
+    assert (root / MARKER_NAME).is_file() and len(read_table(csv_path)) == 4
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["demo"]
+
+
+def test_refuses_to_replace_a_folder_that_is_not_a_demo(tmp_path):
+    precious = tmp_path / "mydata"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a demo dataset"):
+        ensure_demo_dataset(precious, num_videos=2, seed=0)
+    assert (precious / "thesis.tex").read_text() == "keep me"
+
+
+def _ensure_in_child(root):
+    ensure_demo_dataset(root, num_videos=4, seed=2)
+
+
+def test_two_processes_at_once_get_one_complete_dataset(tmp_path):
+    root = tmp_path / "shared"
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_ensure_in_child, args=(root,)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert len(read_table(root / "annotations.csv")) == 4
+    assert sorted(os.listdir(root)) == ["DEMO_COMPLETE.json", "annotations.csv", "videos"]
+    assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name or ".stale-" in p.name] == []
