@@ -188,6 +188,9 @@ def print_human_table(report: dict) -> None:
         print(f"  {task:<14} {e.get('n_videos', 0):>6} {f('model_vs_mean_human'):>7} {f('gpt_vs_mean_human'):>7} "
               f"{f('noise_ceiling'):>8} {f('model_fraction_of_ceiling'):>10} {f('gpt_fraction_of_ceiling'):>9} "
               f"{f('model_to_individual'):>11} {f('human_pairwise'):>11}")
+    notes = {e["noise_ceiling_note"] for e in report["features"].values() if "noise_ceiling_note" in e}
+    for note in notes:
+        print(f"  noise ceiling, per-person numbers: {note}")
     s = report["summary"]
     for key in ("no_model_output", "unknown_features"):
         if s.get(key):

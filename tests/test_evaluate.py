@@ -122,9 +122,18 @@ def test_split_comes_from_the_checkpoint_and_empty_split_is_an_error(tiny_demo, 
     table, _ = load_annotation_table(annotations)
     expected = table["video_name"][(assign_splits(table, method="hash") == "test").to_numpy()].tolist()
     out = tmp_path / "eval"
-    assert evaluate.main(base_args(tiny_demo, checkpoint, out, "--no-mlflow", "--no-plots")) == 0
+    wide = tmp_path / "wide.csv"  # the public study's layout: means only, Likert 1-5
+    pd.DataFrame({"video_name": expected, "arousal": np.linspace(1, 5, len(expected)),
+                  "intimacy": 3.0}).to_csv(wide, index=False)
+    assert evaluate.main(base_args(tiny_demo, checkpoint, out, "--no-mlflow", "--no-plots",
+                                   "--human-ratings", str(wide))) == 0
     frame = pd.read_csv(out / "predictions_test.csv")
     assert frame["video_name"].tolist() == expected and set(frame["split"]) == {"test"}
+    human = json.loads((out / "metrics_test.json").read_text())["human"]
+    arousal = human["features"]["arousal"]
+    assert arousal["n_videos"] == len(expected) and arousal["model_vs_mean_human"] is not None
+    assert "unavailable" in arousal["noise_ceiling_note"] and "noise_ceiling" not in arousal
+    assert human["summary"]["no_model_output"] == {"intimacy": len(expected)}
     with pytest.raises(SystemExit, match="split 'test' .* is empty .*random42"):
         evaluate.main(base_args(tiny_demo, checkpoint, out, "--split-method", "random42", "--no-mlflow"))
 
