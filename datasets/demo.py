@@ -63,9 +63,9 @@ Spearman on 160 held-out clips of: valence 0.99, expanse 0.99, distance 0.96, ob
 arousal 0.93, facingness 0.82, communicating 0.70, joint 0.15 (peoplecount 99 % and
 location 100 % accuracy in a multi-task run of an earlier version).  Fed 8 copies of the
 first frame instead, arousal fell to 0.33 (motion-only); communicating stayed at 0.78
-(bubble presence is visible in one frame; only monologue vs dialogue needs motion).  Joint
-is relational (do the neighbours move alike?) and needs a bigger model and more data than
-the demo budget.
+(bubble presence is visible in one frame; only monologue vs dialogue needs motion) and
+joint to 0.09, i.e. joint was not really learned: it is relational (do the neighbours move
+alike?) and needs a bigger model, more data or more steps than this check had.
 """
 
 from __future__ import annotations
