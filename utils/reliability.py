@@ -27,6 +27,11 @@ correlation describe the same videos):
   perfect model's expected correlation with a noisy mean is its square root, which is
   larger, so "fraction of reliability" overstates any model, up to 1/sqrt(reliability).)
 
+Reading them side by side: "model to individual" may exceed "human pairwise" without the
+model being superhuman (a noise-free predictor correlates with one rater at about the square
+root of two raters' correlation); "human leave-one-out" is how well a typical rater predicts
+the others' mean, the natural yardstick for "model vs mean human".
+
 Only the long form (one rating per person) supports the rater-level quantities; from a
 wide-form table of means only "vs mean human" can be computed, and the rest is reported as
 unavailable.
@@ -163,9 +168,6 @@ def compare_feature(matrix: pd.DataFrame, individual: bool, predictors: Mapping[
             out[f"{name}_to_individual"], _ = correlation_to_individuals(p, matrix, min_videos)
             ceiling = out["noise_ceiling"]
             out[f"{name}_fraction_of_ceiling"] = r / ceiling if math.isfinite(ceiling) and ceiling > 0 else math.nan
-            pairwise = out["human_pairwise"]
-            out[f"{name}_to_individual_vs_human_pairwise"] = (
-                out[f"{name}_to_individual"] / pairwise if math.isfinite(pairwise) and pairwise > 0 else math.nan)
     if "model" in predictors and "gpt" in predictors:
         out["model_vs_gpt"] = spearman(predictors["model"].reindex(mean_rating.index).to_numpy(dtype=np.float64),
                                        predictors["gpt"].reindex(mean_rating.index).to_numpy(dtype=np.float64))
