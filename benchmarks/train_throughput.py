@@ -1,0 +1,1006 @@
+#!/usr/bin/env python3
+"""GPU training throughput of the multi-task ResNet3D: clips/s, step time, MFU, memory, and
+whether each speed variant still computes the right thing.
+
+    python benchmarks/train_throughput.py --tiny                  # CPU smoke run (CI does this)
+    python benchmarks/train_throughput.py --batch-size 16 --json tp.json --markdown tp.md
+    python benchmarks/train_throughput.py --variants bf16+cl+bench,bf16+cl+bench+compile
+
+Each variant trains ResNet3D-50 (16 x 224^2, configurable) with *train_ddp.py's step*:
+uint8 clips -> ``normalize_on_device`` -> (channels_last_3d) -> autocast forward ->
+MultiTaskLoss in fp32 with the loop's denominators -> GradScaler (enabled for fp16 only)
+-> backward -> unscale -> clip_grad_norm_ -> finite check -> AdamW step (train_ddp's
+parameter groups and defaults), including the loop's host round trip for the valid-target
+counts.  The model is built with dropout 0 so that every variant's first step is comparable.
+Input is synthetic and already on the device (no data loading), except in ``loader``
+variants, which are fed by a real DataLoader (decoded videos, or the frame cache with
+``--cache``) and report the data-wait fraction.
+
+Variant names: a precision, then ``+`` flags, then an optional ``@batch``:
+  fp32 | bf16 | fp16      autocast dtype (fp16 with GradScaler); fp32 allows TF32 like train_ddp
+  cl                      channels_last_3d (model and input)
+  bench                   torch.backends.cudnn.benchmark
+  compile                 torch.compile(model) (default mode, as train_ddp --compile)
+  strict                  TF32 off (plain fp32 math)
+  pad4 | pad8 | s2d       exact stem re-formulations (benchmarks/stem_variants.py)
+  loader                  fed by a DataLoader instead of the synthetic on-device batch
+  best                    (instead of a precision) the fastest correct variant measured so
+                          far in this run, with the flags that follow added
+Default on a GPU: the earlier version's setup (``fp32``: fp32, contiguous, no benchmark,
+eager) as the baseline, each knob on its own, the combinations, the stem ideas, the best at
+twice the batch, ``best+compile`` and ``best+loader``.  ``--variants all`` is the full
+{fp32, bf16, fp16} x cl x bench x compile grid (24 runs, 12 of them compiling: ~30 min).
+
+On a GPU every variant runs in its own process (``--isolate off`` to debug in one): a crash,
+hang or out-of-memory ends that row only, each gets a fresh allocator for its peak memory
+and pays its own cudnn.benchmark autotuning.  After timing, every distinct convolution of the step is
+checked at its real shapes against a float64 reference without cuDNN
+(benchmarks/conv_check.py); a variant off by more than its precision's tolerance is WRONG
+and never "fastest".
+
+Output: a table (also ``--markdown PATH``) and every figure in ``--json PATH``, both
+rewritten after each variant so that a run stopped early still leaves its rows.
+
+One-shot command for a GPU session with the device tool (no network there: the machine has
+torch, torchvision, numpy, pandas but not PyAV, so the ``loader`` row needs its wheel:
+``echo /.whl/ >> .git/info/exclude; python3 -m pip download --no-deps --only-binary=:all:
+--python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
+--platform manylinux_2_17_x86_64 -d .whl av==18.1.0`` here first, then carry ``.whl``):
+
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH=/tmp/site; PYTHONUNBUFFERED=1 python3 benchmarks/train_throughput.py \
+        --batch-size 16 --time-budget 420 --json $OUT/tp.json --markdown $OUT/tp.md 2>&1 | tee $OUT/tp.log
+
+with ``timeout_s`` 540.  Without the wheel every row but ``loader`` still runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from dataclasses import asdict, dataclass, fields, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    # `python benchmarks/train_throughput.py` puts benchmarks/, not the repo root, on sys.path;
+    # the root must come first so that our `datasets`/`utils` win over PyPI packages.
+    sys.path.insert(0, str(REPO_ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402,F401
+from torch import nn  # noqa: E402
+
+from benchmarks.conv_check import TOLERANCES, check_conv_calls, collect_conv_calls  # noqa: E402
+from benchmarks.gpu_peaks import lookup_peaks, math_precision  # noqa: E402
+from benchmarks.stem_variants import apply_stem_variant  # noqa: E402
+from benchmarks.throughput_report import (  # noqa: E402
+    BASELINE, format_table, markdown_report, recommend,
+)
+from datasets.transforms import normalize_on_device  # noqa: E402  (no PyAV needed for this one)
+from losses import MultiTaskLoss  # noqa: E402
+from resnet3d import build_model, count_parameters_and_flops, no_weight_decay  # noqa: E402
+from utils.config import TrainConfig  # noqa: E402
+from utils.tasks import output_sizes, parse_tasks  # noqa: E402
+
+TINY = dict(depth=18, frames=4, size=32, batch_size=2, warmup=1, steps=2, loader_clips=4,
+            loader_video="64x48x12", num_workers=1)
+TINY_VARIANTS = ["fp32", "fp32+cl", "fp32+s2d", "fp32+loader"]
+# bf16 is left out of the CPU default: torch 2.14.1's oneDNN bf16 conv3d weight gradient
+# corrupts the heap (abort) on AVX512-bf16 CPUs; ask for it with --variants to see that.
+
+
+def default_gpu_variants(batch_size: int) -> list[str]:
+    """About 6 minutes on an H100/H200 (each eager row ~15 s with its process start and
+    conv check, the compiled one 1-3 min), so that it fits one 10-minute device call."""
+    return [
+        BASELINE,  # the earlier version's setup
+        "bf16", "bf16+cl", "bf16+bench", "bf16+cl+bench",  # AMP alone, then each knob
+        "fp16+cl+bench", "fp32+cl+bench",
+        "bf16+cl+bench+pad8", "bf16+cl+bench+s2d",  # the stem ideas
+        "best+compile",
+        "best+loader",
+        f"best@{2 * batch_size}",
+    ]
+
+
+def all_variants() -> list[str]:
+    out = []
+    for dtype in ("fp32", "bf16", "fp16"):
+        for compiled in ("", "+compile"):
+            for cl in ("", "+cl"):
+                for bench in ("", "+bench"):
+                    out.append(dtype + cl + bench + compiled)
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# variants
+# ------------------------------------------------------------------------------------------
+FLAG_FIELDS = {"cl": "channels_last", "bench": "cudnn_benchmark", "strict": "strict_fp32",
+               "compile": "compile", "loader": "loader"}
+STEMS = ("pad4", "pad8", "s2d")
+
+
+@dataclass(frozen=True)
+class Variant:
+    dtype: str = "fp32"
+    channels_last: bool = False
+    cudnn_benchmark: bool = False
+    strict_fp32: bool = False
+    stem: str = "plain"
+    compile: bool = False
+    loader: bool = False
+    batch_size: int | None = None  # None: the run's --batch-size
+
+    @property
+    def name(self) -> str:
+        parts = [self.dtype]
+        parts += [flag for flag, field in FLAG_FIELDS.items() if field not in ("compile", "loader")
+                  and getattr(self, field)]
+        if self.stem != "plain":
+            parts.append(self.stem)
+        parts += [flag for flag in ("compile", "loader") if getattr(self, flag)]
+        return "+".join(parts) + (f"@{self.batch_size}" if self.batch_size else "")
+
+
+def parse_variant(spec: str, best: Variant | None = None) -> Variant | None:
+    """``"bf16+cl+bench@32"`` -> Variant; ``"best+..."`` needs ``best`` (None -> None)."""
+    text, _, batch = spec.strip().partition("@")
+    head, *flags = [t.strip() for t in text.split("+")]
+    if head == "best":
+        if best is None:
+            return None
+        variant = best
+    elif head in ("fp32", "bf16", "fp16"):
+        variant = Variant(dtype=head)
+    else:
+        raise ValueError(f"variant {spec!r}: must start with fp32, bf16, fp16 or best, not {head!r}")
+    for flag in flags:
+        if flag in FLAG_FIELDS:
+            variant = replace(variant, **{FLAG_FIELDS[flag]: True})
+        elif flag in STEMS:
+            variant = replace(variant, stem=flag)
+        else:
+            raise ValueError(f"variant {spec!r}: unknown flag {flag!r}; flags are "
+                             f"{', '.join(list(FLAG_FIELDS) + list(STEMS))}")
+    if batch:
+        if not batch.isdigit() or int(batch) < 1:
+            raise ValueError(f"variant {spec!r}: @ must be followed by a batch size")
+        variant = replace(variant, batch_size=int(batch))
+    return variant
+
+
+@dataclass
+class Settings:
+    """Everything a variant's run needs besides the variant (sent to each child as JSON)."""
+    device: str
+    depth: int = 50
+    frames: int = 16
+    size: int = 224
+    batch_size: int = 16
+    warmup: int = 5
+    steps: int = 20
+    tasks: str = "all"
+    seed: int = 0
+    num_workers: int = 8
+    prefetch_factor: int = 2
+    loader_clips: int = 32
+    loader_video: str = "340x256x90"  # W x H x frames of generated clips (MiT-like: 3 s at 30 fps)
+    video_dir: str = str(REPO_ROOT / ".cache" / "bench_videos")
+    videos: str | None = None
+    annotations: str | None = None
+    cache: str | None = None
+    conv_check: bool = True
+
+
+# ------------------------------------------------------------------------------------------
+# train_ddp.py's step (tests/test_train_throughput.py checks these helpers against the loop's)
+# ------------------------------------------------------------------------------------------
+def model_input(batch: dict, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """As train_ddp.model_input: uint8 clips -> normalized float on the device."""
+    x = normalize_on_device(batch["video"].to(device, non_blocking=True))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    return x
+
+
+def move_targets(targets: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in targets.items()}
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """train_ddp.build_optimizer with no unfreeze schedule: AdamW, no decay on norms/biases."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (no_decay if no_weight_decay(name, param) else decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
+
+
+@dataclass
+class TrainState:
+    model: nn.Module
+    train_model: nn.Module
+    loss_fn: MultiTaskLoss
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    device: torch.device
+    tasks: tuple[str, ...]
+    trainable: list
+    clip_grad: float
+    window_sums: torch.Tensor  # the loop's per-task loss sums and counts for logging
+    window_counts: torch.Tensor
+
+
+AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def build_state(variant: Variant, s: Settings, device: torch.device) -> TrainState:
+    cfg = TrainConfig()  # the loop's defaults: lr, weight decay, clipping, loss options
+    tasks = parse_tasks(s.tasks)
+    torch.manual_seed(s.seed)  # identical initial weights in every variant's process
+    with device:  # initialised where it trains: seconds less per process on a GPU
+        model = build_model(depth=s.depth, tasks=tasks, dropout=0.0)
+    if variant.channels_last:
+        model.to(memory_format=torch.channels_last_3d)
+    apply_stem_variant(model, variant.stem)
+    model.train()
+    amp_dtype = AMP_DTYPES[variant.dtype]
+    return TrainState(
+        model=model,
+        train_model=torch.compile(model) if variant.compile else model,
+        loss_fn=MultiTaskLoss(tasks, include_confidence=cfg.include_confidence, alpha=cfg.alpha, beta=cfg.beta),
+        optimizer=make_optimizer(model, cfg),
+        scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
+        amp_dtype=amp_dtype, channels_last=variant.channels_last, device=device, tasks=tasks,
+        trainable=[p for p in model.parameters() if p.requires_grad], clip_grad=cfg.clip_grad,
+        window_sums=torch.zeros(len(tasks), dtype=torch.float64, device=device),
+        window_counts=torch.zeros(len(tasks), dtype=torch.float64, device=device),
+    )
+
+
+def train_step(state: TrainState, batch: dict) -> dict:
+    """One optimizer step exactly as train_ddp.py's loop does it (one process, accum_steps=1).
+
+    Returns the step's outputs (detached), loss, grad norm and whether the step was taken.
+    The LR schedule is left out: it only writes Python floats into the param groups.
+    """
+    tasks, device = state.tasks, state.device
+    # The loop's one all-reduce of valid-target counts and flags: on one process a host ->
+    # device -> host round trip, which also waits for the previous step to finish.
+    counts = state.loss_fn.valid_counts(batch["targets"])
+    local = torch.tensor([float(counts[t]) for t in tasks] + [0.0, 0.0, 0.0], dtype=torch.float64)
+    reduced = local.to(device).cpu()
+    denominators = {t: reduced[i].item() for i, t in enumerate(tasks)}
+    x = model_input(batch, device, state.channels_last)
+    y = move_targets(batch["targets"], device)
+    with torch.autocast(device.type, dtype=state.amp_dtype or torch.float32, enabled=state.amp_dtype is not None):
+        outputs = state.train_model(x)
+    out = state.loss_fn(outputs, y, denominators=denominators)  # fp32 inside
+    state.scaler.scale(out.total).backward()
+    for j, t in enumerate(tasks):  # the loop's logging window, kept on the device
+        state.window_sums[j] += out.sums[t].double()
+        state.window_counts[j] += out.counts[t].double()
+    state.scaler.unscale_(state.optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(state.trainable, state.clip_grad if state.clip_grad > 0 else float("inf"))
+    finite = bool(torch.isfinite(grad_norm))
+    if finite:
+        state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.optimizer.zero_grad(set_to_none=True)
+    return {"outputs": outputs, "loss": out.total.detach(), "grad_norm": grad_norm.detach(), "finite": finite}
+
+
+# ------------------------------------------------------------------------------------------
+# input: synthetic on-device batches, or a real DataLoader
+# ------------------------------------------------------------------------------------------
+def synthetic_targets(n: int, tasks, seed: int) -> dict[str, np.ndarray]:
+    """Valid targets of every head output, with missing values (NaN / -1) like the real table."""
+    rng = np.random.default_rng(seed)
+    targets: dict[str, np.ndarray] = {}
+    for name in output_sizes(tasks):
+        if name == "peoplecount":
+            values = rng.integers(0, 5, n).astype(np.int64)
+            values[rng.random(n) < 0.1] = -1
+        elif name in ("location_score", "peoplecount_certain"):
+            values = rng.integers(0, 2, n).astype(np.float32)
+            values[rng.random(n) < 0.1] = np.nan
+        elif name.endswith("_score"):
+            values = (rng.integers(0, 11, n) / 10).astype(np.float32)
+            values[rng.random(n) < 0.15] = np.nan
+        else:  # confidences: never missing in cleaned tables
+            values = (rng.integers(0, 11, n) / 10).astype(np.float32)
+        targets[name] = values
+    return targets
+
+
+def synthetic_batch(s: Settings, batch_size: int, device: torch.device) -> dict:
+    """uint8 clips made once on the device (from a seeded CPU generator: the same bytes in
+    every variant's process) and CPU targets, as the loader would hand them over."""
+    gen = torch.Generator().manual_seed(s.seed + 1)
+    video = torch.randint(0, 256, (batch_size, 3, s.frames, s.size, s.size), dtype=torch.uint8, generator=gen)
+    targets = synthetic_targets(batch_size, parse_tasks(s.tasks), s.seed + 2)
+    return {"video": video.to(device),
+            "targets": {k: torch.from_numpy(v) for k, v in targets.items()},
+            "indices": torch.arange(batch_size)}
+
+
+def write_synthetic_videos(folder: Path, count: int, spec: str, seed: int) -> list[str]:
+    """``count`` H.264 clips of moving colour gradients (cheap to make, real to decode)."""
+    width, height, frames = (int(v) for v in spec.lower().split("x"))
+    marker = folder / f"COMPLETE-{count}-{spec}-{seed}"
+    names = [f"bench_{i:04d}.mp4" for i in range(count)]
+    if marker.exists():
+        return names
+    from datasets.video import write_video  # PyAV: only the loader variants need it
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    for name in names:
+        phase, speed = rng.uniform(0, 2 * np.pi, 3), rng.uniform(0.1, 0.4, 3)
+        clip = np.empty((frames, height, width, 3), dtype=np.uint8)
+        for t in range(frames):
+            for c in range(3):
+                wave = np.sin(xx / (13 + 7 * c) + yy / (17 + 5 * c) + phase[c] + speed[c] * t)
+                clip[t, :, :, c] = (127 + 100 * wave).astype(np.uint8)
+        clip += rng.integers(0, 12, clip.shape, dtype=np.uint8)  # some texture for the codec
+        write_video(folder / name, clip, fps=30, options={"preset": "veryfast"})
+    marker.write_text("done\n")
+    return names
+
+
+class _Cycle(torch.utils.data.Dataset):
+    """Sample i of a long run = clip i % n of pass i // n (new augmentation every pass)."""
+
+    def __init__(self, base, length: int) -> None:
+        self.base, self.length = base, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int):
+        return self.base[(i // len(self.base), i % len(self.base))]
+
+
+def cache_dataset(cache_dir: str, names, targets, s: Settings):
+    """The frame cache's Dataset (datasets/cache.py, written by another engineer).
+
+    Its exact constructor is not settled yet, so this looks for the one Dataset class the
+    module defines and fills the parameters it recognises; adapt here if it differs.
+    """
+    import importlib
+    import inspect
+
+    try:
+        cache = importlib.import_module("datasets.cache")
+    except ModuleNotFoundError as exc:
+        raise SystemExit(f"--cache {cache_dir}: the frame cache module datasets/cache.py is not in this "
+                         f"checkout ({exc}); leave out --cache to measure the video-decoding loader") from exc
+    classes = [obj for obj in vars(cache).values() if isinstance(obj, type)
+               and issubclass(obj, torch.utils.data.Dataset) and obj.__module__ == cache.__name__]
+    if len(classes) != 1:
+        raise SystemExit(f"--cache: expected one Dataset class in datasets.cache, found "
+                         f"{[c.__name__ for c in classes]}; adapt cache_dataset() in {__file__}")
+    offered = {"video_names": list(names), "names": list(names), "targets": targets, "cache_dir": cache_dir,
+               "cache": cache_dir, "root": cache_dir, "num_frames": s.frames, "frames": s.frames,
+               "size": s.size, "train": True, "seed": s.seed}
+    params = inspect.signature(classes[0]).parameters
+    missing = [n for n, p in params.items() if p.default is p.empty and n not in offered
+               and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if missing:
+        raise SystemExit(f"--cache: {classes[0].__name__} needs {missing}, which cache_dataset() in "
+                         f"{__file__} does not know how to fill")
+    return classes[0](**{n: v for n, v in offered.items() if n in params})
+
+
+def loader_batches(s: Settings, batch_size: int, n_batches: int, device: torch.device):
+    """(iterator over ``n_batches`` real batches, description, the DataLoader)."""
+    from datasets import VideoClipDataset, collate_clips  # PyAV from here on
+
+    tasks = parse_tasks(s.tasks)
+    if s.annotations:
+        from datasets import build_targets, load_annotation_table
+
+        table, _ = load_annotation_table(s.annotations, tasks=tasks)
+        names, targets = table["video_name"].tolist(), build_targets(table, tasks)
+        if s.cache:
+            base, what = cache_dataset(s.cache, names, targets, s), f"frame cache {s.cache}"
+        else:
+            if not s.videos:
+                raise SystemExit("--annotations needs --videos DIR or --cache DIR")
+            base = VideoClipDataset(names, targets, s.videos, num_frames=s.frames, size=s.size,
+                                    train=True, seed=s.seed)
+            what = f"videos {s.videos}"
+    else:
+        if s.cache:
+            raise SystemExit("--cache needs --annotations CSV (the targets of the cached videos)")
+        folder = Path(s.video_dir) / f"{s.loader_video}-{s.loader_clips}"
+        names = write_synthetic_videos(folder, s.loader_clips, s.loader_video, s.seed)
+        base = VideoClipDataset(names, synthetic_targets(len(names), tasks, s.seed), folder,
+                                num_frames=s.frames, size=s.size, train=True, seed=s.seed)
+        what = f"{len(names)} generated H.264 clips {s.loader_video} (decoded by VideoClipDataset)"
+    loader = torch.utils.data.DataLoader(
+        _Cycle(base, batch_size * n_batches), batch_size=batch_size, shuffle=False, drop_last=True,
+        num_workers=s.num_workers, collate_fn=collate_clips, pin_memory=device.type == "cuda",
+        prefetch_factor=s.prefetch_factor if s.num_workers > 0 else None,
+    )
+    return iter(loader), f"{what}, {s.num_workers} workers x prefetch {s.prefetch_factor}", loader
+
+
+# ------------------------------------------------------------------------------------------
+# one variant (on a GPU in its own process, see --isolate)
+# ------------------------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _apply_backend_flags(variant: Variant, device: torch.device) -> None:
+    if device.type == "cuda":  # as train_ddp.py: TF32 on for GPUs, benchmark per config
+        torch.backends.cudnn.benchmark = variant.cudnn_benchmark
+        torch.backends.cuda.matmul.allow_tf32 = not variant.strict_fp32
+        torch.backends.cudnn.allow_tf32 = not variant.strict_fp32
+
+
+def _first_step_record(result: dict) -> dict:
+    outputs = result["outputs"]
+    logits = torch.cat([outputs[k].detach().double().flatten() for k in sorted(outputs)])
+    return {"logits": logits.cpu().tolist(), "loss": result["loss"].item(),
+            "grad_norm": result["grad_norm"].item()}
+
+
+def _count_host_syncs(step: Callable[[], Any]) -> int:
+    """Synchronising CUDA calls in one step (torch's sync debug mode warns on each)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def run_reference(s: Settings, batch_size: int) -> dict:
+    """First step in strict fp32 with cuDNN off: the logits every variant is compared with."""
+    device = torch.device(s.device)
+    variant = Variant(dtype="fp32", strict_fp32=True)
+    _apply_backend_flags(variant, device)
+    with torch.backends.cudnn.flags(enabled=False, benchmark=False, deterministic=False, allow_tf32=False):
+        state = build_state(variant, s, device)
+        return _first_step_record(train_step(state, synthetic_batch(s, batch_size, device)))
+
+
+def run_variant(variant: Variant, s: Settings) -> dict:
+    """Warm up, time, measure memory, check the convolutions.  Returns the row's figures."""
+    device = torch.device(s.device)
+    on_gpu = device.type == "cuda"
+    batch_size = variant.batch_size or s.batch_size
+    t_start = time.perf_counter()
+    _apply_backend_flags(variant, device)
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats(device)
+    state = build_state(variant, s, device)
+    row: dict[str, Any] = {}
+    loader = None
+    if variant.loader:
+        # The workers prefetch num_workers x prefetch_factor batches; warming up through that
+        # many more steps starts the timing from the loader's steady state, not a full queue.
+        extra = s.num_workers * s.prefetch_factor
+        batches, row["input"], loader = loader_batches(s, batch_size, s.warmup + extra + s.steps, device)
+        warmup = s.warmup + extra
+    else:
+        fixed = synthetic_batch(s, batch_size, device)
+        batches, row["input"] = iter(lambda: fixed, None), "synthetic uint8 clips on the device"
+        warmup = s.warmup
+
+    def fetch() -> dict:
+        batch = next(batches)
+        if len(batch["indices"]) == 0:
+            raise RuntimeError(f"the loader returned a batch with no readable clip: {batch['bad'][:3]}")
+        return batch
+
+    nonfinite = 0
+    t0 = time.perf_counter()
+    first = train_step(state, fetch())
+    _sync(device)
+    row["first_step_s"] = time.perf_counter() - t0  # includes autotuning / compilation
+    row["first_step"] = _first_step_record(first)
+    nonfinite += not first["finite"]
+    del first
+    for _ in range(max(0, warmup - 1)):
+        nonfinite += not train_step(state, fetch())["finite"]
+    _sync(device)
+    row["warmup_s"] = time.perf_counter() - t0
+
+    step_times, data_s = [], 0.0
+    t_timed = time.perf_counter()
+    for _ in range(s.steps):
+        t_data = time.perf_counter()
+        batch = fetch()
+        t_compute = time.perf_counter()
+        data_s += t_compute - t_data
+        nonfinite += not train_step(state, batch)["finite"]
+        step_times.append(time.perf_counter() - t_data)
+    _sync(device)
+    total = time.perf_counter() - t_timed
+    row.update(
+        batch=batch_size, clips_per_s=batch_size * s.steps / total, step_ms=1000 * total / s.steps,
+        step_ms_median=1000 * statistics.median(step_times), data_wait_fraction=data_s / total,
+        nonfinite_steps=nonfinite,
+        peak_mem_gb=torch.cuda.max_memory_allocated(device) / 2**30 if on_gpu else None,
+    )
+    if variant.compile:
+        row["compile_s"] = max(0.0, row["first_step_s"] - row["step_ms_median"] / 1000)
+    if loader is not None:
+        del batches, loader  # stops the workers
+    if on_gpu and not variant.compile:
+        fixed_batch = synthetic_batch(s, batch_size, device)
+        try:
+            row["host_syncs_per_step"] = _count_host_syncs(lambda: train_step(state, fixed_batch))
+        except Exception as exc:  # informational only
+            row["host_syncs_per_step"] = f"n/a ({type(exc).__name__})"
+    shape = (batch_size, 3, s.frames, s.size, s.size)
+    calls = collect_conv_calls(state.model, shape)
+    del state
+    gc.collect()
+    if on_gpu:
+        torch.cuda.empty_cache()
+    if s.conv_check:
+        precision = math_precision(variant.dtype, tf32=on_gpu and not variant.strict_fp32)
+        row["conv_check"] = {**check_conv_calls(calls, device, AMP_DTYPES[variant.dtype], variant.channels_last,
+                                                seed=s.seed), "tolerance": TOLERANCES[precision],
+                             "precision": precision}
+    if variant.compile:
+        torch._dynamo.reset()  # in-process runs: the next variant compiles afresh
+    row["wall_s"] = time.perf_counter() - t_start
+    return row
+
+
+def _child_main(spec_path: str, out_path: str) -> int:
+    spec = json.loads(Path(spec_path).read_text())
+    settings = Settings(**spec["settings"])
+    try:
+        if spec.get("reference"):
+            result = {"reference": run_reference(settings, spec["batch_size"])}
+        else:
+            result = run_variant(Variant(**spec["variant"]), settings)
+        code = 0
+    except BaseException as exc:  # reported as the row's error; the parent goes on
+        result = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-4000:]}
+        print(result["traceback"], file=sys.stderr, flush=True)
+        code = 1
+    Path(out_path).write_text(json.dumps(result))
+    return code
+
+
+def run_isolated(cmd: list[str], timeout: float) -> tuple[dict | None, str | None]:
+    """Run ``cmd`` (a child writing JSON to its last argument) in its own process group.
+
+    Returns (result, None) or (partial result or None, error text: crash signal, timeout,
+    exit status)."""
+    out_path = cmd[-1]
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the child and its DataLoader workers
+        proc.wait()
+        return None, f"TIMEOUT after {timeout:.0f} s"
+    result = None
+    with contextlib.suppress(OSError, ValueError):
+        result = json.loads(Path(out_path).read_text())
+    if code < 0:
+        return result, f"CRASHED ({signal.Signals(-code).name})"
+    if code != 0 or result is None:
+        return result, (result or {}).get("error") or f"exit status {code}"
+    return result, None
+
+
+# ------------------------------------------------------------------------------------------
+# environment, FLOPs, probes
+# ------------------------------------------------------------------------------------------
+def _cudnn_version_text(version: int | None) -> str | None:
+    if not version:
+        return None
+    if version >= 90000:
+        return f"{version // 10000}.{version % 10000 // 100}.{version % 100}"
+    return f"{version // 1000}.{version % 1000 // 100}.{version % 100}"
+
+
+def _driver_version() -> str | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        version = pynvml.nvmlSystemGetDriverVersion()
+        return version.decode() if isinstance(version, bytes) else str(version)
+    except Exception:  # no NVML: try the command line tool
+        pass
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: torch.device, peak_tflops: float | None) -> dict:
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    env: dict[str, Any] = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+        "cudnn": _cudnn_version_text(cudnn), "cudnn_int": cudnn, "cudnn_enabled": torch.backends.cudnn.enabled,
+        "device": str(device), "cpu_count": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env.update(gpu_name=props.name, gpu_capability=f"{props.major}.{props.minor}",
+                   gpu_memory_gb=round(props.total_memory / 2**30, 1),
+                   gpu_multiprocessors=props.multi_processor_count, driver=_driver_version())
+        found = lookup_peaks(props.name)
+        if found:
+            env["peaks"] = {"label": found[0], "tflops": found[1]}
+    if peak_tflops:
+        env["peaks"] = {"label": "--peak-tflops", "tflops": {k: peak_tflops for k in ("fp32", "tf32", "bf16", "fp16")}}
+    return env
+
+
+def version_warnings(env: dict) -> list[str]:
+    out = []
+    version = env["torch"].split("+")[0]
+    cudnn = env.get("cudnn_int") or 0
+    if version == "2.9.0":
+        out.append("torch 2.9.0 turns cuDNN off for bf16/fp16 conv3d with cuDNN >= 9.8 (native vol2col "
+                   "kernels: about 4x slower, far more memory; pytorch/pytorch#163581): use 2.9.1 or later")
+    if cudnn == 91002:
+        out.append("cuDNN 9.10.2 computes some large bf16 conv3d wrongly (pytorch/pytorch#163539): "
+                   "trust only variants whose conv check passed")
+    if 91002 <= cudnn < 91500:
+        out.append(f"cuDNN {env['cudnn']}: newer torch releases turn TF32 off for conv3d with cuDNN "
+                   "9.10.2-9.14 (a broken kernel, pytorch/pytorch#167024), so fp32 rows may run plain "
+                   "fp32 and their MFU against the TF32 peak understates them")
+    if env.get("device", "").startswith("cuda") and not env.get("cudnn_enabled"):
+        out.append("torch.backends.cudnn.enabled is False")
+    for dtype, backend in (env.get("conv3d_backend") or {}).items():
+        if backend != "cudnn":
+            out.append(f"{dtype} conv3d does not run on cuDNN here ({backend})")
+    return out
+
+
+def conv3d_backend(device: torch.device) -> dict[str, str]:
+    """Which kernels a 3x3x3 conv3d (forward + backward) uses, per dtype, from the profiler's op names."""
+    found = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        try:
+            x = torch.randn(2, 64, 8, 28, 28, device=device, dtype=dtype, requires_grad=True)
+            w = torch.randn(64, 64, 3, 3, 3, device=device, dtype=dtype, requires_grad=True)
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                torch.nn.functional.conv3d(x, w, padding=1).sum().backward()
+                _sync(device)
+            ops = {e.key for e in prof.key_averages()}
+            if any("cudnn" in op for op in ops):
+                found[name] = "cudnn"
+            elif any("slow_conv3d" in op or "vol2col" in op for op in ops):
+                found[name] = "native vol2col"
+            else:
+                found[name] = "unknown: " + ", ".join(sorted(op for op in ops if "conv" in op))[:120]
+        except Exception as exc:  # the probe must never stop the benchmark
+            found[name] = f"probe failed: {type(exc).__name__}"
+    return found
+
+
+def matmul_tflops(device: torch.device, n: int = 8192, reps: int = 10) -> float:
+    """A large bf16 matrix product's rate: the practical ceiling next to the datasheet peak."""
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        a @ b
+    end.record()
+    end.synchronize()
+    return 2 * n**3 * reps / (start.elapsed_time(end) / 1000) / 1e12
+
+
+def analytic_conv_flops(model: nn.Module, input_shape) -> tuple[int, int]:
+    """(forward FLOPs, the stem's forward FLOPs) from layer shapes: 2 x MACs of every Conv3d
+    and Linear -- an independent check of FlopCounterMode's count."""
+    total, per_module = 0, []
+    meta = __import__("copy").deepcopy(model).to(device="meta")
+
+    def hook(module, inputs, output):
+        nonlocal total
+        if isinstance(module, nn.Conv3d):
+            flops = 2 * output.numel() * module.in_channels // module.groups * math.prod(module.kernel_size)
+        else:
+            flops = 2 * inputs[0].shape[0] * module.in_features * module.out_features
+        total += flops
+        per_module.append(flops)
+
+    handles = [m.register_forward_hook(hook) for m in meta.modules() if isinstance(m, (nn.Conv3d, nn.Linear))]
+    with torch.no_grad():
+        meta(torch.empty(tuple(input_shape), device="meta"))
+    for h in handles:
+        h.remove()
+    return total, per_module[0]
+
+
+def flop_counts(s: Settings) -> dict:
+    with torch.device("meta"):
+        model = build_model(depth=s.depth, tasks=s.tasks, dropout=0.0)
+    # Counted at batch 2 (FLOPs are linear in the batch; training-mode BatchNorm refuses a
+    # batch of one when the last stage is 1x1x1, as at --tiny sizes).
+    shape = (2, 3, s.frames, s.size, s.size)
+    counted = count_parameters_and_flops(model, shape)
+    forward, stem = analytic_conv_flops(model, shape)
+    # backward = 2 x forward for every layer, except that the stem computes no input gradient
+    analytic_training = 3 * forward - stem
+    return {
+        "training_gflops_per_clip": counted["training_flops"] / 2e9,
+        "forward_gflops_per_clip": counted["forward_flops"] / 2e9,
+        "analytic_training_gflops_per_clip": analytic_training / 2e9,
+        "stem_share_of_forward": stem / forward,
+        "parameters": counted["parameters"],
+    }
+
+
+# ------------------------------------------------------------------------------------------
+# the parent: run the variants, compare, report
+# ------------------------------------------------------------------------------------------
+def _rel(a: float, b: float) -> float:
+    return abs(a - b) / abs(b) if b else abs(a - b)
+
+
+def finish_row(row: dict, variant: Variant, reference: dict | None, flops: dict, env: dict,
+               on_gpu: bool, baseline: dict | None, batch_size: int) -> dict:
+    """Adds the variant's fields, status, MFU, speed-up and the logits comparison."""
+    row.update(asdict(variant), name=variant.name)
+    row.setdefault("batch", variant.batch_size or batch_size)
+    if row.get("error"):
+        return row
+    conv = row.get("conv_check")
+    row["status"] = "WRONG" if conv and not conv["max_rel_error"] <= conv["tolerance"] else "OK"
+    first = row.pop("first_step", None)
+    if reference and first and len(first["logits"]) == len(reference["logits"]):
+        got, ref = np.array(first["logits"]), np.array(reference["logits"])
+        row["logits_rel_diff"] = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30))
+        row["loss_rel_diff"] = _rel(first["loss"], reference["loss"])
+        row["grad_norm_rel_diff"] = _rel(first["grad_norm"], reference["grad_norm"])
+    precision = math_precision(variant.dtype, tf32=on_gpu and not variant.strict_fp32)
+    peak = (env.get("peaks") or {}).get("tflops", {}).get(precision)
+    row["mfu_precision"] = precision
+    row["mfu"] = (row["clips_per_s"] * flops["training_gflops_per_clip"] / 1e3 / peak) if peak else None
+    if baseline and baseline.get("clips_per_s"):
+        row["speedup_vs_baseline"] = row["clips_per_s"] / baseline["clips_per_s"]
+    return row
+
+
+def _best(rows: list[dict]) -> Variant | None:
+    ok = [r for r in rows if r.get("status") == "OK" and not r.get("loader") and r.get("clips_per_s")]
+    if not ok:
+        return None
+    best = max(ok, key=lambda r: r["clips_per_s"])
+    return Variant(**{f.name: best[f.name] for f in fields(Variant)})
+
+
+def _estimate_s(variant: Variant) -> float:
+    """Rough wall time of a variant on an H100-class GPU, for the --time-budget check."""
+    return 20 + (150 if variant.compile else 0) + (60 if variant.loader else 0)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tiny", action="store_true",
+                   help="CPU smoke size: depth 18, 4 x 32^2, batch 2, 1 warm-up + 2 timed steps")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    p.add_argument("--depth", type=int, default=50)
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=16, help="clips per GPU per step")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps (autotuning, compilation)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps")
+    p.add_argument("--variants", default="default",
+                   help="default, all, or a comma list such as fp32,bf16+cl+bench,best+compile")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="peak TFLOP/s for MFU on a GPU missing from benchmarks/gpu_peaks.py")
+    p.add_argument("--json", default=None, help="write every figure here")
+    p.add_argument("--markdown", default=None, help="write the report table here")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="seconds: start no variant that would end past this (outputs still written)")
+    p.add_argument("--variant-timeout", type=float, default=480, help="seconds before a variant is killed")
+    p.add_argument("--isolate", choices=("auto", "on", "off"), default="auto",
+                   help="one process per variant (auto: on GPUs, where a crash or OOM must not end the "
+                        "run; off on CPUs, where the extra imports dominate a --tiny run)")
+    p.add_argument("--no-conv-check", action="store_true", help="skip the per-layer convolution check")
+    p.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("loader variants")
+    g.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default min(8, CPUs - 1))")
+    g.add_argument("--prefetch-factor", type=int, default=TrainConfig().prefetch_factor)
+    g.add_argument("--loader-clips", type=int, default=32, help="generated clips (cycled)")
+    g.add_argument("--loader-video", default="340x256x90", help="generated clips' W x H x frames (30 fps)")
+    g.add_argument("--video-dir", default=Settings.video_dir, help="where generated clips are kept")
+    g.add_argument("--videos", default=None, help="real videos instead (with --annotations)")
+    g.add_argument("--annotations", default=None, help="annotation CSV for --videos / --cache")
+    g.add_argument("--cache", default=None, help="frame cache directory (datasets/cache.py) instead of decoding")
+    p.add_argument("--child", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.tiny:
+        given = {a.lstrip("-").replace("-", "_") for a in (argv if argv is not None else sys.argv[1:])
+                 if a.startswith("--")}
+        for key, value in TINY.items():
+            if key not in given:
+                setattr(args, key, value)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        return _child_main(*args.child)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else "cpu" if args.device == "auto" else args.device)
+    on_gpu = device.type == "cuda"
+    workers = args.num_workers if args.num_workers is not None else max(1, min(8, (os.cpu_count() or 2) - 1))
+    s = Settings(device=str(device), depth=args.depth, frames=args.frames, size=args.size,
+                 batch_size=args.batch_size, warmup=args.warmup, steps=args.steps, seed=args.seed,
+                 num_workers=workers, prefetch_factor=args.prefetch_factor, loader_clips=args.loader_clips,
+                 loader_video=args.loader_video, video_dir=args.video_dir, videos=args.videos,
+                 annotations=args.annotations, cache=args.cache, conv_check=not args.no_conv_check)
+    if args.variants == "default":
+        specs = default_gpu_variants(s.batch_size) if on_gpu else TINY_VARIANTS
+    elif args.variants == "all":
+        specs = all_variants()
+    else:
+        specs = [v for v in args.variants.split(",") if v.strip()]
+    for spec in specs:  # fail on a typo now, not after an hour of measuring
+        parse_variant(spec, best=Variant())
+
+    t_begin = time.perf_counter()
+    env = environment(device, args.peak_tflops)
+    if on_gpu:
+        env["conv3d_backend"] = conv3d_backend(device)
+        with contextlib.suppress(Exception):
+            env["matmul_bf16_tflops"] = matmul_tflops(device)
+        torch.cuda.empty_cache()
+    flops = flop_counts(s)
+    report: dict[str, Any] = {"environment": env, "settings": asdict(s), "flops": flops,
+                              "warnings": version_warnings(env), "variants": []}
+    print(f"{env['date']}  torch {env['torch']}  CUDA {env['cuda']}  cuDNN {env['cudnn']} "
+          f"(enabled {env['cudnn_enabled']})  device {env.get('gpu_name') or device}"
+          + (f"  driver {env['driver']}" if env.get("driver") else ""), flush=True)
+    print(f"ResNet3D-{s.depth} {s.frames}x{s.size}^2 batch {s.batch_size}: "
+          f"{flops['training_gflops_per_clip']:.2f} GFLOP per training clip counted, "
+          f"{flops['analytic_training_gflops_per_clip']:.2f} analytic; the stem is "
+          f"{100 * flops['stem_share_of_forward']:.0f}% of the forward", flush=True)
+    for w in report["warnings"]:
+        print(f"WARNING: {w}", flush=True)
+    if not env.get("peaks"):
+        print("MFU: n/a (" + ("CPU" if not on_gpu else f"{env.get('gpu_name')} is not in benchmarks/gpu_peaks.py; "
+                              "pass --peak-tflops") + ")", flush=True)
+
+    isolate = args.isolate == "on" or (args.isolate == "auto" and on_gpu)
+    workdir = Path(tempfile.mkdtemp(prefix="train_throughput-"))
+
+    def execute(spec: dict, label: str) -> tuple[dict | None, str | None]:
+        if not isolate:
+            try:
+                if spec.get("reference"):
+                    return {"reference": run_reference(Settings(**spec["settings"]), spec["batch_size"])}, None
+                return run_variant(Variant(**spec["variant"]), Settings(**spec["settings"])), None
+            except Exception as exc:
+                traceback.print_exc()
+                return None, f"{type(exc).__name__}: {exc}"
+        spec_path, out_path = workdir / f"{label}.json", workdir / f"{label}.out.json"
+        spec_path.write_text(json.dumps(spec))
+        return run_isolated([sys.executable, str(Path(__file__).resolve()), "--child", str(spec_path),
+                             str(out_path)], args.variant_timeout)
+
+    references: dict[int, dict | None] = {}
+
+    def reference_for(batch_size: int) -> dict | None:
+        if batch_size not in references:
+            result, error = execute({"reference": True, "batch_size": batch_size, "settings": asdict(s)},
+                                    f"reference-{batch_size}")
+            references[batch_size] = (result or {}).get("reference")
+            if error:
+                report["warnings"].append(f"no logits reference at batch {batch_size}: {error}")
+        return references[batch_size]
+
+    rows: list[dict] = report["variants"]
+    done: set[str] = set()
+    # compile and loader rows run the same convolutions as their eager / synthetic twin
+    conv_checked: dict[tuple, tuple[str, dict]] = {}
+    for index, spec_text in enumerate(specs):
+        variant = parse_variant(spec_text, best=_best(rows))
+        if variant is None:
+            rows.append({"name": spec_text, "status": "SKIPPED", "error": "no correct variant before it",
+                         **asdict(Variant())})
+            continue
+        if variant.name in done:
+            continue
+        done.add(variant.name)
+        elapsed = time.perf_counter() - t_begin
+        if args.time_budget and elapsed + _estimate_s(variant) > args.time_budget:
+            rows.append(finish_row({"status": "SKIPPED", "error": f"time budget ({elapsed:.0f} s used)"},
+                                   variant, None, flops, env, on_gpu, None, s.batch_size))
+            _write_outputs(report, args)
+            continue
+        print(f"[{index + 1}/{len(specs)}] {variant.name} ...", flush=True)
+        reference = reference_for(variant.batch_size or s.batch_size) if not variant.loader else None
+        kernels = (variant.dtype, variant.channels_last, variant.cudnn_benchmark, variant.strict_fp32,
+                   variant.stem, variant.batch_size or s.batch_size)
+        twin = conv_checked.get(kernels)
+        settings = replace(s, conv_check=s.conv_check and twin is None)
+        result, error = execute({"variant": asdict(variant), "settings": asdict(settings)}, f"variant-{index}")
+        row = dict(result or {})
+        if twin and not error:
+            row["conv_check"] = {**twin[1], "from": twin[0]}
+        elif row.get("conv_check"):
+            conv_checked[kernels] = (variant.name, row["conv_check"])
+        if error:
+            row["error"] = error
+            row["status"] = error.split(" ")[0] if error.startswith(("CRASHED", "TIMEOUT")) else "ERROR"
+        baseline = next((r for r in rows if r["name"] == BASELINE and r.get("clips_per_s")), None)
+        if variant.name == BASELINE:
+            baseline = row
+        rows.append(finish_row(row, variant, reference, flops, env, on_gpu, baseline, s.batch_size))
+        r = rows[-1]
+        print(f"    {r['status']}" + (f": {r['clips_per_s']:.2f} clips/s, {r['step_ms']:.1f} ms/step, "
+                                       f"first step {r['first_step_s']:.1f} s" if r.get("clips_per_s") else "")
+              + (f" ({r['error'].splitlines()[0][:200]})" if r.get("error") else ""), flush=True)
+        _write_outputs(report, args)
+
+    report["recommendation"] = recommend(rows)
+    report["total_s"] = time.perf_counter() - t_begin
+    _write_outputs(report, args)
+    shutil.rmtree(workdir, ignore_errors=True)
+    print()
+    print(format_table(rows))
+    rec = report["recommendation"]
+    if rec.get("fastest"):
+        print(f"\nfastest correct: {rec['fastest']}")
+    if rec.get("train_ddp_flags"):
+        print(f"fastest train_ddp.py can express: {rec['fastest_train_ddp']} -> {rec['train_ddp_flags']}")
+    for note in rec.get("notes", []):
+        print(f"  - {note}")
+    print(f"total {report['total_s']:.0f} s", flush=True)
+    return 0
+
+
+def _write_outputs(report: dict, args: argparse.Namespace) -> None:
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=1, default=str))
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(markdown_report(report))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
