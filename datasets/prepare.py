@@ -399,6 +399,8 @@ def prepare_cache(out: str | os.PathLike, names: list[str], source_dir: str, *, 
 def _run_jobs(jobs: list[tuple], workers: int, bar) -> list[tuple[int, list]]:
     """Run shard jobs inline (workers 0) or in a process pool; the bar counts videos."""
     results = []
+    if not jobs:
+        return results
     if workers <= 0:
         for job in jobs:
             root, shard_id, items, params_dict, kind = job
@@ -432,6 +434,13 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (a SLURM job's allocation, not the whole node)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m datasets.prepare",
@@ -443,8 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--from-pt", help="directory of the earlier version's float32 .pt clips to convert")
     parser.add_argument("--annotations", required=True, help="CSV with a video_name column (the annotation table)")
     parser.add_argument("--out", required=True, help="cache directory (created; an existing one is resumed)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="worker processes (0 = in this process)")
+    parser.add_argument("--workers", type=int, default=usable_cores(),
+                        help="worker processes (0 = in this process); default: the cores this process may use")
     parser.add_argument("--frames", type=int, default=None,
                         help="K frames kept per video, segment centres; default 16 (more than training's "
                              "--frames, e.g. 32, allows temporal jitter; with --from-pt: the clips' own)")

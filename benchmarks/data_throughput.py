@@ -1,0 +1,492 @@
+#!/usr/bin/env python3
+"""Data throughput, side by side in one run on the same clips: mp4 on the fly, the frame cache
+(raw and JPEG), and the earlier version's float32 ``.pt`` clips.
+
+    python -m benchmarks.data_throughput                    # 32 generated 3 s clips (~2-4 min on 2 cores)
+    python -m benchmarks.data_throughput --clips 64 --max-workers 16 --json data.json
+    python -m benchmarks.data_throughput --videos /path/to/mit/clips --clips 64
+
+What it measures (all on the CPU unless a GPU is there; the tables print as Markdown):
+1. Reading, per worker core: one process, one thread, doing exactly a DataLoader worker's job
+   for training (the Dataset's ``__getitem__`` in train mode plus the collate), over every
+   clip in a shuffled order, after one warm-up pass (files in the page cache: the bytes per
+   clip column stands for what the disk / network file system would have to deliver).
+   clips/s per core = clips / CPU seconds of the process (user + system), which stays
+   meaningful when other jobs share the machine; wall-clock clips/s is printed beside it.
+2. Preparation, per core: ``prepare`` (one-pass decode, resize, write; the real command with
+   ``--workers 0``) against the earlier approach: seek to each of the 16 frames, decode
+   forward from the preceding key frame (what OpenCV's ``CAP_PROP_POS_FRAMES`` does; OpenCV
+   is not a dependency, so PyAV's ``container.seek`` stands in), resize to 224, normalize to
+   float32 and ``torch.save`` the [3, 16, 224, 224] tensor.  Those ``.pt`` files are the
+   earlier format read in (1).
+3. The full loader with 1..N workers (persistent, prefetch 2, pinned memory on a GPU)
+   feeding a consumer that applies the crop/resize/flip/normalization
+   (:func:`datasets.gpu_augment.augment_on_device`) on the GPU when there is one, else on
+   the CPU, where it competes with the workers for cores.  "loader only" is the same with a
+   consumer that only touches the batch.
+4. With a GPU: the ResNet3D-50 training step rate (bf16, channels_last_3d) on synthetic
+   input, to compare the loader against.
+
+Clips are generated (so the benchmark runs anywhere): 3 s, 30 fps H.264 (libx264 defaults:
+one key frame per clip) at Moments-in-Time-like sizes, with moving textured shapes; or real
+clips with ``--videos DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # `python benchmarks/data_throughput.py` works too
+    sys.path.insert(0, str(REPO_ROOT))
+
+from datasets.cache import CachedClipDataset, FrameCache, collate_cached  # noqa: E402
+from datasets.clips import VideoClipDataset, collate_clips  # noqa: E402
+from datasets.gpu_augment import augment_on_device  # noqa: E402
+from datasets.prepare import prepare_cache  # noqa: E402
+from datasets.transforms import normalize_on_device, resize_center_crop  # noqa: E402
+from datasets.video import sample_clip_indices, write_video  # noqa: E402
+
+# width x height: the common Moments in Time shapes (4:3 and 16:9 landscape, some portrait)
+MIT_SIZES = [(340, 256), (320, 240), (454, 256), (480, 360), (640, 360), (256, 340)]
+
+
+# ------------------------------------------------------------------------------------------------
+# clips
+# ------------------------------------------------------------------------------------------------
+def render_clip(width: int, height: int, frames: int, seed: int) -> np.ndarray:
+    """Moving textured ellipses over a panning gradient, a little noise: costs a codec real work."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = rng.uniform(40, 200, 3)
+    shapes = [dict(c=rng.uniform(30, 230, 3), r=rng.uniform(0.08, 0.25) * height, p=rng.uniform(0, 1, 2),
+                   v=rng.uniform(-0.02, 0.02, 2), f=rng.uniform(0.05, 0.3)) for _ in range(int(rng.integers(3, 7)))]
+    out = np.empty((frames, height, width, 3), np.uint8)
+    for t in range(frames):
+        img = base + 40 * np.sin(xx[..., None] / width * 3 + t * 0.05 + np.arange(3)) * (yy[..., None] / height)
+        for s in shapes:
+            cy, cx = (s["p"] + s["v"] * t) % 1 * (height, width)
+            mask = ((yy - cy) ** 2 + ((xx - cx) * 0.8) ** 2) < s["r"] ** 2
+            stripes = 20 * np.sin((xx + yy) * s["f"] + t * 0.3)
+            img[mask] = s["c"] + stripes[mask, None]
+        out[t] = np.clip(img + rng.normal(0, 3, img.shape), 0, 255)
+    return out
+
+
+def make_clips(folder: Path, count: int, seconds: float, fps: int) -> list[str]:
+    """``count`` generated H.264 clips in ``folder`` (reused if already there)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(count):
+        width, height = MIT_SIZES[i % len(MIT_SIZES)]
+        name = f"clip_{i:04d}_{width}x{height}.mp4"
+        if not (folder / name).exists():
+            tmp = folder / f".{name}.tmp.mp4"
+            write_video(tmp, render_clip(width, height, int(round(seconds * fps)), i), fps)
+            os.replace(tmp, folder / name)
+        names.append(name)
+    return names
+
+
+def real_clips(folder: Path, count: int) -> list[str]:
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".mp4", ".avi", ".mkv", ".webm", ".mov"))
+    if not files:
+        raise SystemExit(f"--videos {folder}: no video files")
+    return [files[i % len(files)].name for i in range(min(count, len(files)))]
+
+
+# ------------------------------------------------------------------------------------------------
+# the earlier approach: seek to each of 16 frames, float32 .pt
+# ------------------------------------------------------------------------------------------------
+def seek_decode(path: str, num_frames: int) -> np.ndarray:
+    """The segment-centre frames, each reached by a seek to the preceding key frame and decoding
+    forward (one seek per frame, as OpenCV's CAP_PROP_POS_FRAMES does)."""
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1
+        rate, time_base = stream.average_rate, stream.time_base
+        start = stream.start_time or 0
+        frames = []
+        for index in sample_clip_indices(int(stream.frames), num_frames):
+            target = start + int(round(int(index) / rate / time_base))
+            container.seek(target, stream=stream, backward=True, any_frame=False)
+            for frame in container.decode(stream):
+                if frame.pts is not None and frame.pts >= target:
+                    frames.append(frame.to_ndarray(format="rgb24"))
+                    break
+        return np.stack(frames)
+
+
+def earlier_prepare(path: str, out_path: Path, num_frames: int, size: int) -> None:
+    frames = torch.from_numpy(seek_decode(path, num_frames)).permute(0, 3, 1, 2)
+    clip = resize_center_crop(frames, size).permute(1, 0, 2, 3)  # (3, T, size, size) uint8
+    torch.save(normalize_on_device(clip).contiguous(), out_path)
+
+
+# ------------------------------------------------------------------------------------------------
+# measurements
+# ------------------------------------------------------------------------------------------------
+class Timer:
+    """Wall and CPU (user + system of this process) seconds of a block."""
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+def worker_rate(dataset, collate, batch_size: int, min_time: float) -> dict:
+    """A DataLoader worker's training job in this process: shuffled keys, items, collate."""
+    n = len(dataset)
+
+    def one_pass(epoch):
+        order = np.random.default_rng(epoch).permutation(n)
+        for b in range(0, n, batch_size):
+            batch = collate([dataset[(epoch, int(i))] for i in order[b:b + batch_size]])
+            if batch["bad"]:
+                raise RuntimeError(f"benchmark clip failed to load: {batch['bad'][0]}")
+
+    one_pass(0)  # warm-up: page cache, lazy imports, file handles
+    clips, epoch = 0, 1
+    with Timer() as t:
+        while True:
+            one_pass(epoch)
+            clips, epoch = clips + n, epoch + 1
+            if time.perf_counter() - t.wall >= min_time:
+                break
+    return {"clips_per_cpu_s": clips / max(t.cpu, 1e-9), "clips_per_s": clips / t.wall, "clips": clips}
+
+
+class EndlessKeys(torch.utils.data.Sampler):
+    """(epoch, index) keys, each epoch a new permutation, for as long as the loader is read."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __iter__(self):
+        epoch = 0
+        while True:
+            for i in np.random.default_rng(epoch).permutation(self.n):
+                yield epoch, int(i)
+            epoch += 1
+
+
+def cpu_seconds(children: list) -> float:
+    """User + system seconds of this process and ``children`` (DataLoader workers) so far."""
+    import psutil
+
+    total = 0.0
+    for proc in [psutil.Process(), *children]:
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:  # a worker that has exited
+            pass
+    return total
+
+
+def loader_rate(dataset, collate, batch_size: int, workers: int, min_time: float, device: torch.device,
+                augment: bool) -> dict:
+    """A DataLoader (persistent workers, prefetch 2, pinned memory on a GPU) feeding a consumer that
+    applies the device-side augmentation, or only moves the batch to the device.
+
+    Returns clips/s (wall) and clips per CPU-second of every process involved (the main process,
+    its pin-memory thread and the workers: reading, collate, and the worker -> main transfer
+    through shared memory).
+    """
+    import psutil
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=EndlessKeys(len(dataset)), num_workers=workers,
+                        collate_fn=collate, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                        prefetch_factor=2 if workers > 0 else None)
+    it = iter(loader)
+
+    def consume():
+        batch = next(it)
+        if augment:
+            x = augment_on_device(batch, device)
+        elif batch.get("video") is not None:
+            x = batch["video"].to(device, non_blocking=True)
+        else:  # encoded frames: what would be handed to the GPU decoder
+            x = batch["jpeg_data"]
+        return len(batch["indices"]), x
+
+    for _ in range(2 * max(workers, 1)):  # workers started, their first batches in flight
+        consume()
+    children = psutil.Process().children(recursive=True)
+    clips, cpu0, start = 0, cpu_seconds(children), time.perf_counter()
+    while clips < 2 * batch_size or time.perf_counter() - start < min_time:
+        n, _ = consume()
+        clips += n
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    wall, cpu = time.perf_counter() - start, cpu_seconds(children) - cpu0
+    del it, loader
+    return {"clips_per_s": clips / wall, "clips_per_cpu_s": clips / max(cpu, 1e-9)}
+
+
+def gpu_step_rate(device: torch.device, batch_size: int, frames: int, size: int, steps: int = 10,
+                  depth: int = 50) -> float:
+    """Training clips/s of ResNet3D-``depth`` (bf16 autocast on CUDA, channels_last_3d), synthetic input."""
+    from resnet3d import build_model
+
+    model = build_model(depth=depth, dropout=0.0).to(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        model = model.to(memory_format=torch.channels_last_3d)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(batch_size, 3, frames, size, size, device=device)
+    if cuda:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            out = model(x)
+        sum(v.float().mean() for v in out.values()).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(3):
+        step()
+    if cuda:
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if cuda:
+        torch.cuda.synchronize(device)
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def cpu_normalize_ms(frames: int, size: int, reps: int = 5) -> float:
+    """What the workers no longer do: uint8 -> normalized float32 for one clip, on one core."""
+    clip = torch.randint(0, 256, (3, frames, size, size), dtype=torch.uint8)
+    normalize_on_device(clip)
+    with Timer() as t:
+        for _ in range(reps):
+            normalize_on_device(clip)
+    return 1000 * t.wall / reps
+
+
+def machine() -> str:
+    cpu = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    import av
+
+    return (f"{cpu}, {cores} cores usable (load average {load:.1f} at start), {gpu}; Python "
+            f"{platform.python_version()}, torch {torch.__version__}, PyAV {av.__version__}")
+
+
+# ------------------------------------------------------------------------------------------------
+# the run
+# ------------------------------------------------------------------------------------------------
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def mb(nbytes: float) -> str:
+    return f"{nbytes / 1e6:.2f} MB"
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(1)  # per-core figures: one thread (workers run single-threaded too)
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="data_throughput-"))
+    results: dict = {"machine": machine(), "settings": vars(args).copy()}
+    print(f"machine: {results['machine']}", flush=True)
+    try:
+        if args.videos:
+            video_dir = Path(args.videos)
+            names = real_clips(video_dir, args.clips)
+            source = f"{len(names)} clips from {video_dir}"
+        else:
+            video_dir = work / f"videos-{args.clips}x{args.seconds}s{args.fps}"
+            names = make_clips(video_dir, args.clips, args.seconds, args.fps)
+            source = f"{len(names)} generated {args.seconds:g} s {args.fps} fps H.264 clips at MiT-like sizes"
+        paths = {n: str(next(video_dir.rglob(n))) for n in names}
+        print(f"clips: {source}", flush=True)
+        T, size, stored = args.frames, args.size, args.stored_size
+
+        # -- 2. preparation (first: it writes what (1) reads) ----------------------------------------
+        prep_rows, prep = [], {}
+        for storage in ("raw", "jpeg"):
+            out = work / f"cache-{storage}"
+            shutil.rmtree(out, ignore_errors=True)
+            with Timer() as t:
+                prepare_cache(out, names, str(video_dir), frames=T, stored_size=stored, storage=storage,
+                              jpeg_quality=args.jpeg_quality, workers=0, progress=False, log=lambda m: None)
+            prep[storage] = len(names) / t.cpu
+        pt_dir = work / "pt"
+        shutil.rmtree(pt_dir, ignore_errors=True)
+        pt_dir.mkdir()
+        with Timer() as t:
+            for n in names:
+                earlier_prepare(paths[n], pt_dir / (Path(n).stem + ".pt"), T, size)
+        prep["seek"] = len(names) / t.cpu
+        # the two decoders agree on which frames they return (checked on the first clip)
+        from datasets.video import decode_clip
+
+        same = np.array_equal(seek_decode(paths[names[0]], T), decode_clip(paths[names[0]], T)[0])
+        for key, label in (("raw", f"`prepare` raw ({T} frames, one pass, {stored}x{stored} uint8)"),
+                           ("jpeg", f"`prepare` jpeg (quality {args.jpeg_quality})"),
+                           ("seek", f"earlier: seek to each of {T} frames, {size}x{size} float32 .pt")):
+            prep_rows.append([label, f"{prep[key]:.1f}", f"{prep[key] / prep['seek']:.1f}x"])
+        results["prepare_videos_per_core_s"] = prep
+        results["seek_frames_match_one_pass"] = bool(same)
+
+        # -- 1. reading per worker core ---------------------------------------------------------------
+        mp4_bytes = np.mean([os.path.getsize(p) for p in paths.values()])
+        pt_bytes = np.mean([os.path.getsize(p) for p in pt_dir.glob("*.pt")])
+        caches = {s: FrameCache(work / f"cache-{s}") for s in ("raw", "jpeg")}
+        common = dict(num_frames=T, size=size, train=True, seed=0)
+        readers = {
+            "mp4": (f"mp4 on the fly (decode, crop+flip {size}x{size} on the CPU)",
+                    VideoClipDataset(names, {}, video_dir, **common), collate_clips, mp4_bytes),
+            "pt": (f"earlier float32 .pt ({size}x{size}, normalized)",
+                   VideoClipDataset(names, {}, pt_dir, **common), collate_clips, pt_bytes),
+            "raw": (f"cache raw uint8 ({stored}x{stored})",
+                    CachedClipDataset(caches["raw"], names, {}, **common), collate_cached,
+                    caches["raw"].nbytes.mean()),
+            "jpeg": ("cache jpeg, decoded in the worker",
+                     CachedClipDataset(caches["jpeg"], names, {}, **common), collate_cached,
+                     caches["jpeg"].nbytes.mean()),
+            "jpeg-device": ("cache jpeg, bytes only (decoded on the GPU)",
+                            CachedClipDataset(caches["jpeg"], names, {}, **common, jpeg_decode="device"),
+                            collate_cached, caches["jpeg"].nbytes.mean()),
+        }
+        read, read_rows = {}, []
+        for key, (label, dataset, collate, nbytes) in readers.items():
+            print(f"reading: {label} ...", flush=True)
+            read[key] = dict(worker_rate(dataset, collate, args.batch_size, args.min_time), bytes_per_clip=nbytes)
+        for key, (label, *_rest) in readers.items():
+            r = read[key]
+            read_rows.append([label, mb(r["bytes_per_clip"]), f"{r['clips_per_cpu_s']:.0f}", f"{r['clips_per_s']:.0f}",
+                              f"{r['clips_per_cpu_s'] / read['pt']['clips_per_cpu_s']:.1f}x",
+                              f"{r['bytes_per_clip'] / read['pt']['bytes_per_clip']:.2f}"])
+        results["read_per_core"] = read
+        results["cpu_normalize_ms_per_clip"] = cpu_normalize_ms(T, size)
+
+        # -- 3. the loader with 1..N workers -----------------------------------------------------------
+        max_workers = args.max_workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                           else os.cpu_count() or 1)
+        loader_rows, loader = [], {}
+        runs = [(key, False) for key in args.loader_formats.split(",")] + [("raw", True)]
+        for key, augment in runs:
+            label = readers[key][0] + (f" + augmentation on {device.type}" if augment else "")
+            for w in range(1, max_workers + 1):
+                print(f"loader: {label}, {w} worker(s) ...", flush=True)
+                r = loader_rate(readers[key][1], readers[key][2], args.batch_size, w, args.loader_time, device,
+                                augment)
+                loader[f"{key}{'+augment' if augment else ''}/{w}"] = r
+                first = loader[f"{key}{'+augment' if augment else ''}/1"]
+                vs_pt = loader.get(f"pt/{w}")
+                loader_rows.append([label, w, f"{r['clips_per_s']:.0f}", f"{r['clips_per_cpu_s']:.0f}",
+                                    f"{r['clips_per_s'] / first['clips_per_s']:.2f}x",
+                                    f"{r['clips_per_cpu_s'] / vs_pt['clips_per_cpu_s']:.1f}x" if vs_pt and not augment
+                                    else ""])
+        results["loader"] = loader
+
+        # -- 4. against the GPU's training step rate ---------------------------------------------------
+        gpu_line = "no GPU here: the loader was not compared with a training step rate"
+        if device.type == "cuda":
+            rate = gpu_step_rate(device, args.batch_size, T, size)
+            best = max(r["clips_per_s"] for k, r in loader.items() if k.startswith("raw+augment/"))
+            results["gpu_step_clips_per_s"] = rate
+            gpu_line = (f"{torch.cuda.get_device_name(device)}: ResNet3D-50 trains {rate:.0f} clips/s (bf16, "
+                        f"batch {args.batch_size}); the cache loader with augmentation delivers {best:.0f} clips/s "
+                        f"({best / rate:.2f}x the step rate) with {max_workers} workers")
+    finally:
+        if not args.work_dir:
+            shutil.rmtree(work, ignore_errors=True)
+
+    pt_read, raw_read = read["pt"], read["raw"]
+    checks = [
+        f"cache raw vs .pt per core: {raw_read['clips_per_cpu_s'] / pt_read['clips_per_cpu_s']:.1f}x (target >= 5x) "
+        f"at {raw_read['bytes_per_clip'] / pt_read['bytes_per_clip']:.2f} of its bytes per clip (target <= 0.33)",
+        f"prepare vs seek per frame, per core: {prep['raw'] / prep['seek']:.1f}x (target >= 5x); "
+        f"seek and one-pass frames identical: {'yes' if same else 'NO'}",
+        f"loader (cache raw) at {max_workers} workers: {loader[f'raw/{max_workers}']['clips_per_s'] / loader['raw/1']['clips_per_s']:.2f}x "
+        f"the clips/s of 1 worker (linear = {max_workers}x); worker -> main transfer included, cache raw vs .pt "
+        f"per CPU-second: {loader['raw/1']['clips_per_cpu_s'] / loader['pt/1']['clips_per_cpu_s']:.1f}x"
+        if "pt/1" in loader else "",
+        f"uint8 -> normalized float32 on the CPU: {results['cpu_normalize_ms_per_clip']:.1f} ms per "
+        f"{T}x{size}x{size} clip (now done on the {'GPU' if device.type == 'cuda' else 'device'})",
+        gpu_line,
+    ]
+    load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    report = "\n\n".join([
+        f"Machine: {results['machine']}; load average {load_end:.1f} at the end. Clips: {source}; "
+        f"{T} frames, model input {size}x{size}, cache stored at {stored}x{stored}, batch {args.batch_size}.",
+        "Reading, per worker core (train-mode item + collate; files in the page cache):\n\n" + table(
+            ["format", "bytes/clip", "clips/s per core (CPU time)", "clips/s (wall)", "vs .pt", "bytes vs .pt"],
+            read_rows),
+        "Preparation, per core:\n\n" + table(["method", "videos/s per core", "vs seek"], prep_rows),
+        f"Loader: DataLoader workers -> consumer on {device.type}, {args.batch_size} clips per batch; clips per "
+        "CPU-second counts every process (workers, main, pin thread):\n\n" + table(
+            ["input", "workers", "clips/s (wall)", "clips per CPU-second", "vs 1 worker", "vs .pt (CPU)"],
+            loader_rows),
+        "\n".join(f"- {c}" for c in checks if c),
+    ])
+    results["report"] = report
+    return results
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--clips", type=int, default=32, help="number of clips")
+    p.add_argument("--videos", default=None, help="use real clips from this folder instead of generated ones")
+    p.add_argument("--seconds", type=float, default=3.0, help="length of generated clips")
+    p.add_argument("--fps", type=int, default=30, help="frame rate of generated clips")
+    p.add_argument("--frames", type=int, default=16, help="frames per clip (T = K)")
+    p.add_argument("--size", type=int, default=224, help="model input size")
+    p.add_argument("--stored-size", type=int, default=256, help="cache frame size")
+    p.add_argument("--jpeg-quality", type=int, default=90)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--min-time", type=float, default=2.0, help="seconds each per-core reading figure runs at least")
+    p.add_argument("--max-workers", type=int, default=0, help="loader workers up to this (0 = the usable cores)")
+    p.add_argument("--loader-time", type=float, default=3.0, help="seconds each loader figure runs at least")
+    p.add_argument("--loader-formats", default="mp4,pt,raw,jpeg,jpeg-device",
+                   help="inputs measured through the DataLoader (from: mp4, pt, raw, jpeg, jpeg-device)")
+    p.add_argument("--cpu", action="store_true", help="consumer on the CPU even when a GPU is there")
+    p.add_argument("--work-dir", default=None, help="keep clips, caches and .pt files here (default: a temp dir)")
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    results = run(args)
+    print("\n" + results["report"], flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({k: v for k, v in results.items()}, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""benchmarks/data_throughput.py runs end to end at a tiny size and prints its tables (no timing asserts)."""
+
+import json
+
+import numpy as np
+import torch
+
+from benchmarks import data_throughput as bench
+from datasets.video import decode_clip, write_video
+
+
+def test_tiny_run_prints_every_table(tmp_path, capsys):
+    out = tmp_path / "figures.json"
+    rc = bench.main(["--clips", "3", "--seconds", "1", "--fps", "8", "--frames", "4", "--size", "32",
+                     "--stored-size", "40", "--batch-size", "2", "--max-workers", "1", "--min-time", "0.01",
+                     "--loader-time", "0.01", "--loader-formats", "pt,raw,jpeg-device", "--json", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    for heading in ("Machine:", "Reading, per worker core", "Preparation, per core", "Loader: DataLoader workers"):
+        assert heading in printed
+    for row in ("| mp4 on the fly", "| earlier float32 .pt", "| cache raw uint8 (40x40)", "| cache jpeg, decoded",
+                "| `prepare` raw", "| earlier: seek to each of 4 frames", "+ augmentation on cpu | 1 |"):
+        assert row in printed, row
+    assert "seek and one-pass frames identical: yes" in printed
+    assert "no GPU here" in printed or "ResNet3D-50 trains" in printed
+    figures = json.loads(out.read_text())
+    assert set(figures["read_per_core"]) == {"mp4", "pt", "raw", "jpeg", "jpeg-device"}
+    assert figures["read_per_core"]["pt"]["bytes_per_clip"] > figures["read_per_core"]["raw"]["bytes_per_clip"]
+    assert set(figures["loader"]) == {"pt/1", "raw/1", "jpeg-device/1", "raw+augment/1"}
+
+
+def test_seek_per_frame_returns_the_one_pass_frames(tmp_path):
+    """The earlier approach's stand-in decodes the same frames, only slower."""
+    frames = np.random.default_rng(0).integers(0, 256, (45, 32, 48, 3), dtype=np.uint8)
+    write_video(tmp_path / "v.mp4", frames, 15)
+    assert np.array_equal(bench.seek_decode(str(tmp_path / "v.mp4"), 6), decode_clip(tmp_path / "v.mp4", 6)[0])
+
+
+def test_step_rate_function_runs_on_cpu():
+    """The GPU comparison's step-rate function (only called on CUDA by the benchmark), tiny on CPU."""
+    torch.manual_seed(0)
+    assert bench.gpu_step_rate(torch.device("cpu"), batch_size=2, frames=4, size=32, steps=1, depth=18) > 0
