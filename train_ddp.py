@@ -514,6 +514,9 @@ def main(argv: list[str] | None = None) -> int:
                 step_sums = torch.zeros(len(tasks), dtype=torch.float64, device=info.device)
                 step_counts = torch.zeros(len(tasks), dtype=torch.float64, device=info.device)
                 loss_finite = torch.ones((), dtype=torch.bool, device=info.device)
+                # A skipped step must leave no trace: one NaN clip would otherwise poison the
+                # BatchNorm running statistics for good (and with them validation and the model).
+                buffers_before = [buf.detach().clone() for buf in model.buffers()]
                 for i, b in enumerate(micro):
                     x = model_input(b, info.device, channels_last)
                     y = move_targets(b["targets"], info.device)
@@ -540,6 +543,8 @@ def main(argv: list[str] | None = None) -> int:
                     window["counts"] += step_counts
                     window["clips"] += sum(len(b["indices"]) for b in micro)
                 else:
+                    for buf, saved in zip(model.buffers(), buffers_before):
+                        buf.copy_(saved)
                     # Collective, entered by every rank (they all saw the same norm): whose loss was bad?
                     culprits = gather_nonfinite(micro, bool(loss_finite), info)
                     if amp_dtype == torch.float16 and not culprits and scaler.get_scale() >= 1.0:
