@@ -396,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
                     batch_in_epoch = 0
                     torch.manual_seed(cfg.seed + 7919 * info.rank + step)
                 else:
-                    restore_rng_state(resumed["rng"][info.rank])
+                    restore_rng_state(resumed["rng"][info.rank], info.device)  # CUDA's too (dropout on GPU)
                 log0(info, f"resumed from {resumed_path}: step {step}, epoch {epoch}, "
                            f"batch {batch_in_epoch} of the epoch")
         if resumed is None:
