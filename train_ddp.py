@@ -84,8 +84,9 @@ DEMO_PRESET = dict(
 
 
 def log0(info: DistInfo, *msg) -> None:
+    """Print on rank 0 only (through tqdm, so a progress bar stays intact)."""
     if info.is_main:
-        print(*msg, flush=True)
+        tqdm.write(" ".join(str(m) for m in msg), file=sys.stdout)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -590,9 +591,8 @@ def main(argv: list[str] | None = None) -> int:
                 if info.is_main:
                     tracker.log_metrics({k: v for k, v in metrics.items() if not math.isnan(v)}, step)
                     tracker.log_metrics({"epoch": epoch}, step)
-                    print(f"epoch {epoch} step {step}: " + "  ".join(
-                        f"{k}={metrics[k]:.4f}" for k in metrics
-                        if k.endswith(("spearman", "accuracy")) or k == "val/mean_spearman"), flush=True)
+                log0(info, f"epoch {epoch} step {step}: " + "  ".join(
+                    f"{k[4:]}={metrics[k]:.3f}" for k in metrics if k.endswith(("spearman", "accuracy"))))
                 better = (not math.isnan(value)) and (
                     early["best"] is None
                     or (value > early["best"] if cfg.early_stop_mode == "max" else value < early["best"]))
@@ -696,7 +696,7 @@ def report_nonfinite(culprits, step: int, info: DistInfo, out_dir: Path) -> None
         for rank, vids in culprits:
             fh.write(f"{step}\t{rank}\t{','.join(vids)}\n")
     where = "; ".join(f"rank {r}: {', '.join(v)}" for r, v in culprits) or "losses finite, gradients not"
-    print(f"step {step}: non-finite loss/gradients, step skipped ({where})", flush=True)
+    tqdm.write(f"step {step}: non-finite loss/gradients, step skipped ({where})", file=sys.stdout)
 
 
 def download_run_checkpoint(run_id: str, cfg: TrainConfig, info: DistInfo) -> str:

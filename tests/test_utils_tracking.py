@@ -41,6 +41,8 @@ def test_local_sqlite_run_lifecycle(tmp_path):
     assert len(run.inputs.dataset_inputs) == 1
     steps = [r["step"] for r in _jsonl(tmp_path) if "metrics" in r]
     assert steps == [1, 2]
+    # artifacts of a sqlite store go next to the database, not to ./mlruns of the working dir
+    assert run.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
 
 
 def test_resume_same_run(tmp_path):

@@ -27,6 +27,17 @@ RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 _FAILED = object()  # what _call returns when the MLflow call raised
 
 
+def local_artifact_location(tracking_uri: str) -> str | None:
+    """Artifacts of a sqlite store live in ``mlartifacts/`` next to the database file.
+
+    Without this MLflow puts them in ``./mlruns`` of whatever directory the command runs in.
+    Remote servers decide for themselves (None)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    db = Path(tracking_uri[len("sqlite:///"):])
+    return (db.parent / "mlartifacts").resolve().as_uri()
+
+
 def default_tracking_uri(output_dir: str | Path) -> str:
     """``$MLFLOW_TRACKING_URI`` if set, else an embedded sqlite store under the output dir."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
@@ -111,6 +122,9 @@ class RunTracker:
             if resume_run_id:
                 run = mlflow.start_run(run_id=resume_run_id, log_system_metrics=self.system_metrics)
             else:
+                if mlflow.get_experiment_by_name(self.experiment) is None:
+                    mlflow.create_experiment(self.experiment,
+                                             artifact_location=local_artifact_location(self.tracking_uri))
                 mlflow.set_experiment(self.experiment)
                 run = mlflow.start_run(run_name=self.run_name, tags=tags, log_system_metrics=self.system_metrics)
             return run.info.run_id
