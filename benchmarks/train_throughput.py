@@ -23,7 +23,9 @@ Variant names: a precision, then ``+`` flags, then an optional ``@batch``:
   compile                 torch.compile(model) (default mode, as train_ddp --compile)
   strict                  TF32 off (plain fp32 math)
   pad4 | pad8 | s2d       exact stem re-formulations (benchmarks/stem_variants.py)
-  loader                  fed by a DataLoader instead of the synthetic on-device batch
+  loader                  fed by a video-decoding DataLoader (VideoClipDataset) instead of
+                          the synthetic on-device batch
+  cache                   fed by the frame cache (CachedClipDataset, as train_ddp --cache)
   best                    (instead of a precision) the fastest correct variant measured so
                           far in this run, with the flags that follow added
 Default on a GPU: the earlier version's setup (``fp32``: fp32, contiguous, no benchmark,
@@ -102,9 +104,7 @@ from utils.tasks import output_sizes, parse_tasks  # noqa: E402
 
 TINY = dict(depth=18, frames=4, size=32, batch_size=2, warmup=1, steps=2, loader_clips=4,
             loader_video="64x48x12", num_workers=1)
-TINY_VARIANTS = ["fp32", "fp32+cl", "fp32+s2d", "fp32+loader"]
-# bf16 is left out of the CPU default: torch 2.14.1's oneDNN bf16 conv3d weight gradient
-# corrupts the heap (abort) on AVX512-bf16 CPUs; ask for it with --variants to see that.
+TINY_VARIANTS = ["fp32", "fp32+cl", "bf16", "fp32+s2d", "fp32+cache", "fp32+loader"]
 
 
 def default_gpu_variants(batch_size: int) -> list[str]:
@@ -116,7 +116,7 @@ def default_gpu_variants(batch_size: int) -> list[str]:
         "fp16+cl+bench", "fp32+cl+bench",
         "bf16+cl+bench+pad8", "bf16+cl+bench+s2d",  # the stem ideas
         "best+compile",
-        "best+loader",
+        "best+cache", "best+loader",  # data wait: frame cache, then decoding videos
         f"best@{2 * batch_size}",
     ]
 
@@ -135,7 +135,8 @@ def all_variants() -> list[str]:
 # variants
 # ------------------------------------------------------------------------------------------
 FLAG_FIELDS = {"cl": "channels_last", "bench": "cudnn_benchmark", "strict": "strict_fp32",
-               "compile": "compile", "loader": "loader"}
+               "compile": "compile", "loader": "loader", "cache": "cache"}
+INPUT_FLAGS = ("compile", "loader", "cache")  # printed last in a name
 STEMS = ("pad4", "pad8", "s2d")
 
 
@@ -147,18 +148,22 @@ class Variant:
     strict_fp32: bool = False
     stem: str = "plain"
     compile: bool = False
-    loader: bool = False
+    loader: bool = False  # fed by a video-decoding DataLoader
+    cache: bool = False  # fed by a frame-cache DataLoader
     batch_size: int | None = None  # None: the run's --batch-size
 
     @property
     def name(self) -> str:
         parts = [self.dtype]
-        parts += [flag for flag, field in FLAG_FIELDS.items() if field not in ("compile", "loader")
-                  and getattr(self, field)]
+        parts += [flag for flag, field in FLAG_FIELDS.items() if flag not in INPUT_FLAGS and getattr(self, field)]
         if self.stem != "plain":
             parts.append(self.stem)
-        parts += [flag for flag in ("compile", "loader") if getattr(self, flag)]
+        parts += [flag for flag in INPUT_FLAGS if getattr(self, flag)]
         return "+".join(parts) + (f"@{self.batch_size}" if self.batch_size else "")
+
+    @property
+    def fed_by_loader(self) -> bool:
+        return self.loader or self.cache
 
 
 def parse_variant(spec: str, best: Variant | None = None) -> Variant | None:
@@ -185,6 +190,8 @@ def parse_variant(spec: str, best: Variant | None = None) -> Variant | None:
         if not batch.isdigit() or int(batch) < 1:
             raise ValueError(f"variant {spec!r}: @ must be followed by a batch size")
         variant = replace(variant, batch_size=int(batch))
+    if variant.loader and variant.cache:
+        raise ValueError(f"variant {spec!r}: loader (decoded videos) and cache (frame cache) exclude each other")
     return variant
 
 
@@ -215,8 +222,14 @@ class Settings:
 # train_ddp.py's step (tests/test_train_throughput.py checks these helpers against the loop's)
 # ------------------------------------------------------------------------------------------
 def model_input(batch: dict, device: torch.device, channels_last: bool) -> torch.Tensor:
-    """As train_ddp.model_input: uint8 clips -> normalized float on the device."""
-    x = normalize_on_device(batch["video"].to(device, non_blocking=True))
+    """As train_ddp.model_input: uint8 clips -> normalized float on the device (frame-cache
+    batches are also cropped, resized and flipped there)."""
+    if "crop_boxes" in batch:
+        from datasets.gpu_augment import augment_on_device
+
+        x = augment_on_device(batch, device)
+    else:
+        x = normalize_on_device(batch["video"].to(device, non_blocking=True))
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last_3d)
     return x
@@ -293,20 +306,27 @@ def train_step(state: TrainState, batch: dict) -> dict:
     local = torch.tensor([float(counts[t]) for t in tasks] + [0.0, 0.0, 0.0], dtype=torch.float64)
     reduced = local.to(device).cpu()
     denominators = {t: reduced[i].item() for i, t in enumerate(tasks)}
+    step_sums = torch.zeros(len(tasks), dtype=torch.float64, device=device)
+    step_counts = torch.zeros(len(tasks), dtype=torch.float64, device=device)
+    loss_finite = torch.ones((), dtype=torch.bool, device=device)
     x = model_input(batch, device, state.channels_last)
     y = move_targets(batch["targets"], device)
     with torch.autocast(device.type, dtype=state.amp_dtype or torch.float32, enabled=state.amp_dtype is not None):
         outputs = state.train_model(x)
     out = state.loss_fn(outputs, y, denominators=denominators)  # fp32 inside
     state.scaler.scale(out.total).backward()
-    for j, t in enumerate(tasks):  # the loop's logging window, kept on the device
-        state.window_sums[j] += out.sums[t].double()
-        state.window_counts[j] += out.counts[t].double()
+    step_sums += torch.stack([out.sums[t] for t in tasks]).double()
+    step_counts += torch.stack([out.counts[t] for t in tasks]).double()
+    loss_finite &= torch.isfinite(out.total.detach())
     state.scaler.unscale_(state.optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(state.trainable, state.clip_grad if state.clip_grad > 0 else float("inf"))
     finite = bool(torch.isfinite(grad_norm))
     if finite:
         state.scaler.step(state.optimizer)
+        state.window_sums += step_sums  # the loop's logging window, kept on the device
+        state.window_counts += step_counts
+    else:
+        bool(loss_finite)  # the loop reads it (to tell fp16 overflow from bad data): one more sync
     state.scaler.update()
     state.optimizer.zero_grad(set_to_none=True)
     return {"outputs": outputs, "loss": out.total.detach(), "grad_norm": grad_norm.detach(), "finite": finite}
@@ -384,69 +404,63 @@ class _Cycle(torch.utils.data.Dataset):
         return self.base[(i // len(self.base), i % len(self.base))]
 
 
-def cache_dataset(cache_dir: str, names, targets, s: Settings):
-    """The frame cache's Dataset (datasets/cache.py, written by another engineer).
+def _cache_for(folder: Path, names: list[str], s: Settings) -> Path:
+    """A raw frame cache of the generated clips, made once with ``python -m datasets.prepare``'s code."""
+    from datasets.prepare import prepare_cache
 
-    Its exact constructor is not settled yet, so this looks for the one Dataset class the
-    module defines and fills the parameters it recognises; adapt here if it differs.
+    stored = max(s.size, round(s.size * 256 / 224))  # prepare's default 256 for 224 training crops
+    root = folder / f"cache-{s.frames}x{stored}"
+    if not (root / "COMPLETE").exists():
+        prepare_cache(root, names, str(folder), frames=s.frames, stored_size=stored, storage="raw",
+                      workers=max(0, min(8, (os.cpu_count() or 1) - 1)), progress=False, log=lambda *_: None)
+        (root / "COMPLETE").write_text("done\n")
+    return root
+
+
+def loader_batches(variant: Variant, s: Settings, batch_size: int, n_batches: int, device: torch.device):
+    """(iterator over ``n_batches`` real batches, description, the DataLoader).
+
+    ``loader`` variants decode videos (VideoClipDataset), ``cache`` variants read the frame
+    cache (CachedClipDataset; crop/resize/flip on the device), as train_ddp.py does with
+    --videos / --cache.  Without --annotations both use generated clips (and a cache made
+    from them); with it, the table's videos (--videos) or cache (--cache).
     """
-    import importlib
-    import inspect
-
-    try:
-        cache = importlib.import_module("datasets.cache")
-    except ModuleNotFoundError as exc:
-        raise SystemExit(f"--cache {cache_dir}: the frame cache module datasets/cache.py is not in this "
-                         f"checkout ({exc}); leave out --cache to measure the video-decoding loader") from exc
-    classes = [obj for obj in vars(cache).values() if isinstance(obj, type)
-               and issubclass(obj, torch.utils.data.Dataset) and obj.__module__ == cache.__name__]
-    if len(classes) != 1:
-        raise SystemExit(f"--cache: expected one Dataset class in datasets.cache, found "
-                         f"{[c.__name__ for c in classes]}; adapt cache_dataset() in {__file__}")
-    offered = {"video_names": list(names), "names": list(names), "targets": targets, "cache_dir": cache_dir,
-               "cache": cache_dir, "root": cache_dir, "num_frames": s.frames, "frames": s.frames,
-               "size": s.size, "train": True, "seed": s.seed}
-    params = inspect.signature(classes[0]).parameters
-    missing = [n for n, p in params.items() if p.default is p.empty and n not in offered
-               and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    if missing:
-        raise SystemExit(f"--cache: {classes[0].__name__} needs {missing}, which cache_dataset() in "
-                         f"{__file__} does not know how to fill")
-    return classes[0](**{n: v for n, v in offered.items() if n in params})
-
-
-def loader_batches(s: Settings, batch_size: int, n_batches: int, device: torch.device):
-    """(iterator over ``n_batches`` real batches, description, the DataLoader)."""
-    from datasets import VideoClipDataset, collate_clips  # PyAV from here on
+    import datasets as data  # PyAV from here on
 
     tasks = parse_tasks(s.tasks)
     if s.annotations:
-        from datasets import build_targets, load_annotation_table
-
-        table, _ = load_annotation_table(s.annotations, tasks=tasks)
-        names, targets = table["video_name"].tolist(), build_targets(table, tasks)
-        if s.cache:
-            base, what = cache_dataset(s.cache, names, targets, s), f"frame cache {s.cache}"
-        else:
-            if not s.videos:
-                raise SystemExit("--annotations needs --videos DIR or --cache DIR")
-            base = VideoClipDataset(names, targets, s.videos, num_frames=s.frames, size=s.size,
-                                    train=True, seed=s.seed)
-            what = f"videos {s.videos}"
+        table, _ = data.load_annotation_table(s.annotations, tasks=tasks)
+        names, targets = table["video_name"].tolist(), data.build_targets(table, tasks)
+        if variant.cache and not s.cache:
+            raise SystemExit(f"{variant.name}: --annotations needs --cache DIR for a cache row")
+        if not variant.cache and not s.videos:
+            raise SystemExit(f"{variant.name}: --annotations needs --videos DIR for a video-decoding row")
+        folder, cache_dir = Path(s.videos or "."), s.cache
+        what = f"{s.annotations}: " + (f"frame cache {s.cache}" if variant.cache else f"videos {s.videos}")
     else:
         if s.cache:
             raise SystemExit("--cache needs --annotations CSV (the targets of the cached videos)")
         folder = Path(s.video_dir) / f"{s.loader_video}-{s.loader_clips}"
         names = write_synthetic_videos(folder, s.loader_clips, s.loader_video, s.seed)
-        base = VideoClipDataset(names, synthetic_targets(len(names), tasks, s.seed), folder,
-                                num_frames=s.frames, size=s.size, train=True, seed=s.seed)
-        what = f"{len(names)} generated H.264 clips {s.loader_video} (decoded by VideoClipDataset)"
+        targets = synthetic_targets(len(names), tasks, s.seed)
+        cache_dir = _cache_for(folder, names, s) if variant.cache else None
+        what = f"{len(names)} generated H.264 clips {s.loader_video}" + (
+            f", raw frame cache {Path(cache_dir).name}" if variant.cache else ", decoded")
+    if variant.cache:
+        base = data.CachedClipDataset(
+            cache_dir, video_names=names, targets=targets, num_frames=s.frames, size=s.size, train=True,
+            seed=s.seed, jpeg_decode="device" if device.type == "cuda" else "worker")  # train_ddp's auto
+        collate = data.collate_cached
+    else:
+        base = data.VideoClipDataset(names, targets, folder, num_frames=s.frames, size=s.size, train=True,
+                                     seed=s.seed)
+        collate = data.collate_clips
     loader = torch.utils.data.DataLoader(
         _Cycle(base, batch_size * n_batches), batch_size=batch_size, shuffle=False, drop_last=True,
-        num_workers=s.num_workers, collate_fn=collate_clips, pin_memory=device.type == "cuda",
+        num_workers=s.num_workers, collate_fn=collate, pin_memory=device.type == "cuda",
         prefetch_factor=s.prefetch_factor if s.num_workers > 0 else None,
     )
-    return iter(loader), f"{what}, {s.num_workers} workers x prefetch {s.prefetch_factor}", loader
+    return iter(loader), f"{what}; {s.num_workers} workers x prefetch {s.prefetch_factor}", loader
 
 
 # ------------------------------------------------------------------------------------------
@@ -462,6 +476,8 @@ def _apply_backend_flags(variant: Variant, device: torch.device) -> None:
         torch.backends.cudnn.benchmark = variant.cudnn_benchmark
         torch.backends.cuda.matmul.allow_tf32 = not variant.strict_fp32
         torch.backends.cudnn.allow_tf32 = not variant.strict_fp32
+    else:  # as train_ddp.py: oneDNN's bf16 conv3d backward is broken on CPUs (torch 2.14.1)
+        torch.backends.mkldnn.enabled = variant.dtype != "bf16"
 
 
 def _first_step_record(result: dict) -> dict:
@@ -505,11 +521,11 @@ def run_variant(variant: Variant, s: Settings) -> dict:
     state = build_state(variant, s, device)
     row: dict[str, Any] = {}
     loader = None
-    if variant.loader:
+    if variant.fed_by_loader:
         # The workers prefetch num_workers x prefetch_factor batches; warming up through that
         # many more steps starts the timing from the loader's steady state, not a full queue.
         extra = s.num_workers * s.prefetch_factor
-        batches, row["input"], loader = loader_batches(s, batch_size, s.warmup + extra + s.steps, device)
+        batches, row["input"], loader = loader_batches(variant, s, batch_size, s.warmup + extra + s.steps, device)
         warmup = s.warmup + extra
     else:
         fixed = synthetic_batch(s, batch_size, device)
@@ -801,7 +817,8 @@ def finish_row(row: dict, variant: Variant, reference: dict | None, flops: dict,
 
 
 def _best(rows: list[dict]) -> Variant | None:
-    ok = [r for r in rows if r.get("status") == "OK" and not r.get("loader") and r.get("clips_per_s")]
+    ok = [r for r in rows if r.get("status") == "OK" and not (r.get("loader") or r.get("cache"))
+          and r.get("clips_per_s")]
     if not ok:
         return None
     best = max(ok, key=lambda r: r["clips_per_s"])
@@ -810,7 +827,7 @@ def _best(rows: list[dict]) -> Variant | None:
 
 def _estimate_s(variant: Variant) -> float:
     """Rough wall time of a variant on an H100-class GPU, for the --time-budget check."""
-    return 20 + (150 if variant.compile else 0) + (60 if variant.loader else 0)
+    return 20 + (150 if variant.compile else 0) + (60 if variant.fed_by_loader else 0)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -952,7 +969,7 @@ def main(argv: list[str] | None = None) -> int:
             _write_outputs(report, args)
             continue
         print(f"[{index + 1}/{len(specs)}] {variant.name} ...", flush=True)
-        reference = reference_for(variant.batch_size or s.batch_size) if not variant.loader else None
+        reference = reference_for(variant.batch_size or s.batch_size) if not variant.fed_by_loader else None
         kernels = (variant.dtype, variant.channels_last, variant.cudnn_benchmark, variant.strict_fp32,
                    variant.stem, variant.batch_size or s.batch_size)
         twin = conv_checked.get(kernels)

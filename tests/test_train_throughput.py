@@ -62,8 +62,10 @@ def test_tiny_run_prints_every_variant_with_numbers_and_writes_json_and_markdown
         assert row["conv_check"]["max_rel_error"] <= row["conv_check"]["tolerance"]
     assert by_name["fp32"]["speedup_vs_baseline"] == 1.0
     assert by_name["fp32"]["logits_rel_diff"] == 0.0  # the reference is the same fp32 CPU step
-    loader = by_name["fp32+loader"]
-    assert 0.0 <= loader["data_wait_fraction"] <= 1.0 and "VideoClipDataset" in loader["input"]
+    for name, kind in (("fp32+loader", "decoded"), ("fp32+cache", "frame cache")):
+        row = by_name[name]
+        assert 0.0 <= row["data_wait_fraction"] <= 1.0 and kind in row["input"], row
+    assert by_name["bf16"]["conv_check"]["precision"] == "bf16"
     assert report["recommendation"]["fastest"] in TINY_VARIANTS
 
     assert "| variant | clips/s |" in markdown
@@ -71,11 +73,20 @@ def test_tiny_run_prints_every_variant_with_numbers_and_writes_json_and_markdown
         assert f"| {name} |" in markdown
 
 
-def test_variants_run_in_their_own_processes_when_asked(tmp_path):
-    # the path every GPU run takes: a reference process, then one process per variant
-    stdout, report, _ = run_benchmark(tmp_path, "--isolate", "on", "--variants", "best+cl,fp32", "--steps", "1")
-    rows = table_rows(stdout)
-    assert list(rows) == ["best+cl", "fp32"]
-    assert rows["best+cl"][-1].startswith("SKIPPED")  # nothing measured yet to be "best"
-    (row,) = [r for r in report["variants"] if r["name"] == "fp32"]
-    assert row["status"] == "OK" and row["clips_per_s"] > 0 and row["logits_rel_diff"] == 0.0
+def test_a_variant_runs_in_a_child_process_and_reports_back(tmp_path):
+    """The GPU path: the parent writes a spec, the child (this script with --child) writes a row."""
+    from dataclasses import asdict
+
+    from benchmarks.train_throughput import TINY, Settings, Variant, run_isolated
+
+    settings = Settings(device="cpu", **{k: v for k, v in TINY.items() if k != "steps"}, steps=1,
+                        conv_check=False, video_dir=str(tmp_path))
+    spec, out = tmp_path / "spec.json", tmp_path / "out.json"
+    spec.write_text(json.dumps({"variant": asdict(Variant(channels_last=True)), "settings": asdict(settings)}))
+    result, error = run_isolated([sys.executable, str(SCRIPT), "--child", str(spec), str(out)], timeout=240)
+    assert error is None, result
+    assert result["batch"] == 2 and result["clips_per_s"] > 0 and len(result["first_step"]["logits"]) > 0
+
+    spec.write_text(json.dumps({"variant": {**asdict(Variant()), "stem": "pad3"}, "settings": asdict(settings)}))
+    result, error = run_isolated([sys.executable, str(SCRIPT), "--child", str(spec), str(out)], timeout=240)
+    assert "unknown stem variant 'pad3'" in error and "Traceback" in result["traceback"]

@@ -42,7 +42,7 @@ def test_best_takes_the_given_variant_and_adds_flags():
 
 
 @pytest.mark.parametrize("spec, message", [("fp8", "must start with"), ("bf16+fast", "unknown flag"),
-                                           ("bf16@x", "batch size")])
+                                           ("bf16@x", "batch size"), ("bf16+loader+cache", "exclude")])
 def test_bad_variant_names_are_refused_with_the_reason(spec, message):
     with pytest.raises(ValueError, match=message):
         parse_variant(spec)
@@ -76,10 +76,14 @@ def test_optimizer_groups_and_input_path_equal_train_ddps():
     assert groups(ours) == groups(theirs)
     batch = {"video": torch.randint(0, 256, (2, 3, 2, 8, 8), dtype=torch.uint8),
              "targets": {"distance_score": torch.tensor([0.5, float("nan")])}}
-    for channels_last in (False, True):
-        expected = train_ddp.model_input(batch, torch.device("cpu"), channels_last)
-        got = model_input(batch, torch.device("cpu"), channels_last)
-        assert torch.equal(got, expected) and got.stride() == expected.stride()
+    cached = {"video": torch.randint(0, 256, (2, 3, 2, 10, 10), dtype=torch.uint8),  # a frame-cache batch
+              "crop_boxes": torch.tensor([[0, 0, 8, 8], [1, 2, 9, 7]]), "flips": torch.tensor([False, True]),
+              "out_size": 8, "indices": torch.arange(2)}
+    for b in (batch, cached):
+        for channels_last in (False, True):
+            expected = train_ddp.model_input(b, torch.device("cpu"), channels_last)
+            got = model_input(b, torch.device("cpu"), channels_last)
+            assert torch.equal(got, expected) and got.stride() == expected.stride()
     assert move_targets(batch["targets"], torch.device("cpu")).keys() == batch["targets"].keys()
 
 
@@ -214,9 +218,12 @@ def test_a_conv_check_failure_marks_the_row_wrong_and_recommend_skips_it():
     wrong = _row("bf16+cl+bench", 3000.0, conv_check={"max_rel_error": 0.7, "tolerance": 4e-2})
     assert wrong["status"] == "WRONG"
     rows = [_row("fp32", 500.0), wrong, _row("bf16+cl", 2000.0), _row("bf16+cl+s2d", 2500.0),
-            _row("bf16+cl+loader", 2600.0), _row("bf16+cl+compile", 2200.0)]
+            _row("bf16+cl+loader", 2600.0), _row("bf16+cl+compile", 2200.0),
+            _row("bf16+cl+cache", 1900.0, data_wait_fraction=0.03, input="frame cache X")]
     rec = recommend(rows)
     assert rec["fastest"] == "bf16+cl+s2d"  # WRONG and loader rows never win
+    assert any("bf16+cl+s2d is 13.6% faster" in n and "worth" in n for n in rec["notes"])
+    assert any("bf16+cl+cache: data wait 3.0%" in n and "95% of bf16+cl's" in n for n in rec["notes"])
     assert rec["fastest_train_ddp"] == "bf16+cl+compile"  # no stem option in train_ddp.py yet
     assert rec["train_ddp_flags"] == "--amp bf16 --channels-last on --no-cudnn-benchmark --compile"
     assert any("bf16+cl+bench" in n and "WRONG" in n for n in rec["notes"])
