@@ -445,15 +445,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m datasets.prepare",
         description="Decode every video of an annotation table once into a uint8 frame cache "
-                    "(train with `train_ddp.py --cache DIR`).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "(train with `train_ddp.py --cache DIR`).")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--videos", help="video root, searched recursively for the table's video_name")
     source.add_argument("--from-pt", help="directory of the earlier version's float32 .pt clips to convert")
     parser.add_argument("--annotations", required=True, help="CSV with a video_name column (the annotation table)")
     parser.add_argument("--out", required=True, help="cache directory (created; an existing one is resumed)")
     parser.add_argument("--workers", type=int, default=usable_cores(),
-                        help="worker processes (0 = in this process); default: the cores this process may use")
+                        help="worker processes (0 = in this process); default: the cores this process may use "
+                             f"({usable_cores()} here)")
     parser.add_argument("--frames", type=int, default=None,
                         help="K frames kept per video, segment centres; default 16 (more than training's "
                              "--frames, e.g. 32, allows temporal jitter; with --from-pt: the clips' own)")
@@ -461,10 +461,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="frames stored S x S (short side resized to S, centre crop); default 256 "
                              "(the .pt clips' own size with --from-pt)")
     parser.add_argument("--format", choices=("raw", "jpeg"), default="raw",
-                        help="raw uint8 (fastest) or per-frame JPEG (~8x smaller, decoded on the GPU or in workers)")
-    parser.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality (1-100) with --format jpeg")
+                        help="raw uint8 (default; fastest to read) or per-frame JPEG (10-25x smaller; decoded on the GPU "
+                             "or in the DataLoader workers)")
+    parser.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality 1-100 with --format jpeg (default 90)")
     parser.add_argument("--shard-size", type=int, default=256,
-                        help="videos per shard (a kill loses at most workers x shard-size videos of work)")
+                        help="videos per shard (default 256, ~0.8 GB raw at 16x256x256); a kill loses at most "
+                             "workers x shard-size videos of work")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
