@@ -24,7 +24,7 @@ never leaves a half-written entry that looks valid, and shards are never modifie
 A clip's bytes (``storage``):
 - ``raw``: uint8 array (K, 3, S, S), frame-major, so T of K frames are T contiguous reads
   (one read when K == T).  3 * K * S * S bytes (3.1 MB for K=16, S=256).
-- ``jpeg``: K little-endian uint32 byte counts, then K JPEG images (3, S, S).  ~8x smaller;
+- ``jpeg``: K little-endian uint32 byte counts, then K JPEG images (3, S, S).  10-25x smaller (benchmark);
   decoded in the DataLoader workers or, batched, on the GPU (torchvision + nvJPEG).
 
 Every frame is stored S x S: the short side resized to S (bilinear, antialiased), then the
