@@ -61,3 +61,10 @@ def test_parse_key_values():
     assert parse_key_values("layer4:2", "u", int, sep=":") == {"layer4": 2}
     with pytest.raises(ValueError, match="expected name=value"):
         parse_key_values("location", "w")
+
+
+def test_help_renders(capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["--help"])
+    assert exc.value.code == 0
+    assert "--warmup-steps" in capsys.readouterr().out

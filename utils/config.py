@@ -192,7 +192,7 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
         flag = "--" + f.name.replace("_", "-")
         tp = _base_type(_FIELD_TYPES[f.name])
         default = argparse.SUPPRESS if suppress_defaults else f.default
-        kwargs: dict[str, Any] = {"default": default, "help": f.metadata["help"], "dest": f.name}
+        kwargs: dict[str, Any] = {"default": default, "help": f.metadata["help"].replace("%", "%%"), "dest": f.name}
         if tp is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
