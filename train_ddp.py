@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: F401  (kept for researchers editing the loop)
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
@@ -69,7 +68,7 @@ from utils.predictions import ServingModel, prediction_columns
 from utils.rng import capture_rng_state, restore_rng_state
 from utils.schedules import build_lr_scheduler
 from utils.signals import PREEMPTED_EXIT_CODE, PREEMPTED_MARKER, PreemptionFlag
-from utils.tasks import TASKS, parse_tasks
+from utils.tasks import parse_tasks
 from utils.tracking import RunTracker
 
 NONFINITE_EXIT_CODE = 3
@@ -435,15 +434,14 @@ def main(argv: list[str] | None = None) -> int:
         def save_checkpoint(is_best: bool = False) -> bool:
             """Rank 0 writes while the others wait; a failed write is reported, never fatal here."""
             state = checkpoint_state()
-            ok, msg = True, ""
+            ok = True
             if info.is_main:
                 try:
-                    path = ckpts.save(state, step, is_best=is_best)
-                    msg = f"checkpoint {path}"
+                    ckpts.save(state, step, is_best=is_best)
                 except CheckpointSaveError as exc:
-                    ok, msg = False, str(exc)
-                    warnings.warn(msg)
-                    tracker.set_tags({"last_checkpoint_error": msg})
+                    ok = False
+                    warnings.warn(str(exc))
+                    tracker.set_tags({"last_checkpoint_error": str(exc)})
             return broadcast_object(ok, info)
 
         # ---- 6. the loop ----------------------------------------------------------------------------
