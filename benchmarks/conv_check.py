@@ -32,8 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-# Generous bounds (about 10x what rounding gives) per math precision.
-TOLERANCES: dict[str, float] = {"fp32": 1e-4, "tf32": 1e-2, "fp16": 1e-2, "bf16": 4e-2}
+# Generous bounds (about 10x what rounding gives) per math precision; fp32 leaves room for
+# the FFT / Winograd algorithms cudnn.benchmark may pick.
+TOLERANCES: dict[str, float] = {"fp32": 1e-3, "tf32": 1e-2, "fp16": 1e-2, "bf16": 4e-2}
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,15 @@ whether each speed variant still computes the right thing.
     python benchmarks/train_throughput.py --variants bf16+cl+bench,bf16+cl+bench+compile
 
 Each variant trains ResNet3D-50 (16 x 224^2, configurable) with *train_ddp.py's step*:
-uint8 clips -> ``normalize_on_device`` -> (channels_last_3d) -> autocast forward ->
-MultiTaskLoss in fp32 with the loop's denominators -> GradScaler (enabled for fp16 only)
--> backward -> unscale -> clip_grad_norm_ -> finite check -> AdamW step (train_ddp's
-parameter groups and defaults), including the loop's host round trip for the valid-target
-counts.  The model is built with dropout 0 so that every variant's first step is comparable.
-Input is synthetic and already on the device (no data loading), except in ``loader``
-variants, which are fed by a real DataLoader (decoded videos, or the frame cache with
-``--cache``) and report the data-wait fraction.
+uint8 clips -> ``model_input`` (normalize, or the frame cache's crop/resize/flip, on the
+device) -> (channels_last_3d) -> autocast forward -> MultiTaskLoss in fp32 with the loop's
+denominators -> GradScaler (enabled for fp16 only) -> backward -> unscale ->
+clip_grad_norm_ -> finite check -> AdamW step (train_ddp's parameter groups and defaults),
+including the loop's host round trip for the valid-target counts.  The model is built with
+dropout 0 so that every variant's first step is comparable.  Input is synthetic uint8 clips
+made once on the device (no data loading), except in ``cache`` / ``loader`` rows, which are
+fed by a real DataLoader and report the data-wait fraction (time blocked on the loader /
+step time).
 
 Variant names: a precision, then ``+`` flags, then an optional ``@batch``:
   fp32 | bf16 | fp16      autocast dtype (fp16 with GradScaler); fp32 allows TF32 like train_ddp
@@ -23,38 +24,47 @@ Variant names: a precision, then ``+`` flags, then an optional ``@batch``:
   compile                 torch.compile(model) (default mode, as train_ddp --compile)
   strict                  TF32 off (plain fp32 math)
   pad4 | pad8 | s2d       exact stem re-formulations (benchmarks/stem_variants.py)
-  loader                  fed by a video-decoding DataLoader (VideoClipDataset) instead of
-                          the synthetic on-device batch
-  cache                   fed by the frame cache (CachedClipDataset, as train_ddp --cache)
+  cache                   fed by the frame cache (CachedClipDataset, as train_ddp --cache): a
+                          raw cache made from generated clips, or --cache DIR --annotations CSV
+  loader                  fed by a video-decoding DataLoader (VideoClipDataset): generated
+                          H.264 clips at real-clip bitrates, or --videos DIR --annotations CSV
   best                    (instead of a precision) the fastest correct eager variant measured
                           so far in this run, with the flags that follow added
-Default on a GPU (see default_gpu_variants, most important first): the earlier version's
-setup (``fp32``: fp32, contiguous, no benchmark, eager) as the baseline, all knobs on,
+Default on a GPU (default_gpu_variants, most important first): the earlier version's setup
+(``fp32``: fp32, contiguous, no benchmark, eager) as the baseline, all knobs on,
 ``best+compile``, ``best+cache``, the knobs one by one, fp16, the stem ideas,
 ``best+loader`` and the best at twice the batch.  ``--variants all`` is the full
 {fp32, bf16, fp16} x cl x bench x compile grid (24 runs, 12 of them compiling: ~30 min).
+At ``--tiny`` (CPU): fp32, channels_last, bf16 (oneDNN off, as train_ddp does on CPUs),
+the s2d stem, and both DataLoader rows.
 
-On a GPU every variant runs in its own process (``--isolate off`` to debug in one): a crash,
-hang or out-of-memory ends that row only, each gets a fresh allocator for its peak memory
-and pays its own cudnn.benchmark autotuning.  After timing, every distinct convolution of the step is
-checked at its real shapes against a float64 reference without cuDNN
-(benchmarks/conv_check.py); a variant off by more than its precision's tolerance is WRONG
-and never "fastest".
+On a GPU every variant runs in its own process (``--isolate off`` to debug in one): a
+crash, hang or out-of-memory ends that row only, each gets a fresh allocator for its peak
+memory and pays its own cudnn.benchmark autotuning.  After timing, every distinct
+convolution of the step is checked at its real shapes against a float64 reference without
+cuDNN (benchmarks/conv_check.py); a variant off by more than its precision's tolerance is
+WRONG and never "fastest".  Its first-step logits are also compared with a strict-fp32,
+cuDNN-free run ("logits d", informational: random-init ResNets amplify rounding).
 
 Output: a table (also ``--markdown PATH``) and every figure in ``--json PATH``, both
 rewritten after each variant so that a run stopped early still leaves its rows.
 
-One-shot command for a GPU session with the device tool (no network there: the machine has
-torch, torchvision, numpy, pandas but not PyAV, so the ``loader`` row needs its wheel:
-``echo /.whl/ >> .git/info/exclude; python3 -m pip download --no-deps --only-binary=:all:
---python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
---platform manylinux_2_17_x86_64 -d .whl av==18.1.0`` here first, then carry ``.whl``):
+One-shot command for a GPU session with the device tool.  The machine has torch,
+torchvision, numpy and pandas but not PyAV, which the ``cache`` and ``loader`` rows need;
+bring its wheel first, here, in the repo root::
+
+    echo /.whl/ >> .git/info/exclude
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+        --implementation cp --platform manylinux_2_28_x86_64 -d .whl av==18.1.0
+
+then one ``run`` with ``carry: [".whl"]`` and ``timeout_s: 480``::
 
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl \
-        && export PYTHONPATH=/tmp/site; PYTHONUNBUFFERED=1 python3 benchmarks/train_throughput.py \
-        --batch-size 16 --time-budget 420 --json $OUT/tp.json --markdown $OUT/tp.md 2>&1 | tee $OUT/tp.log
+      && export PYTHONPATH=/tmp/site; PYTHONUNBUFFERED=1 python3 benchmarks/train_throughput.py \
+      --batch-size 16 --time-budget 390 --json $OUT/tp.json --markdown $OUT/tp.md 2>&1 | tee $OUT/tp.log
 
-with ``timeout_s`` 540.  Without the wheel every row but ``loader`` still runs.
+Rows that would start past the budget are SKIPPED (named in the table) and can be run in
+a second call with ``--variants``.  Without the wheel every row but cache/loader runs.
 """
 
 from __future__ import annotations
@@ -213,7 +223,7 @@ class Settings:
     steps: int = 20
     tasks: str = "all"
     seed: int = 0
-    num_workers: int = 8
+    num_workers: int = 4
     prefetch_factor: int = 2
     loader_clips: int = 16
     loader_video: str = "340x256x90"  # W x H x frames of generated clips (MiT-like: 3 s at 30 fps)
@@ -866,7 +876,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-conv-check", action="store_true", help="skip the per-layer convolution check")
     p.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("loader variants")
-    g.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default min(8, CPUs - 1))")
+    g.add_argument("--num-workers", type=int, default=TrainConfig().num_workers,
+                   help="DataLoader workers (train_ddp.py's default)")
     g.add_argument("--prefetch-factor", type=int, default=TrainConfig().prefetch_factor)
     g.add_argument("--loader-clips", type=int, default=16, help="generated clips (cycled)")
     g.add_argument("--loader-video", default="340x256x90", help="generated clips' W x H x frames (30 fps)")
@@ -892,10 +903,9 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else "cpu" if args.device == "auto" else args.device)
     on_gpu = device.type == "cuda"
-    workers = args.num_workers if args.num_workers is not None else max(1, min(8, (os.cpu_count() or 2) - 1))
     s = Settings(device=str(device), depth=args.depth, frames=args.frames, size=args.size,
                  batch_size=args.batch_size, warmup=args.warmup, steps=args.steps, seed=args.seed,
-                 num_workers=workers, prefetch_factor=args.prefetch_factor, loader_clips=args.loader_clips,
+                 num_workers=args.num_workers, prefetch_factor=args.prefetch_factor, loader_clips=args.loader_clips,
                  loader_video=args.loader_video, video_dir=args.video_dir, videos=args.videos,
                  annotations=args.annotations, cache=args.cache, conv_check=not args.no_conv_check)
     if args.variants == "default":
