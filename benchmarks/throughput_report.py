@@ -127,7 +127,7 @@ def markdown_report(report: dict) -> str:
         + (f" (driver {env['driver']})" if env.get("driver") else "")
         + f"; torch {env['torch']}, CUDA {env.get('cuda') or '-'}, cuDNN {env.get('cudnn') or '-'}"
         + (f" (enabled: {env.get('cudnn_enabled')})" if env.get("cudnn") else "") + ".",
-        f"ResNet3D-{s['depth']}, {s['frames']} x {s['size']}^2 clips, batch {s['batch_size']} per GPU, "
+        f"ResNet3D-{s['depth']}, {s['frames']} x {s['size']}^2 clips, batch {s['batch_size']} per device, "
         f"{s['warmup']} warm-up + {s['steps']} timed steps per variant; "
         f"{flops['training_gflops_per_clip']:.2f} GFLOP per training clip (counted forward + backward; "
         f"analytic check {flops['analytic_training_gflops_per_clip']:.2f}).",
