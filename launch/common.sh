@@ -1,0 +1,89 @@
+# shellcheck shell=bash
+# Shared by launch/local.sh and launch/slurm_*.sbatch (sourced, not run).
+#
+# The contract with train_ddp.py (utils/signals.py): on SIGUSR1 or SIGTERM every rank finishes
+# its step, rank 0 writes a checkpoint and OUTPUT_DIR/PREEMPTED, the MLflow run ends KILLED and
+# the workers exit with 75.  torchrun reports a failed worker with its own exit code, so the
+# marker file, not the exit code, tells the scripts that the run stopped to be resumed.
+
+PREEMPTED_MARKER=PREEMPTED
+
+sv_log() { echo "[launch $(date '+%F %T')] $*"; }
+
+# REPO (where train_ddp.py is; sbatch runs a copy of the script, so it can't find itself:
+# submit from the repository root or set REPO) and PYTHON (the repo's .venv if there is one).
+sv_init() {
+    REPO=${REPO:-${SLURM_SUBMIT_DIR:-$PWD}}
+    if [[ ! -f "$REPO/train_ddp.py" ]]; then
+        echo "launch: $REPO/train_ddp.py not found; submit from the repository root or set REPO" >&2
+        exit 2
+    fi
+    cd "$REPO"
+    if [[ -z "${PYTHON:-}" ]]; then
+        if [[ -x "$REPO/.venv/bin/python" ]]; then PYTHON=$REPO/.venv/bin/python; else PYTHON=python3; fi
+    fi
+    export PYTHON
+}
+
+# TRAIN_CMD: train_ddp.py and its options.  Order matters (the last copy of a flag wins):
+# the script's defaults, then TRAIN_ARGS and the script's own arguments, then the output
+# directory and --resume auto, which a requeued job needs to find its checkpoint.
+sv_train_cmd() {
+    local -a user=()
+    read -r -a user <<< "${TRAIN_ARGS:-}"
+    TRAIN_CMD=(train_ddp.py)
+    [[ -n "${MLFLOW_TRACKING_URI:-}" ]] && TRAIN_CMD+=(--tracking-uri "$MLFLOW_TRACKING_URI")
+    [[ -n "${DEVICE:-}" ]] && TRAIN_CMD+=(--device "$DEVICE")
+    [[ -n "${RUN_NAME:-}" ]] && TRAIN_CMD+=(--run-name "$RUN_NAME")
+    TRAIN_CMD+=("${user[@]}" "$@" --output-dir "$OUTPUT_DIR" --resume auto)
+}
+
+# Start a launcher (torchrun, or srun running torchrun) in the background so that this shell
+# can run its USR1 trap while it waits.  A marker left by an earlier incarnation that then
+# failed must not requeue this one.
+sv_start() {
+    mkdir -p "$OUTPUT_DIR"
+    rm -f "$OUTPUT_DIR/$PREEMPTED_MARKER"
+    sv_log "output dir $OUTPUT_DIR"
+    sv_log "running: $*"
+    "$@" &
+    LAUNCHER_PID=$!
+}
+
+# Wait for the launcher; a trapped signal interrupts `wait`, so wait again until it has exited.
+sv_wait() {
+    LAUNCH_RC=0
+    while true; do
+        wait "$LAUNCHER_PID" && LAUNCH_RC=0 || LAUNCH_RC=$?
+        kill -0 "$LAUNCHER_PID" 2> /dev/null || break
+    done
+    sv_log "launcher exited with $LAUNCH_RC"
+}
+
+# SIGUSR1 to the processes torchrun started (torchrun itself ignores it, see torchrun.sh).
+sv_signal_workers() {
+    local sig=$1 torchrun_pid=$2
+    sv_log "SIG$sig: asking the training processes to checkpoint and stop"
+    [[ -n "$torchrun_pid" ]] && pkill "-$sig" -P "$torchrun_pid" || true
+}
+
+sv_preempted() { [[ -f "$OUTPUT_DIR/$PREEMPTED_MARKER" ]]; }
+
+# After a preemption checkpoint: put the job back in the queue; the next incarnation keeps the
+# job id, so it gets the same OUTPUT_DIR and `--resume auto` continues from the checkpoint.
+sv_requeue_or_exit() {
+    if ! sv_preempted; then
+        exit "$LAUNCH_RC"
+    fi
+    local restarts=${SLURM_RESTART_COUNT:-0} limit=${MAX_REQUEUES:-50}
+    if (( restarts >= limit )); then
+        sv_log "preempted, but the job was already requeued $restarts times (MAX_REQUEUES=$limit); not requeueing"
+        exit 75
+    fi
+    sv_log "preempted after a checkpoint ($(tr '\n' ' ' < "$OUTPUT_DIR/$PREEMPTED_MARKER")); requeueing job $SLURM_JOB_ID"
+    if ! scontrol requeue "$SLURM_JOB_ID"; then
+        sv_log "ERROR: scontrol requeue failed; resume with: OUTPUT_DIR=$OUTPUT_DIR sbatch <this script> <same arguments>"
+        exit 75
+    fi
+    exit 0
+}

@@ -1,0 +1,350 @@
+"""Long jobs that survive, with real torchrun processes (gloo on CPU).
+
+A run stopped by SIGTERM, or by the SIGKILL of one rank, and then started again must end with
+bitwise the same weights and optimizer state as the uninterrupted run (``--deterministic``, the
+same world size, dropout > 0 so the restored RNG states matter, a DataLoader worker per rank).
+Also: a corrupt newest checkpoint, a dead MLflow server, and non-finite data (NaN in a clip of
+the earlier version's float ``.pt`` input format, the way a bad preprocessed file would bring it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from launch_helpers import REPO, TINY, child_env, free_port, run_train, train_command
+
+pytestmark = pytest.mark.slow
+
+# 36 training clips -> 2 ranks x 4 steps of 4 clips per epoch; checkpoints every 2 steps.
+RUN = [*TINY, "--num-workers", "1", "--epochs", "2", "--batch-size", "4", "--dropout", "0.2",
+       "--deterministic", "--seed", "1", "--checkpoint-every", "2"]
+FINAL_STEP = 8
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers: a training run in the background, its progress, its processes, its results
+# ------------------------------------------------------------------------------------------------
+def data_args(tiny_demo) -> list[str]:
+    videos, annotations = tiny_demo
+    return ["--videos", str(videos), "--annotations", str(annotations)]
+
+
+class TrainRun:
+    """train_ddp.py under torchrun in its own process group, output to ``out``.log."""
+
+    def __init__(self, args: list[str], out: Path, nproc: int = 2, env: dict | None = None):
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.out.with_suffix(".log")
+        cmd = train_command([*args, "--output-dir", str(self.out)], nproc)
+        with open(self.log_path, "a") as log:
+            self.proc = subprocess.Popen(cmd, cwd=REPO, env=env or child_env(), stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_step(self, step: int, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while logged_step(self.out) < step:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"run ended (rc {self.proc.returncode}) before step {step}:\n{self.log[-4000:]}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise AssertionError(f"no step {step} after {timeout} s:\n{self.log[-4000:]}")
+            time.sleep(0.05)
+
+    def worker_pid(self, rank: int) -> int:
+        """The pid of the torchrun worker with RANK=rank."""
+        for pid in children(self.proc.pid):
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            if f"RANK={rank}".encode() in environ:
+                return pid
+        raise AssertionError(f"no worker with RANK={rank} under torchrun {self.proc.pid}")
+
+    def wait(self, timeout: float = 300) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"run did not end within {timeout} s:\n{self.log[-4000:]}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def logged_step(out: Path) -> int:
+    """The last step rank 0 logged train metrics for (metrics.jsonl, one record per step)."""
+    path = Path(out) / "metrics.jsonl"
+    last = -1
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:  # a line being written
+                continue
+            if "train/loss" in rec.get("metrics", {}):
+                last = max(last, rec["step"])
+    return last
+
+
+def checkpoint(out: Path, name: str = "last.pt") -> dict:
+    return torch.load(Path(out) / "checkpoints" / name, map_location="cpu", weights_only=True)
+
+
+def _tensors(obj, prefix=""):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _tensors(v, f"{prefix}/{k}")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _tensors(v, f"{prefix}/{i}")
+    else:
+        yield prefix, obj
+
+
+def assert_bitwise_equal(state: dict, reference: dict) -> None:
+    """Weights, BatchNorm buffers and optimizer moments identical to the last bit."""
+    assert state["step"] == reference["step"] and state["epoch"] == reference["epoch"]
+    a = dict(_tensors({"model": state["model"], "optim": state["optimizer"]["state"]}))
+    b = dict(_tensors({"model": reference["model"], "optim": reference["optimizer"]["state"]}))
+    assert a.keys() == b.keys()
+    differ = [k for k in a if not (torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k])]
+    assert not differ, f"{len(differ)} of {len(a)} tensors differ from the uninterrupted run, e.g. {differ[:4]}"
+
+
+def run_status(out: Path, run_id: str) -> str:
+    client = mlflow.MlflowClient(f"sqlite:///{Path(out) / 'mlflow.db'}")
+    return client.get_run(run_id).info.status
+
+
+def resumed_step(log: str) -> int:
+    m = re.findall(r"resumed from \S+step-(\d+)\.pt: step (\d+)", log)
+    assert m, "the run did not resume from a checkpoint"
+    return int(m[-1][1])
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_demo, tmp_path_factory) -> Path:
+    """The uninterrupted run every interrupted one must reproduce."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    res = run_train([*data_args(tiny_demo), *RUN, "--output-dir", str(out)], nproc=2, timeout=600)
+    assert res.returncode == 0, res.stdout[-4000:]
+    state = checkpoint(out)
+    assert state["step"] == FINAL_STEP and state["epoch"] == 2
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# (b) SIGTERM: all ranks agree, checkpoint, KILLED, exit 75; resume -> the same weights
+# ------------------------------------------------------------------------------------------------
+def test_sigterm_to_one_rank_stops_all_with_checkpoint_and_resume_is_exact(tiny_demo, tmp_path, reference):
+    out = tmp_path / "run"
+    run = TrainRun([*data_args(tiny_demo), *RUN], out)
+    try:
+        run.wait_for_step(3)
+        # Only rank 1 is told; rank 0 learns it through the all-reduced flag.
+        os.kill(run.worker_pid(1), signal.SIGTERM)
+        assert run.wait(120) != 0  # torchrun reports the workers' 75 as a failure...
+    finally:
+        run.kill()
+    log = run.log
+    assert "failed (exitcode: 75)" in log, log[-4000:]  # ...of the workers' own exit code
+    # rank 0 (which prints) was not signalled: it stopped through the all-reduced flag
+    assert "preempted (signal on another rank): checkpoint at step" in log, log[-4000:]
+    marker = (out / "PREEMPTED").read_text()  # ...so scripts look for the marker file
+    stopped = checkpoint(out)
+    assert marker.startswith(f"step {stopped['step']}\npreempted")
+    assert 3 <= stopped["step"] < FINAL_STEP and stopped["epoch"] == stopped["step"] // 4
+    assert stopped["batch_in_epoch"] == stopped["step"] % 4
+    assert len(stopped["rng"]) == 2  # every rank's RNG states
+    run_id = stopped["mlflow_run_id"]
+    assert run_status(out, run_id) == "KILLED"
+
+    # Another world size is refused: the data order would change.
+    res = run_train([*data_args(tiny_demo), *RUN, "--output-dir", str(out)], nproc=1, timeout=300)
+    assert res.returncode != 0 and "was written by 2 ranks, this job has 1" in res.stdout, res.stdout[-3000:]
+
+    res = run_train([*data_args(tiny_demo), *RUN, "--output-dir", str(out)], nproc=2, timeout=600)
+    assert res.returncode == 0, res.stdout[-4000:]
+    assert resumed_step(res.stdout) == stopped["step"]
+    assert_bitwise_equal(checkpoint(out), checkpoint(reference))
+    assert run_status(out, run_id) == "FINISHED"  # the same MLflow run, continued
+    assert not (out / "PREEMPTED").exists()
+
+
+def test_world_size_change_allowed_restarts_the_epoch(tiny_demo, tmp_path, reference):
+    """--allow-world-size-change: resume on 1 process; the epoch restarts and the log says so."""
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    for p in (out / "checkpoints").glob("step-0000000[78].pt"):
+        p.unlink()  # newest left: step 6, mid-epoch 2
+    res = run_train([*data_args(tiny_demo), *RUN, "--output-dir", str(out), "--allow-world-size-change",
+                     "--max-steps", "7"], nproc=1, timeout=300)
+    assert res.returncode == 0, res.stdout[-4000:]
+    assert "world size changed 2 -> 1: epoch 1 restarts from its first batch" in res.stdout
+    assert "step 6, epoch 1, batch 0 of the epoch" in res.stdout
+    assert checkpoint(out)["step"] == 7 and checkpoint(out)["world_size"] == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# (a) SIGKILL of one rank: the job ends promptly, FAILED; a relaunch resumes exactly
+# ------------------------------------------------------------------------------------------------
+def test_sigkill_of_a_rank_fails_fast_and_relaunch_resumes_exactly(tiny_demo, tmp_path, reference):
+    out = tmp_path / "run"
+    run = TrainRun([*data_args(tiny_demo), *RUN, "--dist-timeout", "60"], out)
+    try:
+        run.wait_for_step(7)  # mid-epoch 2; the newest checkpoint is step 6's
+        os.kill(run.worker_pid(1), signal.SIGKILL)
+        t0 = time.monotonic()
+        assert run.wait(120) != 0
+        ended_after = time.monotonic() - t0
+    finally:
+        run.kill()
+    assert ended_after < 60, f"the job took {ended_after:.0f} s to end after a rank died"
+    assert not (out / "PREEMPTED").exists()
+    run_id = checkpoint(out)["mlflow_run_id"]
+    assert run_status(out, run_id) == "FAILED"  # rank 0 closed the run on the collective's error
+
+    res = run_train([*data_args(tiny_demo), *RUN, "--output-dir", str(out)], nproc=2, timeout=600)
+    assert res.returncode == 0, res.stdout[-4000:]
+    assert resumed_step(res.stdout) == 6
+    assert "step 6, epoch 1, batch 2 of the epoch" in res.stdout
+    assert_bitwise_equal(checkpoint(out), checkpoint(reference))
+    assert run_status(out, run_id) == "FINISHED"
+
+
+# ------------------------------------------------------------------------------------------------
+# (c) a corrupt newest checkpoint: warning, the previous one is used, the result is unchanged
+# ------------------------------------------------------------------------------------------------
+def test_corrupt_newest_checkpoint_falls_back_to_previous(tiny_demo, tmp_path, reference):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    newest = out / "checkpoints" / f"step-{FINAL_STEP:08d}.pt"
+    data = newest.read_bytes()
+    newest.write_bytes(data[: len(data) // 2])  # truncated, as by a failing disk
+    res = run_train([*data_args(tiny_demo), *RUN, "--output-dir", str(out)], nproc=2, timeout=600)
+    assert res.returncode == 0, res.stdout[-4000:]
+    assert "skipping unusable checkpoint" in res.stdout and newest.name in res.stdout
+    assert resumed_step(res.stdout) == 6
+    assert_bitwise_equal(checkpoint(out, newest.name), checkpoint(reference))  # rewritten, whole
+
+
+# ------------------------------------------------------------------------------------------------
+# (d) the MLflow server is down: training completes, one warning, metrics kept locally
+# ------------------------------------------------------------------------------------------------
+def test_dead_tracking_server_never_stops_training(tiny_demo, tmp_path):
+    out = tmp_path / "run"
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    t0 = time.monotonic()
+    res = run_train([*data_args(tiny_demo), *TINY, "--epochs", "1", "--max-steps", "3", "--batch-size", "4",
+                     "--val-every", "0", "--tracking-uri", dead, "--output-dir", str(out)], nproc=1, timeout=300)
+    took = time.monotonic() - t0
+    assert res.returncode == 0, res.stdout[-4000:]
+    assert res.stdout.count("training continues, metrics are kept in") == 1, res.stdout[-4000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if "train/loss" in r.get("metrics", {})]
+    assert steps == [1, 2, 3]
+    assert all(math.isfinite(r["metrics"]["train/loss"]) for r in records if "metrics" in r)
+    assert records[-1] == {**records[-1], "event": "end", "status": "FINISHED"}
+    assert checkpoint(out)["step"] == 3
+    assert took < 120, f"a dead tracking server slowed a 3-step run to {took:.0f} s"
+
+
+# ------------------------------------------------------------------------------------------------
+# (e) non-finite data: skip (counted, step/rank/videos logged) or stop; a limit on consecutive skips
+# ------------------------------------------------------------------------------------------------
+def legacy_clip_root(tiny_demo, root: Path, nan_videos) -> None:
+    """The demo's videos as the earlier version's float .pt clips (3, T=4, 32, 32); the named
+    ones (or all, for nan_videos=None) carry a NaN."""
+    import pandas as pd
+
+    names = pd.read_csv(tiny_demo[1])["video_name"]
+    root.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    for name in names:
+        clip = torch.randn(3, 4, 32, 32, generator=g)
+        if nan_videos is None or name in nan_videos:
+            clip[1, 2, 3, 4] = float("nan")
+        torch.save(clip, root / (Path(name).stem + ".pt"))
+
+
+def first_clip_of_rank(tiny_demo, rank: int, world_size: int, seed: int) -> str:
+    """The video rank ``rank`` trains on first (epoch 0), as train_ddp.py splits and shuffles."""
+    from datasets import ResumableShardSampler, assign_splits, load_annotation_table
+
+    table, _ = load_annotation_table(tiny_demo[1])
+    train_names = table["video_name"][(assign_splits(table, method="hash", val_fraction=0.1,
+                                                     test_fraction=0.1) == "train").to_numpy()].tolist()
+    sampler = ResumableShardSampler(len(train_names), rank, world_size, seed=seed, multiple_of=4)
+    return train_names[next(iter(sampler))[1]]
+
+
+def test_nan_clip_is_skipped_on_all_ranks_and_reported(tiny_demo, tmp_path):
+    bad = first_clip_of_rank(tiny_demo, rank=1, world_size=2, seed=1)  # in rank 1's first batch
+    legacy_clip_root(tiny_demo, tmp_path / "clips", {bad})
+    out = tmp_path / "run"
+    res = run_train(["--videos", str(tmp_path / "clips"), "--annotations", str(tiny_demo[1]), *RUN,
+                     "--output-dir", str(out)], nproc=2, timeout=600)
+    assert res.returncode == 0, res.stdout[-4000:]
+    assert f"step 0: non-finite loss/gradients, step skipped (rank 1: " in res.stdout
+    rows = [line.split("\t") for line in (out / "nonfinite.tsv").read_text().splitlines()]
+    assert rows and rows[0][:2] == ["0", "1"] and bad in rows[0][2].split(",")
+    assert all(bad in row[2].split(",") for row in rows)  # only that clip is bad, whichever rank had it
+    state = checkpoint(out)
+    assert state["step"] == FINAL_STEP and state["counters"]["nonfinite_skips"] == len(rows)
+    # the skipped steps left no trace: weights and BatchNorm statistics are finite
+    bad_tensors = [k for k, v in state["model"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    assert not bad_tensors, f"non-finite after a skipped step: {bad_tensors[:5]}"
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["metrics"].get("train/nonfinite_skips", 0) for r in logged if "metrics" in r) == len(rows)
+    assert run_status(out, state["mlflow_run_id"]) == "FINISHED"
+
+
+def test_nan_clip_with_nonfinite_stop_checkpoints_and_exits(tiny_demo, tmp_path):
+    bad = first_clip_of_rank(tiny_demo, rank=0, world_size=1, seed=0)
+    legacy_clip_root(tiny_demo, tmp_path / "clips", {bad})
+    out = tmp_path / "run"
+    res = run_train(["--videos", str(tmp_path / "clips"), "--annotations", str(tiny_demo[1]), *TINY,
+                     "--batch-size", "4", "--epochs", "1", "--val-every", "0", "--nonfinite", "stop",
+                     "--output-dir", str(out)], nproc=1, timeout=300)
+    assert res.returncode == 3, res.stdout[-4000:]
+    assert "stopping: non-finite loss/gradients at step 0" in res.stdout
+    assert bad in (out / "nonfinite.tsv").read_text()
+    state = checkpoint(out)
+    assert state["step"] == 0 and state["batch_in_epoch"] == 1  # resuming would go past the bad batch
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert run_status(out, state["mlflow_run_id"]) == "FAILED"
+
+
+def test_consecutive_nonfinite_skips_are_limited(tiny_demo, tmp_path):
+    legacy_clip_root(tiny_demo, tmp_path / "clips", None)  # every clip is NaN
+    out = tmp_path / "run"
+    res = run_train(["--videos", str(tmp_path / "clips"), "--annotations", str(tiny_demo[1]), *TINY,
+                     "--batch-size", "4", "--epochs", "1", "--val-every", "0", "--nonfinite", "skip",
+                     "--max-nonfinite-skips", "2", "--output-dir", str(out)], nproc=1, timeout=300)
+    assert res.returncode == 3, res.stdout[-4000:]
+    assert "(3 consecutive; --nonfinite skip)" in res.stdout
+    assert [row.split("\t")[0] for row in (out / "nonfinite.tsv").read_text().splitlines()] == ["0", "1", "2"]
