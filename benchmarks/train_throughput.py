@@ -325,6 +325,8 @@ def train_step(state: TrainState, batch: dict) -> dict:
     step_sums = torch.zeros(len(tasks), dtype=torch.float64, device=device)
     step_counts = torch.zeros(len(tasks), dtype=torch.float64, device=device)
     loss_finite = torch.ones((), dtype=torch.bool, device=device)
+    # The loop's snapshot of the BatchNorm buffers, restored when a step is skipped.
+    buffers_before = [buf.detach().clone() for buf in state.model.buffers()]
     x = model_input(batch, device, state.channels_last)
     y = move_targets(batch["targets"], device)
     with torch.autocast(device.type, dtype=state.amp_dtype or torch.float32, enabled=state.amp_dtype is not None):
@@ -342,6 +344,8 @@ def train_step(state: TrainState, batch: dict) -> dict:
         state.window_sums += step_sums  # the loop's logging window, kept on the device
         state.window_counts += step_counts
     else:
+        for buf, saved in zip(state.model.buffers(), buffers_before):
+            buf.copy_(saved)
         bool(loss_finite)  # the loop reads it (to tell fp16 overflow from bad data): one more sync
     state.scaler.update()
     state.optimizer.zero_grad(set_to_none=True)
