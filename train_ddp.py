@@ -67,7 +67,7 @@ from utils.metrics import task_metrics
 from utils.predictions import ServingModel, prediction_columns
 from utils.rng import capture_rng_state, restore_rng_state
 from utils.schedules import build_lr_scheduler
-from utils.signals import PREEMPTED_EXIT_CODE, PREEMPTED_MARKER, PreemptionFlag
+from utils.signals import PREEMPTED_EXIT_CODE, PREEMPTED_MARKER, PreemptionFlag, ignore_preemption_in_data_worker
 from utils.tasks import parse_tasks
 from utils.tracking import RunTracker
 
@@ -324,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
             # A private generator: creating loader iterators must not consume the global RNG, or a
             # run resumed mid-epoch would draw different dropout masks than the uninterrupted one.
             generator=torch.Generator().manual_seed(cfg.seed),
+            # SLURM's SIGTERM reaches the data workers too; they must outlive it until we have saved.
+            worker_init_fn=ignore_preemption_in_data_worker,
         )
         train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=train_sampler,
                                   drop_last=True, **loader_kwargs)

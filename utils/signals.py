@@ -40,3 +40,15 @@ class PreemptionFlag:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+
+def ignore_preemption_in_data_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: data workers ignore the preemption signals.
+
+    SLURM signals every process of a job when it cancels, preempts or requeues it, DataLoader
+    workers included.  PyTorch's workers die on SIGTERM, and the training process then fails on
+    the lost worker before it can checkpoint.  The training process decides when to stop; its
+    workers exit when it shuts them down, or when it is gone.
+    """
+    for sig in DEFAULT_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
