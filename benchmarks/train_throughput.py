@@ -73,9 +73,7 @@ import argparse
 import contextlib
 import gc
 import json
-import math
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -86,9 +84,8 @@ import time
 import traceback
 import warnings
 from dataclasses import asdict, dataclass, fields, replace
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
@@ -98,20 +95,23 @@ if str(REPO_ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402,F401
 from torch import nn  # noqa: E402
 
 from benchmarks.conv_check import TOLERANCES, check_conv_calls, collect_conv_calls  # noqa: E402
-from benchmarks.gpu_peaks import lookup_peaks, math_precision  # noqa: E402
+from benchmarks.gpu_peaks import math_precision  # noqa: E402
 from benchmarks.stem_variants import apply_stem_variant  # noqa: E402
+from benchmarks.throughput_env import (  # noqa: E402
+    _sync, conv3d_backend, environment, flop_counts, matmul_tflops, version_warnings,
+)
+from benchmarks.throughput_inputs import loader_batches, synthetic_batch  # noqa: E402
 from benchmarks.throughput_report import (  # noqa: E402
     BASELINE, format_table, markdown_report, recommend,
 )
 from datasets.transforms import normalize_on_device  # noqa: E402  (no PyAV needed for this one)
 from losses import MultiTaskLoss  # noqa: E402
-from resnet3d import build_model, count_parameters_and_flops, no_weight_decay  # noqa: E402
+from resnet3d import build_model, no_weight_decay  # noqa: E402
 from utils.config import TrainConfig  # noqa: E402
-from utils.tasks import output_sizes, parse_tasks  # noqa: E402
+from utils.tasks import parse_tasks  # noqa: E402
 
 TINY = dict(depth=18, frames=4, size=32, batch_size=2, warmup=1, steps=2, loader_clips=4,
             loader_video="64x48x12", num_workers=1)
@@ -353,145 +353,8 @@ def train_step(state: TrainState, batch: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------------
-# input: synthetic on-device batches, or a real DataLoader
-# ------------------------------------------------------------------------------------------
-def synthetic_targets(n: int, tasks, seed: int) -> dict[str, np.ndarray]:
-    """Valid targets of every head output, with missing values (NaN / -1) like the real table."""
-    rng = np.random.default_rng(seed)
-    targets: dict[str, np.ndarray] = {}
-    for name in output_sizes(tasks):
-        if name == "peoplecount":
-            values = rng.integers(0, 5, n).astype(np.int64)
-            values[rng.random(n) < 0.1] = -1
-        elif name in ("location_score", "peoplecount_certain"):
-            values = rng.integers(0, 2, n).astype(np.float32)
-            values[rng.random(n) < 0.1] = np.nan
-        elif name.endswith("_score"):
-            values = (rng.integers(0, 11, n) / 10).astype(np.float32)
-            values[rng.random(n) < 0.15] = np.nan
-        else:  # confidences: never missing in cleaned tables
-            values = (rng.integers(0, 11, n) / 10).astype(np.float32)
-        targets[name] = values
-    return targets
-
-
-def synthetic_batch(s: Settings, batch_size: int, device: torch.device) -> dict:
-    """uint8 clips made once on the device (from a seeded CPU generator: the same bytes in
-    every variant's process) and CPU targets, as the loader would hand them over."""
-    gen = torch.Generator().manual_seed(s.seed + 1)
-    video = torch.randint(0, 256, (batch_size, 3, s.frames, s.size, s.size), dtype=torch.uint8, generator=gen)
-    targets = synthetic_targets(batch_size, parse_tasks(s.tasks), s.seed + 2)
-    return {"video": video.to(device),
-            "targets": {k: torch.from_numpy(v) for k, v in targets.items()},
-            "indices": torch.arange(batch_size)}
-
-
-def write_synthetic_videos(folder: Path, count: int, spec: str, seed: int) -> list[str]:
-    """``count`` H.264 clips of moving colour gradients (cheap to make, real to decode)."""
-    width, height, frames = (int(v) for v in spec.lower().split("x"))
-    marker = folder / f"COMPLETE-{count}-{spec}-{seed}"
-    names = [f"bench_{i:04d}.mp4" for i in range(count)]
-    if marker.exists():
-        return names
-    from datasets.video import write_video  # PyAV: only the loader variants need it
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:2 * width].astype(np.float32)
-    for name in names:
-        phase = rng.uniform(0, 2 * np.pi, 3)
-        # one wide frame, panned across: motion for the codec at the cost of one sin per pixel
-        wide = np.stack([127 + 100 * np.sin(xx / (13 + 7 * c) + yy / (17 + 5 * c) + phase[c]) for c in range(3)], -1)
-        wide = wide.astype(np.uint8) + rng.integers(0, 12, wide.shape, dtype=np.uint8)  # texture
-        step = max(1, width // max(1, frames))
-        clip = np.stack([wide[:, (t * step) % width:(t * step) % width + width] for t in range(frames)])
-        # fresh noise in every frame: residuals, so files and decode costs are nearer real clips'
-        clip += rng.integers(0, 24, clip.shape, dtype=np.uint8)
-        write_video(folder / name, clip, fps=30, options={"preset": "veryfast"})
-    marker.write_text("done\n")
-    return names
-
-
-class _Cycle(torch.utils.data.Dataset):
-    """Sample i of a long run = clip i % n of pass i // n (new augmentation every pass)."""
-
-    def __init__(self, base, length: int) -> None:
-        self.base, self.length = base, length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, i: int):
-        return self.base[(i // len(self.base), i % len(self.base))]
-
-
-def _cache_for(folder: Path, names: list[str], s: Settings) -> Path:
-    """A raw frame cache of the generated clips, made once with ``python -m datasets.prepare``'s code."""
-    from datasets.prepare import prepare_cache
-
-    stored = max(s.size, round(s.size * 256 / 224))  # prepare's default 256 for 224 training crops
-    root = folder / f"cache-{s.frames}x{stored}"
-    if not (root / "COMPLETE").exists():
-        prepare_cache(root, names, str(folder), frames=s.frames, stored_size=stored, storage="raw",
-                      workers=max(0, min(8, (os.cpu_count() or 1) - 1)), progress=False, log=lambda *_: None)
-        (root / "COMPLETE").write_text("done\n")
-    return root
-
-
-def loader_batches(variant: Variant, s: Settings, batch_size: int, n_batches: int, device: torch.device):
-    """(iterator over ``n_batches`` real batches, description, the DataLoader).
-
-    ``loader`` variants decode videos (VideoClipDataset), ``cache`` variants read the frame
-    cache (CachedClipDataset; crop/resize/flip on the device), as train_ddp.py does with
-    --videos / --cache.  Without --annotations both use generated clips (and a cache made
-    from them); with it, the table's videos (--videos) or cache (--cache).
-    """
-    import datasets as data  # PyAV from here on
-
-    tasks = parse_tasks(s.tasks)
-    if s.annotations:
-        table, _ = data.load_annotation_table(s.annotations, tasks=tasks)
-        names, targets = table["video_name"].tolist(), data.build_targets(table, tasks)
-        if variant.cache and not s.cache:
-            raise SystemExit(f"{variant.name}: --annotations needs --cache DIR for a cache row")
-        if not variant.cache and not s.videos:
-            raise SystemExit(f"{variant.name}: --annotations needs --videos DIR for a video-decoding row")
-        folder, cache_dir = Path(s.videos or "."), s.cache
-        what = f"{s.annotations}: " + (f"frame cache {s.cache}" if variant.cache else f"videos {s.videos}")
-    else:
-        if s.cache:
-            raise SystemExit("--cache needs --annotations CSV (the targets of the cached videos)")
-        folder = Path(s.video_dir) / f"{s.loader_video}-{s.loader_clips}"
-        names = write_synthetic_videos(folder, s.loader_clips, s.loader_video, s.seed)
-        targets = synthetic_targets(len(names), tasks, s.seed)
-        cache_dir = _cache_for(folder, names, s) if variant.cache else None
-        what = f"{len(names)} generated H.264 clips {s.loader_video}" + (
-            f", raw frame cache {Path(cache_dir).name}" if variant.cache else ", decoded")
-    if variant.cache:
-        base = data.CachedClipDataset(
-            cache_dir, video_names=names, targets=targets, num_frames=s.frames, size=s.size, train=True,
-            seed=s.seed, jpeg_decode="device" if device.type == "cuda" else "worker")  # train_ddp's auto
-        collate = data.collate_cached
-    else:
-        base = data.VideoClipDataset(names, targets, folder, num_frames=s.frames, size=s.size, train=True,
-                                     seed=s.seed)
-        collate = data.collate_clips
-    loader = torch.utils.data.DataLoader(
-        _Cycle(base, batch_size * n_batches), batch_size=batch_size, shuffle=False, drop_last=True,
-        num_workers=s.num_workers, collate_fn=collate, pin_memory=device.type == "cuda",
-        prefetch_factor=s.prefetch_factor if s.num_workers > 0 else None,
-    )
-    return iter(loader), f"{what}; {s.num_workers} workers x prefetch {s.prefetch_factor}", loader
-
-
-# ------------------------------------------------------------------------------------------
 # one variant (on a GPU in its own process, see --isolate)
 # ------------------------------------------------------------------------------------------
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _apply_backend_flags(variant: Variant, device: torch.device) -> None:
     if device.type == "cuda":  # as train_ddp.py: TF32 on for GPUs, benchmark per config
         torch.backends.cudnn.benchmark = variant.cudnn_benchmark
@@ -654,156 +517,6 @@ def run_isolated(cmd: list[str], timeout: float) -> tuple[dict | None, str | Non
     if code != 0 or result is None:
         return result, (result or {}).get("error") or f"exit status {code}"
     return result, None
-
-
-# ------------------------------------------------------------------------------------------
-# environment, FLOPs, probes
-# ------------------------------------------------------------------------------------------
-def _cudnn_version_text(version: int | None) -> str | None:
-    if not version:
-        return None
-    if version >= 90000:
-        return f"{version // 10000}.{version % 10000 // 100}.{version % 100}"
-    return f"{version // 1000}.{version % 1000 // 100}.{version % 100}"
-
-
-def _driver_version() -> str | None:
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        version = pynvml.nvmlSystemGetDriverVersion()
-        return version.decode() if isinstance(version, bytes) else str(version)
-    except Exception:  # no NVML: try the command line tool
-        pass
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
-        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def environment(device: torch.device, peak_tflops: float | None) -> dict:
-    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-    env: dict[str, Any] = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-        "cudnn": _cudnn_version_text(cudnn), "cudnn_int": cudnn, "cudnn_enabled": torch.backends.cudnn.enabled,
-        "device": str(device), "cpu_count": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
-    }
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        env.update(gpu_name=props.name, gpu_capability=f"{props.major}.{props.minor}",
-                   gpu_memory_gb=round(props.total_memory / 2**30, 1),
-                   gpu_multiprocessors=props.multi_processor_count, driver=_driver_version())
-        found = lookup_peaks(props.name)
-        if found:
-            env["peaks"] = {"label": found[0], "tflops": found[1]}
-    if peak_tflops:
-        env["peaks"] = {"label": "--peak-tflops", "tflops": {k: peak_tflops for k in ("fp32", "tf32", "bf16", "fp16")}}
-    return env
-
-
-def version_warnings(env: dict) -> list[str]:
-    out = []
-    version = env["torch"].split("+")[0]
-    cudnn = env.get("cudnn_int") or 0
-    if version == "2.9.0":
-        out.append("torch 2.9.0 turns cuDNN off for bf16/fp16 conv3d with cuDNN >= 9.8 (native vol2col "
-                   "kernels: about 4x slower, far more memory; pytorch/pytorch#163581): use 2.9.1 or later")
-    if cudnn == 91002:
-        out.append("cuDNN 9.10.2 computes some large bf16 conv3d wrongly (pytorch/pytorch#163539): "
-                   "trust only variants whose conv check passed")
-    if 91002 <= cudnn < 91500:
-        out.append(f"cuDNN {env['cudnn']}: newer torch releases turn TF32 off for conv3d with cuDNN "
-                   "9.10.2-9.14 (a broken kernel, pytorch/pytorch#167024), so fp32 rows may run plain "
-                   "fp32 and their MFU against the TF32 peak understates them")
-    if env.get("device", "").startswith("cuda") and not env.get("cudnn_enabled"):
-        out.append("torch.backends.cudnn.enabled is False")
-    for dtype, backend in (env.get("conv3d_backend") or {}).items():
-        if backend != "cudnn":
-            out.append(f"{dtype} conv3d does not run on cuDNN here ({backend})")
-    return out
-
-
-def conv3d_backend(device: torch.device) -> dict[str, str]:
-    """Which kernels a 3x3x3 conv3d (forward + backward) uses, per dtype, from the profiler's op names."""
-    found = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
-        try:
-            x = torch.randn(2, 64, 8, 28, 28, device=device, dtype=dtype, requires_grad=True)
-            w = torch.randn(64, 64, 3, 3, 3, device=device, dtype=dtype, requires_grad=True)
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-                torch.nn.functional.conv3d(x, w, padding=1).sum().backward()
-                _sync(device)
-            ops = {e.key for e in prof.key_averages()}
-            if any("cudnn" in op for op in ops):
-                found[name] = "cudnn"
-            elif any("slow_conv3d" in op or "vol2col" in op for op in ops):
-                found[name] = "native vol2col"
-            else:
-                found[name] = "unknown: " + ", ".join(sorted(op for op in ops if "conv" in op))[:120]
-        except Exception as exc:  # the probe must never stop the benchmark
-            found[name] = f"probe failed: {type(exc).__name__}"
-    return found
-
-
-def matmul_tflops(device: torch.device, n: int = 8192, reps: int = 10) -> float:
-    """A large bf16 matrix product's rate: the practical ceiling next to the datasheet peak."""
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        a @ b
-    end.record()
-    end.synchronize()
-    return 2 * n**3 * reps / (start.elapsed_time(end) / 1000) / 1e12
-
-
-def analytic_conv_flops(model: nn.Module, input_shape) -> tuple[int, int]:
-    """(forward FLOPs, the stem's forward FLOPs) from layer shapes: 2 x MACs of every Conv3d
-    and Linear -- an independent check of FlopCounterMode's count."""
-    total, per_module = 0, []
-    meta = __import__("copy").deepcopy(model).to(device="meta")
-
-    def hook(module, inputs, output):
-        nonlocal total
-        if isinstance(module, nn.Conv3d):
-            flops = 2 * output.numel() * module.in_channels // module.groups * math.prod(module.kernel_size)
-        else:
-            flops = 2 * inputs[0].shape[0] * module.in_features * module.out_features
-        total += flops
-        per_module.append(flops)
-
-    handles = [m.register_forward_hook(hook) for m in meta.modules() if isinstance(m, (nn.Conv3d, nn.Linear))]
-    with torch.no_grad():
-        meta(torch.empty(tuple(input_shape), device="meta"))
-    for h in handles:
-        h.remove()
-    return total, per_module[0]
-
-
-def flop_counts(s: Settings) -> dict:
-    with torch.device("meta"):
-        model = build_model(depth=s.depth, tasks=s.tasks, dropout=0.0)
-    # Counted at batch 2 (FLOPs are linear in the batch; training-mode BatchNorm refuses a
-    # batch of one when the last stage is 1x1x1, as at --tiny sizes).
-    shape = (2, 3, s.frames, s.size, s.size)
-    counted = count_parameters_and_flops(model, shape)
-    forward, stem = analytic_conv_flops(model, shape)
-    # backward = 2 x forward for every layer, except that the stem computes no input gradient
-    analytic_training = 3 * forward - stem
-    return {
-        "training_gflops_per_clip": counted["training_flops"] / 2e9,
-        "forward_gflops_per_clip": counted["forward_flops"] / 2e9,
-        "analytic_training_gflops_per_clip": analytic_training / 2e9,
-        "stem_share_of_forward": stem / forward,
-        "parameters": counted["parameters"],
-    }
 
 
 # ------------------------------------------------------------------------------------------

@@ -15,9 +15,11 @@ from benchmarks.conv_check import ConvCall, check_conv_calls, collect_conv_calls
 from benchmarks.gpu_peaks import lookup_peaks, math_precision
 from benchmarks.stem_variants import apply_stem_variant
 from benchmarks.throughput_report import format_table, markdown_table, recommend
+from benchmarks.throughput_env import flop_counts
+from benchmarks.throughput_inputs import synthetic_targets
 from benchmarks.train_throughput import (
-    Settings, Variant, all_variants, default_gpu_variants, finish_row, flop_counts, make_optimizer,
-    model_input, move_targets, parse_variant, run_isolated, synthetic_targets,
+    Settings, Variant, all_variants, default_gpu_variants, finish_row, make_optimizer, model_input,
+    move_targets, parse_variant, run_isolated,
 )
 from resnet3d import build_model
 from utils.tasks import output_sizes
