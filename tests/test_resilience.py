@@ -146,15 +146,25 @@ def resumed_step(log: str) -> int:
     return int(m[-1][1])
 
 
+_REFERENCE: dict[str, Path] = {}
+
+
+def reference_run(tiny_demo, tmp_path_factory) -> Path:
+    """The uninterrupted run every interrupted one must reproduce; made once per session
+    (tests/test_slurm.py compares its jobs with it too)."""
+    if "out" not in _REFERENCE:
+        out = tmp_path_factory.mktemp("reference") / "run"
+        res = run_train([*data_args(tiny_demo), *RUN, "--output-dir", str(out)], nproc=2, timeout=600)
+        assert res.returncode == 0, res.stdout[-4000:]
+        state = checkpoint(out)
+        assert state["step"] == FINAL_STEP and state["epoch"] == 2
+        _REFERENCE["out"] = out
+    return _REFERENCE["out"]
+
+
 @pytest.fixture(scope="module")
 def reference(tiny_demo, tmp_path_factory) -> Path:
-    """The uninterrupted run every interrupted one must reproduce."""
-    out = tmp_path_factory.mktemp("reference") / "run"
-    res = run_train([*data_args(tiny_demo), *RUN, "--output-dir", str(out)], nproc=2, timeout=600)
-    assert res.returncode == 0, res.stdout[-4000:]
-    state = checkpoint(out)
-    assert state["step"] == FINAL_STEP and state["epoch"] == 2
-    return out
+    return reference_run(tiny_demo, tmp_path_factory)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -193,6 +203,23 @@ def test_sigterm_to_one_rank_stops_all_with_checkpoint_and_resume_is_exact(tiny_
     assert_bitwise_equal(checkpoint(out), checkpoint(reference))
     assert run_status(out, run_id) == "FINISHED"  # the same MLflow run, continued
     assert not (out / "PREEMPTED").exists()
+
+
+def test_sigterm_to_every_process_with_data_workers_still_checkpoints(tiny_demo, tmp_path):
+    """SLURM signals every process of a job on cancel/preempt/requeue, DataLoader workers
+    included; they must not die before the training process has saved (exit 75, marker)."""
+    out = tmp_path / "run"
+    run = TrainRun([*data_args(tiny_demo), *TINY, "--num-workers", "1", "--batch-size", "4",
+                    "--epochs", "1", "--val-every", "0"], out, nproc=1)
+    try:
+        run.wait_for_step(1)
+        os.killpg(run.proc.pid, signal.SIGTERM)  # the process and its data worker
+        assert run.wait(120) == 75, run.log[-4000:]
+    finally:
+        run.kill()
+    assert "killed by signal" not in run.log
+    assert (out / "PREEMPTED").read_text().startswith(f"step {checkpoint(out)['step']}\npreempted (SIGTERM)")
+    assert run_status(out, checkpoint(out)["mlflow_run_id"]) == "KILLED"
 
 
 def test_world_size_change_allowed_restarts_the_epoch(tiny_demo, tmp_path, reference):
