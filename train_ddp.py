@@ -489,7 +489,9 @@ def main(argv: list[str] | None = None) -> int:
                 flags = torch.tensor([sum(len(b["indices"]) == 0 for b in micro),
                                       sum(len(b["bad"]) for b in micro),
                                       float(preempt.requested)], dtype=torch.float64)
-                reduced = all_reduce_sum(torch.cat([local_counts, flags]).to(info.device), info).cpu()
+                reduced = torch.cat([local_counts, flags])
+                if info.distributed:  # the decisions below need the sums on the host: one sync per step
+                    reduced = all_reduce_sum(reduced.to(info.device), info).cpu()
                 global_counts, n_empty, n_bad, n_preempt = reduced[:len(tasks)], *reduced[len(tasks):].tolist()
                 if n_bad:
                     bad = gather_bad_videos([(epoch, *b) for mb in micro for b in mb["bad"]], info)
