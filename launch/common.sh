@@ -69,11 +69,21 @@ sv_signal_workers() {
 
 sv_preempted() { [[ -f "$OUTPUT_DIR/$PREEMPTED_MARKER" ]]; }
 
-# After a preemption checkpoint: put the job back in the queue; the next incarnation keeps the
-# job id, so it gets the same OUTPUT_DIR and `--resume auto` continues from the checkpoint.
-sv_requeue_or_exit() {
+# The end of a launch.  Preempted (the marker is there): under SLURM put the job back in the
+# queue (the next incarnation keeps the job id, so it gets the same OUTPUT_DIR and
+# `--resume auto` continues from the checkpoint); on a workstation say how to resume.
+# Failed otherwise: make sure the MLflow run does not stay RUNNING if rank 0 died with it.
+sv_finish() {
+    local mode=$1
     if ! sv_preempted; then
+        if (( LAUNCH_RC != 0 )); then
+            "$PYTHON" "$REPO/launch/close_run.py" "$OUTPUT_DIR" || true
+        fi
         exit "$LAUNCH_RC"
+    fi
+    if [[ "$mode" != requeue ]]; then
+        sv_log "stopped after a checkpoint; run the same command again to resume"
+        exit 75
     fi
     local restarts=${SLURM_RESTART_COUNT:-0} limit=${MAX_REQUEUES:-50}
     if (( restarts >= limit )); then

@@ -32,8 +32,4 @@ sv_train_cmd "$@"
 trap 'sv_signal_workers USR1 "${LAUNCHER_PID:-}"' USR1 TERM
 sv_start "$REPO/launch/torchrun.sh" --standalone --nnodes=1 --nproc-per-node="$NPROC_PER_NODE" "${TRAIN_CMD[@]}"
 sv_wait
-if sv_preempted; then
-    sv_log "stopped after a checkpoint; run the same command again to resume"
-    exit 75
-fi
-exit "$LAUNCH_RC"
+sv_finish stop

@@ -16,6 +16,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -261,6 +262,38 @@ def test_sigkill_of_a_rank_fails_fast_and_relaunch_resumes_exactly(tiny_demo, tm
     assert "step 6, epoch 1, batch 2 of the epoch" in res.stdout
     assert_bitwise_equal(checkpoint(out), checkpoint(reference))
     assert run_status(out, run_id) == "FINISHED"
+
+
+def test_local_sh_closes_the_run_when_rank0_is_killed(tiny_demo, tmp_path):
+    """Rank 0 holds the MLflow run; when it is the one that dies, launch/local.sh (like the
+    SLURM scripts) marks the run FAILED instead of leaving it RUNNING."""
+    out = tmp_path / "run"
+    env = child_env({"NPROC_PER_NODE": "2", "DEVICE": "cpu", "OUTPUT_DIR": str(out), "PYTHON": sys.executable,
+                     "TRAIN_ARGS": " ".join([*data_args(tiny_demo), *TINY, "--batch-size", "4", "--epochs", "1"])})
+    log_path = tmp_path / "local.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(["bash", str(REPO / "launch" / "local.sh")], cwd=tmp_path, env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while logged_step(out) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-4000:]
+            time.sleep(0.05)
+        (torchrun,) = children(proc.pid)
+        rank0 = [p for p in children(torchrun) if b"RANK=0" in Path(f"/proc/{p}/environ").read_bytes().split(b"\0")]
+        os.kill(rank0[0], signal.SIGKILL)
+        rc = proc.wait(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    log = log_path.read_text()
+    assert rc not in (0, 75), log[-4000:]
+    assert "marked FAILED" in log, log[-4000:]
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert events[-1]["event"] == "end" and events[-1]["status"] == "FAILED"
+    run_id = next(e["run_id"] for e in events if e.get("event") == "start")
+    assert run_status(out, run_id) == "FAILED"
 
 
 # ------------------------------------------------------------------------------------------------
