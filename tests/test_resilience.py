@@ -251,7 +251,9 @@ def test_sigkill_of_a_rank_fails_fast_and_relaunch_resumes_exactly(tiny_demo, tm
         ended_after = time.monotonic() - t0
     finally:
         run.kill()
-    assert ended_after < 60, f"the job took {ended_after:.0f} s to end after a rank died"
+    print(f"the job ended {ended_after:.1f} s after rank 1 was killed")
+    # torchrun SIGKILLs workers that have not exited 30 s after a failure: well below that
+    assert ended_after < 25, f"the job took {ended_after:.0f} s to end after a rank died"
     assert not (out / "PREEMPTED").exists()
     run_id = checkpoint(out)["mlflow_run_id"]
     assert run_status(out, run_id) == "FAILED"  # rank 0 closed the run on the collective's error

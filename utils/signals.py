@@ -8,7 +8,9 @@ ends the MLflow run as KILLED and exits with ``PREEMPTED_EXIT_CODE``.
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
 from types import FrameType
 
 # Exit status of a run that stopped on a preemption signal after checkpointing.  The SLURM
@@ -43,12 +45,26 @@ class PreemptionFlag:
 
 
 def ignore_preemption_in_data_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: data workers ignore the preemption signals.
+    """DataLoader ``worker_init_fn``: only the training process may stop its data workers.
 
     SLURM signals every process of a job when it cancels, preempts or requeues it, DataLoader
     workers included.  PyTorch's workers die on SIGTERM, and the training process then fails on
-    the lost worker before it can checkpoint.  The training process decides when to stop; its
-    workers exit when it shuts them down, or when it is gone.
+    the lost worker before it can checkpoint.  So a worker ignores SIGUSR1, and takes SIGTERM
+    only from its parent (the DataLoader's shutdown and the interpreter's exit send it; ignoring
+    it altogether would make that exit wait for torchrun's SIGKILL).  It also exits by itself
+    when its parent is gone.
     """
-    for sig in DEFAULT_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):  # not on macOS: keep PyTorch's behaviour
+        return
+    # Blocked here, SIGTERM stays blocked in every thread started later (decoders, OpenMP); one
+    # thread takes it with the sender's pid.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=_exit_on_sigterm_from, args=(os.getppid(),), daemon=True,
+                     name="sigterm-from-parent").start()
+
+
+def _exit_on_sigterm_from(parent: int) -> None:
+    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+        pass
+    os._exit(128 + signal.SIGTERM)  # as if killed by it
