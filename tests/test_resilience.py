@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import mlflow
+import psutil
 import pytest
 import torch
 
@@ -69,12 +70,7 @@ class TrainRun:
             time.sleep(0.05)
 
     def worker_pid(self, rank: int) -> int:
-        """The pid of the torchrun worker with RANK=rank."""
-        for pid in children(self.proc.pid):
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            if f"RANK={rank}".encode() in environ:
-                return pid
-        raise AssertionError(f"no worker with RANK={rank} under torchrun {self.proc.pid}")
+        return worker_pid(self.proc.pid, rank)
 
     def wait(self, timeout: float = 300) -> int:
         try:
@@ -90,10 +86,15 @@ class TrainRun:
 
 
 def children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(c) for c in (task / "children").read_text().split()]
-    return found
+    return [p.pid for p in psutil.Process(pid).children()]
+
+
+def worker_pid(torchrun_pid: int, rank: int) -> int:
+    """The pid of the process torchrun started with RANK=rank."""
+    for child in psutil.Process(torchrun_pid).children():
+        if child.environ().get("RANK") == str(rank):
+            return child.pid
+    raise AssertionError(f"no worker with RANK={rank} under torchrun {torchrun_pid}")
 
 
 def logged_step(out: Path) -> int:
@@ -282,8 +283,7 @@ def test_local_sh_closes_the_run_when_rank0_is_killed(tiny_demo, tmp_path):
             assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-4000:]
             time.sleep(0.05)
         (torchrun,) = children(proc.pid)
-        rank0 = [p for p in children(torchrun) if b"RANK=0" in Path(f"/proc/{p}/environ").read_bytes().split(b"\0")]
-        os.kill(rank0[0], signal.SIGKILL)
+        os.kill(worker_pid(torchrun, rank=0), signal.SIGKILL)
         rc = proc.wait(timeout=180)
     finally:
         if proc.poll() is None:
