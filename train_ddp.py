@@ -42,13 +42,12 @@ from datasets import (
     ResumableShardSampler,
     VideoClipDataset,
     assign_splits,
-    augment_on_device,
     build_targets,
     collate_cached,
     collate_clips,
     ensure_demo_dataset,
     load_annotation_table,
-    normalize_on_device,
+    model_input,
     scan_video_root,
 )
 from losses import MultiTaskLoss
@@ -145,17 +144,6 @@ def wrap_ddp(model: nn.Module, info: DistInfo, cfg: TrainConfig) -> nn.Module:
 
 def move_targets(targets: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device, non_blocking=True) for k, v in targets.items()}
-
-
-def model_input(batch: dict, device: torch.device, channels_last: bool) -> torch.Tensor:
-    """uint8 clips -> normalized float on the device (the workers never do float work)."""
-    if "crop_boxes" in batch:  # --cache batches: crop, resize, flip and normalize here, batched
-        x = augment_on_device(batch, device)
-    else:
-        x = normalize_on_device(batch["video"].to(device, non_blocking=True))
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last_3d)
-    return x
 
 
 @torch.no_grad()

@@ -107,7 +107,7 @@ from benchmarks.throughput_inputs import loader_batches, synthetic_batch  # noqa
 from benchmarks.throughput_report import (  # noqa: E402
     BASELINE, format_table, markdown_report, recommend,
 )
-from datasets.transforms import normalize_on_device  # noqa: E402  (no PyAV needed for this one)
+from datasets.gpu_augment import model_input  # noqa: E402  (the loop's own; no PyAV needed)
 from losses import MultiTaskLoss  # noqa: E402
 from resnet3d import build_model, no_weight_decay  # noqa: E402
 from utils.config import TrainConfig  # noqa: E402
@@ -237,20 +237,6 @@ class Settings:
 # ------------------------------------------------------------------------------------------
 # train_ddp.py's step (tests/test_train_throughput.py checks these helpers against the loop's)
 # ------------------------------------------------------------------------------------------
-def model_input(batch: dict, device: torch.device, channels_last: bool) -> torch.Tensor:
-    """As train_ddp.model_input: uint8 clips -> normalized float on the device (frame-cache
-    batches are also cropped, resized and flipped there)."""
-    if "crop_boxes" in batch:
-        from datasets.gpu_augment import augment_on_device
-
-        x = augment_on_device(batch, device)
-    else:
-        x = normalize_on_device(batch["video"].to(device, non_blocking=True))
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last_3d)
-    return x
-
-
 def move_targets(targets: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device, non_blocking=True) for k, v in targets.items()}
 

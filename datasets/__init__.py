@@ -57,6 +57,7 @@ _EXPORTS: dict[str, str] = {
     "CachedClipDataset": "cache",
     "collate_cached": "cache",
     "augment_on_device": "gpu_augment",
+    "model_input": "gpu_augment",
     "resized_crop_flip_normalize": "gpu_augment",
     # samplers.py: resumable training sampler, exactly-once evaluation sampler
     "ResumableShardSampler": "samplers",

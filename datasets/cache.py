@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from .transforms import DEFAULT_CROP_RATIO, DEFAULT_CROP_SCALE, sample_resized_crop_box
+from .samplers import parse_key
 from .video import BadVideoError, sample_clip_indices
 
 __all__ = [
@@ -345,13 +346,6 @@ def decode_jpeg_frames(encoded: Sequence[np.ndarray | torch.Tensor], device: str
 # ------------------------------------------------------------------------------------------------
 # the Dataset
 # ------------------------------------------------------------------------------------------------
-def _parse_key(key: Any) -> tuple[int, int]:
-    if isinstance(key, (tuple, list)):
-        if len(key) != 2:
-            raise TypeError(f"dataset key must be an int or (epoch, index), got {key!r}")
-        return int(key[0]), int(key[1])
-    return 0, int(key)
-
 
 class CachedClipDataset(torch.utils.data.Dataset):
     """Clips from a frame cache, with per-row targets; uint8 at stored size + the crop to apply.
@@ -431,7 +425,7 @@ class CachedClipDataset(torch.utils.data.Dataset):
         return indices, box, bool(rng.random() < self.flip_p)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        epoch, index = _parse_key(key)
+        epoch, index = parse_key(key)
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} clips")
         index %= len(self)

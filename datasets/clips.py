@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .transforms import ClipTransform
+from .samplers import parse_key
 from .video import BadVideoError, decode_clip
 
 __all__ = [
@@ -104,13 +105,6 @@ def scan_video_root(root: str | os.PathLike) -> VideoIndex:
                 index.paths[filename] = path
     return index
 
-
-def _parse_key(key: Any) -> tuple[int, int]:
-    if isinstance(key, (tuple, list)):
-        if len(key) != 2:
-            raise TypeError(f"dataset key must be an int or (epoch, index), got {key!r}")
-        return int(key[0]), int(key[1])
-    return 0, int(key)
 
 
 class VideoClipDataset(torch.utils.data.Dataset):
@@ -211,7 +205,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
         "targets": {key: 0-dim tensor}, "video_id": str, "index": int, "error": None or
         "<path>: <ExceptionType>: <message>"}``.
         """
-        epoch, index = _parse_key(key)
+        epoch, index = parse_key(key)
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} clips")
         index %= len(self)

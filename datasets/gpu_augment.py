@@ -21,9 +21,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_on_device
 
-__all__ = ["resized_crop_flip_normalize", "decode_jpeg_batch", "augment_on_device"]
+__all__ = ["resized_crop_flip_normalize", "decode_jpeg_batch", "augment_on_device", "model_input"]
 
 
 def _normalize_(x: torch.Tensor, mean, std) -> torch.Tensor:
@@ -112,3 +112,16 @@ def augment_on_device(batch: dict[str, Any], device: torch.device | str,
         raise ValueError("batch has neither clips ('video') nor encoded frames ('jpeg_data')")
     return resized_crop_flip_normalize(video, batch["crop_boxes"], batch["flips"], int(batch["out_size"]),
                                        dtype=dtype)
+
+
+def model_input(batch: dict[str, Any], device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    """A collated batch -> the model's input on ``device``: uint8 clips become ImageNet-normalized
+    float there (the workers never do float work); frame-cache batches (``crop_boxes``) are also
+    cropped, resized and flipped there.  The training loop and the throughput benchmark both call it."""
+    if "crop_boxes" in batch:
+        x = augment_on_device(batch, device)
+    else:
+        x = normalize_on_device(batch["video"].to(device, non_blocking=True))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    return x

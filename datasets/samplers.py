@@ -14,10 +14,20 @@ from the gathered predictions are the same for any world size.
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch.utils.data import Sampler
+
+
+def parse_key(key: Any) -> tuple[int, int]:
+    """A dataset key -> (epoch, index): ``(epoch, index)`` from ResumableShardSampler, or a plain
+    index (epoch 0) from any other sampler."""
+    if isinstance(key, (tuple, list)):
+        if len(key) != 2:
+            raise TypeError(f"dataset key must be an int or (epoch, index), got {key!r}")
+        return int(key[0]), int(key[1])
+    return 0, int(key)
 
 
 class ResumableShardSampler(Sampler):
