@@ -1,6 +1,7 @@
 """The main job as users run it: torchrun with 2 gloo processes on a tiny demo set."""
 
 import math
+import re
 
 import mlflow
 import pytest
@@ -57,3 +58,22 @@ def test_torchrun_two_processes_end_to_end(tiny_demo, tmp_path):
     assert "resumed from" in res2.stdout
     _, runs = _runs(out / "mlflow.db")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+
+
+def test_init_from_an_earlier_mlflow_run(tiny_demo, tmp_path):
+    """--init-from-run RUN_ID starts a new run from the earlier run's logged checkpoint."""
+    videos, annotations = tiny_demo
+    first = tmp_path / "first"
+    common = ["--videos", str(videos), "--annotations", str(annotations), "--batch-size", "4",
+              "--tracking-uri", f"sqlite:///{tmp_path / 'shared.db'}", *TINY]
+    res = run_train([*common, "--output-dir", str(first), "--max-steps", "2", "--log-checkpoints"], timeout=600)
+    assert res.returncode == 0, res.stdout[-4000:]
+    client, runs = _runs(tmp_path / "shared.db")
+    (run,) = runs
+    res2 = run_train([*common, "--output-dir", str(tmp_path / "second"), "--max-steps", "1",
+                      "--init-from-run", run.info.run_id], timeout=600)
+    assert res2.returncode == 0, res2.stdout[-4000:]
+    # max-steps 2 ends before the first validation, so the run has last.pt but no best.pt
+    assert re.search(r"initial weights from \S+init_from_run\S+last\.pt", res2.stdout), res2.stdout[-3000:]
+    _, runs = _runs(tmp_path / "shared.db")
+    assert len(runs) == 2 and {r.data.params["init_from_run"] for r in runs} == {"", run.info.run_id}
