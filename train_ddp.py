@@ -366,6 +366,11 @@ def main(argv: list[str] | None = None) -> int:
                 found = (load_checkpoint_file(cfg.resume, map_location="cpu"), Path(cfg.resume))
             if found is not None:
                 resumed, resumed_path = found
+                if resumed["unfreeze"] != unfreeze.state_dict():
+                    # The optimizer's groups and every epoch's trainable set follow the schedule.
+                    raise SystemExit(f"{resumed_path} was trained with the unfreeze schedule "
+                                     f"{resumed['unfreeze']}, this run asks for {unfreeze.state_dict()}; "
+                                     "resume with the same --unfreeze* options or start a new --output-dir")
                 model.load_state_dict(resumed["model"])
                 optimizer.load_state_dict(resumed["optimizer"])
                 scheduler.load_state_dict(resumed["scheduler"])
@@ -496,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
                 # value each step, so the factor never compounds.
                 for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
                     group["lr"] = lr * unfreeze.lr_scale(group["scale_param"], epoch)
+                window["lrs"] = {g["name"]: g["lr"] for g in optimizer.param_groups}  # what this step uses
                 if n_empty:
                     counters["empty_steps"] += 1  # every clip of a micro-batch failed on some rank
                     continue
@@ -562,8 +568,7 @@ def main(argv: list[str] | None = None) -> int:
                 progress.update(1)
                 # -- logging (losses averaged over ranks by valid-target counts)
                 if step % cfg.log_every == 0 or step == total_steps:
-                    log_window(window, tasks, loss_fn, optimizer, grad_norm, counters, step, epoch,
-                               info, tracker, progress)
+                    log_window(window, tasks, loss_fn, grad_norm, counters, step, epoch, info, tracker, progress)
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                     save_checkpoint()
             if stop_reason is not None:
@@ -633,7 +638,7 @@ def main(argv: list[str] | None = None) -> int:
         destroy_distributed()
 
 
-def log_window(window, tasks, loss_fn, optimizer, grad_norm, counters, step, epoch, info, tracker, progress):
+def log_window(window, tasks, loss_fn, grad_norm, counters, step, epoch, info, tracker, progress):
     """All-reduce the window's per-task loss sums and counts; log exact cross-rank means."""
     elapsed = time.perf_counter() - window["t0"]
     stats = torch.cat([window["sums"], window["counts"],
@@ -651,7 +656,8 @@ def log_window(window, tasks, loss_fn, optimizer, grad_norm, counters, step, epo
         metrics["train/loss"] = total
     busy = window["data_s"] + window["compute_s"]
     metrics.update({
-        "train/lr": max(g["lr"] for g in optimizer.param_groups),
+        "train/lr": max(window["lrs"].values()),
+        **{f"train/lr/{name}": lr for name, lr in window["lrs"].items()},
         "train/grad_norm": float(grad_norm),
         "perf/clips_per_s": clips / elapsed if elapsed > 0 else 0.0,
         "perf/step_s": elapsed / max(window["steps"], 1),
