@@ -1,6 +1,5 @@
 """Annotation tables: normalization of every messy raw value we know of, clean pass-through, targets."""
 
-import csv
 import math
 from collections import Counter
 
@@ -15,6 +14,7 @@ from datasets.annotations import (
     normalize_peoplecount,
 )
 from utils.tasks import SCORE_FEATURES
+from fixture_files import write_csv
 
 # Every location value seen in the raw files -> canonical value (None = unknown).
 LOCATIONS = {
@@ -32,13 +32,6 @@ PEOPLECOUNTS = {
 }
 REFUSAL = "I'm sorry, I can't assist with that."
 
-
-def write_csv(path, header, rows):
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return str(path)
 
 
 def messy_raw_table(path):

@@ -1,11 +1,11 @@
 """Bad annotation tables fail with a message naming the file, the (1-based data) row and the column."""
 
-import csv
 
 import pytest
 
 from datasets.annotations import AnnotationError, load_annotation_table
 from utils.tasks import SCORE_FEATURES
+from fixture_files import write_csv
 
 HEADER = ["video_name"] + [f"model_{f}_{k}" for f in SCORE_FEATURES for k in ("score", "confidence")] + [
     "model_peoplecount", "model_peoplecount_certain", "model_location", "model_location_confidence"]
@@ -14,13 +14,6 @@ HEADER = ["video_name"] + [f"model_{f}_{k}" for f in SCORE_FEATURES for k in ("s
 def good_row(name):
     return [name] + ["0.5"] * (2 * len(SCORE_FEATURES)) + ["2", "True", "Indoor", "0.9"]
 
-
-def write_csv(path, header, rows):
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return str(path)
 
 
 def test_duplicate_video_names_in_one_file(tmp_path):

@@ -13,12 +13,10 @@ from datasets.clips import (
     scan_video_root,
 )
 from datasets.video import BadVideoError, write_video
+from fixture_files import texture
 
 T, SIZE = 4, 16
 
-
-def texture(count, height, width, seed):
-    return np.random.default_rng(seed).integers(0, 256, (count, height, width, 3), dtype=np.uint8)
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,8 @@ from resnet3d import CheckpointMismatchError, build_model
 from utils.evaluation import prediction_columns_for_csv
 from utils.inference import load_inference_model
 from utils.tasks import TASKS
+from fixture_files import texture
 
-
-def texture(count, height, width, seed):
-    return np.random.default_rng(seed).integers(0, 256, (count, height, width, 3), dtype=np.uint8)
 
 
 @pytest.fixture(scope="module")

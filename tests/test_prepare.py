@@ -17,13 +17,11 @@ import torch
 from datasets import prepare
 from datasets.cache import CachedClipDataset, FrameCache
 from datasets.video import decode_clip, write_video
+from fixture_files import texture
 
 REPO = Path(__file__).resolve().parents[1]
 K, S = 6, 24
 
-
-def texture(count, height, width, seed):
-    return np.random.default_rng(seed).integers(0, 256, (count, height, width, 3), dtype=np.uint8)
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,10 @@ from datasets.views import (
 )
 from datasets.transforms import resize_center_crop, frames_to_tensor
 from utils.inference import average_view_probabilities
+from fixture_files import texture
 
 T, SIZE = 4, 16
 
-
-def texture(count, height, width, seed):
-    return np.random.default_rng(seed).integers(0, 256, (count, height, width, 3), dtype=np.uint8)
 
 
 def numbered_frames(count, height, width):
