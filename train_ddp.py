@@ -23,8 +23,8 @@ import math
 import os
 import random
 import sys
+import shutil
 import time
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -71,6 +71,7 @@ from utils.tasks import parse_tasks
 from utils.tracking import RunTracker
 
 NONFINITE_EXIT_CODE = 3
+CHECKPOINT_FAILED_EXIT_CODE = 4  # training ended but its final checkpoint could not be written
 
 # With no --videos/--cache the demo runs: a model and clip size that learn on 2 CPU cores in
 # minutes.  Options you set yourself win over these.
@@ -120,6 +121,24 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, schedule: UnfreezeSchedu
     if cfg.optimizer == "adam":
         return torch.optim.Adam(param_groups, lr=cfg.lr)
     return torch.optim.AdamW(param_groups, lr=cfg.lr)
+
+
+def warn_if_disk_short(model: nn.Module, optimizer: torch.optim.Optimizer, ckpts: CheckpointManager,
+                       keep_last: int) -> None:
+    """A checkpoint holds the weights, buffers and the optimizer's per-parameter state (Adam: two
+    moments), about 3x the weights.  While a new one is written, keep_last + 1 exist."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    moments = 1 if isinstance(optimizer, torch.optim.SGD) else 2
+    per_checkpoint = (1 + moments) * weights + buffers
+    needed = (keep_last + 1) * per_checkpoint
+    ckpts.dir.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(ckpts.dir).free
+    if free < needed:
+        print(f"warning: {ckpts.dir} has {free / 2**30:.1f} GiB free; a checkpoint takes about "
+              f"{per_checkpoint / 2**30:.2f} GiB and --keep-last {keep_last} needs about {needed / 2**30:.1f} GiB "
+              f"(a failed write is reported and training goes on; the final one failing exits with "
+              f"{CHECKPOINT_FAILED_EXIT_CODE})", flush=True)
 
 
 def set_bn_eval(model: nn.Module) -> None:
@@ -353,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
 
         # ---- 4. resume ------------------------------------------------------------------------------
         ckpts = CheckpointManager(out_dir / "checkpoints", keep_last=cfg.keep_last)
+        if info.is_main:
+            warn_if_disk_short(model, optimizer, ckpts, cfg.keep_last)
         step, epoch, batch_in_epoch = 0, 0, 0
         early = {"best": None, "bad_validations": 0}
         counters = {"nonfinite_skips": 0, "consecutive_nonfinite": 0, "fp16_overflows": 0, "empty_steps": 0,
@@ -426,18 +447,24 @@ def main(argv: list[str] | None = None) -> int:
                 "mlflow_run_id": run_id,
             }
 
+        last_save = {"ok": True, "error": ""}
+
         def save_checkpoint(is_best: bool = False) -> bool:
-            """Rank 0 writes while the others wait; a failed write is reported, never fatal here."""
+            """Rank 0 writes while the others wait.  A failed write is reported and training goes on
+            (space may come back; the previous checkpoint is intact) -- but a run whose final
+            checkpoint failed does not end as a success (see the end)."""
             state = checkpoint_state()
-            ok = True
+            error = ""
             if info.is_main:
                 try:
                     ckpts.save(state, step, is_best=is_best)
                 except CheckpointSaveError as exc:
-                    ok = False
-                    warnings.warn(str(exc))
-                    tracker.set_tags({"last_checkpoint_error": str(exc)})
-            return broadcast_object(ok, info)
+                    error = str(exc)
+                    log0(info, f"warning: {error}")
+                    tracker.set_tags({"last_checkpoint_error": error})
+            error = broadcast_object(error, info)
+            last_save.update(ok=not error, error=error)
+            return not error
 
         # ---- 6. the loop ----------------------------------------------------------------------------
         train_model = None
@@ -616,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
             save_checkpoint()
             log0(info, f"stopping: non-finite loss/gradients at step {step} "
                        f"({counters['consecutive_nonfinite']} consecutive; --nonfinite {cfg.nonfinite}); "
-                       f"checkpoint written, details in {out_dir / 'nonfinite.tsv'}")
+                       f"checkpoint {'written' if last_save['ok'] else 'FAILED'}, details in {out_dir / 'nonfinite.tsv'}")
             if info.is_main:
                 tracker.set_tags({"stop_reason": "nonfinite"})
             return NONFINITE_EXIT_CODE
@@ -626,6 +653,14 @@ def main(argv: list[str] | None = None) -> int:
             (out_dir / PREEMPTED_MARKER).unlink(missing_ok=True)
             tracker.set_tags({"stop_reason": stop_reason or "epochs_done", "final_step": step})
             finish_tracking(tracker, model, tasks, cfg, ckpts)
+        if not last_save["ok"]:
+            # The trained weights exist only in memory (and in MLflow if --log-model): say so loudly.
+            log0(info, f"error: training ended at step {step} but its final checkpoint could not be written "
+                       f"({last_save['error']}); exiting with {CHECKPOINT_FAILED_EXIT_CODE}")
+            if info.is_main:
+                tracker.set_tags({"stop_reason": "checkpoint_write_failed"})
+            status = "FAILED"
+            return CHECKPOINT_FAILED_EXIT_CODE
         status = "FINISHED"
         return 0
     except BaseException:
