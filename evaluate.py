@@ -3,6 +3,11 @@
     python evaluate.py --checkpoint runs/x/checkpoints/best.pt --videos DIR --annotations CSV \\
         --split test --output-dir runs/x/eval [--views 4x3] [--human-ratings ratings.csv] [--run-id checkpoint]
     torchrun --nproc_per_node=8 evaluate.py ...     # same numbers, faster
+    python evaluate.py ... --cache CACHE_DIR        # clips from the frame cache instead of --videos
+
+With ``--cache`` the clips come from a frame cache (``python -m datasets.prepare``) like the
+training loop's own validation on it: N temporal views (``--views Nx1``, N x T <= the K stored
+frames); spatial views need the videos, since the cache keeps only the centre square.
 
 Every video of the split is predicted exactly once whatever the number of processes (each
 rank takes every W-th video, predictions are gathered, metrics are computed once on the
@@ -37,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from datasets import (
+    MultiViewCachedDataset,
     MultiViewClipDataset,
     assign_splits,
     build_targets,
@@ -70,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Evaluate a checkpoint: metrics, per-video predictions, human comparison.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="this project's checkpoint, or an earlier Lightning one")
-    p.add_argument("--videos", required=True, help="video root (searched recursively for the table's video_name)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--videos", help="video root (searched recursively for the table's video_name)")
+    src.add_argument("--cache", help="frame cache directory (python -m datasets.prepare) instead of the videos")
     p.add_argument("--annotations", required=True, help="annotation CSV (cleaned or raw)")
     p.add_argument("--split", default="test", choices=SPLITS, help="which videos of the table to evaluate")
     p.add_argument("--split-method", default=None, choices=("auto", "hash", "column", "random42"),
@@ -246,9 +254,19 @@ def main(argv: list[str] | None = None) -> int:
         all_targets = build_targets(table, tasks)
         targets = {k: v[rows] for k, v in all_targets.items()}
         names = table["video_name"].to_numpy()[rows].tolist()
-        dataset = MultiViewClipDataset(names, {}, args.videos, num_frames=spec.frames, size=spec.size,
-                                       temporal_views=temporal, spatial_views=spatial,
-                                       index=scan_video_root(args.videos))
+        if args.cache:
+            try:
+                dataset = MultiViewCachedDataset(args.cache, names, num_frames=spec.frames, size=spec.size,
+                                                 temporal_views=temporal, spatial_views=spatial)
+            except (OSError, ValueError) as exc:
+                raise SystemExit(f"--cache: {exc}") from exc
+            if dataset.missing:
+                log0(info, f"note: {len(dataset.missing)} of {len(names)} {args.split} videos have no clip in "
+                           f"the cache (failed in prepare, or not in its table): listed as failed")
+        else:
+            dataset = MultiViewClipDataset(names, {}, args.videos, num_frames=spec.frames, size=spec.size,
+                                           temporal_views=temporal, spatial_views=spatial,
+                                           index=scan_video_root(args.videos))
         log0(info, f"evaluating {spec.path} (ResNet3D-{spec.depth}, {spec.frames}x{spec.size}px, "
                    f"{temporal}x{spatial} views) on {len(rows)} {args.split} videos with {info.world_size} "
                    f"process(es) on {info.device}")
@@ -311,7 +329,8 @@ def write_outputs(args, info, spec, tasks, table, rows, labels, names, targets, 
     plot_paths = [] if args.no_plots else make_plots(args, out_dir, probs, targets, tasks, metrics,
                                                      human_report, spec, logger)
     info_doc = {
-        **spec.as_dict(), "annotations": args.annotations, "videos": args.videos, "split": args.split,
+        **spec.as_dict(), "annotations": args.annotations, "videos": args.videos, "cache": args.cache,
+        "split": args.split,
         "split_method": split_how, "views": f"{temporal}x{spatial}", "world_size": info.world_size,
         "device": str(info.device), "amp": args.amp, "batch_size": args.batch_size,
         "human_ratings": args.human_ratings, "runtime_s": round(time.perf_counter() - t0, 2),
@@ -323,7 +342,7 @@ def write_outputs(args, info, spec, tasks, table, rows, labels, names, targets, 
 
     logger.log_params({"checkpoint": spec.path, "split": args.split, "views": f"{temporal}x{spatial}",
                        "tasks": ",".join(tasks), "depth": spec.depth, "frames": spec.frames, "size": spec.size,
-                       "annotations": args.annotations, "videos": args.videos,
+                       "annotations": args.annotations, "videos": args.videos or "", "cache": args.cache or "",
                        "human_ratings": args.human_ratings or ""})
     flat = flatten_metrics(metrics, prefix)
     if human_report is not None:

@@ -289,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
                 cache.check_serves(cfg.frames, cfg.size)
             except (OSError, ValueError) as exc:
                 raise SystemExit(f"--cache: {exc}") from exc
-            log0(info, f"frame cache {cfg.cache}: {cache.params.describe()}; {len(cache)} clips")
+            log0(info, f"frame cache {cfg.cache}: {cache.params.describe()}; {len(cache)} clips"
+                       + (f" (--videos {cfg.videos} is not read: training uses the cache)" if cfg.videos else ""))
         else:
             video_index = scan_video_root(cfg.videos)  # one recursive scan, shared by both splits
 

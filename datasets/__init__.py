@@ -64,6 +64,7 @@ _EXPORTS: dict[str, str] = {
     "ExactShardSampler": "samplers",
     # views.py: multi-view (N temporal x M spatial) test-time sampling
     "MultiViewClipDataset": "views",
+    "MultiViewCachedDataset": "views",
     "collate_views": "views",
     "multi_view_clips": "views",
     "parse_views": "views",

@@ -14,6 +14,12 @@ taken evenly spaced along the long side, from one end to the other: M = 1 is the
 crop of the evaluation transform, M = 3 is left / centre / right (top / centre / bottom for
 portrait video).  A square frame gives M identical crops.
 
+From a frame cache (:class:`MultiViewCachedDataset`) the same N x T segment centres are taken
+among the K stored frames (which are themselves the segment centres of K segments, so with
+K = N x T the frames are exactly those of the video path); the cache keeps only the centre
+square of each frame, so there M must be 1, and the S x S frames are resized to ``size`` on the
+device like the training loop's validation on the cache.
+
 Views are ordered temporal-major (view = i * M + j).  Averaging the network's outputs over
 views happens in probability space, after the sigmoid / softmax (see
 ``utils.inference.average_view_probabilities``).
@@ -27,11 +33,13 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
+from .cache import FrameCache, decode_jpeg_frames
 from .clips import LEGACY_SUFFIX, VideoClipDataset, collate_clips
 from .transforms import frames_to_tensor, resize_center_crop
-from .video import decode_clip
+from .video import decode_clip, sample_clip_indices
 
-__all__ = ["spatial_crop_offsets", "multi_view_clips", "MultiViewClipDataset", "collate_views", "parse_views"]
+__all__ = ["spatial_crop_offsets", "multi_view_clips", "MultiViewClipDataset", "MultiViewCachedDataset",
+           "collate_views", "parse_views"]
 
 
 def parse_views(spec: str) -> tuple[int, int]:
@@ -117,6 +125,66 @@ class MultiViewClipDataset(VideoClipDataset):
             return self._load_legacy(path, rng).unsqueeze(0)
         frames, _ = decode_clip(path, self.num_frames * self.temporal_views, None, threads=self.decode_threads)
         return multi_view_clips(frames, self.num_frames, self.temporal_views, self.spatial_views, self.size)
+
+
+class MultiViewCachedDataset(torch.utils.data.Dataset):
+    """Test-time views from a frame cache: ``video`` is uint8 (N, 3, T, S, S) at the stored
+    size S (N temporal views; resized to ``size`` on the device by the consumer).
+
+    Refuses (ValueError) what the cache cannot serve: M > 1 spatial crops (it keeps only the
+    centre square of each frame), N x T > K (views would share frames), or a clip length and
+    size it was not built for.  A video the cache has no clip for is a failed sample whose error
+    says why (failed in prepare, or not in the table the cache was built from).
+    """
+
+    def __init__(self, cache: FrameCache | str, video_names: Sequence[str], *, num_frames: int, size: int,
+                 temporal_views: int = 1, spatial_views: int = 1) -> None:
+        self.cache = cache if isinstance(cache, FrameCache) else FrameCache(cache)
+        self.cache.check_serves(num_frames, size)
+        if spatial_views != 1:
+            raise ValueError(f"frame cache {self.cache.root} keeps only the centre square of each frame, so "
+                             f"{spatial_views} spatial views cannot be taken from it; use --views "
+                             f"{temporal_views}x1, or --videos for spatial views")
+        stored = self.cache.params.frames
+        if temporal_views * num_frames > stored:
+            raise ValueError(f"{temporal_views} temporal views of {num_frames} frames need "
+                             f"{temporal_views * num_frames} distinct frames, but frame cache {self.cache.root} "
+                             f"keeps {stored} per clip; use --views {max(1, stored // num_frames)}x1, --videos, "
+                             f"or a cache prepared with --frames {temporal_views * num_frames}")
+        self.video_names = [str(n) for n in video_names]
+        self.rows = np.array([self.cache.row(n) for n in self.video_names], dtype=np.int64)
+        self.num_frames, self.size = num_frames, size
+        self.temporal_views, self.spatial_views = temporal_views, 1
+        # The N x T segment centres among the K stored frames; view i is every N-th of them.
+        self.indices = sample_clip_indices(stored, temporal_views * num_frames, None)
+
+    @property
+    def num_views(self) -> int:
+        return self.temporal_views
+
+    @property
+    def missing(self) -> list[str]:
+        return [n for n, r in zip(self.video_names, self.rows) if r < 0]
+
+    def __len__(self) -> int:
+        return len(self.video_names)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        name, row = self.video_names[index], int(self.rows[index])
+        sample: dict[str, Any] = {"video": None, "targets": {}, "video_id": name, "index": index, "error": None}
+        try:
+            if row < 0:
+                why = self.cache.problems.get(name, "not in the cache (its table did not list it)")
+                raise LookupError(f"no clip in frame cache {self.cache.root}: {why}")
+            if self.cache.params.storage == "raw":
+                frames = self.cache.read_raw(row, self.indices)  # (N*T, 3, S, S)
+            else:
+                frames = decode_jpeg_frames(self.cache.read_jpeg(row, self.indices))
+            n = self.temporal_views
+            sample["video"] = torch.stack([frames[i::n].permute(1, 0, 2, 3) for i in range(n)]).contiguous()
+        except Exception as exc:  # this video only: reported in its row, the others go on
+            sample["error"] = f"{name}: {type(exc).__name__}: {exc}"
+        return sample
 
 
 def collate_views(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -22,11 +22,15 @@ def test_train_from_cache(demo_cache, tmp_path):
     cache, annotations = demo_cache
     out = tmp_path / "run"
     # TINY = 4 frames of 32 px; one worker process exercises the Dataset's pickling and collate in a worker
+    # --videos as well (e.g. left in a launch script): not read, and the log says so
+    gone = tmp_path / "no-such-videos"
     res = run_train(["--cache", str(cache), "--annotations", str(annotations), "--output-dir", str(out),
+                     "--videos", str(gone),
                      *TINY, "--num-workers", "1", "--epochs", "1", "--max-steps", "3", "--batch-size", "4"],
                     timeout=600)
     assert res.returncode == 0, res.stdout[-4000:]
     assert f"frame cache {cache}: frames=6, stored_size=40, storage=raw" in res.stdout
+    assert f"(--videos {gone} is not read: training uses the cache)" in res.stdout
     assert (out / "checkpoints" / "last.pt").exists()
 
 

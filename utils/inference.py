@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from datasets import normalize_on_device
+from datasets.gpu_augment import resized_crop_flip_normalize
 from resnet3d import MultiTaskResNet3D, load_pretrained, read_checkpoint
 from resnet3d.checkpoints import HEAD, CheckpointMismatchError, find_network_prefix, find_state_dict, guess_depth
 from utils.checkpoint import CHECKPOINT_FORMAT
@@ -138,10 +139,12 @@ def average_view_probabilities(probs: dict[str, torch.Tensor], num_views: int) -
 
 @torch.no_grad()
 def predict_shard(model: nn.Module, loader, device: torch.device, *, amp_dtype: torch.dtype | None = None,
-                  channels_last: bool = False, progress=None) -> dict[str, Any]:
+                  channels_last: bool = False, progress=None, size: int | None = None) -> dict[str, Any]:
     """Probabilities for this rank's videos.
 
-    ``loader`` yields ``datasets.collate_views`` batches of (B, V, 3, T, H, W) clips.
+    ``loader`` yields ``datasets.collate_views`` batches of (B, V, 3, T, H, W) uint8 clips.
+    Clips larger than ``size`` (frame-cache clips come at the stored size) are resized to it on
+    the device, as the training loop's validation on the cache does.
     Returns ``{"indices": int64 (n,), "probs": {output: float32 (n, ...)}, "bad": [(index, error)]}``.
     """
     model.eval()
@@ -152,7 +155,12 @@ def predict_shard(model: nn.Module, loader, device: torch.device, *, amp_dtype: 
         if n:
             video = batch["video"]
             views = video.shape[1]
-            x = normalize_on_device(video.to(device, non_blocking=True).flatten(0, 1))
+            x = video.to(device, non_blocking=True).flatten(0, 1)
+            if x.dtype == torch.uint8 and size is not None and tuple(x.shape[-2:]) != (size, size):
+                whole = torch.tensor([[0, 0, x.shape[-2], x.shape[-1]]] * x.shape[0])
+                x = resized_crop_flip_normalize(x, whole, torch.zeros(x.shape[0], dtype=torch.bool), size)
+            else:
+                x = normalize_on_device(x)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
@@ -222,7 +230,7 @@ def infer_dataset(model: nn.Module, dataset, info: DistInfo, tasks, *, batch_siz
                disable=not (info.is_main and progress))
     try:
         local = predict_shard(model, loader, info.device, amp_dtype=inference_dtype(amp, info.device),
-                              channels_last=on_gpu, progress=bar)
+                              channels_last=on_gpu, progress=bar, size=getattr(dataset, "size", None))
     finally:
         bar.close()
     return gather_exactly_once(local, info, len(dataset), tasks)
