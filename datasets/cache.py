@@ -280,6 +280,11 @@ class FrameCache:
         """Row of ``video_name`` in the cache, or -1."""
         return self._row_of.get(video_name, -1)
 
+    def why_missing(self, video_name: str) -> str:
+        """Why a video has no clip here: its failure in prepare, or absence from the table."""
+        why = self.problems.get(video_name, "not in the cache (its table did not list it)")
+        return f"no clip in frame cache {self.root}: {why}"
+
     def check_serves(self, frames: int, size: int) -> None:
         """Refuse a run (T frames, size x size input) this cache can't feed without making things up.
 
@@ -325,6 +330,12 @@ class FrameCache:
             self._pread(row, int(indices[t]) * p.frame_bytes, buf[t:t + run])
             t += run
         return out
+
+    def read_frames(self, row: int, indices: Sequence[int]) -> torch.Tensor:
+        """Frames ``indices`` (increasing) as uint8 (T, 3, S, S), JPEG decoded here on the CPU."""
+        if self.params.storage == "raw":
+            return self.read_raw(row, indices)
+        return decode_jpeg_frames(self.read_jpeg(row, indices))
 
     def read_jpeg(self, row: int, indices: Sequence[int]) -> list[np.ndarray]:
         """Encoded frames ``indices`` of a jpeg clip (one read of the whole blob)."""
@@ -440,14 +451,11 @@ class CachedClipDataset(torch.utils.data.Dataset):
         }
         try:
             if row < 0:
-                why = self.cache.problems.get(name, "not in the cache (its table did not list it)")
-                raise LookupError(f"no clip in cache {self.cache.root}: {why}")
-            if self.cache.params.storage == "raw":
-                sample["video"] = self.cache.read_raw(row, indices).permute(1, 0, 2, 3)
-            elif self.jpeg_decode == "device":
+                raise LookupError(self.cache.why_missing(name))
+            if self.jpeg_decode == "device":
                 sample["jpeg"] = self.cache.read_jpeg(row, indices)
             else:
-                sample["video"] = decode_jpeg_frames(self.cache.read_jpeg(row, indices)).permute(1, 0, 2, 3)
+                sample["video"] = self.cache.read_frames(row, indices).permute(1, 0, 2, 3)
         except Exception as exc:  # one clip failed to read: see bad_video
             message = f"{name}: {type(exc).__name__}: {exc}"
             if self.bad_video == "error":

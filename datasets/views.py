@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from .cache import FrameCache, decode_jpeg_frames
+from .cache import FrameCache
 from .clips import LEGACY_SUFFIX, VideoClipDataset, collate_clips
 from .transforms import frames_to_tensor, resize_center_crop
 from .video import decode_clip, sample_clip_indices
@@ -174,12 +174,8 @@ class MultiViewCachedDataset(torch.utils.data.Dataset):
         sample: dict[str, Any] = {"video": None, "targets": {}, "video_id": name, "index": index, "error": None}
         try:
             if row < 0:
-                why = self.cache.problems.get(name, "not in the cache (its table did not list it)")
-                raise LookupError(f"no clip in frame cache {self.cache.root}: {why}")
-            if self.cache.params.storage == "raw":
-                frames = self.cache.read_raw(row, self.indices)  # (N*T, 3, S, S)
-            else:
-                frames = decode_jpeg_frames(self.cache.read_jpeg(row, self.indices))
+                raise LookupError(self.cache.why_missing(name))
+            frames = self.cache.read_frames(row, self.indices)  # (N*T, 3, S, S)
             n = self.temporal_views
             sample["video"] = torch.stack([frames[i::n].permute(1, 0, 2, 3) for i in range(n)]).contiguous()
         except Exception as exc:  # this video only: reported in its row, the others go on

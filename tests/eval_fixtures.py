@@ -27,3 +27,19 @@ def save_tiny_checkpoint(out_dir: Path, tasks=TASKS, seed: int = 0, run_id: str 
     state = {"model": model.state_dict(), "config": asdict(cfg), "tasks": list(tasks), "depth": DEPTH,
              "epoch": 0, "world_size": 1, "mlflow_run_id": run_id}
     return CheckpointManager(Path(out_dir) / "checkpoints").save(state, step=1)
+
+
+def compare_eval_with_training_validation(client, run) -> int:
+    """For each eval_val/<task>/{spearman,accuracy} that evaluate.py logged into the training run,
+    assert it equals the val/... value the loop logged at the step best.pt was written; returns
+    how many were compared."""
+    import pytest
+
+    compared = 0
+    for key, value in run.data.metrics.items():
+        if key.startswith("eval_val/") and key.endswith(("/spearman", "/accuracy")) and "/human/" not in key:
+            (evaluated,) = client.get_metric_history(run.info.run_id, key)
+            trained = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val/" + key[9:])}
+            assert value == pytest.approx(trained[evaluated.step], abs=1e-6), key
+            compared += 1
+    return compared

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import evaluate
+from eval_fixtures import compare_eval_with_training_validation
 from datasets import FrameCache, MultiViewCachedDataset, prepare
 from launch_helpers import TINY, run_train
 
@@ -68,14 +69,7 @@ def test_evaluate_with_cache_reproduces_the_training_validation_on_the_cache(cac
     client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.data.params["cache"] == str(cache_dir)
-    compared = 0
-    for key, value in run.data.metrics.items():
-        if key.startswith("eval_val/") and key.endswith(("/spearman", "/accuracy")) and "/human/" not in key:
-            (evaluated,) = client.get_metric_history(run.info.run_id, key)
-            trained = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val/" + key[9:])}
-            assert value == pytest.approx(trained[evaluated.step], abs=1e-6), key
-            compared += 1
-    assert compared == 10
+    assert compare_eval_with_training_validation(client, run) == 10  # 8 score Spearmans + 2 accuracies
     # two temporal views of the same videos: different inputs, still one row per video
     rc = evaluate.main(["--checkpoint", str(best), "--cache", str(cache_dir), "--annotations", str(annotations),
                         "--split", "val", "--output-dir", str(tmp_path / "eval2"), "--num-workers", "0",

@@ -4,6 +4,7 @@ import mlflow
 import pytest
 
 import evaluate
+from eval_fixtures import compare_eval_with_training_validation
 from launch_helpers import TINY, run_train
 
 pytestmark = pytest.mark.slow
@@ -22,14 +23,7 @@ def test_evaluating_best_pt_on_val_reproduces_the_training_validation(tiny_demo,
     client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.info.status == "FINISHED"  # left as training ended it
-    compared = 0
-    for key, value in run.data.metrics.items():
-        if key.startswith("eval_val/") and key.endswith(("/spearman", "/accuracy")) and "/human/" not in key:
-            (evaluated,) = client.get_metric_history(run.info.run_id, key)
-            # the training loop logged the same metric at the step best.pt was written
-            trained = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val/" + key[9:])}
-            assert value == pytest.approx(trained[evaluated.step], abs=1e-6), key
-            compared += 1
-    assert compared == 10  # 8 score Spearmans + 2 accuracies
+    # the training loop logged the same metrics at the step best.pt was written
+    assert compare_eval_with_training_validation(client, run) == 10  # 8 score Spearmans + 2 accuracies
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "eval/eval_val/plots")}
     assert "eval/eval_val/plots/training_curves.png" in artifacts
