@@ -22,8 +22,8 @@ import contextlib
 import math
 import os
 import random
-import sys
 import shutil
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
