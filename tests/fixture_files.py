@@ -16,3 +16,13 @@ def write_csv(path, header, rows):
         writer.writerow(header)
         writer.writerows(rows)
     return str(path)
+
+
+def prepare_demo_cache(tiny_demo, out, frames, stored_size=40):
+    """The tiny demo set decoded into a raw frame cache at ``out`` (quietly, in this process)."""
+    from datasets import prepare
+
+    videos, annotations = tiny_demo
+    prepare.prepare_cache(out, prepare.read_video_names(annotations), str(videos), frames=frames,
+                          stored_size=stored_size, workers=0, progress=False, log=lambda m: None)
+    return out

@@ -2,7 +2,7 @@
 
 import pytest
 
-from datasets import prepare
+from fixture_files import prepare_demo_cache
 from launch_helpers import TINY, run_train
 
 pytestmark = pytest.mark.slow
@@ -10,12 +10,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def demo_cache(tiny_demo, tmp_path_factory):
-    videos, annotations = tiny_demo
-    out = tmp_path_factory.mktemp("cache") / "demo"
     # 6 stored frames for the run's 4 (temporal jitter), 40 px stored for 32 px crops
-    prepare.prepare_cache(out, prepare.read_video_names(annotations), str(videos), frames=6, stored_size=40,
-                          workers=0, progress=False, log=lambda m: None)
-    return out, annotations
+    out = prepare_demo_cache(tiny_demo, tmp_path_factory.mktemp("cache") / "demo", frames=6, stored_size=40)
+    return out, tiny_demo[1]
 
 
 def test_train_from_cache(demo_cache, tmp_path):

@@ -9,7 +9,8 @@ import torch
 
 import evaluate
 from eval_fixtures import compare_eval_with_training_validation
-from datasets import FrameCache, MultiViewCachedDataset, prepare
+from datasets import FrameCache, MultiViewCachedDataset
+from fixture_files import prepare_demo_cache
 from launch_helpers import TINY, run_train
 
 pytestmark = pytest.mark.slow
@@ -19,9 +20,7 @@ pytestmark = pytest.mark.slow
 def cache8(tiny_demo, tmp_path_factory):
     """The tiny demo set prepared with 8 frames of 40 px (room for 2 temporal views of 4 frames)."""
     videos, annotations = tiny_demo
-    out = tmp_path_factory.mktemp("cache8") / "demo"
-    prepare.prepare_cache(out, prepare.read_video_names(annotations), str(videos), frames=8, stored_size=40,
-                          workers=0, progress=False, log=lambda m: None)
+    out = prepare_demo_cache(tiny_demo, tmp_path_factory.mktemp("cache8") / "demo", frames=8, stored_size=40)
     return out, annotations, videos
 
 
