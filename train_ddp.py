@@ -58,6 +58,7 @@ from utils.distributed import (
     DistInfo,
     all_gather_objects,
     all_reduce_sum,
+    broadcast_buffers,
     broadcast_object,
     destroy_distributed,
     init_distributed,
@@ -211,6 +212,23 @@ def validate(model: nn.Module, loader: DataLoader, loss_fn: MultiTaskLoss, tasks
     return metrics
 
 
+def report_missing_videos(train_set, val_set, cfg: TrainConfig, info: DistInfo, out_dir: Path) -> None:
+    """Count, before training, the table's videos that have no file / no cached clip: one log
+    line and OUTPUT_DIR/missing_videos.txt.  They load as bad videos; none at all is an error."""
+    where = f"the cache {cfg.cache}" if cfg.cache else f"--videos {cfg.videos}"
+    if len(train_set.missing) == len(train_set):
+        hint = "was it prepared from this table? (see its manifest.csv)" if cfg.cache else "is it the right root?"
+        raise SystemExit(f"none of the {len(train_set)} training videos of {cfg.annotations} is in {where}; {hint}")
+    missing = [("train", n) for n in train_set.missing]
+    missing += [("val", n) for n in (val_set.missing if val_set is not None else [])]
+    if missing and info.is_main:
+        listing = out_dir / "missing_videos.txt"
+        listing.write_text("".join(f"{split}\t{name}\n" for split, name in missing))
+        detail = f" (see {cfg.cache}/failures.csv)" if cfg.cache else ""
+        print(f"{len(missing)} table videos are not in {where}{detail}; they load as bad videos "
+              f"(listed in {listing})", flush=True)
+
+
 def gather_bad_videos(bad: list, info: DistInfo) -> list:
     return [b for part in all_gather_objects(bad, info) for b in part]
 
@@ -310,14 +328,7 @@ def main(argv: list[str] | None = None) -> int:
 
         train_set = make_dataset(train_rows, train=True)
         val_set = make_dataset(val_rows, train=False) if len(val_rows) and cfg.val_every > 0 else None
-        if cfg.cache:
-            absent = len(train_set.missing) + (len(val_set.missing) if val_set is not None else 0)
-            if len(train_set.missing) == len(train_set):
-                raise SystemExit(f"none of the {len(train_set)} training videos of {cfg.annotations} is in the "
-                                 f"cache {cfg.cache}; was it prepared from this table? (see its manifest.csv)")
-            if absent:
-                log0(info, f"{absent} table videos have no clip in the cache (see {cfg.cache}/failures.csv); "
-                           "they load as bad videos")
+        report_missing_videos(train_set, val_set, cfg, info, out_dir)
         train_sampler = ResumableShardSampler(len(train_set), info.rank, info.world_size, cfg.seed,
                                               multiple_of=cfg.batch_size * cfg.accum_steps)
         steps_per_epoch = len(train_sampler) // (cfg.batch_size * cfg.accum_steps)
@@ -356,6 +367,14 @@ def main(argv: list[str] | None = None) -> int:
         unfreeze = UnfreezeSchedule(parse_key_values(cfg.unfreeze, "--unfreeze", int, sep=":"),
                                     low_lr_factor=cfg.unfreeze_low_lr_factor,
                                     low_lr_epochs=cfg.unfreeze_low_lr_epochs)
+        # Training-mode BatchNorm needs more than one value per channel; layer4 sees the fewest.
+        bn_values_per_clip = math.prod(model.feature_grid(cfg.frames, cfg.size, cfg.size))
+        if cfg.bn == "train" and cfg.batch_size * bn_values_per_clip <= 1:
+            raise SystemExit(f"--batch-size {cfg.batch_size} at --frames {cfg.frames} --size {cfg.size}: layer4's "
+                             f"BatchNorm would see {cfg.batch_size * bn_values_per_clip} value per channel, and "
+                             "training-mode BatchNorm needs more than one; use a larger --batch-size, "
+                             "--frames or --size, or --bn eval")
+        min_clips = 2 if cfg.bn == "train" and bn_values_per_clip == 1 else 1  # per micro-batch
         if cfg.bn == "sync" and info.distributed:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model.to(info.device)
@@ -378,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         step, epoch, batch_in_epoch = 0, 0, 0
         early = {"best": None, "bad_validations": 0}
         counters = {"nonfinite_skips": 0, "consecutive_nonfinite": 0, "fp16_overflows": 0, "empty_steps": 0,
-                    "bad_videos": 0}
+                    "too_small_steps": 0, "bad_videos": 0}
         run_id = None
         resumed = None
         if cfg.resume != "none":
@@ -437,7 +456,9 @@ def main(argv: list[str] | None = None) -> int:
         run_id = broadcast_object(run_id, info)
 
         def checkpoint_state() -> dict:
-            # Collective: every rank contributes its RNG state.
+            # Collective: every rank contributes its RNG state, and every rank then holds the
+            # BatchNorm statistics that rank 0 saves (DDP would copy them at the next forward).
+            broadcast_buffers(model, info)
             rng = all_gather_objects(capture_rng_state(info.device), info)
             return {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -508,12 +529,14 @@ def main(argv: list[str] | None = None) -> int:
                     c = loss_fn.valid_counts(b["targets"])
                     local_counts += torch.tensor([float(c[t]) for t in tasks], dtype=torch.float64)
                 flags = torch.tensor([sum(len(b["indices"]) == 0 for b in micro),
+                                      sum(0 < len(b["indices"]) < min_clips for b in micro),
                                       sum(len(b["bad"]) for b in micro),
                                       float(preempt.requested)], dtype=torch.float64)
                 reduced = torch.cat([local_counts, flags])
                 if info.distributed:  # the decisions below need the sums on the host: one sync per step
                     reduced = all_reduce_sum(reduced.to(info.device), info).cpu()
-                global_counts, n_empty, n_bad, n_preempt = reduced[:len(tasks)], *reduced[len(tasks):].tolist()
+                global_counts = reduced[:len(tasks)]
+                n_empty, n_too_small, n_bad, n_preempt = reduced[len(tasks):].tolist()
                 if n_bad:
                     bad = gather_bad_videos([(epoch, *b) for mb in micro for b in mb["bad"]], info)
                     counters["bad_videos"] += len(bad)
@@ -532,6 +555,13 @@ def main(argv: list[str] | None = None) -> int:
                 window["lrs"] = {g["name"]: g["lr"] for g in optimizer.param_groups}  # what this step uses
                 if n_empty:
                     counters["empty_steps"] += 1  # every clip of a micro-batch failed on some rank
+                    continue
+                if n_too_small:
+                    # Bad videos left one clip in a micro-batch: training-mode BatchNorm would
+                    # raise on layer4's single value per channel.  Every rank skips the step.
+                    counters["too_small_steps"] += 1
+                    log0(info, f"step {step}: skipped, {int(n_too_small)} micro-batch(es) shrank to one clip by bad "
+                               f"videos (layer4's BatchNorm needs more than one value per channel)")
                     continue
                 # DDP averages gradients over ranks, so dividing each task's loss sum by
                 # global_count / world_size makes the update equal to one process's on the union batch.
@@ -606,6 +636,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_in_epoch = 0
             is_best = False
             if val_loader is not None and epoch % cfg.val_every == 0:
+                broadcast_buffers(model, info)  # validate the model rank 0 saves, on every rank
                 metrics = validate(model, val_loader, loss_fn, tasks, info, amp_dtype, channels_last)
                 model.train()
                 if cfg.bn == "eval":
@@ -702,6 +733,7 @@ def log_window(window, tasks, loss_fn, grad_norm, counters, step, epoch, info, t
         "train/nonfinite_skips": counters["nonfinite_skips"],
         "train/fp16_overflow_skips": counters["fp16_overflows"],
         "train/empty_steps": counters["empty_steps"],
+        "train/too_small_steps": counters["too_small_steps"],
         "epoch": epoch,
     })
     if info.is_main:

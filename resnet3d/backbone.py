@@ -73,6 +73,22 @@ class ResNet3D(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_features(x)
 
+    def feature_grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """(T', H', W') of layer4's output -- the grid its BatchNorm layers normalize over --
+        for a (frames, height, width) input, from the strides and paddings of the modules."""
+
+        def out(n: int, kernel, stride, padding, axis: int) -> int:
+            pick = (lambda v: v[axis] if isinstance(v, tuple) else v)
+            return (n + 2 * pick(padding) - pick(kernel)) // pick(stride) + 1
+
+        grid = [frames, height, width]
+        strided = [self.conv1, self.maxpool]
+        for stage in (self.layer2, self.layer3, self.layer4):  # layer1 keeps the size
+            strided.append(stage[0].downsample[0])  # the 1x1x1 shortcut has the stage's stride
+        for m in strided:
+            grid = [out(n, m.kernel_size, m.stride, m.padding, a) for a, n in enumerate(grid)]
+        return tuple(grid)
+
 
 def _make_stage(block: type[nn.Module], in_planes: int, width: int, n_blocks: int,
                 stride: int) -> tuple[nn.Sequential, int]:

@@ -10,11 +10,14 @@ from launch_helpers import TINY, run_train
 pytestmark = pytest.mark.slow
 
 
-def test_evaluating_best_pt_on_val_reproduces_the_training_validation(tiny_demo, tmp_path):
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_evaluating_best_pt_on_val_reproduces_the_training_validation(tiny_demo, tmp_path, nproc):
+    """With 2 ranks and --bn train every rank's last training forward leaves its own BatchNorm
+    running statistics; validation and best.pt must both describe rank 0's (the saved) model."""
     videos, annotations = tiny_demo
     out = tmp_path / "run"
     res = run_train(["--videos", str(videos), "--annotations", str(annotations), "--output-dir", str(out),
-                     "--epochs", "2", "--batch-size", "8", *TINY], nproc=1, timeout=600)
+                     "--epochs", "2", "--batch-size", "8", "--bn", "train", *TINY], nproc=nproc, timeout=600)
     assert res.returncode == 0, res.stdout[-4000:]
     rc = evaluate.main(["--checkpoint", str(out / "checkpoints" / "best.pt"), "--videos", str(videos),
                         "--annotations", str(annotations), "--split", "val", "--output-dir", str(tmp_path / "eval"),

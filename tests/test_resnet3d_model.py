@@ -107,3 +107,14 @@ def test_backbone_names_and_shapes_equal_the_official_mit_checkpoint():
                 if not n.startswith("last_linear.")}
         assert ours == expected, key
         assert layout[key]["tensors"]["last_linear.weight"] == [layout[key]["num_classes"], 2048]
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_feature_grid_is_the_shape_layer4_produces(depth):
+    model = build_model(depth=depth, dropout=0.0).eval()
+    for frames, height, width in [(4, 32, 32), (8, 64, 71), (16, 224, 224), (3, 40, 33), (1, 32, 32)]:
+        x = torch.zeros(1, 3, frames, height, width)
+        with torch.no_grad():
+            y = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+            y = model.layer4(model.layer3(model.layer2(model.layer1(y))))
+        assert model.feature_grid(frames, height, width) == tuple(y.shape[2:])

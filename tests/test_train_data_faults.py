@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
+from datasets import assign_splits
 from launch_helpers import TINY, run_train
 
 pytestmark = pytest.mark.slow
@@ -65,3 +66,61 @@ def test_early_stopping_on_a_metric_that_stops_improving(tiny_demo, tmp_path):
     best = torch.load(out / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
     assert last["epoch"] == 2 and best["epoch"] == 1
     assert last["early_stopping"] == {"best": best["early_stopping"]["best"], "bad_validations": 1}
+
+
+@pytest.fixture
+def demo_with_missing_files(tiny_demo, tmp_path):
+    """The tiny demo table with 10 of its videos deleted from a copy of the video root."""
+    videos, annotations = tiny_demo
+    root = tmp_path / "videos"
+    shutil.copytree(videos, root)
+    missing = pd.read_csv(annotations)["video_name"].tolist()[::4][:10]
+    for name in missing:
+        next(root.rglob(name)).unlink()
+    return root, annotations, set(missing)
+
+
+def test_micro_batches_shrunk_to_one_clip_are_skipped_on_every_rank(demo_with_missing_files, tmp_path):
+    """At 4 frames x 32 px layer4 is 1x1x1 per clip: a micro-batch of 2 that loses a clip to a
+    missing file would crash training-mode BatchNorm.  Both ranks skip that step instead."""
+    root, annotations, missing = demo_with_missing_files
+    out = tmp_path / "run"
+    res = run_train(["--videos", str(root), "--annotations", str(annotations), "--output-dir", str(out),
+                     "--batch-size", "2", "--epochs", "1", "--bn", "train", *TINY], nproc=2, timeout=600)
+    assert res.returncode == 0, res.stdout[-4000:]
+    # counted up front, before training, and listed in the output dir (the test split is not read)
+    table = pd.read_csv(annotations)
+    split = dict(zip(table["video_name"], assign_splits(table, method="hash", val_fraction=0.1, test_fraction=0.1)))
+    expected = {name for name in missing if split[name] != "test"}
+    assert expected, "the fixture should remove some training/validation videos"
+    assert f"{len(expected)} table videos are not in --videos {root}" in res.stdout
+    listed = {line.split("\t")[1] for line in (out / "missing_videos.txt").read_text().splitlines()}
+    assert listed == expected
+    state = torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    assert state["counters"]["too_small_steps"] >= 1
+    assert res.stdout.count("micro-batch(es) shrank to one clip") == state["counters"]["too_small_steps"]
+    assert state["counters"]["bad_videos"] >= state["counters"]["too_small_steps"]
+
+
+def test_batch_size_one_trains_at_normal_sizes_and_is_refused_where_batchnorm_cannot(tiny_demo, tmp_path):
+    videos, annotations = tiny_demo
+    common = ["--videos", str(videos), "--annotations", str(annotations), "--batch-size", "1", "--bn", "train",
+              "--max-steps", "2", "--val-every", "0", "--depth", "18", "--num-workers", "0", "--no-progress",
+              "--no-system-metrics", "--no-log-model", "--no-log-checkpoints"]
+    refused = run_train([*common, "--output-dir", str(tmp_path / "tiny"), "--frames", "4", "--size", "32"])
+    assert refused.returncode != 0
+    assert "training-mode BatchNorm needs more than one" in refused.stdout, refused.stdout[-3000:]
+    assert "Traceback" not in refused.stdout
+    trained = run_train([*common, "--output-dir", str(tmp_path / "ok"), "--frames", "8", "--size", "64"])
+    assert trained.returncode == 0, trained.stdout[-4000:]
+    state = torch.load(tmp_path / "ok" / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    assert state["step"] == 2 and state["counters"]["too_small_steps"] == 0
+
+
+def test_a_video_root_holding_none_of_the_table_is_refused(tiny_demo, tmp_path):
+    _, annotations = tiny_demo
+    (tmp_path / "empty").mkdir()
+    res = run_train(["--videos", str(tmp_path / "empty"), "--annotations", str(annotations),
+                     "--output-dir", str(tmp_path / "run"), "--epochs", "1", *TINY])
+    assert res.returncode != 0
+    assert "none of the" in res.stdout and f"--videos {tmp_path / 'empty'}" in res.stdout, res.stdout[-3000:]

@@ -95,6 +95,27 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return tensor
 
 
+def broadcast_buffers(module: torch.nn.Module, info: DistInfo, src: int = 0) -> None:
+    """Overwrite every rank's buffers (BatchNorm running statistics) with rank ``src``'s.
+
+    DDP does the same at the start of each synced forward; doing it before validation and
+    before a checkpoint makes every rank hold the model that rank 0 saves.  One broadcast per
+    dtype (the buffers are flattened into one tensor), so it costs one small collective.
+    """
+    if not info.distributed:
+        return
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for buf in module.buffers():
+        by_dtype.setdefault(buf.dtype, []).append(buf)
+    for bufs in by_dtype.values():
+        flat = torch.cat([b.detach().reshape(-1) for b in bufs])
+        dist.broadcast(flat, src=src)
+        offset = 0
+        for b in bufs:
+            b.data.copy_(flat[offset:offset + b.numel()].view_as(b))
+            offset += b.numel()
+
+
 def broadcast_object(obj: Any, info: DistInfo, src: int = 0) -> Any:
     """Rank ``src``'s ``obj`` on every rank."""
     if not info.distributed:
