@@ -241,37 +241,17 @@ def loader_rate(dataset, collate, batch_size: int, workers: int, min_time: float
     return {"clips_per_s": clips / wall, "clips_per_cpu_s": clips / max(cpu, 1e-9)}
 
 
-def gpu_step_rate(device: torch.device, batch_size: int, frames: int, size: int, steps: int = 10,
-                  depth: int = 50) -> float:
-    """Training clips/s of ResNet3D-``depth`` (bf16 autocast on CUDA, channels_last_3d), synthetic input."""
-    from resnet3d import build_model
+def loop_step_rate(device: torch.device, batch_size: int, frames: int, size: int, steps: int = 10,
+                   depth: int = 50) -> float:
+    """Training clips/s of train_ddp.py's own step (via benchmarks/train_throughput.py) for
+    ResNet3D-``depth`` on synthetic clips: bf16 autocast + channels_last_3d + cudnn.benchmark on
+    CUDA (train_ddp's GPU defaults), fp32 elsewhere."""
+    from benchmarks.train_throughput import Settings, Variant, step_rate
 
-    model = build_model(depth=depth, dropout=0.0).to(device)
     cuda = device.type == "cuda"
-    if cuda:
-        model = model.to(memory_format=torch.channels_last_3d)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(batch_size, 3, frames, size, size, device=device)
-    if cuda:
-        x = x.contiguous(memory_format=torch.channels_last_3d)
-
-    def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-            out = model(x)
-        sum(v.float().mean() for v in out.values()).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    for _ in range(3):
-        step()
-    if cuda:
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if cuda:
-        torch.cuda.synchronize(device)
-    return steps * batch_size / (time.perf_counter() - start)
+    variant = Variant(dtype="bf16", channels_last=True, cudnn_benchmark=True) if cuda else Variant()
+    settings = Settings(device=str(device), depth=depth, frames=frames, size=size, batch_size=batch_size)
+    return step_rate(variant, settings, steps=steps)
 
 
 def cpu_normalize_ms(frames: int, size: int, reps: int = 5) -> float:
@@ -414,7 +394,7 @@ def run(args: argparse.Namespace) -> dict:
         # -- 4. against the GPU's training step rate ---------------------------------------------------
         gpu_line = "no GPU here: the loader was not compared with a training step rate"
         if device.type == "cuda":
-            rate = gpu_step_rate(device, args.batch_size, T, size)
+            rate = loop_step_rate(device, args.batch_size, T, size)
             best = max(r["clips_per_s"] for k, r in loader.items() if k.startswith("raw+augment/"))
             results["gpu_step_clips_per_s"] = rate
             gpu_line = (f"{torch.cuda.get_device_name(device)}: ResNet3D-50 trains {rate:.0f} clips/s (bf16, "

@@ -41,13 +41,14 @@ def synthetic_targets(n: int, tasks, seed: int) -> dict[str, np.ndarray]:
 
 def synthetic_batch(s: Settings, batch_size: int, device: torch.device) -> dict:
     """uint8 clips made once on the device (from a seeded CPU generator: the same bytes in
-    every variant's process) and CPU targets, as the loader would hand them over."""
+    every variant's process) and CPU targets, in the loader's batch format (collate_clips)."""
     gen = torch.Generator().manual_seed(s.seed + 1)
     video = torch.randint(0, 256, (batch_size, 3, s.frames, s.size, s.size), dtype=torch.uint8, generator=gen)
     targets = synthetic_targets(batch_size, parse_tasks(s.tasks), s.seed + 2)
     return {"video": video.to(device),
             "targets": {k: torch.from_numpy(v) for k, v in targets.items()},
-            "indices": torch.arange(batch_size)}
+            "indices": torch.arange(batch_size), "video_ids": [f"synthetic_{i}" for i in range(batch_size)],
+            "bad": []}
 
 
 def write_synthetic_videos(folder: Path, count: int, spec: str, seed: int) -> list[str]:

@@ -6,13 +6,17 @@ whether each speed variant still computes the right thing.
     python benchmarks/train_throughput.py --batch-size 16 --json tp.json --markdown tp.md
     python benchmarks/train_throughput.py --variants bf16+cl+bench,bf16+cl+bench+compile
 
-Each variant trains ResNet3D-50 (16 x 224^2, configurable) with *train_ddp.py's step*:
-uint8 clips -> ``model_input`` (normalize, or the frame cache's crop/resize/flip, on the
-device) -> (channels_last_3d) -> autocast forward -> MultiTaskLoss in fp32 with the loop's
-denominators -> GradScaler (enabled for fp16 only) -> backward -> unscale ->
-clip_grad_norm_ -> finite check -> AdamW step (train_ddp's parameter groups and defaults),
-including the loop's host round trip for the valid-target counts.  The model is built with
-dropout 0 so that every variant's first step is comparable.  Input is synthetic uint8 clips
+Each variant trains ResNet3D-50 (16 x 224^2, configurable) with *train_ddp.py's own step*:
+the objects come from ``train_ddp.build_training`` (model, MultiTaskLoss, AdamW with the
+loop's parameter groups and defaults, LR schedule, GradScaler enabled for fp16 only, the
+non-finite policy) and every timed step calls ``train_ddp.plan_step``,
+``train_ddp.set_learning_rates`` and ``train_ddp.train_step`` -- uint8 clips ->
+``model_input`` (normalize, or the frame cache's crop/resize/flip, on the device) ->
+(channels_last_3d) -> autocast forward -> the loss in fp32 with the loop's denominators ->
+scaled backward -> unscale -> clip_grad_norm_ -> finite check -> optimizer step -> scheduler
+step -- plus the log window's per-step work, exactly as ``train_one_epoch`` does on one
+process.  The model is built with dropout 0 and a constant LR so that every variant's
+first step is comparable.  Input is synthetic uint8 clips
 made once on the device (no data loading), except in ``cache`` / ``loader`` rows, which are
 fed by a real DataLoader and report the data-wait fraction (time blocked on the loader /
 step time).
@@ -50,12 +54,12 @@ Output: a table (also ``--markdown PATH``) and every figure in ``--json PATH``, 
 rewritten after each variant so that a run stopped early still leaves its rows.
 
 One-shot command for a GPU session with the device tool.  The machine has torch,
-torchvision, numpy and pandas but not PyAV, which the ``cache`` and ``loader`` rows need;
-bring its wheel first, here, in the repo root::
+torchvision, numpy and pandas but not PyAV or tqdm, which train_ddp.py (and so every row)
+imports; bring their wheels first, here, in the repo root::
 
     echo /.whl/ >> .git/info/exclude
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
-        --implementation cp --platform manylinux_2_28_x86_64 -d .whl av==18.1.0
+        --implementation cp --platform manylinux_2_28_x86_64 -d .whl av==18.1.0 tqdm==4.70.1
 
 then one ``run`` with ``carry: [".whl"]`` and ``timeout_s: 480``::
 
@@ -64,7 +68,7 @@ then one ``run`` with ``carry: [".whl"]`` and ``timeout_s: 480``::
       --batch-size 16 --time-budget 390 --json $OUT/tp.json --markdown $OUT/tp.md 2>&1 | tee $OUT/tp.log
 
 Rows that would start past the budget are SKIPPED (named in the table) and can be run in
-a second call with ``--variants``.  Without the wheel every row but cache/loader runs.
+a second call with ``--variants``.  MLflow and PyYAML are not needed.
 """
 
 from __future__ import annotations
@@ -95,7 +99,6 @@ if str(REPO_ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
 
 from benchmarks.conv_check import TOLERANCES, check_conv_calls, collect_conv_calls  # noqa: E402
 from benchmarks.gpu_peaks import math_precision  # noqa: E402
@@ -107,11 +110,11 @@ from benchmarks.throughput_inputs import loader_batches, synthetic_batch  # noqa
 from benchmarks.throughput_report import (  # noqa: E402
     BASELINE, format_table, markdown_report, recommend,
 )
-from datasets.gpu_augment import model_input  # noqa: E402  (the loop's own; no PyAV needed)
-from losses import MultiTaskLoss  # noqa: E402
-from resnet3d import build_model, no_weight_decay  # noqa: E402
+import train_ddp  # noqa: E402  (the loop's own step, not a copy)
 from utils.config import TrainConfig  # noqa: E402
+from utils.distributed import DistInfo  # noqa: E402
 from utils.tasks import parse_tasks  # noqa: E402
+from utils.train_state import LogWindow, TrainState  # noqa: E402
 
 TINY = dict(depth=18, frames=4, size=32, batch_size=2, warmup=1, steps=2, loader_clips=4,
             loader_video="64x48x12", num_workers=1)
@@ -235,107 +238,71 @@ class Settings:
 
 
 # ------------------------------------------------------------------------------------------
-# train_ddp.py's step (tests/test_train_throughput.py checks these helpers against the loop's)
+# train_ddp.py's step: the loop's own objects and functions, nothing re-implemented here
 # ------------------------------------------------------------------------------------------
-def move_targets(targets: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in targets.items()}
-
-
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """train_ddp.build_optimizer with no unfreeze schedule: AdamW, no decay on norms/biases."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        (no_decay if no_weight_decay(name, param) else decay).append(param)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
-
-
-@dataclass
-class TrainState:
-    model: nn.Module
-    train_model: nn.Module
-    loss_fn: MultiTaskLoss
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    amp_dtype: torch.dtype | None
-    channels_last: bool
-    device: torch.device
-    tasks: tuple[str, ...]
-    trainable: list
-    clip_grad: float
-    window_sums: torch.Tensor  # the loop's per-task loss sums and counts for logging
-    window_counts: torch.Tensor
-
-
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def build_state(variant: Variant, s: Settings, device: torch.device) -> TrainState:
-    cfg = TrainConfig()  # the loop's defaults: lr, weight decay, clipping, loss options
-    tasks = parse_tasks(s.tasks)
-    torch.manual_seed(s.seed)  # identical initial weights in every variant's process
-    with device:  # initialised where it trains: seconds less per process on a GPU
-        model = build_model(depth=s.depth, tasks=tasks, dropout=0.0)
-    if variant.channels_last:
-        model.to(memory_format=torch.channels_last_3d)
-    apply_stem_variant(model, variant.stem)
-    model.train()
-    amp_dtype = AMP_DTYPES[variant.dtype]
-    return TrainState(
-        model=model,
-        train_model=torch.compile(model) if variant.compile else model,
-        loss_fn=MultiTaskLoss(tasks, include_confidence=cfg.include_confidence, alpha=cfg.alpha, beta=cfg.beta),
-        optimizer=make_optimizer(model, cfg),
-        scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
-        amp_dtype=amp_dtype, channels_last=variant.channels_last, device=device, tasks=tasks,
-        trainable=[p for p in model.parameters() if p.requires_grad], clip_grad=cfg.clip_grad,
-        window_sums=torch.zeros(len(tasks), dtype=torch.float64, device=device),
-        window_counts=torch.zeros(len(tasks), dtype=torch.float64, device=device),
-    )
+@dataclass
+class BenchState:
+    t: train_ddp.Training  # model, loss, optimizer, LR schedule, GradScaler, non-finite policy
+    state: TrainState
+    window: LogWindow
+    info: DistInfo
 
 
-def train_step(state: TrainState, batch: dict) -> dict:
-    """One optimizer step exactly as train_ddp.py's loop does it (one process, accum_steps=1).
+def bench_config(s: Settings) -> TrainConfig:
+    """The loop's defaults (lr, weight decay, clipping, loss options, AdamW) at the benchmark's
+    size; dropout 0 so that every variant's first step is comparable; a constant LR (no warmup:
+    every timed step is a full one); a benchmark never stops for non-finite steps, it counts them."""
+    return TrainConfig(depth=s.depth, frames=s.frames, size=s.size, batch_size=s.batch_size, tasks=s.tasks,
+                       seed=s.seed, dropout=0.0, schedule="constant", warmup_steps=0,
+                       max_nonfinite_skips=10**9, output_dir=tempfile.gettempdir())
 
-    Returns the step's outputs (detached), loss, grad norm and whether the step was taken.
-    The LR schedule is left out: it only writes Python floats into the param groups.
-    """
-    tasks, device = state.tasks, state.device
-    # The loop's one all-reduce of valid-target counts and flags: on one process a host ->
-    # device -> host round trip, which also waits for the previous step to finish.
-    counts = state.loss_fn.valid_counts(batch["targets"])
-    local = torch.tensor([float(counts[t]) for t in tasks] + [0.0, 0.0, 0.0], dtype=torch.float64)
-    reduced = local.to(device).cpu()
-    denominators = {t: reduced[i].item() for i, t in enumerate(tasks)}
-    step_sums = torch.zeros(len(tasks), dtype=torch.float64, device=device)
-    step_counts = torch.zeros(len(tasks), dtype=torch.float64, device=device)
-    loss_finite = torch.ones((), dtype=torch.bool, device=device)
-    # The loop's snapshot of the BatchNorm buffers, restored when a step is skipped.
-    buffers_before = [buf.detach().clone() for buf in state.model.buffers()]
-    x = model_input(batch, device, state.channels_last)
-    y = move_targets(batch["targets"], device)
-    with torch.autocast(device.type, dtype=state.amp_dtype or torch.float32, enabled=state.amp_dtype is not None):
-        outputs = state.train_model(x)
-    out = state.loss_fn(outputs, y, denominators=denominators)  # fp32 inside
-    state.scaler.scale(out.total).backward()
-    step_sums += torch.stack([out.sums[t] for t in tasks]).double()
-    step_counts += torch.stack([out.counts[t] for t in tasks]).double()
-    loss_finite &= torch.isfinite(out.total.detach())
-    state.scaler.unscale_(state.optimizer)
-    grad_norm = torch.nn.utils.clip_grad_norm_(state.trainable, state.clip_grad if state.clip_grad > 0 else float("inf"))
-    finite = bool(torch.isfinite(grad_norm))
-    if finite:
-        state.scaler.step(state.optimizer)
-        state.window_sums += step_sums  # the loop's logging window, kept on the device
-        state.window_counts += step_counts
-    else:
-        for buf, saved in zip(state.model.buffers(), buffers_before):
-            buf.copy_(saved)
-        bool(loss_finite)  # the loop reads it (to tell fp16 overflow from bad data): one more sync
-    state.scaler.update()
-    state.optimizer.zero_grad(set_to_none=True)
-    return {"outputs": outputs, "loss": out.total.detach(), "grad_norm": grad_norm.detach(), "finite": finite}
+
+def build_state(variant: Variant, s: Settings, device: torch.device) -> BenchState:
+    """train_ddp.build_training() + start_epoch() for one process on ``device``, with the
+    variant's precision, memory format, stem and compilation."""
+    cfg = replace(bench_config(s), compile=variant.compile)
+    info = DistInfo(rank=0, local_rank=0, world_size=1, device=device, backend=None)
+    torch.manual_seed(s.seed)  # identical initial weights in every variant's process (as the loop seeds)
+    t = train_ddp.build_training(cfg, parse_tasks(s.tasks), total_steps=10**6, steps_per_epoch=10**6, info=info,
+                                 amp_dtype=AMP_DTYPES[variant.dtype], channels_last=variant.channels_last)
+    apply_stem_variant(t.model, variant.stem)
+    state = TrainState()
+    train_ddp.start_epoch(t, state, cfg, info)  # the loop's wrapping (compile) and training mode
+    window = LogWindow(t.loss_fn.tasks, t.loss_fn.task_weights, device, log_every=10**9, total_steps=10**9)
+    return BenchState(t, state, window, info)
+
+
+def bench_step(bs: BenchState, batch: dict) -> train_ddp.StepResult:
+    """What train_ddp.train_one_epoch() does per step with one micro-batch: plan_step (the
+    all-reduce; on one process no collective), set_learning_rates, train_step, the log window."""
+    plan = train_ddp.plan_step([batch], bs.t, False, bs.info)
+    bs.window.lrs = train_ddp.set_learning_rates(bs.t, bs.state.epoch)
+    result = train_ddp.train_step(bs.t, [batch], plan.denominators, bs.state)
+    bs.state.step += 1
+    bs.window.add_step(result.loss_sums, result.loss_counts, result.grad_norm, result.applied,
+                       clips=len(batch["indices"]))
+    return result
+
+
+def step_rate(variant: Variant, s: Settings, steps: int = 10, warmup: int = 3) -> float:
+    """Training clips/s of ``variant`` through the loop's step on synthetic clips held on the
+    device (no loader, no checks): what a data loader has to keep up with."""
+    device = torch.device(s.device)
+    _apply_backend_flags(variant, device)
+    state = build_state(variant, s, device)
+    batch_size = variant.batch_size or s.batch_size
+    batch = synthetic_batch(s, batch_size, device)
+    for _ in range(warmup):
+        bench_step(state, batch)
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        bench_step(state, batch)
+    _sync(device)
+    return steps * batch_size / (time.perf_counter() - start)
 
 
 # ------------------------------------------------------------------------------------------
@@ -350,11 +317,10 @@ def _apply_backend_flags(variant: Variant, device: torch.device) -> None:
         torch.backends.mkldnn.enabled = variant.dtype != "bf16"
 
 
-def _first_step_record(result: dict) -> dict:
-    outputs = result["outputs"]
-    logits = torch.cat([outputs[k].detach().double().flatten() for k in sorted(outputs)])
-    return {"logits": logits.cpu().tolist(), "loss": result["loss"].item(),
-            "grad_norm": result["grad_norm"].item()}
+def _first_step_record(result: train_ddp.StepResult) -> dict:
+    outputs = result.outputs
+    logits = torch.cat([outputs[k].double().flatten() for k in sorted(outputs)])
+    return {"logits": logits.cpu().tolist(), "loss": result.loss.item(), "grad_norm": result.grad_norm.item()}
 
 
 def _count_host_syncs(step: Callable[[], Any]) -> int:
@@ -376,7 +342,7 @@ def run_reference(s: Settings, batch_size: int) -> dict:
     _apply_backend_flags(variant, device)
     with torch.backends.cudnn.flags(enabled=False, benchmark=False, deterministic=False, allow_tf32=False):
         state = build_state(variant, s, device)
-        return _first_step_record(train_step(state, synthetic_batch(s, batch_size, device)))
+        return _first_step_record(bench_step(state, synthetic_batch(s, batch_size, device)))
 
 
 def run_variant(variant: Variant, s: Settings) -> dict:
@@ -410,14 +376,14 @@ def run_variant(variant: Variant, s: Settings) -> dict:
 
     nonfinite = 0
     t0 = time.perf_counter()
-    first = train_step(state, fetch())
+    first = bench_step(state, fetch())
     _sync(device)
     row["first_step_s"] = time.perf_counter() - t0  # includes autotuning / compilation
     row["first_step"] = _first_step_record(first)
-    nonfinite += not first["finite"]
+    nonfinite += not first.applied
     del first
     for _ in range(max(0, warmup - 1)):
-        nonfinite += not train_step(state, fetch())["finite"]
+        nonfinite += not bench_step(state, fetch()).applied
     _sync(device)
     row["warmup_s"] = time.perf_counter() - t0
 
@@ -428,7 +394,7 @@ def run_variant(variant: Variant, s: Settings) -> dict:
         batch = fetch()
         t_compute = time.perf_counter()
         data_s += t_compute - t_data
-        nonfinite += not train_step(state, batch)["finite"]
+        nonfinite += not bench_step(state, batch).applied
         step_times.append(time.perf_counter() - t_data)
     _sync(device)
     total = time.perf_counter() - t_timed
@@ -445,11 +411,11 @@ def run_variant(variant: Variant, s: Settings) -> dict:
     if on_gpu and not variant.compile:
         fixed_batch = synthetic_batch(s, batch_size, device)
         try:
-            row["host_syncs_per_step"] = _count_host_syncs(lambda: train_step(state, fixed_batch))
+            row["host_syncs_per_step"] = _count_host_syncs(lambda: bench_step(state, fixed_batch))
         except Exception as exc:  # informational only
             row["host_syncs_per_step"] = f"n/a ({type(exc).__name__})"
     shape = (batch_size, 3, s.frames, s.size, s.size)
-    calls = collect_conv_calls(state.model, shape)
+    calls = collect_conv_calls(state.t.model, shape)
     del state
     gc.collect()
     if on_gpu:

@@ -39,4 +39,4 @@ def test_seek_per_frame_returns_the_one_pass_frames(tmp_path):
 def test_step_rate_function_runs_on_cpu():
     """The GPU comparison's step-rate function (only called on CUDA by the benchmark), tiny on CPU."""
     torch.manual_seed(0)
-    assert bench.gpu_step_rate(torch.device("cpu"), batch_size=2, frames=4, size=32, steps=1, depth=18) > 0
+    assert bench.loop_step_rate(torch.device("cpu"), batch_size=2, frames=4, size=32, steps=1, depth=18) > 0
