@@ -273,8 +273,8 @@ def build_manifest(args, spec, layers, inputs, source, temporal, spatial, autoca
 
 
 def prepare_store(store, args, info, spec, layers, inputs, failed, source, temporal, spatial, autocast):
-    """Rank 0 creates or checks the files and records the known failures; every rank learns the
-    outcome (or the reason to stop) at the same time, so no rank waits for a dead one."""
+    """Rank 0 creates or checks the files, records the known failures and this attempt; every rank
+    learns the outcome (or the reason to stop) at the same time, so no rank waits for a dead one."""
     outcome, manifest = None, None
     if info.is_main:
         try:
@@ -284,8 +284,12 @@ def prepare_store(store, args, info, spec, layers, inputs, failed, source, tempo
                 status = store.status()
                 rows = [i for i in sorted(failed) if status[i] == PENDING]
                 store.fail_rows(rows, [failed[i] for i in rows])
-                if outcome == "resumed":
-                    manifest["attempts"] = store.read_manifest().get("attempts", [])
+                earlier = store.read_manifest().get("attempts", []) if outcome == "resumed" else []
+                manifest["attempts"] = [*earlier, {
+                    "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "world_size": info.world_size, "device": str(info.device), "batch_size": args.batch_size,
+                    "versions": manifest["versions"]}]
+                store.write_manifest(manifest)  # an attempt that is killed stays on record, without results
         except (FeatureStoreError, OSError) as exc:
             outcome = f"error: --output: {exc}"
     outcome = broadcast_object(outcome, info)
@@ -380,7 +384,6 @@ def main(argv: list[str] | None = None) -> int:
         if not info.distributed and torch.cuda.device_count() > 1:
             log0(info, f"note: {torch.cuda.device_count()} GPUs visible, one used; run under "
                        f"`torchrun --nproc_per_node={torch.cuda.device_count()}` to use all")
-        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         t_loop, rss_before = time.perf_counter(), rss_mib()
         done = run_extraction(args, info, spec, model, layers, dataset, store, inputs, pending, autocast,
                               temporal * spatial)
@@ -390,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         if not info.is_main:
             return 0
         check_exactly_once([s["rows"] for s in shares], pending, len(inputs))
-        return finish(args, store, manifest, inputs, shares, info, started, loop_s, time.perf_counter() - t0)
+        return finish(args, store, manifest, inputs, shares, info, time.perf_counter() - t0)
     finally:
         destroy_distributed()
 
@@ -424,18 +427,17 @@ def gpu_peak_mib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
-def finish(args, store, manifest, inputs, shares, info, started, loop_s, total_s) -> int:
+def finish(args, store, manifest, inputs, shares, info, total_s) -> int:
     """Rank 0: the index and the manifest from the status file, and a summary."""
     counts = store.write_index(inputs)
     processed = sum(len(s["rows"]) for s in shares)
     slowest = max(s["seconds"] for s in shares)
-    attempt = {"started": started, "world_size": info.world_size, "device": str(info.device),
-               "batch_size": args.batch_size, "videos": processed, "extraction_s": round(slowest, 3),
+    attempt = {"videos": processed, "extraction_s": round(slowest, 3),
                "videos_per_s": round(processed / slowest, 3) if slowest > 0 else None, "total_s": round(total_s, 3),
                "peak_rss_mib": round(max(s["peak_rss_mib"] for s in shares), 1),
                "rss_growth_mib": round(max(s["peak_rss_mib"] - s["rss_before_mib"] for s in shares), 1),
                "gpu_peak_mib": max((s["gpu_peak_mib"] for s in shares if s["gpu_peak_mib"] is not None), default=None)}
-    manifest["attempts"] = [*manifest["attempts"], attempt]
+    manifest["attempts"][-1].update(attempt)
     manifest["counts"] = counts
     manifest["complete"] = counts["pending"] == 0
     store.write_manifest(manifest)
