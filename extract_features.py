@@ -193,27 +193,37 @@ def print_layers(available: list[LayerInfo], spec, pool_mode: str, project_dim: 
         print(f"  ({HEAD} is not offered: {no_head_reason(spec)})")
 
 
-def build_inputs(args, spec, temporal: int, spatial: int):
-    """The videos in row order: (table of video_name + path, dataset, rows known to fail, source)."""
-    if args.annotations:
+def videos_of_table(args, spec) -> tuple[list[str], dict]:
+    """The table's video names of ``--split``, in table order, and where they came from."""
+    try:
         table, _ = load_annotation_table(args.annotations, require_targets=False)
         rows, how = np.arange(len(table)), None
         if args.split != "all":  # "all" needs no split, so a plain stimulus list without one will do
             rows, _, how = select_split(table, args.split, method=args.split_method, val_fraction=args.val_fraction,
                                         test_fraction=args.test_fraction, trained_with=spec.config,
                                         source=args.annotations)
-        if len(rows) == 0:
-            raise SystemExit(f"split {args.split!r} of {args.annotations} is empty"
-                             + (f" (split method {how['method']})" if how else ""))
-        names = table["video_name"].to_numpy()[rows].tolist()
-        source = {"kind": "cache" if args.cache else "videos", "annotations": os.path.abspath(args.annotations),
-                  "split": args.split, "split_method": how}
-    else:
-        found = collect_video_paths(args.paths or [args.videos], parse_extensions(args.extensions))
-        if not found:
-            raise SystemExit(f"no videos found in {args.paths or [args.videos]}")
-        names = [os.path.abspath(p) for p in found]
-        source = {"kind": "paths"}
+    except ValueError as exc:  # AnnotationError, SplitError: they name the file, row and column
+        raise SystemExit(f"--annotations: {exc}") from exc
+    if len(rows) == 0:
+        raise SystemExit(f"split {args.split!r} of {args.annotations} is empty"
+                         + (f" (split method {how['method']})" if how else ""))
+    source = {"kind": "cache" if args.cache else "videos", "annotations": os.path.abspath(args.annotations),
+              "split": args.split, "split_method": how}
+    return table["video_name"].to_numpy()[rows].tolist(), source
+
+
+def videos_of_paths(args) -> list[str]:
+    """Video files, folders and lists (predict.py's rules) as absolute paths, in the order given."""
+    given = args.paths or [args.videos]
+    found = collect_video_paths(given, parse_extensions(args.extensions))
+    if not found:
+        raise SystemExit(f"no videos found in {given}")
+    return [os.path.abspath(p) for p in found]
+
+
+def clip_dataset(args, spec, names: list[str], temporal: int, spatial: int, source: dict):
+    """The multi-view dataset of ``names`` (evaluate.py's), each row's path, and the rows whose
+    failure is known without decoding (a missing file, a video the cache lacks)."""
     if args.cache:
         try:
             dataset = MultiViewCachedDataset(args.cache, names, num_frames=spec.frames, size=spec.size,
@@ -221,27 +231,40 @@ def build_inputs(args, spec, temporal: int, spatial: int):
         except (OSError, ValueError) as exc:
             raise SystemExit(f"--cache: {exc}") from exc
         source["cache"] = os.path.abspath(args.cache)
-        paths = [source["cache"]] * len(names)
         failed = {i: f"{n}: LookupError: {dataset.cache.why_missing(n)}" for i, n in enumerate(names)
                   if dataset.rows[i] < 0}
+        return dataset, [source["cache"]] * len(names), failed
+    if args.annotations:
+        try:
+            index = scan_video_root(args.videos)
+        except FileNotFoundError as exc:
+            raise SystemExit(f"--videos: {exc}") from exc
+        source["videos"] = os.path.abspath(args.videos)
+        root = args.videos
     else:
-        root = args.videos if args.annotations else os.sep
-        index = scan_video_root(root) if args.annotations else VideoIndex(root=os.sep)
-        dataset = MultiViewClipDataset(names, {}, root, num_frames=spec.frames, size=spec.size,
-                                       temporal_views=temporal, spatial_views=spatial, index=index)
-        if args.annotations:
-            source["videos"] = os.path.abspath(args.videos)
-        # a table's missing video has no path; a missing PATH keeps the one given
-        paths = dataset.paths.tolist() if args.annotations else names
-        failed = {i: (f"{n}: FileNotFoundError: no such file" if not args.annotations else
-                      f"{os.path.join(root, n)}: FileNotFoundError: no {n!r} under {root}")
+        index, root = VideoIndex(root=os.sep), os.sep  # absolute paths resolve as they are
+    dataset = MultiViewClipDataset(names, {}, root, num_frames=spec.frames, size=spec.size,
+                                   temporal_views=temporal, spatial_views=spatial, index=index)
+    if args.annotations:
+        failed = {i: f"{os.path.join(root, n)}: FileNotFoundError: no {n!r} under {root}"
                   for i, (n, p) in enumerate(zip(names, dataset.paths)) if not p}
+        return dataset, dataset.paths.tolist(), failed  # a table's missing video has no path
+    failed = {i: f"{n}: FileNotFoundError: no such file" for i, (n, p) in enumerate(zip(names, dataset.paths)) if not p}
+    return dataset, names, failed
+
+
+def build_inputs(args, spec, temporal: int, spatial: int):
+    """The videos in row order: (table of video_name + path, dataset, rows known to fail, source)."""
+    if args.annotations:
+        names, source = videos_of_table(args, spec)
+    else:
+        names, source = videos_of_paths(args), {"kind": "paths"}
+    dataset, paths, failed = clip_dataset(args, spec, names, temporal, spatial, source)
     shown = names if args.annotations else [os.path.basename(n) for n in names]
-    inputs = pd.DataFrame({"video_name": shown, "path": paths})
-    return inputs, dataset, failed, source
+    return pd.DataFrame({"video_name": shown, "path": paths}), dataset, failed, source
 
 
-def build_manifest(args, spec, layers, inputs, source, temporal, spatial, autocast, info) -> dict:
+def build_manifest(args, spec, layers, inputs, source, temporal, spatial, autocast) -> dict:
     n = len(inputs)
     entries = {}
     for layer in layers:
@@ -278,7 +301,7 @@ def prepare_store(store, args, info, spec, layers, inputs, failed, source, tempo
     outcome, manifest = None, None
     if info.is_main:
         try:
-            manifest = build_manifest(args, spec, layers, inputs, source, temporal, spatial, autocast, info)
+            manifest = build_manifest(args, spec, layers, inputs, source, temporal, spatial, autocast)
             outcome = store.prepare(manifest, inputs, overwrite=args.overwrite)
             if outcome != "complete":
                 status = store.status()
@@ -355,7 +378,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     check_arguments(parser, args)
     t0 = time.perf_counter()
-    temporal, spatial = parse_views(args.views)
+    try:
+        temporal, spatial = parse_views(args.views)
+    except ValueError as exc:
+        parser.error(f"--views: {exc}")
     info = init_distributed(args.device, args.dist_timeout)
     try:
         # Everything that can fail on bad input happens on every rank before the long part.

@@ -61,6 +61,10 @@ def _brief(key: str, value: Any) -> str:
     return text if len(text) <= 200 else text[:200] + "..."
 
 
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 1e9:.2f} GB" if nbytes >= 1e8 else f"{nbytes / 1e6:.3f} MB"
+
+
 def layer_file(name: str) -> str:
     return f"{name}.npy"
 
@@ -102,22 +106,45 @@ class FeatureStore:
                 f"{self.root} is not empty and holds no {MANIFEST}; use an empty or new --output folder (an "
                 f"extraction stopped while creating its files leaves {INDEX} and {PROGRESS}/ without {MANIFEST}: "
                 "delete the folder)")
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / PROGRESS).mkdir(exist_ok=True)
-        n = int(manifest["num_videos"])
         if sorted(manifest["layers"]) != sorted(self.files):
             raise ValueError(f"manifest layers {list(manifest['layers'])} are not this store's {list(self.files)}")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._check_space(manifest)
+        (self.root / PROGRESS).mkdir(exist_ok=True)
+        n = int(manifest["num_videos"])
         for name, entry in manifest["layers"].items():
             if entry["file"] != self.files[name]:
                 raise ValueError(f"layer {name}: file {entry['file']!r}, expected {self.files[name]!r}")
             array = np.lib.format.open_memmap(self.root / entry["file"], mode="w+", dtype=entry["dtype"],
                                               shape=tuple(entry["shape"]))
-            del array  # sparse file of zeros; rows get values as they are extracted
+            del array
+            self._allocate(self.root / entry["file"])
         status = np.lib.format.open_memmap(self.status_path, mode="w+", dtype=np.uint8, shape=(n,))
         del status
         self.write_index(inputs)
         write_json(manifest, self.manifest_path)  # last: the files above exist once it does
         return "created"
+
+    def _check_space(self, manifest: Mapping[str, Any]) -> None:
+        """Refuse now what the disk cannot hold: a full disk under a memory map would kill the
+        process (SIGBUS) at the first row that does not fit, hours later."""
+        needed = sum(int(np.prod(e["shape"])) * np.dtype(e["dtype"]).itemsize for e in manifest["layers"].values())
+        free = shutil.disk_usage(self.root).free
+        if needed > free:
+            raise FeatureStoreError(f"the arrays need {_size(needed)} but {self.root} has {_size(free)} free; "
+                                    "choose fewer or pooled layers, --dtype float16, --project-dim, or another --output")
+
+    @staticmethod
+    def _allocate(path: Path) -> None:
+        """Reserve the file's blocks now (another job may fill the disk meanwhile; Linux only)."""
+        if not hasattr(os, "posix_fallocate"):
+            return
+        with open(path, "r+b") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            try:
+                os.posix_fallocate(fh.fileno(), 0, size)
+            except OSError as exc:
+                raise FeatureStoreError(f"{path}: cannot reserve {_size(size)} ({exc})") from exc
 
     def _check_files(self, manifest: Mapping[str, Any]) -> None:
         expected = {self.status_path: ((int(manifest["num_videos"]),), "uint8")}

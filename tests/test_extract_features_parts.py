@@ -201,3 +201,15 @@ def test_store_refuses_other_settings_and_foreign_folders(tmp_path):
     np.lib.format.open_memmap(tmp_path / "out" / "a.npy", mode="w+", dtype=np.float32, shape=(3, 3))
     with pytest.raises(FeatureStoreError, match=r"a.npy holds \(3, 3\) float32, the manifest says \(4, 3\)"):
         store.prepare(other, inputs_for(4))
+
+
+def test_store_refuses_arrays_the_disk_cannot_hold(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    store = FeatureStore(tmp_path / "out", ["a"])
+    with pytest.raises(FeatureStoreError, match=r"the arrays need 0.026 MB but .* has 0.001 MB free; choose fewer"):
+        store.prepare(manifest_for(100, {"a": (64,)}), inputs_for(100))  # 25,600 bytes > 1,000 free
+    assert not (tmp_path / "out" / "a.npy").exists()
