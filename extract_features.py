@@ -56,10 +56,11 @@ from datasets import (
 from datasets.splits import SPLIT_METHODS, SPLIT_NAMES, select_split
 from datasets.video_paths import VIDEO_EXTENSIONS, collect_video_paths, parse_extensions
 from features.layers import LayerInfo, LayerTap, list_layers
-from features.pooling import POOLS, average_views, axes, pool, pooled_shape
+from features.manifest import layer_entry, stored_shape
+from features.pooling import POOLS, average_views, pool, pooled_shape
 from features.projection import NONZEROS_PER_INPUT, SparseRandomProjection, layer_seed
 from features.provenance import peak_rss_mib, rss_mib, sha256_file, sha256_rows, versions
-from features.store import FORMAT_VERSION, PENDING, FeatureStore, FeatureStoreError, layer_file
+from features.store import FORMAT_VERSION, PENDING, FeatureStore, FeatureStoreError
 from utils.distributed import all_gather_objects, broadcast_object, destroy_distributed, init_distributed
 from utils.inference import (
     clips_to_model_input,
@@ -173,14 +174,6 @@ def no_head_reason(spec) -> str:
     return f"{spec.path} holds no multi-task head"
 
 
-def stored_shape(info: LayerInfo, pool_mode: str, project_dim: int | None) -> tuple[tuple[int, ...], bool]:
-    """Per-video shape on disk, and whether it is a projection."""
-    kept = pooled_shape(info.shape, pool_mode)
-    if project_dim is not None and int(np.prod(kept)) > project_dim:
-        return (project_dim,), True
-    return kept, False
-
-
 def print_layers(available: list[LayerInfo], spec, pool_mode: str, project_dim: int | None) -> None:
     print(f"layers of ResNet3D-{spec.depth} ({spec.kind}{': ' + spec.path if spec.path else ''}) for "
           f"{spec.frames} frames x {spec.size} px; output per clip, and stored per video with --pool {pool_mode}"
@@ -266,16 +259,7 @@ def build_inputs(args, spec, temporal: int, spatial: int):
 
 def build_manifest(args, spec, layers, inputs, source, temporal, spatial, autocast) -> dict:
     n = len(inputs)
-    entries = {}
-    for layer in layers:
-        shape, projected = stored_shape(layer, args.pool, args.project_dim)
-        entry = {"file": layer_file(layer.name), "shape": [n, *shape], "dtype": args.dtype,
-                 "axes": ["video", "component"] if projected else axes(layer.shape, args.pool),
-                 "module_output": list(layer.shape), "projected": projected}
-        if layer.name == HEAD:
-            entry["columns"] = [q.split(".", 1)[1] if w == 1 else f"{q.split('.', 1)[1]}[{i}]"
-                                for q, w in layer.parts for i in range(w)]
-        entries[layer.name] = entry
+    entries = {layer.name: layer_entry(layer, n, args.pool, args.project_dim, args.dtype) for layer in layers}
     checkpoint = {"path": os.path.abspath(spec.path) if spec.path else None, "kind": spec.kind,
                   "depth": spec.depth, "sha256": sha256_file(spec.path) if spec.path else None,
                   "step": spec.step, "training_run_id": spec.run_id, "tasks": list(spec.tasks)}
