@@ -44,7 +44,6 @@ import pandas as pd
 from datasets import (
     MultiViewCachedDataset,
     MultiViewClipDataset,
-    assign_splits,
     build_targets,
     load_annotation_table,
     load_human_ratings,
@@ -52,6 +51,7 @@ from datasets import (
     scan_video_root,
 )
 from datasets.human_ratings import video_key
+from datasets.splits import select_split
 from utils.distributed import destroy_distributed, init_distributed
 from utils.eval_logging import EvalLogger
 from utils.evaluation import (
@@ -130,14 +130,8 @@ def log0(info, *msg) -> None:
 
 def choose_split(table: pd.DataFrame, args, config: dict) -> tuple[np.ndarray, pd.Series, dict]:
     """Rows of the requested split, the split labels, and how they were made."""
-    method = args.split_method or config.get("split") or "auto"
-    val = args.val_fraction if args.val_fraction is not None else config.get("val_fraction", 0.1)
-    test = args.test_fraction if args.test_fraction is not None else config.get("test_fraction", 0.1)
-    labels = assign_splits(table, method=method, val_fraction=val, test_fraction=test, source=args.annotations)
-    rows = np.arange(len(table)) if args.split == "all" else np.flatnonzero((labels == args.split).to_numpy())
-    how = {"method": method, "val_fraction": val, "test_fraction": test, "from_checkpoint": args.split_method is None
-           and "split" in config}
-    return rows, labels, how
+    return select_split(table, args.split, method=args.split_method, val_fraction=args.val_fraction,
+                        test_fraction=args.test_fraction, trained_with=config, source=args.annotations)
 
 
 def tracking_uri_for(args, spec, ckpt_path: Path, out_dir: Path) -> str:

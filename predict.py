@@ -26,13 +26,10 @@ import numpy as np
 import torch
 
 from datasets import MultiViewClipDataset, VideoIndex, parse_views
+from datasets.video_paths import VIDEO_EXTENSIONS, collect_video_paths, parse_extensions
 from utils.distributed import destroy_distributed, init_distributed
 from utils.evaluation import prediction_frame, write_csv
 from utils.inference import infer_dataset, load_inference_model
-
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp",
-                    ".ogv", ".ts", ".gif")
-LIST_EXTENSIONS = (".txt", ".lst", ".list")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,38 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def collect_inputs(paths: list[str], extensions: tuple[str, ...]) -> list[str]:
-    """Expand folders and list files into video paths, keeping the order given."""
-    found: list[str] = []
-    for path in paths:
-        if os.path.isdir(path):
-            for dirpath, dirnames, filenames in os.walk(path):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                found += [os.path.join(dirpath, f) for f in sorted(filenames)
-                          if not f.startswith(".") and f.lower().endswith(extensions)]
-        elif path.lower().endswith(LIST_EXTENSIONS) and os.path.isfile(path):
-            base = os.path.dirname(path)
-            with open(path) as fh:
-                for line in fh:
-                    line = line.strip()
-                    if line and not line.startswith("#"):
-                        found.append(line if os.path.isabs(line) else os.path.join(base, line))
-        else:
-            found.append(path)  # a video; if it does not exist its row says so
-    return found
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
     temporal, spatial = parse_views(args.views)
-    extensions = tuple(e.strip().lower() if e.strip().startswith(".") else "." + e.strip().lower()
-                       for e in args.extensions.split(",") if e.strip())
+    extensions = parse_extensions(args.extensions)
     info = init_distributed(args.device, args.dist_timeout)
     try:
         model, spec = load_inference_model(args.checkpoint, depth=args.depth, tasks=args.tasks,
                                            frames=args.frames, size=args.size)
-        inputs = collect_inputs(args.paths, extensions)
+        inputs = collect_video_paths(args.paths, extensions)
         if not inputs:
             raise SystemExit(f"no videos found in {args.paths} (file endings {', '.join(extensions)})")
         if info.is_main:

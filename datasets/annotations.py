@@ -414,14 +414,15 @@ def load_annotation_table(
     paths: str | os.PathLike | Sequence[str | os.PathLike],
     tasks: str | Iterable[str] | None = "all",
     on_duplicate: str = "error",
+    require_targets: bool = True,
 ) -> tuple[pd.DataFrame, NormalizationReport]:
     """Read one or more clean or raw annotation CSVs into the canonical cleaned schema.
 
     Returns the table (``video_name``, the target columns, explanation columns and ``split``
     where present; rows in first-seen order, one per video) and what normalization did.
-    The columns of ``tasks`` must be present after merging; other tasks' columns are
-    normalized when present. Duplicate video names inside one file are always an error;
-    across files ``on_duplicate`` decides (see :func:`_merge_files`).
+    The columns of ``tasks`` must be present after merging (with ``require_targets=False`` none
+    is: a plain list of video names will do); other tasks' columns are normalized when present.
+    Duplicate video names inside one file are always an error; across files ``on_duplicate`` decides (see :func:`_merge_files`).
     Raises :class:`AnnotationError` naming the file, data row and column.
     """
     if on_duplicate not in ON_DUPLICATE_CHOICES:
@@ -433,7 +434,7 @@ def load_annotation_table(
     tables = [_normalize_file(path, _read_strings(path), report) for path in path_list]
     merged = _merge_files(tables, on_duplicate, report)
 
-    required = _required_columns(parse_tasks(tasks))
+    required = _required_columns(parse_tasks(tasks)) if require_targets else []
     missing = [c for c in required if c not in merged]
     if missing:
         raw_names = ", ".join(RAW_PREFIX + ("location" if c == "location_score" else c) for c in missing)

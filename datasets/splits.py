@@ -22,7 +22,7 @@ Three ways, chosen by :func:`assign_splits` (``method``):
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -136,3 +136,27 @@ def split_indices(labels: Sequence[str] | np.ndarray) -> dict[str, np.ndarray]:
     """Row indices (int64, ascending) of each split name in ``labels``; every split present."""
     labels = np.asarray(labels, dtype=object)
     return {name: np.flatnonzero(labels == name).astype(np.int64) for name in SPLIT_NAMES}
+
+
+def select_split(table: pd.DataFrame, split: str, *, method: str | None = None, val_fraction: float | None = None,
+                 test_fraction: float | None = None, trained_with: Mapping | None = None,
+                 source: str = "annotation table") -> tuple[np.ndarray, pd.Series, dict]:
+    """Rows of one split (``train``/``val``/``test``, or ``all``) of ``table`` for a trained model.
+
+    What is not given (``None``) is taken from ``trained_with`` (a training checkpoint's config:
+    ``split``, ``val_fraction``, ``test_fraction``), so by default a model is looked at on the
+    split it was trained with; failing that ``auto`` and 0.1 / 0.1.  Returns the row indices,
+    every row's split label, and how the split was made (``from_checkpoint``: the checkpoint
+    chose the method).
+    """
+    if split not in (*SPLIT_NAMES, "all"):
+        raise SplitError(f"split must be one of {[*SPLIT_NAMES, 'all']}, got {split!r}")
+    config = trained_with or {}
+    method_used = method or config.get("split") or "auto"
+    val = val_fraction if val_fraction is not None else config.get("val_fraction", 0.1)
+    test = test_fraction if test_fraction is not None else config.get("test_fraction", 0.1)
+    labels = assign_splits(table, method=method_used, val_fraction=val, test_fraction=test, source=source)
+    rows = np.arange(len(table)) if split == "all" else np.flatnonzero((labels == split).to_numpy())
+    how = {"method": method_used, "val_fraction": val, "test_fraction": test,
+           "from_checkpoint": method is None and "split" in config}
+    return rows, labels, how

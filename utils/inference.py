@@ -6,7 +6,12 @@ Shared by ``evaluate.py`` and ``predict.py`` (glue for the entry points: it impo
 * :func:`load_inference_model`: this project's training checkpoints (depth, tasks, frames and
   size are read from the file) or anything ``resnet3d.load_pretrained`` reads (the earlier
   Lightning checkpoints; depth and tasks are then read from the tensor names, frames and size
-  come from flags or default to 16 / 224).  Always ``weights_only``.
+  come from flags or default to 16 / 224).  Always ``weights_only``.  With
+  ``require_heads=False`` a checkpoint without a multi-task head (official Moments in Time
+  weights) loads as the bare backbone; :func:`random_init_model` is the untrained control.
+* :func:`shard_loader`, :func:`place_model`, :func:`clips_to_model_input`: this rank's share of
+  a multi-view dataset, the model on the device, a batch of uint8 views as the network's input
+  (shared with ``extract_features.py``).
 * :func:`predict_shard`: this rank's videos -> per-video probabilities (views averaged).
 * :func:`gather_exactly_once`: every rank's share -> whole-set arrays in dataset order, with
   a check that each video was predicted or failed exactly once.
@@ -15,7 +20,7 @@ Shared by ``evaluate.py`` and ``predict.py`` (glue for the entry points: it impo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -24,6 +29,7 @@ from torch import nn
 from datasets import normalize_on_device
 from datasets.gpu_augment import resized_crop_flip_normalize
 from resnet3d import MultiTaskResNet3D, load_pretrained, read_checkpoint
+from resnet3d.backbone import ResNet3D
 from resnet3d.checkpoints import HEAD, CheckpointMismatchError, find_network_prefix, find_state_dict, guess_depth
 from utils.checkpoint import CHECKPOINT_FORMAT
 from utils.distributed import DistInfo, all_gather_objects
@@ -39,7 +45,7 @@ class ModelSpec:
     """What was loaded and how the clips must look."""
 
     path: str
-    kind: str                 # training | lightning | mit | state_dict (see resnet3d.load_pretrained)
+    kind: str                 # training | lightning | mit | state_dict (see resnet3d.load_pretrained) | random_init
     depth: int
     tasks: tuple[str, ...]
     frames: int
@@ -55,8 +61,14 @@ class ModelSpec:
 
 
 def load_inference_model(path: str, *, depth: int | None = None, tasks: str | Iterable[str] | None = None,
-                         frames: int | None = None, size: int | None = None) -> tuple[nn.Module, ModelSpec]:
-    """Build the network a checkpoint holds and load it (eval mode, CPU)."""
+                         frames: int | None = None, size: int | None = None,
+                         require_heads: bool = True) -> tuple[nn.Module, ModelSpec]:
+    """Build the network a checkpoint holds and load it (eval mode, CPU).
+
+    A checkpoint with no multi-task head (the official MiT weights: their classifier is
+    dropped) is refused, or with ``require_heads=False`` loaded as a bare ``ResNet3D``
+    backbone (``spec.tasks == ()``), for uses that need only the backbone's layers.
+    """
     raw = read_checkpoint(path)
     if isinstance(raw, dict) and raw.get("format") == CHECKPOINT_FORMAT:
         return _load_training_checkpoint(path, raw, depth, tasks, frames, size)
@@ -71,6 +83,8 @@ def load_inference_model(path: str, *, depth: int | None = None, tasks: str | It
     heads = {n.split(".")[1] for n in names if n.startswith(HEAD + ".") and n.count(".") == 2}
     if tasks is None:
         selected = tuple(t for t in TASKS if all(o in heads for o in task_outputs(t)))
+        if not selected and not require_heads:
+            return _load_backbone(path, raw, depth, frames, size)
         if not selected:
             raise CheckpointMismatchError(
                 f"{path} has no multi-task head (heads found: {sorted(heads) or 'none'}); a Moments in Time "
@@ -79,12 +93,39 @@ def load_inference_model(path: str, *, depth: int | None = None, tasks: str | It
         selected = parse_tasks(tasks)
     model = MultiTaskResNet3D(depth=depth, tasks=selected, dropout=0.0)
     report = load_pretrained(model, raw, require_heads=True)
-    notes = []
-    if frames is None or size is None:
-        notes.append(f"{path} does not record the clip shape; using frames={frames or DEFAULT_FRAMES}, "
-                     f"size={size or DEFAULT_SIZE} (set --frames/--size to what it was trained with)")
+    notes = _clip_shape_notes(path, frames, size)
     spec = ModelSpec(path=str(path), kind=report.kind, depth=depth, tasks=selected,
                      frames=frames or DEFAULT_FRAMES, size=size or DEFAULT_SIZE, notes=notes)
+    return model.eval(), spec
+
+
+def _clip_shape_notes(path, frames, size) -> list[str]:
+    if frames is None or size is None:
+        return [f"{path} does not record the clip shape; using frames={frames or DEFAULT_FRAMES}, "
+                f"size={size or DEFAULT_SIZE} (set --frames/--size to what it was trained with)"]
+    return []
+
+
+def _load_backbone(path, raw, depth, frames, size) -> tuple[nn.Module, ModelSpec]:
+    model = ResNet3D(depth=depth)
+    report = load_pretrained(model, raw)
+    notes = _clip_shape_notes(path, frames, size)
+    if report.skipped:
+        notes.append(f"only the backbone of {path} is loaded; not loaded: {', '.join(sorted(report.skipped))}")
+    spec = ModelSpec(path=str(path), kind=report.kind, depth=depth, tasks=(), frames=frames or DEFAULT_FRAMES,
+                     size=size or DEFAULT_SIZE, notes=notes)
+    return model.eval(), spec
+
+
+def random_init_model(depth: int, *, seed: int = 0, frames: int | None = None,
+                      size: int | None = None) -> tuple[nn.Module, ModelSpec]:
+    """An untrained ``ResNet3D`` backbone (the usual control in brain/behaviour analyses), its
+    weights a function of ``(depth, seed)`` only, so every rank builds the same network."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ResNet3D(depth=depth)
+    spec = ModelSpec(path="", kind="random_init", depth=depth, tasks=(), frames=frames or DEFAULT_FRAMES,
+                     size=size or DEFAULT_SIZE, config={"seed": seed})
     return model.eval(), spec
 
 
@@ -137,14 +178,33 @@ def average_view_probabilities(probs: dict[str, torch.Tensor], num_views: int) -
     return out
 
 
+def clips_to_model_input(video: torch.Tensor, device: torch.device, *, size: int | None = None,
+                         channels_last: bool = False) -> torch.Tensor:
+    """A ``datasets.collate_views`` batch's (B, V, 3, T, H, W) clips -> the network's (B * V, 3, T,
+    size, size) float input on ``device``, the views of a video adjacent.
+
+    uint8 clips larger than ``size`` (frame-cache clips come at the stored size) are resized to
+    it on the device, as the training loop's validation on the cache does; others are only
+    normalized.
+    """
+    x = video.to(device, non_blocking=True).flatten(0, 1)
+    if x.dtype == torch.uint8 and size is not None and tuple(x.shape[-2:]) != (size, size):
+        whole = torch.tensor([[0, 0, x.shape[-2], x.shape[-1]]] * x.shape[0])
+        x = resized_crop_flip_normalize(x, whole, torch.zeros(x.shape[0], dtype=torch.bool), size)
+    else:
+        x = normalize_on_device(x)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    return x
+
+
 @torch.no_grad()
 def predict_shard(model: nn.Module, loader, device: torch.device, *, amp_dtype: torch.dtype | None = None,
                   channels_last: bool = False, progress=None, size: int | None = None) -> dict[str, Any]:
     """Probabilities for this rank's videos.
 
-    ``loader`` yields ``datasets.collate_views`` batches of (B, V, 3, T, H, W) uint8 clips.
-    Clips larger than ``size`` (frame-cache clips come at the stored size) are resized to it on
-    the device, as the training loop's validation on the cache does.
+    ``loader`` yields ``datasets.collate_views`` batches of (B, V, 3, T, H, W) uint8 clips
+    (see :func:`clips_to_model_input` for ``size``).
     Returns ``{"indices": int64 (n,), "probs": {output: float32 (n, ...)}, "bad": [(index, error)]}``.
     """
     model.eval()
@@ -153,16 +213,8 @@ def predict_shard(model: nn.Module, loader, device: torch.device, *, amp_dtype: 
         bad += list(zip(batch["bad_indices"], (err for _, err in batch["bad"])))
         n = len(batch["indices"])
         if n:
-            video = batch["video"]
-            views = video.shape[1]
-            x = video.to(device, non_blocking=True).flatten(0, 1)
-            if x.dtype == torch.uint8 and size is not None and tuple(x.shape[-2:]) != (size, size):
-                whole = torch.tensor([[0, 0, x.shape[-2], x.shape[-1]]] * x.shape[0])
-                x = resized_crop_flip_normalize(x, whole, torch.zeros(x.shape[0], dtype=torch.bool), size)
-            else:
-                x = normalize_on_device(x)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last_3d)
+            views = batch["video"].shape[1]
+            x = clips_to_model_input(batch["video"], device, size=size, channels_last=channels_last)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 logits = model(x)
             probs = average_view_probabilities(logits_to_probabilities(logits), views)
@@ -206,6 +258,30 @@ def gather_exactly_once(local: dict[str, Any], info: DistInfo, num_items: int,
     return probs, errors
 
 
+def shard_loader(dataset, info: DistInfo, *, batch_size: int, num_workers: int,
+                 indices: Sequence[int] | None = None):
+    """A DataLoader over this rank's ``ExactShardSampler`` share of ``indices`` (default: every
+    item of ``dataset``, a ``datasets`` multi-view dataset), batched with ``collate_views``, so
+    over all ranks each item is loaded exactly once."""
+    from torch.utils.data import DataLoader
+
+    from datasets import ExactShardSampler, collate_views
+
+    items = range(len(dataset)) if indices is None else indices
+    mine = [int(items[i]) for i in ExactShardSampler(len(items), info.rank, info.world_size)]
+    return DataLoader(dataset, batch_size=batch_size, sampler=mine, collate_fn=collate_views,
+                      num_workers=num_workers, pin_memory=info.device.type == "cuda", persistent_workers=False)
+
+
+def place_model(model: nn.Module, device: torch.device) -> bool:
+    """Move ``model`` to ``device`` (channels_last_3d on a GPU); returns whether inputs should be
+    channels_last too."""
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last_3d)
+        return True
+    return False
+
 
 def infer_dataset(model: nn.Module, dataset, info: DistInfo, tasks, *, batch_size: int, num_workers: int,
                   amp: str = "auto", progress: bool = True, desc: str = "predicting"
@@ -213,24 +289,16 @@ def infer_dataset(model: nn.Module, dataset, info: DistInfo, tasks, *, batch_siz
     """Every item of ``dataset`` (a ``datasets.MultiViewClipDataset``) predicted exactly once
     over all ranks: each rank takes its ``ExactShardSampler`` share, results are gathered.
     Returns ``(probs, errors)`` in dataset order on every rank (see ``gather_exactly_once``)."""
-    from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    from datasets import ExactShardSampler, collate_views
-
-    on_gpu = info.device.type == "cuda"
-    sampler = ExactShardSampler(len(dataset), info.rank, info.world_size)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_views,
-                        num_workers=num_workers, pin_memory=on_gpu, persistent_workers=False)
-    model.to(info.device)
-    if on_gpu:
-        model.to(memory_format=torch.channels_last_3d)
+    loader = shard_loader(dataset, info, batch_size=batch_size, num_workers=num_workers)
+    channels_last = place_model(model, info.device)
     suffix = f" (rank 0 of {info.world_size})" if info.world_size > 1 else ""
-    bar = tqdm(total=len(sampler), desc=desc + suffix, unit="video", dynamic_ncols=True,
+    bar = tqdm(total=len(loader.sampler), desc=desc + suffix, unit="video", dynamic_ncols=True,
                disable=not (info.is_main and progress))
     try:
         local = predict_shard(model, loader, info.device, amp_dtype=inference_dtype(amp, info.device),
-                              channels_last=on_gpu, progress=bar, size=getattr(dataset, "size", None))
+                              channels_last=channels_last, progress=bar, size=getattr(dataset, "size", None))
     finally:
         bar.close()
     return gather_exactly_once(local, info, len(dataset), tasks)
