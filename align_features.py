@@ -55,6 +55,7 @@ from utils.reliability import compare_feature, fraction_of_ceiling, rating_matri
 from utils.ridge_cv import DEFAULT_ALPHAS, assign_folds, cross_validated_ridge, fold_mean_correlation
 from utils.rsa import correlation_rdm, rating_rdm, rsa_spearman
 from utils.tasks import SCORE_FEATURES, parse_tasks
+from utils.tracking import local_artifact_location
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = p.add_argument_group("resources")
     r.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="where the Gram matrices are accumulated (auto: cuda if available)")
-    r.add_argument("--chunk-mb", type=float, default=256.0, help="float64 size of one column chunk of a layer")
+    r.add_argument("--chunk-mb", type=float, default=64.0, help="float64 size of one column chunk of a layer")
     r.add_argument("--max-gram-gb", type=float, default=16.0,
                    help="refuse when the (folds + 1) N x N float64 matrices would exceed this")
     t = p.add_argument_group("MLflow (only with --tracking-uri or --run-id)")
@@ -295,7 +296,9 @@ def metric_name(*parts: str) -> str:
 
 def log_to_mlflow(args, alignment, rsa, paths: dict[str, Path], counts: dict) -> str | None:
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    logger = EvalLogger(True, uri, args.experiment, run_id=args.run_id, run_name=args.run_name)
+    # a new experiment in a sqlite store keeps its artifacts beside the database, not in ./mlruns
+    logger = EvalLogger(True, uri, args.experiment, run_id=args.run_id, run_name=args.run_name,
+                        artifact_location=local_artifact_location(uri))
     logger.start({"entry_point": "align_features.py", "align.features": args.features})
     logger.log_params({"features": args.features, "targets": args.human_ratings or args.annotations,
                        "folds": args.folds, "seed": args.seed, "alphas": args.alphas})

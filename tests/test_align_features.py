@@ -181,6 +181,7 @@ def test_mlflow_new_run_and_existing_run_left_running(study, tmp_path):
     assert "align/pool/indoor/ceiling" in new.data.metrics and "align/counts/analysed_videos" in new.data.metrics
     assert {a.path for a in client.list_artifacts(new.info.run_id, "align")} >= {
         "align/alignment.csv", "align/rsa.csv", "align/alignment.json", "align/predictions.csv"}
+    assert (tmp_path / "mlartifacts").is_dir()  # beside the database, not ./mlruns of the working directory
     training = client.create_run(exp.experiment_id)  # e.g. a training run still in progress
     assert run(*base, "--output", tmp_path / "b", "--run-id", training.info.run_id) == 0
     after = client.get_run(training.info.run_id)

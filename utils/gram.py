@@ -67,8 +67,9 @@ def accumulate_grams(chunks: Iterable[np.ndarray], folds: np.ndarray, device: st
         row_sums += x.sum(dim=1)
         for f in range(k):
             mean, scale = standardisation(x, train[f])
-            z = (x - mean) * scale
+            z = (x - mean).mul_(scale)
             kernels[f].addmm_(z, z.T)
+            del z  # before the next fold's copy: at most two chunk-sized float64 copies at a time
             kept[f] += (scale > 0).sum()
     return LayerGrams(kernels.cpu().numpy(), raw.cpu().numpy(), row_sums.cpu().numpy(), columns,
                       kept.cpu().numpy())
