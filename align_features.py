@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
                                            args.min_videos)
         except FeatureDirError as exc:
             raise SystemExit(f"error: {exc}") from exc
-        np.save(out / "rdms" / f"{layer}.npy", results[layer]["rdm"].astype(np.float32))
+        np.save(out / "rdms" / f"{layer}.npy", results[layer].pop("rdm").astype(np.float32))  # not kept: N x N each
         print(f"layer {layer}: D = {results[layer]['num_columns']}, {time.perf_counter() - t_layer:.1f} s")
     write_csv(pd.DataFrame({"video_name": joined.names, "video_key": joined.keys}), out / "rdms" / "videos.csv")
 
