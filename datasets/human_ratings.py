@@ -36,7 +36,10 @@ valence, arousal                    <f>_score        as is
 cooperation, dominance, intimacy    none             reported as unmatched, never an error
 ==================================  ===============  ======================================
 
-Any other name is counted and reported as unknown.  ``invert`` flips chosen human features
+Any other name is counted and reported as unknown.  With ``all_features=True`` (for analyses
+that need no model output, such as ``align_features.py``) every feature is kept instead: the
+names above map as in the table, any other name becomes its own task (its normalised name,
+spaces as ``_``: ``cooperation``, ``how_funny``), compared as is.  ``invert`` flips chosen human features
 (x -> 1 - x) when a questionnaire's scale runs the other way from the annotation's.
 Video names are matched by their file stem (``a/b/-2DPYvJ5j9E_117.mp4`` -> ``-2DPYvJ5j9E_117``),
 so folders and extensions need not agree between tables.  Row numbers in errors are data
@@ -90,6 +93,14 @@ def _norm(name: object) -> str:
 def feature_for(name: str) -> tuple[str, int] | None:
     """(model task, direction) of a human feature name, or None."""
     return _FEATURES.get(_norm(name))
+
+
+def _task_of(name: str, all_features: bool) -> tuple[str, int] | None:
+    """:func:`feature_for`; with ``all_features`` an unmapped name is its own task (direction +1)."""
+    found = feature_for(name)
+    if found is None and all_features:
+        return _norm(name).replace(" ", "_"), 1
+    return found
 
 
 def video_key(name: object) -> str:
@@ -184,10 +195,10 @@ def _require_names(path: str, frame: pd.DataFrame, column: str) -> None:
         raise HumanRatingsError(f"{path}: row {row + 1}, column {column!r} is empty")
 
 
-def _check_one_name_per_task(path: str, names: Iterable[str]) -> None:
+def _check_one_name_per_task(path: str, names: Iterable[str], all_features: bool = False) -> None:
     by_task: dict[str, dict[str, str]] = {}  # task -> normalised name -> first spelling seen
     for name in names:
-        found = feature_for(name)
+        found = _task_of(name, all_features)
         if found:
             by_task.setdefault(found[0], {}).setdefault(_norm(name), str(name))
     clash = {t: list(n.values()) for t, n in by_task.items() if len(n) > 1}
@@ -200,8 +211,7 @@ def _check_one_name_per_task(path: str, names: Iterable[str]) -> None:
 def _invert(ratings: pd.DataFrame, invert: Iterable[str], path: str) -> list[str]:
     done = []
     for name in invert:
-        found = feature_for(name)
-        task = found[0] if found else name
+        task = _task_of(name, all_features=True)[0]  # a model task name, or a feature kept as its own task
         rows = ratings["task"] == task
         if not rows.any():
             raise HumanRatingsError(f"{path}: cannot invert {name!r}: no ratings of that feature")
@@ -210,7 +220,7 @@ def _invert(ratings: pd.DataFrame, invert: Iterable[str], path: str) -> list[str
     return done
 
 
-def _load_long(path: str, raw: pd.DataFrame, columns: dict[str, str]) -> HumanRatings:
+def _load_long(path: str, raw: pd.DataFrame, columns: dict[str, str], all_features: bool) -> HumanRatings:
     frame = raw.rename(columns=columns)
     for canonical, original in ((c, o) for o, c in columns.items()):
         if canonical in ("subject", "video_name", "question"):
@@ -222,8 +232,8 @@ def _load_long(path: str, raw: pd.DataFrame, columns: dict[str, str]) -> HumanRa
     skipped = int(frame["rating"].isna().sum())
     frame = frame[frame["rating"].notna()]
     questions = frame["question"].str.strip()
-    _check_one_name_per_task(path, questions.unique())
-    mapped = questions.map(feature_for)
+    _check_one_name_per_task(path, questions.unique(), all_features)
+    mapped = questions.map(lambda q: _task_of(q, all_features))
     unmatched: Counter = Counter()
     unknown: Counter = Counter()
     for q, m in zip(questions, mapped):
@@ -251,7 +261,7 @@ def _load_long(path: str, raw: pd.DataFrame, columns: dict[str, str]) -> HumanRa
                         unknown=dict(unknown), skipped_empty=skipped, repeated_averaged=repeated)
 
 
-def _load_wide(path: str, raw: pd.DataFrame, video_col: str, scale: str) -> HumanRatings:
+def _load_wide(path: str, raw: pd.DataFrame, video_col: str, scale: str, all_features: bool) -> HumanRatings:
     _require_names(path, raw, video_col)
     keys = raw[video_col].map(video_key)
     dup = keys.duplicated(keep=False)
@@ -260,10 +270,10 @@ def _load_wide(path: str, raw: pd.DataFrame, video_col: str, scale: str) -> Huma
         raise HumanRatingsError(f"{path}: column {video_col!r}: video {keys[dup].iloc[0]!r} appears in more than one "
                                 f"row (rows {rows[:5]}); the wide form holds one row per video")
     features = [c for c in raw.columns if c != video_col]
-    _check_one_name_per_task(path, features)
+    _check_one_name_per_task(path, features, all_features)
     parts, unmatched, unknown, scales = [], {}, {}, {}
     for column in features:
-        found = feature_for(column)
+        found = _task_of(column, all_features)
         values = _numbers(path, raw, column)
         if found is None:
             target = unmatched if _norm(column) in NO_MODEL_OUTPUT else unknown
@@ -289,12 +299,13 @@ def _load_wide(path: str, raw: pd.DataFrame, video_col: str, scale: str) -> Huma
 
 
 def load_human_ratings(path: str | os.PathLike, form: str = "auto", scale: str = "auto",
-                       invert: Iterable[str] = ()) -> HumanRatings:
+                       invert: Iterable[str] = (), all_features: bool = False) -> HumanRatings:
     """Read a long- or wide-form human rating CSV (see the module docstring).
 
     ``form``: ``auto`` (long when the four long-form columns are present, else wide),
     ``long`` or ``wide``.  ``scale`` (wide form only): ``auto``, ``likert`` or ``unit``.
     ``invert``: feature names (human or model names) whose ratings become 1 - x.
+    ``all_features``: keep features without a model output too (see the module docstring).
     Raises :class:`HumanRatingsError` naming the file, row and column.
     """
     path = os.fspath(path)
@@ -312,14 +323,14 @@ def load_human_ratings(path: str | os.PathLike, form: str = "auto", scale: str =
         raise HumanRatingsError(f"{path}: long form needs columns subjectID, video_name, question_name, "
                                 f"likert_response; missing {missing} (found {list(raw.columns)})")
     if form == "long" or (form == "auto" and is_long):
-        ratings = _load_long(path, raw, long_cols)
+        ratings = _load_long(path, raw, long_cols, all_features)
     else:
         video_cols = [c for c, s in squashed.items() if s == "videoname"]
         if not video_cols:
             raise HumanRatingsError(f"{path}: no video_name column (found {list(raw.columns)}); expected the long "
                                     "form (subjectID, video_name, question_name, likert_response) or the wide form "
                                     "(video_name and one column per feature)")
-        ratings = _load_wide(path, raw, video_cols[0], scale)
+        ratings = _load_wide(path, raw, video_cols[0], scale, all_features)
     if ratings.ratings.empty:
         raise HumanRatingsError(f"{path}: no ratings of any feature the model predicts "
                                 f"(unknown: {list(ratings.unknown)}, no model output: {list(ratings.unmatched)})")

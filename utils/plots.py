@@ -7,6 +7,8 @@
   confidence-weighted one).
 * :func:`plot_human_comparison`: per feature, the model's (and GPT's) correlation with the
   mean human rating, next to the noise ceiling and the human-to-human agreement.
+* :func:`plot_alignment_heatmaps`: layers x features heat maps of ``align_features.py``
+  (held-out encoding correlation, RSA).
 * :func:`plot_training_curves`: a run's losses and validation metrics over steps, from its
   ``metrics.jsonl`` (see :func:`read_metrics_jsonl`) or from MLflow's metric history.
 """
@@ -18,6 +20,7 @@ import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -135,6 +138,34 @@ def plot_human_comparison(human: Mapping[str, Mapping], path: str | Path) -> Pat
     lowest = np.nanmin(model + (gpt if has_gpt else []) + [0.0])
     ax.set(ylabel="Spearman correlation", ylim=(min(-0.05, lowest - 0.05), 1.02))
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return _save(fig, Path(path))
+
+
+def plot_alignment_heatmaps(panels: Mapping[str, np.ndarray], layers: Sequence[str], features: Sequence[str],
+                            path: str | Path, notes: Mapping[str, np.ndarray] | None = None) -> Path:
+    """One layers x features heat map per panel (title -> (layers, features) values; NaN grey),
+    each cell printed with its value and, where ``notes`` has the panel, a second line."""
+    notes = notes or {}
+    width = 1.6 + 0.75 * len(features)
+    fig = Figure(figsize=(width * len(panels), 1.4 + 0.42 * len(layers)), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, (title, values) in zip(axes, panels.items()):
+        values = np.asarray(values, dtype=np.float64)
+        # a little beyond the largest value, so the strongest cell stays light enough to read
+        limit = 1.25 * max(0.04, float(np.nanmax(np.abs(values)))) if np.isfinite(values).any() else 1.0
+        cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="lightgrey")
+        image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=-limit, vmax=limit, aspect="auto")
+        for (i, j), v in np.ndenumerate(values):
+            text = "n/a" if not math.isfinite(v) else f"{v:.2f}"
+            extra = notes.get(title)
+            if extra is not None and math.isfinite(extra[i, j]):
+                text += f"\n({extra[i, j]:.2f})"
+            strong = math.isfinite(v) and abs(v) > 0.6 * limit
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if strong else "black")
+        ax.set_xticks(range(len(features)), features, rotation=35, ha="right", fontsize=8)
+        ax.set_yticks(range(len(layers)), layers, fontsize=8)
+        ax.set_title(title, fontsize=9)
+        fig.colorbar(image, ax=ax, shrink=0.8)
     return _save(fig, Path(path))
 
 

@@ -138,6 +138,11 @@ def correlation_to_individuals(pred: pd.Series, matrix: pd.DataFrame, min_videos
     return (float(np.mean(found)), len(found)) if found else (math.nan, 0)
 
 
+def fraction_of_ceiling(r: float, ceiling: float) -> float:
+    """A correlation with the mean rating as a fraction of the noise ceiling (NaN without a ceiling)."""
+    return r / ceiling if math.isfinite(ceiling) and ceiling > 0 else math.nan
+
+
 def compare_feature(matrix: pd.DataFrame, individual: bool, predictors: Mapping[str, pd.Series],
                     n_splits: int = 100, seed: int = 0, min_videos: int = 3) -> dict:
     """Human agreement and each predictor's agreement with people, for one feature.
@@ -166,8 +171,7 @@ def compare_feature(matrix: pd.DataFrame, individual: bool, predictors: Mapping[
         out[f"{name}_vs_mean_human"] = r
         if individual:
             out[f"{name}_to_individual"], _ = correlation_to_individuals(p, matrix, min_videos)
-            ceiling = out["noise_ceiling"]
-            out[f"{name}_fraction_of_ceiling"] = r / ceiling if math.isfinite(ceiling) and ceiling > 0 else math.nan
+            out[f"{name}_fraction_of_ceiling"] = fraction_of_ceiling(r, out["noise_ceiling"])
     if "model" in predictors and "gpt" in predictors:
         out["model_vs_gpt"] = spearman(predictors["model"].reindex(mean_rating.index).to_numpy(dtype=np.float64),
                                        predictors["gpt"].reindex(mean_rating.index).to_numpy(dtype=np.float64))
