@@ -186,3 +186,24 @@ def test_mlflow_new_run_and_existing_run_left_running(study, tmp_path):
     assert run(*base, "--output", tmp_path / "b", "--run-id", training.info.run_id) == 0
     after = client.get_run(training.info.run_id)
     assert after.info.status == "RUNNING" and "align/pool/valence/pearson" in after.data.metrics
+
+
+def test_real_extract_features_output_aligns(tiny_demo, tmp_path):
+    """The two commands together: extract_features.py's directory is what align_features.py reads."""
+    import extract_features
+
+    videos, annotations = tiny_demo
+    feats = tmp_path / "features"
+    assert extract_features.main(["--random-init", "--depth", "18", "--videos", str(videos),
+                                  "--annotations", str(annotations), "--split", "all", "--layers", "layer3,layer4",
+                                  "--frames", "4", "--size", "32", "--output", str(feats), "--num-workers", "0",
+                                  "--no-progress"]) == 0
+    out = tmp_path / "align"
+    assert align_features.main(["--features", str(feats), "--annotations", str(annotations),
+                                "--tasks", "valence,arousal", "--output", str(out), "--no-plots"]) == 0
+    table = pd.read_csv(out / "alignment.csv")
+    assert list(table.columns) == COLUMNS
+    assert set(table["layer"]) == {"layer3", "layer4"} and set(table["feature"]) == {"valence", "arousal"}
+    n_videos = len(pd.read_csv(annotations))
+    assert table["n"].between(n_videos // 2, n_videos).all()  # rows with a valid target, all extracted
+    assert np.isfinite(table["pearson"]).all() and table["ceiling"].isna().all()
