@@ -53,7 +53,7 @@ from datasets import (
 from losses import MultiTaskLoss
 from resnet3d import UnfreezeSchedule, build_model, freeze, load_pretrained, no_weight_decay
 from utils.checkpoint import CheckpointManager, CheckpointSaveError, load_checkpoint_file
-from utils.config import TrainConfig, flatten_for_logging, parse_config, parse_key_values
+from utils.config import TrainConfig, comm_options_mismatch, flatten_for_logging, parse_config, parse_key_values
 from utils.distributed import (
     DistInfo,
     all_gather_objects,
@@ -61,6 +61,8 @@ from utils.distributed import (
     broadcast_object,
     destroy_distributed,
     init_distributed,
+    record_rank,
+    register_grad_compression,
 )
 from utils.metrics import task_metrics
 from utils.predictions import ServingModel, prediction_columns
@@ -154,11 +156,15 @@ def wrap_ddp(model: nn.Module, info: DistInfo, cfg: TrainConfig) -> nn.Module:
     outputs get no gradient and DDP must look for unused parameters."""
     if not info.distributed:
         return model
-    return DDP(
+    ddp = DDP(
         model,
         device_ids=[info.device.index] if info.device.type == "cuda" else None,
         find_unused_parameters=cfg.alpha == 0 or cfg.beta == 0,
+        bucket_cap_mb=cfg.ddp_bucket_mb,
+        gradient_as_bucket_view=cfg.gradient_as_bucket_view,
     )
+    register_grad_compression(ddp, cfg.grad_compression)
+    return ddp
 
 
 def move_targets(targets: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -235,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         print("config:\n" + "\n".join(f"  {k}: {v}" for k, v in asdict(cfg).items()), flush=True)
         print(f"world size {info.world_size}, backend {info.backend or 'none (single process)'}, "
               f"device {info.device}", flush=True)
+    record_rank(info, out_dir / "ranks")
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
@@ -393,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
                     raise SystemExit(f"{resumed_path} was trained with the unfreeze schedule "
                                      f"{resumed['unfreeze']}, this run asks for {unfreeze.state_dict()}; "
                                      "resume with the same --unfreeze* options or start a new --output-dir")
+                if comm_mismatch := comm_options_mismatch(resumed["config"], cfg):
+                    raise SystemExit(f"{resumed_path} {comm_mismatch}")
                 model.load_state_dict(resumed["model"])
                 optimizer.load_state_dict(resumed["optimizer"])
                 scheduler.load_state_dict(resumed["scheduler"])

@@ -1,0 +1,40 @@
+"""utils/distributed.py pieces that need no process group: SLURM's idea of the world size, and
+the per-rank record."""
+
+import json
+
+import torch
+
+from utils.distributed import DistInfo, record_rank, slurm_world_size
+
+TORCHRUN_UNDER_SRUN = {"SLURM_STEP_NUM_TASKS": "2", "LOCAL_WORLD_SIZE": "4", "TORCHELASTIC_RUN_ID": "17"}
+
+
+def test_slurm_world_size_is_tasks_times_local_workers_under_srun_and_torchrun():
+    assert slurm_world_size(TORCHRUN_UNDER_SRUN)[0] == 8
+
+
+def test_no_expectation_outside_an_srun_step_or_torchrun():
+    # a torchrun in the batch script itself (no srun step), or no torchrun at all
+    assert slurm_world_size({k: v for k, v in TORCHRUN_UNDER_SRUN.items() if k != "SLURM_STEP_NUM_TASKS"}) is None
+    assert slurm_world_size({k: v for k, v in TORCHRUN_UNDER_SRUN.items() if k != "TORCHELASTIC_RUN_ID"}) is None
+    assert slurm_world_size({}) is None
+
+
+def test_record_rank_appends_one_line_per_start(tmp_path, monkeypatch):
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    info = DistInfo(rank=1, local_rank=1, world_size=2, device=torch.device("cpu"), backend="gloo")
+    record_rank(info, tmp_path / "ranks")
+    record_rank(info, tmp_path / "ranks")
+    lines = [json.loads(line) for line in (tmp_path / "ranks" / "rank-1.jsonl").read_text().splitlines()]
+    assert len(lines) == 2
+    assert lines[0]["master_addr"] == "127.0.0.1" and lines[0]["master_port"] == 29500
+    assert lines[0]["local_addr"] == "127.0.0.1" and lines[0]["gloo_socket_ifname"] == "lo"
+    assert lines[0]["rank"] == 1 and lines[0]["world_size"] == 2 and lines[0]["hostname"]
+
+
+def test_single_process_writes_no_record(tmp_path):
+    record_rank(DistInfo(0, 0, 1, torch.device("cpu"), None), tmp_path / "ranks")
+    assert not (tmp_path / "ranks").exists()
