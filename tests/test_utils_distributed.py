@@ -1,9 +1,12 @@
-"""utils/distributed.py pieces that need no process group: SLURM's idea of the world size, and
+"""utils/distributed.py: SLURM's idea of the world size and the refusal of a smaller world, and
 the per-rank record."""
 
 import json
 
+import pytest
 import torch
+
+from launch_helpers import TINY, child_env, run_train
 
 from utils.distributed import DistInfo, record_rank, slurm_world_size
 
@@ -38,3 +41,16 @@ def test_record_rank_appends_one_line_per_start(tmp_path, monkeypatch):
 def test_single_process_writes_no_record(tmp_path):
     record_rank(DistInfo(0, 0, 1, torch.device("cpu"), None), tmp_path / "ranks")
     assert not (tmp_path / "ranks").exists()
+
+
+@pytest.mark.slow
+def test_a_world_smaller_than_slurms_is_refused_right_after_init(tiny_demo, tmp_path):
+    """2 ranks where SLURM (as srun would tell each torchrun) started 2 torchruns x 2 = 4."""
+    videos, annotations = tiny_demo
+    env = child_env({"SLURM_STEP_NUM_TASKS": "2"})
+    res = run_train(["--videos", str(videos), "--annotations", str(annotations), "--output-dir", str(tmp_path),
+                     *TINY], nproc=2, timeout=300, env=env)
+    assert res.returncode != 0
+    assert ("the process group has 2 ranks but SLURM started 4 (SLURM_STEP_NUM_TASKS=2 torchruns x "
+            "LOCAL_WORLD_SIZE=2); the nodes formed separate worlds") in res.stdout, res.stdout[-3000:]
+    assert not (tmp_path / "ranks").exists() and not (tmp_path / "checkpoints").exists()
