@@ -8,7 +8,7 @@ from launch_helpers import REPO
 A = Assumptions()
 
 
-def test_two_nodes_at_100_gbits_by_hand():
+def test_sixteen_gpus_at_100_gbits_by_hand():
     # 8 buckets x 2 x 15 ring steps x 5 us + 2 x 15/16 x 185.0 MB / (12.5 GB/s x 0.9)
     by_hand = 8 * 2 * 15 * 5e-6 + 2 * 15 / 16 * A.params * 4 / (100 / 8 * 1e9 * 0.9)
     assert step_comm_s(A, 16, 100, compressed=False)[0] == pytest.approx(by_hand)

@@ -138,6 +138,7 @@ def test_two_node_job_crosses_the_network_survives_usr1_and_matches_one_node_tor
     # the gradients crossed the namespace network: every step all-reduces them between the nodes
     moved = {node: {k: network.traffic(node)[k] - before[node][k] for k in ("sent", "received")} for node in NODES}
     need = gradient_bytes() * FINAL_STEP
+    print(f"bytes over the veths: {moved}; gradient bytes x steps = {need}")
     assert all(v >= need for node in NODES for v in moved[node].values()), (moved, need)
 
     final = checkpoint(job.out)

@@ -54,3 +54,9 @@ def test_a_world_smaller_than_slurms_is_refused_right_after_init(tiny_demo, tmp_
     assert ("the process group has 2 ranks but SLURM started 4 (SLURM_STEP_NUM_TASKS=2 torchruns x "
             "LOCAL_WORLD_SIZE=2); the nodes formed separate worlds") in res.stdout, res.stdout[-3000:]
     assert not (tmp_path / "ranks").exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_an_unwritable_record_is_a_warning_not_an_error(tmp_path, capsys):
+    (tmp_path / "ranks").write_text("a file where the directory should be")
+    record_rank(DistInfo(0, 0, 2, torch.device("cpu"), "gloo"), tmp_path / "ranks")
+    assert "warning: rank 0: could not write" in capsys.readouterr().out

@@ -163,9 +163,13 @@ def record_rank(info: DistInfo, directory: Path) -> None:
         **{name.lower(): os.environ.get(name) for name in
            ("SLURMD_NODENAME", "SLURM_JOB_ID", "SLURM_RESTART_COUNT", "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")},
     }
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / f"rank-{info.rank}.jsonl", "a") as fh:
-        fh.write(json.dumps(record) + "\n")
+    path = directory / f"rank-{info.rank}.jsonl"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+    except OSError as exc:  # a diagnostic record must never stop training
+        print(f"warning: rank {info.rank}: could not write {path}: {exc}", flush=True)
 
 
 def _route_source(host: str, port: int) -> str | None:
