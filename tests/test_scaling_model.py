@@ -33,3 +33,9 @@ def test_readme_shows_the_models_tables():
     readme = (REPO / "README.md").read_text()
     missing = [line for line in tables(A, batch=8, target=0.9).splitlines() if line.strip() and line not in readme]
     assert not missing, f"README.md is out of date with `python -m benchmarks.scaling_model`: {missing[:3]}"
+
+
+def test_the_parameter_count_is_resnet3d_50s():
+    from resnet3d import build_model
+
+    assert A.params == sum(p.numel() for p in build_model(depth=50).parameters())

@@ -33,8 +33,7 @@ from netns import NODE_IFNAME, NamespaceNetwork
 from netns import unavailable_reason as netns_unavailable
 from slurm_cluster import LocalSlurm
 from slurm_cluster import unavailable_reason as slurm_unavailable
-from test_resilience import FINAL_STEP, assert_bitwise_equal, checkpoint, data_args, logged_step, reference_run, run_status
-from test_slurm import Job, resumed_steps
+from test_resilience import FINAL_STEP, RUN, assert_bitwise_equal, checkpoint, data_args, reference_run, run_status
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -44,6 +43,8 @@ if _REASON and os.environ.get("CI"):
 if _REASON:
     print(f"\n*** SKIPPING the two-node SLURM tests: {_REASON} ***", file=sys.stderr)
     pytest.skip(f"two-node SLURM tests skipped: {_REASON}", allow_module_level=True)
+
+from test_slurm import Job, resumed_steps  # noqa: E402  (after the skip: its own skip names only SLURM)
 
 NODES = ("n1", "n2")
 KEEP_ONE = ("--keep-last", "1")  # a tiny ResNet3D-18 checkpoint with Adam state is ~400 MB
@@ -186,8 +187,6 @@ srun --nodes=2 --ntasks-per-node=1 "$PYTHON" -m torch.distributed.run --nnodes=1
 
 
 def test_two_node_separate_worlds_are_refused_right_after_init(cluster, tiny_demo, tmp_path):
-    from test_resilience import RUN
-
     script = tmp_path / "split.sbatch"
     script.write_text(SPLIT_WORLD_SCRIPT)
     out = tmp_path / "out"

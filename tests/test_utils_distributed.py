@@ -60,3 +60,13 @@ def test_an_unwritable_record_is_a_warning_not_an_error(tmp_path, capsys):
     (tmp_path / "ranks").write_text("a file where the directory should be")
     record_rank(DistInfo(0, 0, 2, torch.device("cpu"), "gloo"), tmp_path / "ranks")
     assert "warning: rank 0: could not write" in capsys.readouterr().out
+
+
+def test_a_world_of_the_expected_size_passes_and_a_larger_one_is_refused(monkeypatch):
+    from utils import distributed
+
+    refuse_split_world = distributed.refuse_split_world
+    refuse_split_world(8, rank=0, env=TORCHRUN_UNDER_SRUN)  # returns: the world SLURM started
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: None)  # no group in this test
+    with pytest.raises(SystemExit, match="has 9 ranks but SLURM started 8 .*from outside this job step"):
+        refuse_split_world(9, rank=3, env=TORCHRUN_UNDER_SRUN)

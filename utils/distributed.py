@@ -134,19 +134,22 @@ def slurm_world_size(env=os.environ) -> tuple[int, str] | None:
 
 
 def refuse_split_world(world_size: int, rank: int, env=os.environ) -> None:
-    """Stop at once if the process group is smaller than the job SLURM started: the nodes met at
-    different rendezvous (e.g. `srun torchrun --standalone`, or an endpoint each node resolves to
-    itself) and formed separate worlds, which would train separate models into one output dir."""
+    """Stop at once if the process group is not the job SLURM started.  Smaller: the nodes met at
+    different rendezvous (the one-node command run on every node, an endpoint each node resolves
+    to itself) and formed separate worlds, which would train separate models into one output
+    dir.  Larger: processes from outside this job step joined its rendezvous."""
     expected = slurm_world_size(env)
     if expected is None or expected[0] == world_size:
         return
     dist.destroy_process_group()
-    raise SystemExit(
-        f"rank {rank} on {socket.gethostname()}: the process group has {world_size} ranks but SLURM started "
-        f"{expected[0]} ({expected[1]}); the nodes formed separate worlds instead of meeting at one "
-        "rendezvous. Refusing to train. Launch one torchrun per node with the same --rdzv-endpoint on the "
-        "first node (launch/slurm_multi_node.sbatch does), not --standalone."
-    )
+    if world_size < expected[0]:
+        why = ("the nodes formed separate worlds instead of meeting at one rendezvous. Launch one torchrun "
+               "per node with the same --rdzv-endpoint on the first node (launch/slurm_multi_node.sbatch "
+               "does), not a one-node command (--standalone, --nnodes=1) on every node")
+    else:
+        why = "processes from outside this job step joined its rendezvous (another job with the same endpoint and id?)"
+    raise SystemExit(f"rank {rank} on {socket.gethostname()}: the process group has {world_size} ranks but SLURM "
+                     f"started {expected[0]} ({expected[1]}); {why}. Refusing to train.")
 
 
 def record_rank(info: DistInfo, directory: Path) -> None:
@@ -174,6 +177,8 @@ def record_rank(info: DistInfo, directory: Path) -> None:
 
 def _route_source(host: str, port: int) -> str | None:
     """This machine's address on the route to host (a UDP connect sends nothing)."""
+    if not host:
+        return None
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.connect((host, port or 9))
