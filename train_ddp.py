@@ -57,7 +57,7 @@ from datasets import (
 from losses import MultiTaskLoss
 from resnet3d import UnfreezeSchedule, build_model, freeze, load_pretrained, no_weight_decay
 from utils.checkpoint import CheckpointManager, CheckpointSaveError, load_checkpoint_file
-from utils.config import TrainConfig, flatten_for_logging, parse_config, parse_key_values
+from utils.config import TrainConfig, comm_options_mismatch, flatten_for_logging, parse_config, parse_key_values
 from utils.distributed import (
     DistInfo,
     all_gather_objects,
@@ -67,6 +67,8 @@ from utils.distributed import (
     broadcast_object,
     destroy_distributed,
     init_distributed,
+    record_rank,
+    register_grad_compression,
 )
 from utils.metrics import task_metrics
 from utils.predictions import ServingModel, prediction_columns
@@ -115,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         print("config:\n" + "\n".join(f"  {k}: {v}" for k, v in asdict(cfg).items()), flush=True)
         print(f"world size {info.world_size}, backend {info.backend or 'none (single process)'}, "
               f"device {info.device}", flush=True)
+    record_rank(info, out_dir / "ranks")  # where each rank runs and whom it met (multi-node diagnostics)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
@@ -487,6 +490,8 @@ class Checkpointer:
             raise SystemExit(f"{path} was trained with the unfreeze schedule {ckpt['unfreeze']}, this run asks "
                              f"for {self.t.unfreeze.state_dict()}; resume with the same --unfreeze* options or "
                              "start a new --output-dir")
+        if comm_mismatch := comm_options_mismatch(ckpt["config"], cfg):
+            raise SystemExit(f"{path} {comm_mismatch}")
         for key, part in self.parts.items():
             part.load_state_dict(ckpt[key])
         self.state.load_state_dict(ckpt)
@@ -722,11 +727,15 @@ def wrap_ddp(model: nn.Module, info: DistInfo, cfg: TrainConfig) -> nn.Module:
     outputs get no gradient and DDP must look for unused parameters."""
     if not info.distributed:
         return model
-    return DDP(
+    ddp = DDP(
         model,
         device_ids=[info.device.index] if info.device.type == "cuda" else None,
         find_unused_parameters=cfg.alpha == 0 or cfg.beta == 0,
+        bucket_cap_mb=cfg.ddp_bucket_mb,
+        gradient_as_bucket_view=cfg.gradient_as_bucket_view,
     )
+    register_grad_compression(ddp, cfg.grad_compression)  # --grad-compression: PyTorch's DDP comm hooks
+    return ddp
 
 
 def set_train_mode(model: nn.Module, bn: str) -> None:

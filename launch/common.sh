@@ -97,3 +97,24 @@ sv_finish() {
     fi
     exit 0
 }
+
+# The address SLURM uses for a node: its NodeAddr (the node name where slurm.conf gives none),
+# as an IPv4 address where that name resolves.  c10d and gloo need an address every node can
+# reach; a hostname that resolves only locally (or to 127.0.1.1, as Debian's /etc/hosts does)
+# is the classic multi-node hang.
+sv_node_addr() {
+    local node=$1 addr resolved
+    addr=$(scontrol show node "$node" 2> /dev/null | grep -o 'NodeAddr=[^ ]*' | head -n 1 | cut -d= -f2) || true
+    addr=${addr:-$node}
+    if [[ ! "$addr" =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ ]]; then
+        resolved=$(getent ahostsv4 "$addr" 2> /dev/null | awk 'NR == 1 {print $1}') || true
+        [[ -n "$resolved" ]] && addr=$resolved
+    fi
+    echo "$addr"
+}
+
+# The network interface that holds address $1 on this node (empty if none does, or no `ip`).
+sv_ifname_of() {
+    command -v ip > /dev/null || return 0
+    ip -o -4 addr show | awk -v want="$1" '{split($4, a, "/"); if (a[1] == want) {print $2; exit}}'
+}

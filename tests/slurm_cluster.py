@@ -1,10 +1,14 @@
-"""A throw-away one-node SLURM cluster on localhost, for tests of the launch scripts.
+"""A throw-away SLURM cluster on this machine, for tests of the launch scripts: one node on
+localhost, or several nodes, each in a network namespace of a ``NamespaceNetwork``
+(tests/netns.py) with its own address and hostname.
 
 Debian's ``slurm-wlm`` and ``munge`` packages provide the binaries (``.ci/run`` installs them).
 Everything else lives in one temporary directory: a munge key and socket, ``slurm.conf``,
-state, spool, logs.  ``munged``, ``slurmctld`` and ``slurmd`` run in the foreground as this
-test's own processes, each in its own process group, and are stopped by pid; nothing on the
-machine (a system munged, another cluster) is touched.  Free ports are picked at start, so two
+state, per-node spool dirs, pid files and logs.  ``munged``, ``slurmctld`` and one ``slurmd``
+per node run in the foreground as this test's own processes, each in its own process group,
+and are stopped by pid; nothing on the machine (a system munged, another cluster) is touched.
+With several nodes, slurmctld runs on the first node and the nodes share the one munged
+through its socket file (as real nodes share a key).  Free ports are picked at start, so two
 clusters can't collide.
 
 Client commands need ``SLURM_CONF``: use ``cluster.env()`` (it also goes into every job,
@@ -50,11 +54,17 @@ def _binary(name: str) -> str:
 class LocalSlurm:
     """``with LocalSlurm(tmp_dir, cpus=2) as cluster: cluster.sbatch([...])``."""
 
-    def __init__(self, root: str | os.PathLike, cpus: int = 2, partition: str = "debug"):
+    def __init__(self, root: str | os.PathLike, cpus: int = 2, partition: str = "debug", network=None):
         self.root = Path(root)
         self.cpus = cpus
         self.partition = partition
-        self.node = socket.gethostname()
+        self.network = network  # a created NamespaceNetwork: one node per namespace
+        # node name -> the address SLURM (and the launch scripts) use for it
+        if network is None:
+            self.nodes = {socket.gethostname(): "127.0.0.1"}
+        else:
+            self.nodes = {name: network.addr(name) for name in network.nodes}
+        self.node = next(iter(self.nodes))  # the first node runs slurmctld
         self.conf = self.root / "slurm.conf"
         self.munge_socket = self.root / "munge" / "munge.socket"
         self._procs: dict[str, subprocess.Popen] = {}
@@ -67,7 +77,7 @@ class LocalSlurm:
         return env
 
     def start(self, timeout: float = 60) -> "LocalSlurm":
-        for sub in ("munge", "state", "spool", "log"):
+        for sub in ("munge", "state", "log", *(f"spool/{node}" for node in self.nodes)):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(self.root / "munge", 0o700)
         key = self.root / "munge" / "munge.key"
@@ -80,18 +90,19 @@ class LocalSlurm:
                                f"--seed-file={self.root / 'munge' / 'munged.seed'}",
                                f"--log-file={self.root / 'log' / 'munged.log'}"])
         self._wait(lambda: self.munge_socket.exists(), timeout, "munged did not create its socket")
-        self._spawn("slurmctld", [_binary("slurmctld"), "-D", "-i", "-f", str(self.conf)])
+        self._spawn("slurmctld", [_binary("slurmctld"), "-D", "-i", "-f", str(self.conf)], node=self.node)
         self._wait(lambda: self._run(["scontrol", "ping"], check=False).returncode == 0,
                    timeout, "slurmctld does not answer `scontrol ping`")
-        self._spawn("slurmd", [_binary("slurmd"), "-D", "-N", self.node, "-f", str(self.conf)])
-        self._wait(self._node_ready, timeout, "the node did not become idle")
+        for node in self.nodes:
+            self._spawn(f"slurmd-{node}", [_binary("slurmd"), "-D", "-N", node, "-f", str(self.conf)], node=node)
+        self._wait(self._nodes_ready, timeout, "the nodes did not become idle")
         return self
 
     def stop(self) -> None:
         """Cancel every job, then stop the daemons (newest first) by their own process groups."""
         if "slurmctld" in self._procs and self._procs["slurmctld"].poll() is None:
             self._run(["scancel", "--full", f"--partition={self.partition}"], check=False)
-        for name in ("slurmd", "slurmctld", "munged"):
+        for name in (*(f"slurmd-{node}" for node in self.nodes), "slurmctld", "munged"):
             proc = self._procs.pop(name, None)
             if proc is None or proc.poll() is not None:
                 continue
@@ -141,7 +152,7 @@ class LocalSlurm:
 
     def logs(self, tail: int = 3000) -> str:
         parts = []
-        for name in ("slurmctld.log", "slurmd.log"):
+        for name in ("slurmctld.log", *(f"slurmd-{node}.log" for node in self.nodes)):
             path = self.root / "log" / name
             if path.exists():
                 parts.append(f"--- {name}\n{path.read_text(errors='replace')[-tail:]}")
@@ -155,7 +166,9 @@ class LocalSlurm:
             raise RuntimeError(f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr.strip()}")
         return res
 
-    def _spawn(self, name: str, cmd: list[str]) -> None:
+    def _spawn(self, name: str, cmd: list[str], node: str | None = None) -> None:
+        if self.network is not None and node is not None:
+            cmd = self.network.wrap(node, cmd)
         log = open(self.root / "log" / f"{name}.stdout", "w")
         self._procs[name] = subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL, start_new_session=True)
@@ -173,9 +186,10 @@ class LocalSlurm:
             time.sleep(0.2)
         raise RuntimeError(f"{what} within {timeout:.0f} s\n{self.logs()}")
 
-    def _node_ready(self) -> bool:
-        res = self._run(["sinfo", "--noheader", "--format=%t", f"--nodes={self.node}"], check=False)
-        return res.returncode == 0 and res.stdout.strip() in ("idle", "mix", "alloc")
+    def _nodes_ready(self) -> bool:
+        res = self._run(["sinfo", "--noheader", "--format=%n %t", "--Node"], check=False)
+        states = dict(line.split() for line in res.stdout.splitlines() if line.strip())
+        return res.returncode == 0 and all(states.get(n) in ("idle", "mix", "alloc") for n in self.nodes)
 
     def _step_daemons(self) -> list[int]:
         """slurmstepd processes whose command line names this cluster's spool directory."""
@@ -197,7 +211,7 @@ class LocalSlurm:
         r = self.root
         self.conf.write_text("\n".join([
             "ClusterName=localtest",
-            f"SlurmctldHost={self.node}(127.0.0.1)",
+            f"SlurmctldHost={self.node}({self.nodes[self.node]})",
             f"SlurmctldPort={_free_port()}",
             f"SlurmdPort={_free_port()}",
             "SlurmUser=root",
@@ -208,11 +222,12 @@ class LocalSlurm:
             # (default 120 s); short here so requeue tests take seconds
             f"AuthInfo=socket={self.munge_socket},cred_expire=5",
             f"StateSaveLocation={r / 'state'}",
-            f"SlurmdSpoolDir={r / 'spool'}",
+            # one slurmd per node on one machine: %n (the node name) keeps their files apart
+            f"SlurmdSpoolDir={r / 'spool' / '%n'}",
             f"SlurmctldPidFile={r / 'slurmctld.pid'}",
-            f"SlurmdPidFile={r / 'slurmd.pid'}",
+            f"SlurmdPidFile={r / 'slurmd-%n.pid'}",
             f"SlurmctldLogFile={r / 'log' / 'slurmctld.log'}",
-            f"SlurmdLogFile={r / 'log' / 'slurmd.log'}",
+            f"SlurmdLogFile={r / 'log' / 'slurmd-%n.log'}",
             "SlurmctldDebug=info",
             "SlurmdDebug=info",
             # no cgroups in containers and on CI: track processes by parentage, bind nothing
@@ -235,7 +250,8 @@ class LocalSlurm:
             "KillWait=30",
             "InactiveLimit=0",
             "SlurmdTimeout=300",
-            f"NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory=2048 State=UNKNOWN",
+            *(f"NodeName={node} NodeAddr={addr} CPUs={self.cpus} RealMemory=2048 State=UNKNOWN"
+              for node, addr in self.nodes.items()),
             f"PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
             "",
         ]))

@@ -45,20 +45,22 @@ def reference(tiny_demo, tmp_path_factory) -> Path:
 
 
 class Job:
-    """One sbatch submission of a launch script and its output dir."""
+    """One sbatch submission of a launch script (the tiny run in CPU mode) and its output dir:
+    OUTPUT_ROOT/<job name>-<job id>, kept across requeues, or OUTPUT_DIR where extra_env sets it."""
 
-    def __init__(self, cluster: LocalSlurm, script: str, tmp: Path, tiny_demo, extra_env: dict | None = None):
+    def __init__(self, cluster: LocalSlurm, script: str, tmp: Path, tiny_demo, extra_env: dict | None = None,
+                 nodes: int = 1, nproc_per_node: int = 2, train_args: tuple = ()):
         self.cluster = cluster
         self.log_dir = tmp
         env = child_env({
-            "NPROC_PER_NODE": "2", "DEVICE": "cpu", "PYTHON": sys.executable,
-            "OUTPUT_ROOT": str(tmp / "runs"), "TRAIN_ARGS": " ".join([*data_args(tiny_demo), *RUN]),
+            "NPROC_PER_NODE": str(nproc_per_node), "DEVICE": "cpu", "PYTHON": sys.executable,
+            "OUTPUT_ROOT": str(tmp / "runs"), "TRAIN_ARGS": " ".join([*data_args(tiny_demo), *RUN, *train_args]),
             **(extra_env or {}),
         })
-        self.id = cluster.sbatch(["--gpus-per-node=0", "--nodes=1", "--cpus-per-task=2", "--time=20",
-                                  "--job-name=sv", f"--output={tmp}/%x-%j.out", str(REPO / "launch" / script)],
-                                 env=env, cwd=REPO)
-        self.out = tmp / "runs" / f"sv-{self.id}"  # OUTPUT_ROOT/<job name>-<job id>, kept across requeues
+        self.id = cluster.sbatch(["--gpus-per-node=0", f"--nodes={nodes}", f"--cpus-per-task={nproc_per_node}",
+                                  "--time=20", "--job-name=sv", f"--output={tmp}/%x-%j.out",
+                                  str(REPO / "launch" / script)], env=env, cwd=REPO)
+        self.out = Path(env["OUTPUT_DIR"]) if "OUTPUT_DIR" in env else tmp / "runs" / f"sv-{self.id}"
 
     @property
     def log(self) -> str:

@@ -68,3 +68,28 @@ def test_help_renders(capsys):
         build_parser().parse_args(["--help"])
     assert exc.value.code == 0
     assert "--warmup-steps" in capsys.readouterr().out
+
+
+def test_comm_options_parse_and_bad_choice_is_refused(capsys):
+    cfg, _ = parse_config(["--grad-compression", "bf16", "--ddp-bucket-mb", "4", "--gradient-as-bucket-view"])
+    assert (cfg.grad_compression, cfg.ddp_bucket_mb, cfg.gradient_as_bucket_view) == ("bf16", 4.0, True)
+    assert (TrainConfig().grad_compression, TrainConfig().ddp_bucket_mb) == ("none", 25.0)  # DDP's defaults
+    with pytest.raises(SystemExit):
+        parse_config(["--grad-compression", "int8"])
+    assert "invalid choice: 'int8'" in capsys.readouterr().err
+
+
+def test_comm_options_mismatch_names_each_changed_option():
+    from utils.config import comm_options_mismatch
+
+    saved = TrainConfig(grad_compression="bf16", ddp_bucket_mb=4.0).to_dict()
+    assert comm_options_mismatch(saved, TrainConfig(grad_compression="bf16", ddp_bucket_mb=4.0)) is None
+    msg = comm_options_mismatch(saved, TrainConfig(grad_compression="fp16", ddp_bucket_mb=4.0,
+                                                   gradient_as_bucket_view=True))
+    assert "--grad-compression bf16 -> fp16" in msg and "--gradient-as-bucket-view False -> True" in msg
+    assert "--ddp-bucket-mb" not in msg
+    # a checkpoint from before these options existed was trained with the defaults
+    old = {k: v for k, v in TrainConfig().to_dict().items()
+           if k not in ("grad_compression", "ddp_bucket_mb", "gradient_as_bucket_view")}
+    assert comm_options_mismatch(old, TrainConfig()) is None
+    assert "--grad-compression none -> bf16" in comm_options_mismatch(old, TrainConfig(grad_compression="bf16"))

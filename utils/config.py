@@ -105,6 +105,14 @@ class TrainConfig:
     nonfinite: str = _f("skip", "non-finite loss/gradients: skip the step (counted) or stop", ("skip", "stop"))
     max_nonfinite_skips: int = _f(20, "consecutive skipped steps before giving up")
     dist_timeout: float = _f(600.0, "seconds any collective may wait for a peer")
+    # --- gradient communication (DDP; README: Scaling out) --------------------------------------
+    grad_compression: str = _f("none", "all-reduce gradients in fp32 (none) or cast to bf16/fp16 for the "
+                               "all-reduce by PyTorch's DDP comm hook (half the bytes on the wire)",
+                               ("none", "bf16", "fp16"))
+    ddp_bucket_mb: float = _f(25.0, "DDP gradient bucket size in MiB (PyTorch's default); bigger buckets "
+                              "mean fewer, larger all-reduces, smaller ones start overlapping earlier")
+    gradient_as_bucket_view: bool = _f(False, "gradients are views into DDP's all-reduce buckets (saves "
+                                       "one gradient-sized copy and its memory)")
     # --- tracking -------------------------------------------------------------------------------
     tracking_uri: Optional[str] = _f(None, "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
                                      "sqlite:///<output-dir>/mlflow.db)")
@@ -238,3 +246,21 @@ def parse_key_values(spec: str, what: str, value_type=float, sep: str = "=") -> 
         except ValueError as exc:
             raise ValueError(f"{what}: bad value in {item!r}") from exc
     return out
+
+
+# Options that decide how gradients are summed across ranks.  A resumed run must keep them:
+# it continues the same MLflow run, whose logged parameters cannot change, and compression or
+# another bucketing changes the sums (and with them the bitwise-exact resume).
+COMM_OPTIONS = ("grad_compression", "ddp_bucket_mb", "gradient_as_bucket_view")
+
+
+def comm_options_mismatch(saved_config: dict[str, Any], cfg: TrainConfig) -> str | None:
+    """Why a checkpoint written with ``saved_config`` must not resume under ``cfg`` (None if it
+    may).  Checkpoints from before these options existed were written with the defaults."""
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    changed = [f"--{name.replace('_', '-')} {saved_config.get(name, defaults[name])} -> {getattr(cfg, name)}"
+               for name in COMM_OPTIONS if saved_config.get(name, defaults[name]) != getattr(cfg, name)]
+    if not changed:
+        return None
+    return ("was trained with other gradient-communication options (" + ", ".join(changed) + "); resume "
+            "with the options it was trained with or start a new --output-dir")

@@ -2,13 +2,19 @@
 
 Works the same under ``torchrun`` (RANK / LOCAL_RANK / WORLD_SIZE set) and as a plain
 ``python train_ddp.py`` (no process group at all; every collective becomes a no-op).
+Also: the check that all nodes of a SLURM job formed one world, each rank's record of where
+it ran, and DDP's gradient compression hooks.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import os
+import socket
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -75,6 +81,7 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo
         if use_cuda:
             kwargs["device_id"] = dev
         dist.init_process_group(**kwargs)
+        refuse_split_world(dist.get_world_size(), rank)
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=dev, backend=backend)
 
 
@@ -132,3 +139,82 @@ def all_gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     out: list[Any] = [None] * info.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+def slurm_world_size(env=os.environ) -> tuple[int, str] | None:
+    """The world SLURM launched, when this process is a torchrun worker inside an srun step:
+    one torchrun per task, LOCAL_WORLD_SIZE workers each.  None elsewhere (a plain torchrun, a
+    torchrun in the batch script itself, which is not an srun step)."""
+    tasks, local = env.get("SLURM_STEP_NUM_TASKS"), env.get("LOCAL_WORLD_SIZE")
+    if not tasks or not local or not env.get("TORCHELASTIC_RUN_ID"):
+        return None
+    try:
+        return int(tasks) * int(local), f"SLURM_STEP_NUM_TASKS={tasks} torchruns x LOCAL_WORLD_SIZE={local}"
+    except ValueError:
+        return None
+
+
+def refuse_split_world(world_size: int, rank: int, env=os.environ) -> None:
+    """Stop at once if the process group is not the job SLURM started.  Smaller: the nodes met at
+    different rendezvous (the one-node command run on every node, an endpoint each node resolves
+    to itself) and formed separate worlds, which would train separate models into one output
+    dir.  Larger: processes from outside this job step joined its rendezvous."""
+    expected = slurm_world_size(env)
+    if expected is None or expected[0] == world_size:
+        return
+    dist.destroy_process_group()
+    if world_size < expected[0]:
+        why = ("the nodes formed separate worlds instead of meeting at one rendezvous. Launch one torchrun "
+               "per node with the same --rdzv-endpoint on the first node (launch/slurm_multi_node.sbatch "
+               "does), not a one-node command (--standalone, --nnodes=1) on every node")
+    else:
+        why = "processes from outside this job step joined its rendezvous (another job with the same endpoint and id?)"
+    raise SystemExit(f"rank {rank} on {socket.gethostname()}: the process group has {world_size} ranks but SLURM "
+                     f"started {expected[0]} ({expected[1]}); {why}. Refusing to train.")
+
+
+def record_rank(info: DistInfo, directory: Path) -> None:
+    """Append where this rank runs and which rendezvous it joined to DIR/rank-<rank>.jsonl (one
+    line per start, so requeued incarnations are kept): the first thing to read when nodes hang
+    or fail to meet."""
+    if not info.distributed:
+        return
+    master = (os.environ.get("MASTER_ADDR", ""), _env_int("MASTER_PORT", 0))
+    record = {
+        "time": time.time(), "rank": info.rank, "local_rank": info.local_rank, "world_size": info.world_size,
+        "node_rank": _env_int("GROUP_RANK", -1), "hostname": socket.gethostname(), "pid": os.getpid(),
+        "master_addr": master[0], "master_port": master[1], "local_addr": _route_source(*master),
+        **{name.lower(): os.environ.get(name) for name in
+           ("SLURMD_NODENAME", "SLURM_JOB_ID", "SLURM_RESTART_COUNT", "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")},
+    }
+    path = directory / f"rank-{info.rank}.jsonl"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+    except OSError as exc:  # a diagnostic record must never stop training
+        print(f"warning: rank {info.rank}: could not write {path}: {exc}", flush=True)
+
+
+def _route_source(host: str, port: int) -> str | None:
+    """This machine's address on the route to host (a UDP connect sends nothing)."""
+    if not host:
+        return None
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((host, port or 9))
+            return s.getsockname()[0]
+    except OSError:
+        return None
+
+
+def register_grad_compression(ddp_model, compression: str) -> None:
+    """--grad-compression: PyTorch's built-in hooks cast each bucket to bf16/fp16 (after dividing
+    by the world size), all-reduce it and cast back; "none" keeps DDP's fp32 all-reduce."""
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    hooks = {"none": None, "bf16": default_hooks.bf16_compress_hook, "fp16": default_hooks.fp16_compress_hook}
+    if compression not in hooks:
+        raise ValueError(f"--grad-compression {compression!r}: expected one of {', '.join(hooks)}")
+    if hooks[compression] is not None:
+        ddp_model.register_comm_hook(state=None, hook=hooks[compression])
