@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets import (
+    Augmentation,
     CachedClipDataset,
     ExactShardSampler,
     FrameCache,
@@ -89,6 +90,11 @@ DEMO_PRESET = dict(
     dropout=0.2, num_workers=2, checkpoint_every=0, val_every=1, patience=0, warmup_steps=20,
     output_dir="runs/demo",
 )
+
+# The training augmentation, one definition for decoded videos and the frame cache alike
+# (datasets/augment.py): per sample, jittered frame segments, then a random resized crop
+# (area fraction, aspect ratio) and a horizontal flip.  Evaluation uses none of it.
+TRAIN_AUGMENTATION = Augmentation(crop_scale=(0.6, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_p=0.5)
 
 
 def log0(info: DistInfo, *msg) -> None:
@@ -632,10 +638,11 @@ def make_clip_dataset(source, names: list[str], targets: dict, cfg: TrainConfig,
     if isinstance(source, FrameCache):
         jpeg_on_device = cfg.cache_decode == "device" or (cfg.cache_decode == "auto" and on_gpu)
         return CachedClipDataset(source, video_names=names, targets=targets, num_frames=cfg.frames, size=cfg.size,
-                                 train=train, seed=cfg.seed, bad_video=cfg.bad_video,
+                                 train=train, seed=cfg.seed, bad_video=cfg.bad_video, augment=TRAIN_AUGMENTATION,
                                  jpeg_decode="device" if jpeg_on_device else "worker")
     return VideoClipDataset(video_root=cfg.videos, video_names=names, targets=targets, num_frames=cfg.frames,
-                            size=cfg.size, train=train, seed=cfg.seed, bad_video=cfg.bad_video, index=source)
+                            size=cfg.size, train=train, seed=cfg.seed, bad_video=cfg.bad_video,
+                            augment=TRAIN_AUGMENTATION, index=source)
 
 
 def report_missing_videos(train_set, val_set, cfg: TrainConfig, info: DistInfo) -> None:

@@ -23,11 +23,14 @@ _EXPORTS: dict[str, str] = {
     "probe_video": "video",
     "sample_clip_indices": "video",
     "write_video": "video",
+    # augment.py: the training augmentation (what is drawn per sample, one function applying it)
+    "Augmentation": "augment",
+    "DEFAULT_CROP_SCALE": "augment",
+    "DEFAULT_CROP_RATIO": "augment",
+    "resized_crop_flip": "augment",
     # transforms.py: clip transforms and device-side normalization
     "IMAGENET_MEAN": "transforms",
     "IMAGENET_STD": "transforms",
-    "DEFAULT_CROP_SCALE": "transforms",
-    "DEFAULT_CROP_RATIO": "transforms",
     "ClipTransform": "transforms",
     "normalize_on_device": "transforms",
     # clips.py: the map-style Dataset and its collate

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .transforms import DEFAULT_CROP_RATIO, DEFAULT_CROP_SCALE, sample_resized_crop_box
+from .augment import Augmentation
 from .samplers import parse_key
 from .video import BadVideoError, sample_clip_indices
 
@@ -365,12 +365,11 @@ class CachedClipDataset(torch.utils.data.Dataset):
     normalization are applied to the whole batch on the device by
     :func:`datasets.gpu_augment.augment_on_device`.  Randomness comes only from
     ``default_rng([seed, epoch, index])``, drawn in the same order as the video Dataset
-    (T segment offsets, then the crop box, then the flip).
+    (T segment offsets, then ``augment.draw``: the crop box and the flip; datasets/augment.py).
 
     Training: T of the K stored frames by jittered segments (when K == T all of them, so no
-    temporal jitter: build the cache with more frames, e.g. 32, to get it); a random
-    resized crop box inside the S x S frame (area ``crop_scale``, ratio ``crop_ratio``); a
-    horizontal flip with probability ``flip_p``.  Evaluation: segment centres, the whole
+    temporal jitter: build the cache with more frames, e.g. 32, to get it); the crop box inside
+    the S x S frame and the flip of ``augment``.  Evaluation: segment centres, the whole
     S x S frame resized to ``size`` (the field of view of the video Dataset's short-side
     resize + centre crop, resampled twice instead of once).
 
@@ -392,9 +391,7 @@ class CachedClipDataset(torch.utils.data.Dataset):
         train: bool = False,
         seed: int = 0,
         bad_video: str = "skip",
-        crop_scale: tuple[float, float] = DEFAULT_CROP_SCALE,
-        crop_ratio: tuple[float, float] = DEFAULT_CROP_RATIO,
-        flip_p: float = 0.5,
+        augment: Augmentation | None = None,
         jpeg_decode: str = "worker",
     ) -> None:
         if bad_video not in ("skip", "error"):
@@ -415,7 +412,7 @@ class CachedClipDataset(torch.utils.data.Dataset):
         self.rows = np.array([self.cache.row(n) for n in names], dtype=np.int64)
         self.num_frames, self.size, self.train, self.seed = num_frames, size, train, seed
         self.bad_video = bad_video
-        self.crop_scale, self.crop_ratio, self.flip_p = crop_scale, crop_ratio, flip_p
+        self.augment = augment or Augmentation()
         self.jpeg_decode = jpeg_decode if self.cache.params.storage == "jpeg" else "worker"
 
     def __len__(self) -> int:
@@ -432,8 +429,8 @@ class CachedClipDataset(torch.utils.data.Dataset):
         indices = sample_clip_indices(self.cache.params.frames, self.num_frames, rng)
         if rng is None:
             return indices, (0, 0, stored, stored), False
-        box = sample_resized_crop_box(stored, stored, self.crop_scale, self.crop_ratio, rng)
-        return indices, box, bool(rng.random() < self.flip_p)
+        box, flip = self.augment.draw(rng, stored, stored)
+        return indices, box, flip
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, index = parse_key(key)

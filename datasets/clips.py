@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .augment import Augmentation
 from .transforms import ClipTransform
 from .samplers import parse_key
 from .video import BadVideoError, decode_clip
@@ -121,7 +122,8 @@ class VideoClipDataset(torch.utils.data.Dataset):
         seed: base of the per-sample rng ``default_rng([seed, epoch, index])``.
         bad_video: ``"skip"`` (return the sample with ``error`` set) or ``"error"`` (raise
             :class:`BadVideoError` naming the path).
-        transform: overrides the default ``ClipTransform(size, train)``.
+        augment: the training augmentation (datasets/augment.py; default ``Augmentation()``).
+        transform: overrides the default ``ClipTransform(size, train, augment)``.
         decode_threads: FFmpeg decoder threads per clip; 1 because workers already share
             the cores.
         index: a :class:`VideoIndex` to reuse (e.g. one scan for train and val).
@@ -138,6 +140,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
         train: bool = False,
         seed: int = 0,
         bad_video: str = "skip",
+        augment: Augmentation | None = None,
         transform: ClipTransform | None = None,
         decode_threads: int = 1,
         index: VideoIndex | None = None,
@@ -168,7 +171,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
         self.train = train
         self.seed = seed
         self.bad_video = bad_video
-        self.transform = transform if transform is not None else ClipTransform(size=size, train=train)
+        self.transform = transform or ClipTransform(size=size, train=train, augment=augment or Augmentation())
         self.decode_threads = decode_threads
 
     def __len__(self) -> int:

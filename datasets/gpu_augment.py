@@ -1,17 +1,12 @@
-"""Crop, resize, flip and normalize a batch of cached uint8 clips on the device.
+"""The model's input on the device: normalization, and for the frame cache the training
+augmentation (datasets/augment.py) applied to the whole batch.
 
 The CPU costs 8-10 ms per clip to turn uint8 into normalized float, more than reading a
 cached clip, so the DataLoader workers of :class:`datasets.cache.CachedClipDataset` only
-read bytes and draw each sample's crop box and flip (from its own seeded rng); this module
-applies them to the whole batch where the model runs.
-
-Per sample: crop ``(top, left, height, width)`` of the S x S stored frames, resize to
-``size`` x ``size`` (bilinear, antialiased when shrinking: the same operation as
-``torchvision.transforms.v2.functional.resized_crop`` in the video Dataset, but on float
-values, so without its rounding back to uint8), flip if asked, then ImageNet
-normalization for the whole batch.  Samples sharing one box (all of them in evaluation)
-are resized in a single call; different boxes are resized one sample at a time: a few
-dozen small kernel launches per step, negligible next to a ResNet3D step.
+read bytes and draw each sample's crop box and flip (``Augmentation.draw``, from its own
+seeded rng); this module applies them with ``resized_crop_flip`` -- the function the video
+path applies in its workers -- on float values (no rounding back to uint8), then ImageNet
+normalization for the whole batch.
 """
 
 from __future__ import annotations
@@ -19,8 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
+from .augment import resized_crop_flip
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_on_device
 
 __all__ = ["resized_crop_flip_normalize", "decode_jpeg_batch", "augment_on_device", "model_input"]
@@ -32,13 +27,6 @@ def _normalize_(x: torch.Tensor, mean, std) -> torch.Tensor:
     mean_255 = torch.tensor(mean, dtype=x.dtype, device=x.device).view(shape) * 255
     inv_std_255 = 1.0 / (torch.tensor(std, dtype=x.dtype, device=x.device).view(shape) * 255)
     return x.sub_(mean_255).mul_(inv_std_255)
-
-
-def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, C, h, w) float -> (B, C, size, size); unchanged when already that size."""
-    if x.shape[-2:] == (size, size):
-        return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
 def resized_crop_flip_normalize(
@@ -58,27 +46,7 @@ def resized_crop_flip_normalize(
     """
     if video.dtype != torch.uint8 or video.ndim != 5:
         raise ValueError(f"expected uint8 clips (N, C, T, H, W), got {video.dtype} {tuple(video.shape)}")
-    n, c, t, height, width = video.shape
-    boxes = [tuple(int(v) for v in b) for b in crop_boxes.tolist()]
-    if len(boxes) != n or len(flips) != n:
-        raise ValueError(f"{n} clips but {len(boxes)} crop boxes and {len(flips)} flips")
-    for i, (top, left, h, w) in enumerate(boxes):
-        if h <= 0 or w <= 0 or top < 0 or left < 0 or top + h > height or left + w > width:
-            raise ValueError(f"crop box {boxes[i]} of sample {i} is outside its {height}x{width} frames")
-    out = torch.empty((n, c, t, size, size), dtype=dtype, device=video.device)
-    if n and all(b == boxes[0] for b in boxes):
-        top, left, h, w = boxes[0]
-        crop = video[:, :, :, top:top + h, left:left + w].reshape(n * c, t, h, w).to(dtype)
-        out.copy_(_resize(crop, size).view(n, c, t, size, size))
-    else:
-        # interpolate treats (C, T, h, w) as a batch of C images with T channels: one call per clip.
-        for i, (top, left, h, w) in enumerate(boxes):
-            out[i] = _resize(video[i, :, :, top:top + h, left:left + w].to(dtype), size)
-    flip_rows = torch.as_tensor(flips, dtype=torch.bool).nonzero().flatten().tolist()
-    if flip_rows:
-        rows = torch.tensor(flip_rows, device=video.device)
-        out[rows] = out[rows].flip(-1)
-    return _normalize_(out, mean, std)
+    return _normalize_(resized_crop_flip(video.to(dtype), crop_boxes, flips, size), mean, std)
 
 
 def decode_jpeg_batch(data: torch.Tensor, lengths: torch.Tensor, num_clips: int,

@@ -4,47 +4,36 @@ The pipeline runs in DataLoader workers on uint8 (4x less memory and copy traffi
 float); conversion to float and ImageNet normalization happen later, on the device, in
 :func:`normalize_on_device`.
 
-Evaluation (deterministic):
-    resize the short side to ``size`` (bilinear, antialiased), then centre-crop
-    ``size`` x ``size``.
-Training (parameters from the per-sample numpy rng; one draw per clip, so every frame
-of a clip gets the same crop and flip and motion stays coherent):
-    random resized crop: a box covering a fraction of the frame area drawn uniformly from
-    ``crop_scale`` (default 0.6-1.0) with aspect ratio w/h log-uniform in ``crop_ratio``
-    (default 3/4-4/3) is resized to ``size`` x ``size``.  The area range is milder than the
-    ImageNet default (0.08-1) on purpose: people count and distance are spatial labels, and
-    a small crop can cut people out of the picture and make the label false.
-    Then a horizontal flip with probability ``flip_p`` (0.5).  Flips keep every label
-    true (facingness and distance do not depend on left/right).
+Evaluation (deterministic): resize the short side to ``size`` (bilinear, antialiased), then
+centre-crop ``size`` x ``size``.
+Training: the training augmentation of datasets/augment.py (random resized crop + horizontal
+flip, drawn from the per-sample rng), applied here to the clip's decoded frames -- the same
+definition the frame cache applies on the device.
 Legacy ``.pt`` clips (float, already normalized, already model-sized): evaluation leaves
 them unchanged; training applies only the horizontal flip.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
+from .augment import Augmentation, resized_crop_flip
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
-    "DEFAULT_CROP_SCALE",
-    "DEFAULT_CROP_RATIO",
     "ClipTransform",
     "frames_to_tensor",
     "resize_center_crop",
-    "sample_resized_crop_box",
     "normalize_on_device",
 ]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-DEFAULT_CROP_SCALE: tuple[float, float] = (0.6, 1.0)
-DEFAULT_CROP_RATIO: tuple[float, float] = (3 / 4, 4 / 3)
 
 
 def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
@@ -60,61 +49,22 @@ def resize_center_crop(video: torch.Tensor, size: int) -> torch.Tensor:
     return TF.center_crop(video, [size, size])
 
 
-def sample_resized_crop_box(
-    height: int,
-    width: int,
-    scale: tuple[float, float],
-    ratio: tuple[float, float],
-    rng: np.random.Generator,
-) -> tuple[int, int, int, int]:
-    """(top, left, box_height, box_width) of a random box inside a height x width frame.
-
-    Area fraction uniform in ``scale``, aspect ratio (w/h) log-uniform in ``ratio``; up to
-    10 draws, then the largest centred box whose ratio is clamped into ``ratio``.
-    """
-    area = height * width
-    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    for _ in range(10):
-        target_area = area * rng.uniform(scale[0], scale[1])
-        aspect = math.exp(rng.uniform(log_lo, log_hi))
-        box_w = int(round(math.sqrt(target_area * aspect)))
-        box_h = int(round(math.sqrt(target_area / aspect)))
-        if 0 < box_w <= width and 0 < box_h <= height:
-            top = int(rng.integers(0, height - box_h + 1))
-            left = int(rng.integers(0, width - box_w + 1))
-            return top, left, box_h, box_w
-    frame_ratio = width / height
-    if frame_ratio < ratio[0]:
-        box_w, box_h = width, int(round(width / ratio[0]))
-    elif frame_ratio > ratio[1]:
-        box_h, box_w = height, int(round(height * ratio[1]))
-    else:
-        box_w, box_h = width, height
-    return (height - box_h) // 2, (width - box_w) // 2, box_h, box_w
-
-
 @dataclass(frozen=True)
 class ClipTransform:
     """Callable ``(frames (T, H, W, 3) uint8, rng) -> uint8 tensor (3, T, size, size)``.
 
     ``train=False``: resize short side + centre crop (``rng`` unused, may be None).
-    ``train=True``: random resized crop + horizontal flip drawn from ``rng``.
+    ``train=True``: ``augment`` drawn from ``rng`` and applied by ``resized_crop_flip``.
     Picklable, so it travels to DataLoader workers with the Dataset.
     """
 
     size: int = 224
     train: bool = False
-    crop_scale: tuple[float, float] = DEFAULT_CROP_SCALE
-    crop_ratio: tuple[float, float] = DEFAULT_CROP_RATIO
-    flip_p: float = 0.5
+    augment: Augmentation = field(default_factory=Augmentation)
 
     def __post_init__(self) -> None:
         if self.size <= 0:
             raise ValueError(f"size must be positive, got {self.size}")
-        if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
-            raise ValueError(f"crop_scale must satisfy 0 < lo <= hi <= 1, got {self.crop_scale}")
-        if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
-            raise ValueError(f"crop_ratio must satisfy 0 < lo <= hi, got {self.crop_ratio}")
 
     def _needs_rng(self, rng: np.random.Generator | None) -> np.random.Generator:
         if rng is None:
@@ -122,22 +72,15 @@ class ClipTransform:
         return rng
 
     def __call__(self, frames: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
-        video = frames_to_tensor(frames)
+        video = frames_to_tensor(frames)  # (T, C, H, W)
         if not self.train:
-            video = resize_center_crop(video, self.size)
-        else:
-            rng = self._needs_rng(rng)
-            top, left, box_h, box_w = sample_resized_crop_box(
-                video.shape[-2], video.shape[-1], self.crop_scale, self.crop_ratio, rng
-            )
-            video = TF.resized_crop(video, top, left, box_h, box_w, [self.size, self.size], antialias=True)
-            if rng.random() < self.flip_p:
-                video = TF.horizontal_flip(video)
-        return video.permute(1, 0, 2, 3).contiguous()  # (T, C, H, W) -> (C, T, H, W)
+            return resize_center_crop(video, self.size).permute(1, 0, 2, 3).contiguous()  # (C, T, H, W)
+        box, flip = self.augment.draw(self._needs_rng(rng), video.shape[-2], video.shape[-1])
+        return resized_crop_flip(video.transpose(0, 1)[None], [box], [flip], self.size)[0]
 
     def legacy(self, video: torch.Tensor, rng: np.random.Generator | None = None) -> torch.Tensor:
         """Transform for legacy pre-normalized float clips (3, T, H, W): flip only, in training."""
-        if self.train and self._needs_rng(rng).random() < self.flip_p:
+        if self.train and self.augment.legacy_flip(self._needs_rng(rng)):
             video = video.flip(-1)
         return video.contiguous()
 

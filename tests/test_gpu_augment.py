@@ -62,15 +62,13 @@ def test_evaluation_batch_is_one_resize_or_plain_normalization():
 
 def test_matches_the_video_pipeline_train_transform_up_to_uint8_rounding():
     """The same rng draws through ClipTransform (uint8, on CPU workers) and through the device path."""
-    from datasets.transforms import sample_resized_crop_box
+    from datasets.augment import Augmentation
 
     video = clips(3, n=1)
     frames = video[0].permute(1, 2, 3, 0).numpy()  # (T, H, W, C) as decoded
     for seed in range(6):
         cpu = normalize_on_device(ClipTransform(size=32, train=True)(frames, np.random.default_rng(seed)))
-        rng = np.random.default_rng(seed)
-        box = sample_resized_crop_box(S, S, (0.6, 1.0), (3 / 4, 4 / 3), rng)
-        flip = rng.random() < 0.5
+        box, flip = Augmentation().draw(np.random.default_rng(seed), S, S)
         out = resized_crop_flip_normalize(video, torch.tensor([box]), torch.tensor([flip]), 32)[0]
         # uint8 rounding in the CPU path: at most ~1 level = 1 / (255 * 0.225)
         assert (out - cpu).abs().max().item() < 2.5 / (255 * 0.225), seed

@@ -4,13 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from datasets.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ClipTransform,
-    normalize_on_device,
-    sample_resized_crop_box,
-)
+from datasets.augment import Augmentation, sample_resized_crop_box
+from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, ClipTransform, normalize_on_device
 
 
 def still_clip(num_frames=6, height=50, width=80, seed=0):
@@ -66,7 +61,7 @@ def test_train_flip_rate_is_about_half():
     frame = np.zeros((40, 40, 3), np.uint8)
     frame[:, 20:] = 255
     clip = frame[None].repeat(2, 0)
-    transform = ClipTransform(size=16, train=True, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
+    transform = ClipTransform(size=16, train=True, augment=Augmentation(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0)))
     flipped = [transform(clip, np.random.default_rng(s))[0, 0, 8, 0].item() > 128 for s in range(200)]
     assert 70 < sum(flipped) < 130
 
@@ -89,7 +84,11 @@ def test_crop_box_within_frame_and_scale(height, width):
 
 def test_invalid_settings_are_rejected():
     with pytest.raises(ValueError, match="crop_scale"):
-        ClipTransform(crop_scale=(0.0, 1.0))
+        Augmentation(crop_scale=(0.0, 1.0))
+    with pytest.raises(ValueError, match="crop_ratio"):
+        Augmentation(crop_ratio=(2.0, 1.0))
+    with pytest.raises(ValueError, match="flip_p"):
+        Augmentation(flip_p=1.5)
     with pytest.raises(ValueError, match="size"):
         ClipTransform(size=0)
 
