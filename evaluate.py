@@ -52,6 +52,7 @@ from datasets import (
 )
 from datasets.human_ratings import video_key
 from datasets.splits import select_split
+from inference import infer_dataset, load_inference_model
 from utils.distributed import destroy_distributed, init_distributed
 from utils.eval_logging import EvalLogger
 from utils.evaluation import (
@@ -63,7 +64,6 @@ from utils.evaluation import (
     write_csv,
     write_json,
 )
-from utils.inference import infer_dataset, load_inference_model
 from utils.metrics import evaluation_metrics
 from utils.reliability import compare_with_humans
 from utils.tracking import default_tracking_uri
@@ -185,7 +185,7 @@ def print_human_table(report: dict) -> None:
           f"{'gpt/ceil':>9} {'model-indiv':>11} {'human-human':>11}")
     for task, e in report["features"].items():
         def f(key):
-            v = e.get(key)
+            v = e.get(key)  # noqa: B023 (called at once, in this iteration)
             return "n/a" if v is None or not np.isfinite(v) else f"{v:.3f}"
         print(f"  {task:<14} {e.get('n_videos', 0):>6} {f('model_vs_mean_human'):>7} {f('gpt_vs_mean_human'):>7} "
               f"{f('noise_ceiling'):>8} {f('model_fraction_of_ceiling'):>10} {f('gpt_fraction_of_ceiling'):>9} "

@@ -39,7 +39,7 @@ import argparse
 import os
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -61,15 +61,9 @@ from features.pooling import POOLS, average_views, pool, pooled_shape
 from features.projection import NONZEROS_PER_INPUT, SparseRandomProjection, layer_seed
 from features.provenance import peak_rss_mib, rss_mib, sha256_file, sha256_rows, versions
 from features.store import FORMAT_VERSION, PENDING, FeatureStore, FeatureStoreError
+from inference import clips_to_model_input, load_inference_model, place_model, random_init_model, shard_loader
 from utils.distributed import all_gather_objects, broadcast_object, destroy_distributed, init_distributed
-from utils.inference import (
-    clips_to_model_input,
-    inference_dtype,
-    load_inference_model,
-    place_model,
-    random_init_model,
-    shard_loader,
-)
+from utils.precision import resolve_amp
 
 HEAD = "last_linear"
 DEFAULT_LAYERS = "layer1,layer2,layer3,layer4"
@@ -293,7 +287,7 @@ def prepare_store(store, args, info, spec, layers, inputs, failed, source, tempo
                 store.fail_rows(rows, [failed[i] for i in rows])
                 earlier = store.read_manifest().get("attempts", []) if outcome == "resumed" else []
                 manifest["attempts"] = [*earlier, {
-                    "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "started": datetime.now(UTC).isoformat(timespec="seconds"),
                     "world_size": info.world_size, "device": str(info.device), "batch_size": args.batch_size,
                     "versions": manifest["versions"]}]
                 store.write_manifest(manifest)  # an attempt that is killed stays on record, without results
@@ -379,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         layers = choose_layers(args.layers, available, spec)
         inputs, dataset, failed, source = build_inputs(args, spec, temporal, spatial)
-        autocast = inference_dtype(args.amp, info.device)
+        autocast = resolve_amp(args.amp, info.device, quiet=not info.is_main)
         store = FeatureStore(args.output, [layer.name for layer in layers], rank=info.rank)
         outcome, manifest = prepare_store(store, args, info, spec, layers, inputs, failed, source, temporal,
                                           spatial, autocast)
@@ -387,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
             log0(info, f"{args.output} already holds this extraction, complete; nothing to do")
             return 0
         pending = np.flatnonzero(store.status() == PENDING)
-        log0(info, f"extracting {', '.join(l.name for l in layers)} (--pool {args.pool}) of "
+        log0(info, f"extracting {', '.join(layer.name for layer in layers)} (--pool {args.pool}) of "
                    f"{len(pending)} of {len(inputs)} videos" + (" (continuing)" if outcome == "resumed" else "")
                    + f" with ResNet3D-{spec.depth} ({spec.kind}), {spec.frames}x{spec.size}px, {temporal}x{spatial} "
                    f"views, on {info.world_size} process(es), {info.device}")

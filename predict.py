@@ -27,9 +27,9 @@ import torch
 
 from datasets import MultiViewClipDataset, VideoIndex, parse_views
 from datasets.video_paths import VIDEO_EXTENSIONS, collect_video_paths, parse_extensions
+from inference import infer_dataset, load_inference_model
 from utils.distributed import destroy_distributed, init_distributed
 from utils.evaluation import prediction_frame, write_csv
-from utils.inference import infer_dataset, load_inference_model
 
 
 def build_parser() -> argparse.ArgumentParser:

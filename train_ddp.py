@@ -54,6 +54,7 @@ from datasets import (
     load_annotation_table,
     model_input,
     scan_video_root,
+    split_indices,
 )
 from losses import MultiTaskLoss
 from resnet3d import UnfreezeSchedule, build_model, freeze, load_pretrained, no_weight_decay
@@ -67,11 +68,13 @@ from utils.distributed import (
     broadcast_buffers,
     broadcast_object,
     destroy_distributed,
+    gather_rows,
     init_distributed,
     record_rank,
     register_grad_compression,
 )
 from utils.metrics import task_metrics
+from utils.precision import resolve_amp
 from utils.predictions import ServingModel, prediction_columns
 from utils.rng import capture_rng_state, restore_rng_state
 from utils.schedules import build_lr_scheduler
@@ -404,23 +407,22 @@ def validate(t: Training, loader: DataLoader, info: DistInfo) -> dict[str, float
             local["targets"].setdefault(k, []).append(v.numpy())
     all_reduce_sum(sums, info)
     all_reduce_sum(counts, info)
-    parts = [g for g in all_gather_objects(concatenate_parts(local), info) if len(g["indices"])]
-    if not parts:
+    indices = np.concatenate(local["indices"]) if local["indices"] else np.zeros(0, np.int64)
+    joined = {part: {k: np.concatenate(v) for k, v in local[part].items()} for part in ("logits", "targets")}
+    predicted, logits = gather_rows(indices, joined["logits"], len(loader.dataset), info)
+    _, targets = gather_rows(indices, joined["targets"], len(loader.dataset), info)
+    if np.any(predicted > 1):
+        raise RuntimeError(f"validation saw clips {np.flatnonzero(predicted > 1)[:10].tolist()} on more than one rank")
+    if not predicted.any() or not logits:
         return {}
-    order = np.argsort(np.concatenate([g["indices"] for g in parts]), kind="stable")
-    logits = {k: np.concatenate([g["logits"][k] for g in parts])[order] for k in parts[0]["logits"]}
-    targets = {k: np.concatenate([g["targets"][k] for g in parts])[order] for k in parts[0]["targets"]}
+    done = predicted == 1  # clips whose video failed to load are left out (reported as bad videos)
+    logits = {k: v[done] for k, v in logits.items()}
+    targets = {k: v[done] for k, v in targets.items()}
     metrics = {f"val/{k}": v for k, v in task_metrics(logits, targets, tasks).items()}
     for i, task in enumerate(tasks):
         metrics[f"val/{task}/loss"] = (sums[i] / counts[i]).item() if counts[i] > 0 else math.nan
-    metrics["val/clips"] = float(len(order))
+    metrics["val/clips"] = float(done.sum())
     return metrics
-
-
-def concatenate_parts(local: dict) -> dict:
-    return {"indices": np.concatenate(local["indices"]) if local["indices"] else np.zeros(0, np.int64),
-            "logits": {k: np.concatenate(v) for k, v in local["logits"].items()},
-            "targets": {k: np.concatenate(v) for k, v in local["targets"].items()}}
 
 
 def log_validation(metrics: dict[str, float], state: TrainState, tracker: RunTracker, info: DistInfo) -> None:
@@ -519,14 +521,6 @@ class Checkpointer:
 # ------------------------------------------------------------------------------------------------
 # 1-3, 5, 7: set-up and the end
 # ------------------------------------------------------------------------------------------------
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
-        return None
-    if amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-
-
 def configure_device(cfg: TrainConfig, info: DistInfo) -> tuple[torch.dtype | None, bool]:
     """Determinism, cuDNN/TF32 flags, the autocast dtype and channels_last_3d for this device."""
     if cfg.deterministic:
@@ -537,14 +531,7 @@ def configure_device(cfg: TrainConfig, info: DistInfo) -> tuple[torch.dtype | No
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark and not cfg.deterministic
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    amp_dtype = resolve_amp(cfg.amp, info.device)
-    if amp_dtype == torch.bfloat16 and not on_gpu and torch.backends.mkldnn.enabled:
-        # Measured with torch 2.14.1: oneDNN's bf16 conv3d backward on CPU returns non-deterministic,
-        # sometimes non-finite gradients (and crashes on 4-frame inputs).  The native kernels are
-        # slower but correct, and bf16 on a CPU is only ever asked for explicitly.
-        torch.backends.mkldnn.enabled = False
-        log0(info, "--amp bf16 on CPU: oneDNN disabled (its bf16 conv3d backward is broken in this "
-                   "PyTorch build); expect slow steps")
+    amp_dtype = resolve_amp(cfg.amp, info.device, quiet=not info.is_main)  # bf16 on a CPU: oneDNN off
     if cfg.bn == "sync" and not on_gpu:
         raise SystemExit("--bn sync needs GPUs (SyncBatchNorm has no CPU kernel); use --bn train or eval")
     return amp_dtype, cfg.channels_last == "on" or (cfg.channels_last == "auto" and on_gpu)
@@ -576,10 +563,10 @@ def build_data(cfg: TrainConfig, tasks, info: DistInfo) -> Data:
     table, table_report = load_annotation_table(cfg.annotations, tasks=tasks)
     split = assign_splits(table, method=cfg.split, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction)
     targets = build_targets(table, tasks)
-    train_rows = np.flatnonzero((split == "train").to_numpy())
-    val_rows = np.flatnonzero((split == "val").to_numpy())
+    rows = split_indices(split.to_numpy())
+    train_rows, val_rows = rows["train"], rows["val"]
     log0(info, f"annotations {cfg.annotations}: {len(table)} videos -> train {len(train_rows)}, "
-               f"val {len(val_rows)}, test {int((split == 'test').sum())}")
+               f"val {len(val_rows)}, test {len(rows['test'])}")
     if table_report is not None and getattr(table_report, "total_unmapped", 0):
         log0(info, f"annotation values that could not be mapped (set to unknown): {table_report}")
 

@@ -35,6 +35,7 @@ clips with ``--videos DIR``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -57,6 +58,7 @@ from datasets.gpu_augment import augment_on_device  # noqa: E402
 from datasets.prepare import prepare_cache  # noqa: E402
 from datasets.transforms import normalize_on_device, resize_center_crop  # noqa: E402
 from datasets.video import sample_clip_indices, write_video  # noqa: E402
+from utils.atomic import atomic_write  # noqa: E402
 
 # width x height: the common Moments in Time shapes (4:3 and 16:9 landscape, some portrait)
 MIT_SIZES = [(340, 256), (320, 240), (454, 256), (480, 360), (640, 360), (256, 340)]
@@ -92,9 +94,8 @@ def make_clips(folder: Path, count: int, seconds: float, fps: int) -> list[str]:
         width, height = MIT_SIZES[i % len(MIT_SIZES)]
         name = f"clip_{i:04d}_{width}x{height}.mp4"
         if not (folder / name).exists():
-            tmp = folder / f".{name}.tmp.mp4"
-            write_video(tmp, render_clip(width, height, int(round(seconds * fps)), i), fps)
-            os.replace(tmp, folder / name)
+            frames = render_clip(width, height, int(round(seconds * fps)), i)
+            atomic_write(folder / name, functools.partial(write_video, frames=frames, fps=fps))
         names.append(name)
     return names
 
@@ -215,10 +216,10 @@ def loader_rate(dataset, collate, batch_size: int, workers: int, min_time: float
     loader = DataLoader(dataset, batch_size=batch_size, sampler=EndlessKeys(len(dataset)), num_workers=workers,
                         collate_fn=collate, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
                         prefetch_factor=2 if workers > 0 else None)
-    it = iter(loader)
+    batches = iter(loader)
 
     def consume():
-        batch = next(it)
+        batch = next(batches)  # noqa: F821 (deleted after the last call, to stop the workers)
         if augment:
             x = augment_on_device(batch, device)
         elif batch.get("video") is not None:
@@ -237,7 +238,7 @@ def loader_rate(dataset, collate, batch_size: int, workers: int, min_time: float
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall, cpu = time.perf_counter() - start, cpu_seconds(children) - cpu0
-    del it, loader
+    del batches, loader
     return {"clips_per_s": clips / wall, "clips_per_cpu_s": clips / max(cpu, 1e-9)}
 
 

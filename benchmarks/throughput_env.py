@@ -9,7 +9,7 @@ import math
 import os
 import platform
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -55,7 +55,7 @@ def _driver_version() -> str | None:
 def environment(device: torch.device, peak_tflops: float | None) -> dict:
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     env: dict[str, Any] = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
         "cudnn": _cudnn_version_text(cudnn), "cudnn_int": cudnn, "cudnn_enabled": torch.backends.cudnn.enabled,
         "device": str(device), "cpu_count": os.cpu_count(), "cpu": platform.processor() or platform.machine(),

@@ -7,7 +7,8 @@ what the parent added (MFU, speed-up, logits difference, final status).
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 BASELINE = "fp32"  # the earlier version's setup: fp32, default memory format, no cudnn.benchmark
 WORTHWHILE = 0.05  # a speed-up below this is within run-to-run noise and not worth code

@@ -87,9 +87,10 @@ import tempfile
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
@@ -100,17 +101,25 @@ if str(REPO_ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import train_ddp  # noqa: E402  (the loop's own step, not a copy)
 from benchmarks.conv_check import TOLERANCES, check_conv_calls, collect_conv_calls  # noqa: E402
 from benchmarks.gpu_peaks import math_precision  # noqa: E402
 from benchmarks.stem_variants import apply_stem_variant  # noqa: E402
 from benchmarks.throughput_env import (  # noqa: E402
-    _sync, conv3d_backend, environment, flop_counts, matmul_tflops, version_warnings,
+    _sync,
+    conv3d_backend,
+    environment,
+    flop_counts,
+    matmul_tflops,
+    version_warnings,
 )
 from benchmarks.throughput_inputs import loader_batches, synthetic_batch  # noqa: E402
 from benchmarks.throughput_report import (  # noqa: E402
-    BASELINE, format_table, markdown_report, recommend,
+    BASELINE,
+    format_table,
+    markdown_report,
+    recommend,
 )
-import train_ddp  # noqa: E402  (the loop's own step, not a copy)
 from utils.config import TrainConfig  # noqa: E402
 from utils.distributed import DistInfo  # noqa: E402
 from utils.tasks import parse_tasks  # noqa: E402
@@ -411,7 +420,7 @@ def run_variant(variant: Variant, s: Settings) -> dict:
     if on_gpu and not variant.compile:
         fixed_batch = synthetic_batch(s, batch_size, device)
         try:
-            row["host_syncs_per_step"] = _count_host_syncs(lambda: bench_step(state, fixed_batch))
+            row["host_syncs_per_step"] = _count_host_syncs(lambda: bench_step(state, fixed_batch))  # noqa: F821
         except Exception as exc:  # informational only
             row["host_syncs_per_step"] = f"n/a ({type(exc).__name__})"
     shape = (batch_size, 3, s.frames, s.size, s.size)

@@ -51,6 +51,7 @@ _EXPORTS: dict[str, str] = {
     "build_targets": "annotations",
     "SplitError": "splits",
     "assign_splits": "splits",
+    "split_indices": "splits",
     # cache.py / gpu_augment.py: the uint8 frame cache (python -m datasets.prepare) and its
     # device-side crop/resize/flip/normalize
     "CACHE_FORMAT_VERSION": "cache",

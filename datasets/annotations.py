@@ -47,8 +47,8 @@ import math
 import os
 import re
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -135,10 +135,6 @@ class NormalizationReport:
 
 
 # --------------------------------------------------------------------------- single values
-
-def is_missing(text: str) -> bool:
-    return text.strip().lower() in MISSING_TOKENS
-
 
 def _plain(text: str) -> str:
     """Lower case, single spaces, one pair of surrounding quotes removed (``'3'`` -> ``3``)."""

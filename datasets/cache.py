@@ -38,7 +38,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,6 +45,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from utils.atomic import atomic_write_text
 
 from .augment import Augmentation
 from .samplers import parse_key
@@ -106,49 +107,14 @@ class CacheParams:
     def frame_bytes(self) -> int:
         return 3 * self.stored_size * self.stored_size
 
-    @property
-    def raw_clip_bytes(self) -> int:
-        return self.frames * self.frame_bytes
-
     def describe(self) -> str:
         quality = f" (quality {self.jpeg_quality})" if self.storage == "jpeg" else ""
         return (f"frames={self.frames}, stored_size={self.stored_size}, storage={self.storage}{quality}, "
                 f"sampling={self.sampling}, fit={self.fit}, format version {self.version}")
 
-    def differences(self, other: "CacheParams") -> list[str]:
+    def differences(self, other: CacheParams) -> list[str]:
         mine, theirs = asdict(self), asdict(other)
         return [f"{k}: cache has {mine[k]!r}, asked for {theirs[k]!r}" for k in mine if mine[k] != theirs[k]]
-
-
-# ------------------------------------------------------------------------------------------------
-# small file helpers (shared with datasets.prepare)
-# ------------------------------------------------------------------------------------------------
-def fsync_dir(path: str | os.PathLike) -> None:
-    """Make a rename inside ``path`` durable (a crash right after could otherwise undo it)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write to a temporary file beside ``path``, fsync, rename: readers see old or new, never half."""
-    path = Path(path)
-    # os.open applies the umask (mkstemp would make the file private to its owner, and a
-    # cache is usually shared by a group).
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 def read_params(root: str | os.PathLike) -> tuple[CacheParams, dict[str, Any]]:

@@ -20,11 +20,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 
 import pandas as pd
 
 from datasets.annotations import ON_DUPLICATE_CHOICES, AnnotationError, load_annotation_table
+from utils.atomic import atomic_write
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,19 +47,6 @@ def summary(table: pd.DataFrame) -> list[str]:
     return ["non-null values per column:"] + [f"  {c:<{width}}  {int(counts[c])}" for c in table.columns]
 
 
-def write_atomically(table: pd.DataFrame, path: str) -> None:
-    # A half-written table must never be mistaken for a finished one.
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(prefix=".clean_annotations.", suffix=".csv", dir=folder)
-    try:
-        with os.fdopen(handle, "w", newline="", encoding="utf-8") as stream:
-            table.to_csv(stream, index=False)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = os.path.abspath(args.out)
@@ -72,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     try:
-        write_atomically(table, args.out)
+        # a half-written table must never be mistaken for a finished one
+        atomic_write(args.out, lambda tmp: table.to_csv(tmp, index=False, encoding="utf-8"))
     except OSError as error:
         print(f"error: cannot write {args.out}: {error}", file=sys.stderr)
         return 1

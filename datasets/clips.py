@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from .augment import Augmentation
-from .transforms import ClipTransform
 from .samplers import parse_key
+from .transforms import ClipTransform
 from .video import BadVideoError, decode_clip
 
 __all__ = [

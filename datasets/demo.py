@@ -87,6 +87,8 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.atomic import fsync_dir, fsync_tree
+
 from .video import write_video
 
 __all__ = [
@@ -625,11 +627,13 @@ def ensure_demo_dataset(
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         try:
             generate_demo_dataset(tmp, num_videos, seed)
+            fsync_tree(tmp)  # every clip on disk before the folder (and its completion marker) appears
             if out.exists():
                 stale = out.parent / f".{out.name}.stale-{uuid.uuid4().hex}"
                 os.rename(out, stale)
                 shutil.rmtree(stale)
             os.rename(tmp, out)
+            fsync_dir(out.parent)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp)

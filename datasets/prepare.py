@@ -39,11 +39,15 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
+
+from utils.atomic import atomic_file, atomic_write_text, fsync_dir
+from utils.precision import IMAGENET_MEAN, IMAGENET_STD
 
 from .cache import (
     FAILURES_FILE,
@@ -53,8 +57,6 @@ from .cache import (
     STORED_STATUSES,
     CacheMismatchError,
     CacheParams,
-    atomic_write_text,
-    fsync_dir,
     jpeg_blob,
     read_params,
     write_csv,
@@ -63,8 +65,6 @@ from .cache import (
 
 __all__ = ["fit_clip", "decode_for_cache", "legacy_pt_clip", "prepare_cache", "main"]
 
-LEGACY_MEAN = (0.485, 0.456, 0.406)  # the earlier version normalized with ImageNet statistics
-LEGACY_STD = (0.229, 0.224, 0.225)
 # A legacy clip whose de-normalized values fall this far outside [0, 255] was not made with
 # ImageNet statistics; converting it would silently change its colours.
 LEGACY_TOLERANCE = 2.0
@@ -111,8 +111,8 @@ def legacy_pt_clip(path: str, params: CacheParams | None = None) -> tuple[np.nda
     if params is not None and (t, h, w) != (params.frames, params.stored_size, params.stored_size):
         raise ValueError(f"clip is {t}x{h}x{w}, the other clips of this cache are "
                          f"{params.frames}x{params.stored_size}x{params.stored_size}")
-    mean = torch.tensor(LEGACY_MEAN).view(3, 1, 1, 1)
-    std = torch.tensor(LEGACY_STD).view(3, 1, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1)  # the earlier version normalized with these
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
     values = (video.float() * std + mean) * 255
     worst = max(float(-values.min()), float(values.max()) - 255, 0.0)
     if worst > LEGACY_TOLERANCE:
@@ -151,10 +151,9 @@ def write_shard(root: Path, shard_id: int, items: list[tuple[str, str]], params:
     debris that :func:`clean_debris` removes.
     """
     bin_path, index_path = shard_paths(root, shard_id)
-    tmp_path = bin_path.with_name(f".{bin_path.name}.tmp-{os.getpid()}")
     records = []
     offset = 0
-    with open(tmp_path, "wb") as fh:
+    with atomic_file(bin_path, "wb") as fh:
         for name, path in items:
             record: dict[str, Any] = {"video_name": name, "source": path, "status": "ok", "error": ""}
             try:
@@ -172,9 +171,6 @@ def write_shard(root: Path, shard_id: int, items: list[tuple[str, str]], params:
                 offset += len(data)
             records.append(record)
             tick()
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp_path, bin_path)
     atomic_write_text(index_path, json.dumps({"shard": bin_path.name, "bytes": offset, "records": records}) + "\n")
     return records
 
@@ -204,7 +200,7 @@ def clean_debris(root: Path, committed: dict[int, list]) -> list[str]:
         if path.name not in keep:
             path.unlink()
             removed.append(path.name)
-    for path in root.glob(".*.tmp"):  # atomic_write_text leftovers (manifest, cache.json)
+    for path in root.glob(".*.tmp*"):  # utils.atomic leftovers (manifest, cache.json)
         path.unlink()
         removed.append(path.name)
     return removed
@@ -281,7 +277,7 @@ def exclusive(root: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise SystemExit(f"another `datasets.prepare` is writing {root} (it holds {root / LOCK_FILE})")
+            raise SystemExit(f"another `datasets.prepare` is writing {root} (it holds {root / LOCK_FILE})") from None
         yield
 
 
@@ -480,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         names = read_video_names(args.annotations)
     except (OSError, ValueError) as exc:
-        raise SystemExit(str(exc))
+        raise SystemExit(str(exc)) from exc
     try:
         summary = prepare_cache(
             args.out, names, args.videos or args.from_pt, source_kind="pt" if args.from_pt else "video",

@@ -14,7 +14,8 @@ from the gathered predictions are the same for any world size.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import Sampler

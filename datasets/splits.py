@@ -22,7 +22,7 @@ Three ways, chosen by :func:`assign_splits` (``method``):
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -43,7 +43,7 @@ class SplitError(ValueError):
 
 def hash_unit(video_name: str, salt: str = DEFAULT_SALT) -> float:
     """A number in [0, 1) fixed by ``salt`` and ``video_name`` alone."""
-    digest = hashlib.blake2b(f"{salt}\0{video_name}".encode("utf-8"), digest_size=8).digest()
+    digest = hashlib.blake2b(f"{salt}\0{video_name}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2.0**64
 
 

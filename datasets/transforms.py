@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
+from utils.precision import IMAGENET_MEAN, IMAGENET_STD
+
 from .augment import Augmentation, resized_crop_flip
 
 __all__ = [
@@ -32,8 +34,6 @@ __all__ = [
     "normalize_on_device",
 ]
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
 def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:

@@ -225,7 +225,7 @@ def probe_video(path: str | os.PathLike) -> dict[str, Any]:
 
 def write_video(
     path: str | os.PathLike,
-    frames: "np.ndarray | list[np.ndarray]",
+    frames: np.ndarray | list[np.ndarray],
     fps: int,
     *,
     codec: str = "libx264",

@@ -22,12 +22,13 @@ device like the training loop's validation on the cache.
 
 Views are ordered temporal-major (view = i * M + j).  Averaging the network's outputs over
 views happens in probability space, after the sigmoid / softmax (see
-``utils.inference.average_view_probabilities``).
+``inference.average_view_probabilities``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -13,8 +13,8 @@ Shapes come from one forward pass on the ``meta`` device (no memory, no arithmet
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -117,7 +117,7 @@ class LayerTap:
         self._handles: list = []
         self._last_part = max(self.layers, key=lambda info: info.order).parts[-1][0]
 
-    def __enter__(self) -> "LayerTap":
+    def __enter__(self) -> LayerTap:
         modules = dict(self.model.named_modules())
         for info in self.layers:
             for qualified, _ in info.parts:

@@ -17,15 +17,14 @@ continues the same run (its id is in the checkpoint).  Never fails: problems are
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-# A dead tracking server must cost seconds here too (as in utils/tracking.py).
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root's packages
+from utils.tracking import shorten_mlflow_retries  # noqa: E402
+
+shorten_mlflow_retries()  # a dead tracking server must cost seconds here too
 
 
 def open_run(record: Path) -> tuple[str, str] | None:

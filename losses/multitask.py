@@ -41,8 +41,8 @@ Default task weights are the earlier version's scaling (score features 1.0, loca
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 import torch
 from torch import nn

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import IO, Any, Mapping
+from typing import IO, Any
 
 from torch import Tensor, nn
 

@@ -10,7 +10,8 @@ ResNet3D-152 at 16x224x224 takes about a second.
 from __future__ import annotations
 
 import copy
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -63,7 +64,7 @@ def count_parameters_and_flops(model: nn.Module, input_shape: Sequence[int] = (1
     x = torch.empty(tuple(input_shape), device="meta")
 
     with FlopCounterMode(display=False) as forward_counter:
-        outputs = meta_model(x)
+        meta_model(x)
     result: dict[str, Any] = {
         "input_shape": tuple(input_shape),
         "parameters": parameters,

@@ -16,11 +16,14 @@ import argparse
 import os
 import sys
 from collections import OrderedDict
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from utils.atomic import atomic_write
 
 PLAIN_SCALARS = (str, bytes, int, float, bool, complex, type(None), torch.dtype, torch.device)
 
@@ -90,10 +93,12 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, trust_thi
             "environment that has that package installed") from error
     notes: list[str] = []
     _, plain = to_plain(checkpoint, "checkpoint", notes)
-    tmp = f"{dst}.partial"
-    torch.save(plain, tmp)
-    torch.load(tmp, map_location="cpu", weights_only=True)  # the whole point: it must load safely
-    os.replace(tmp, dst)
+
+    def save_and_check(tmp):
+        torch.save(plain, tmp)
+        torch.load(tmp, map_location="cpu", weights_only=True)  # the whole point: it must load safely
+
+    atomic_write(dst, save_and_check)
     return notes
 
 

@@ -8,7 +8,7 @@ counted forward + backward (smaller: the first convolution needs no input gradie
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

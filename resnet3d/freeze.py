@@ -13,7 +13,7 @@ rule after every mode change, and ``freeze``/``unfreeze`` apply it immediately.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm

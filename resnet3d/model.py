@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 
@@ -52,7 +52,7 @@ class MultiTaskResNet3D(ResNet3D):
             outputs[name] = logits[:, 0] if logits.shape[1] == 1 else logits
         return outputs
 
-    def train(self, mode: bool = True) -> "MultiTaskResNet3D":
+    def train(self, mode: bool = True) -> MultiTaskResNet3D:
         super().train(mode)
         apply_frozen_batchnorm_rule(self)
         return self

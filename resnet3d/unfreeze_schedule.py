@@ -9,7 +9,8 @@ epoch and ``state_dict()``.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from torch import nn
 
@@ -48,11 +49,6 @@ class UnfreezeSchedule:
         name = strip_wrapper_prefixes(param_name)
         covering = [p for p in self.milestones if under_prefix(name, p)]
         return max(covering, key=len) if covering else None
-
-    def is_trainable(self, param_name: str, epoch: int) -> bool | None:
-        """None for parameters the schedule does not govern."""
-        prefix = self.prefix_for(param_name)
-        return None if prefix is None else epoch >= self.milestones[prefix]
 
     def apply(self, model: nn.Module, epoch: int) -> list[str]:
         """Set ``requires_grad`` to its state for ``epoch``; return prefixes newly unfrozen now.

@@ -49,7 +49,7 @@ def run(cmd: list[str], timeout: float = 600, env: dict | None = None) -> subpro
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate()
-        raise AssertionError(f"timed out after {timeout}s: {' '.join(cmd)}\n{out[-4000:]}")
+        raise AssertionError(f"timed out after {timeout}s: {' '.join(cmd)}\n{out[-4000:]}") from None
     return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
 
 

@@ -83,7 +83,7 @@ class NamespaceNetwork:
         return str(self.subnet.network_address + 254)
 
     # -- life cycle -------------------------------------------------------------------------------
-    def create(self) -> "NamespaceNetwork":
+    def create(self) -> NamespaceNetwork:
         self.subnet = _unused_subnet()
         _ip("link", "add", self.bridge, "type", "bridge")
         _ip("addr", "add", f"{self.gateway}/24", "dev", self.bridge)
@@ -116,7 +116,7 @@ class NamespaceNetwork:
             _ip("link", "delete", self.host_veth(node), check=False)  # if the namespace was never made
         _ip("link", "delete", self.bridge, check=False)
 
-    def __enter__(self) -> "NamespaceNetwork":
+    def __enter__(self) -> NamespaceNetwork:
         try:
             return self.create()
         except BaseException:

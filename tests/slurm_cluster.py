@@ -76,7 +76,7 @@ class LocalSlurm:
         env.update(extra or {})
         return env
 
-    def start(self, timeout: float = 60) -> "LocalSlurm":
+    def start(self, timeout: float = 60) -> LocalSlurm:
         for sub in ("munge", "state", "log", *(f"spool/{node}" for node in self.nodes)):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(self.root / "munge", 0o700)
@@ -119,7 +119,7 @@ class LocalSlurm:
             except ProcessLookupError:
                 pass
 
-    def __enter__(self) -> "LocalSlurm":
+    def __enter__(self) -> LocalSlurm:
         try:
             return self.start()
         except BaseException:

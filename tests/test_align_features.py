@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from align_fixtures import long_ratings, write_feature_dir
 
 import align_features
 import evaluate
-from align_fixtures import long_ratings, write_feature_dir
 from datasets.human_ratings import load_human_ratings
 
 N = 60
@@ -54,7 +54,7 @@ def long_run(study):
 def test_alignment_table_scores_and_counts(long_run, study):
     table = pd.read_csv(long_run / "alignment.csv")
     assert list(table.columns) == COLUMNS
-    assert list(zip(table["layer"], table["feature"])) == [(l, f) for l in ("stem", "pool")
+    assert list(zip(table["layer"], table["feature"])) == [(layer, f) for layer in ("stem", "pool")
                                                             for f in ("valence", "indoor", "cooperation")]
     analysed = N - 3 - 1  # not ok: 3; not rated: 1
     assert (table["n"] == analysed).all()

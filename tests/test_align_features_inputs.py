@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from align_fixtures import write_feature_dir
+
 from datasets.extracted_features import FeatureDirError, open_feature_dir
 from datasets.human_ratings import HumanRatingsError, load_human_ratings
 

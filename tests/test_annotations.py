@@ -6,6 +6,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 import pytest
+from fixture_files import write_csv
 
 from datasets.annotations import (
     NormalizationReport,
@@ -14,7 +15,6 @@ from datasets.annotations import (
     normalize_peoplecount,
 )
 from utils.tasks import SCORE_FEATURES
-from fixture_files import write_csv
 
 # Every location value seen in the raw files -> canonical value (None = unknown).
 LOCATIONS = {

@@ -33,7 +33,7 @@ def write_csv(path, header, rows):
 def question_files(folder):
     """Raw files as the annotation script wrote them: one per question, messy values included."""
     files = []
-    for i, f in enumerate(SCORE_FEATURES):
+    for f in SCORE_FEATURES:
         header = ["video_name", "model", "question_name", f"model_{f}_explanation",
                   f"model_{f}_confidence", f"model_{f}_score"]
         rows = [["a.mp4", "gpt", f, "why", "0.9", "0.75"], ["b.mp4", "gpt", f, "I'm sorry, I can't assist with that.", "", ""]]

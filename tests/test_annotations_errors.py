@@ -2,10 +2,10 @@
 
 
 import pytest
+from fixture_files import write_csv
 
 from datasets.annotations import AnnotationError, load_annotation_table
 from utils.tasks import SCORE_FEATURES
-from fixture_files import write_csv
 
 HEADER = ["video_name"] + [f"model_{f}_{k}" for f in SCORE_FEATURES for k in ("score", "confidence")] + [
     "model_peoplecount", "model_peoplecount_certain", "model_location", "model_location_confidence"]

@@ -5,13 +5,20 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
+from fixture_files import texture
 
-from datasets import (CachedClipDataset, FrameCache, VideoClipDataset, collate_cached, collate_clips,
-                      model_input, write_video)
+from datasets import (
+    CachedClipDataset,
+    FrameCache,
+    VideoClipDataset,
+    collate_cached,
+    collate_clips,
+    model_input,
+    write_video,
+)
 from datasets.augment import Augmentation, resized_crop_flip
 from datasets.prepare import prepare_cache
 from datasets.transforms import IMAGENET_STD
-from fixture_files import texture
 
 ONE_LEVEL = 1.0 / (255 * min(IMAGENET_STD))  # one uint8 step after ImageNet normalization
 

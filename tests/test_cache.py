@@ -8,8 +8,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from datasets.cache import (
-    CacheMismatchError,
     CachedClipDataset,
+    CacheMismatchError,
     FrameCache,
     collate_cached,
 )

@@ -1,7 +1,6 @@
 """train_ddp.py --cache: a tiny run trains from a prepared cache; a cache built for other clips is refused."""
 
 import pytest
-
 from fixture_files import prepare_demo_cache
 from launch_helpers import TINY, run_train
 

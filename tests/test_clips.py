@@ -3,17 +3,17 @@
 import numpy as np
 import pytest
 import torch
+from fixture_files import texture
 from torch.utils.data import DataLoader
 
 from datasets.clips import (
     AmbiguousVideoError,
-    VideoClipDataset,
     LegacyClipShapeError,
+    VideoClipDataset,
     collate_clips,
     scan_video_root,
 )
 from datasets.video import BadVideoError, write_video
-from fixture_files import texture
 
 T, SIZE = 4, 16
 

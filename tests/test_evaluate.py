@@ -8,10 +8,10 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from eval_fixtures import save_tiny_checkpoint
 
 import evaluate
 from datasets import assign_splits, build_targets, load_annotation_table
-from eval_fixtures import save_tiny_checkpoint
 from utils.evaluation import prediction_columns_for_csv
 from utils.metrics import evaluation_metrics
 from utils.tasks import PEOPLECOUNT_CLASSES, TASKS

@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-import evaluate
 from eval_fixtures import compare_eval_with_training_validation
-from datasets import FrameCache, MultiViewCachedDataset
 from fixture_files import prepare_demo_cache
 from launch_helpers import TINY, run_train
+
+import evaluate
+from datasets import FrameCache, MultiViewCachedDataset
 
 pytestmark = pytest.mark.slow
 

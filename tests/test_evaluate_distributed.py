@@ -6,7 +6,6 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-
 from eval_fixtures import save_tiny_checkpoint
 from launch_helpers import REPO, free_port, run
 

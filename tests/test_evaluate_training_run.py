@@ -2,10 +2,10 @@
 
 import mlflow
 import pytest
-
-import evaluate
 from eval_fixtures import compare_eval_with_training_validation
 from launch_helpers import TINY, run_train
+
+import evaluate
 
 pytestmark = pytest.mark.slow
 

@@ -9,17 +9,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from eval_fixtures import DEPTH, FRAMES, SIZE, save_tiny_checkpoint
+from feature_helpers import expected_layer_names, reference_features
+from fixture_files import prepare_demo_cache, texture
 
 import extract_features
 from datasets import MultiViewCachedDataset, MultiViewClipDataset, VideoIndex, normalize_on_device
 from datasets.video import write_video
-from eval_fixtures import DEPTH, FRAMES, SIZE, save_tiny_checkpoint
-from feature_helpers import expected_layer_names, reference_features
 from features.projection import SparseRandomProjection, layer_seed
-from fixture_files import prepare_demo_cache, texture
+from inference import clips_to_model_input, load_inference_model
 from resnet3d import build_model
 from resnet3d.backbone import ResNet3D
-from utils.inference import clips_to_model_input, load_inference_model
 
 GOOD = ["a.mp4", "b.mp4", "c_portrait.mp4", "d.mp4", "e.mp4"]
 

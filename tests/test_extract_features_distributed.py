@@ -11,11 +11,11 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-
-from datasets.video import write_video
 from eval_fixtures import save_tiny_checkpoint
 from fixture_files import texture
 from launch_helpers import REPO, child_env, free_port, run
+
+from datasets.video import write_video
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from feature_helpers import expected_layer_names, explicit_layers
+
 from features.layers import LayerTap, list_layers
 from features.pooling import POOLS, average_views, pool, pooled_shape
 from features.projection import CHUNK, SparseRandomProjection, layer_seed

@@ -6,17 +6,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from eval_fixtures import DEPTH, FRAMES, SIZE, save_tiny_checkpoint
+from fixture_files import texture
+from launch_helpers import REPO, free_port, run
 
 import predict
 from datasets.video import write_video
-from eval_fixtures import DEPTH, FRAMES, SIZE, save_tiny_checkpoint
-from launch_helpers import REPO, free_port, run
+from inference import load_inference_model
 from resnet3d import CheckpointMismatchError, build_model
 from utils.evaluation import prediction_columns_for_csv
-from utils.inference import load_inference_model
 from utils.tasks import TASKS
-from fixture_files import texture
-
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixture_files import texture
 
 from datasets import prepare
 from datasets.cache import CachedClipDataset, FrameCache
 from datasets.video import decode_clip, write_video
-from fixture_files import texture
 
 REPO = Path(__file__).resolve().parents[1]
 K, S = 6, 24

@@ -24,7 +24,6 @@ import mlflow
 import psutil
 import pytest
 import torch
-
 from launch_helpers import REPO, TINY, child_env, free_port, run_train, train_command
 
 pytestmark = pytest.mark.slow
@@ -77,7 +76,7 @@ class TrainRun:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise AssertionError(f"run did not end within {timeout} s:\n{self.log[-4000:]}")
+            raise AssertionError(f"run did not end within {timeout} s:\n{self.log[-4000:]}") from None
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -371,7 +370,7 @@ def test_nan_clip_is_skipped_on_all_ranks_and_reported(tiny_demo, tmp_path):
     res = run_train(["--videos", str(tmp_path / "clips"), "--annotations", str(tiny_demo[1]), *RUN,
                      "--output-dir", str(out)], nproc=2, timeout=600)
     assert res.returncode == 0, res.stdout[-4000:]
-    assert f"step 0: non-finite loss/gradients, step skipped (rank 1: " in res.stdout
+    assert "step 0: non-finite loss/gradients, step skipped (rank 1: " in res.stdout
     rows = [line.split("\t") for line in (out / "nonfinite.tsv").read_text().splitlines()]
     assert rows and rows[0][:2] == ["0", "1"] and bad in rows[0][2].split(",")
     assert all(bad in row[2].split(",") for row in rows)  # only that clip is bad, whichever rank had it

@@ -70,7 +70,7 @@ def test_mit_block_structure():
     assert block.conv1.stride == (1, 1, 1) and block.conv2.stride == (2, 2, 2)
     assert block.downsample[0].kernel_size == (1, 1, 1) and block.downsample[0].stride == (2, 2, 2)
     assert model.layer3[1].downsample is None
-    assert [len(getattr(build_model(depth=d), "layer3")) for d in (18, 34, 101, 152)] == [2, 6, 23, 36]
+    assert [len(build_model(depth=d).layer3) for d in (18, 34, 101, 152)] == [2, 6, 23, 36]
 
 
 def test_dropout_acts_in_train_mode_only():

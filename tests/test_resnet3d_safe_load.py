@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from resnet3d import UnreadableCheckpointError, UnsafeCheckpointError, build_model, load_pretrained, read_checkpoint
-from resnet3d.convert_checkpoint import convert_checkpoint, main as convert_main
+from resnet3d.convert_checkpoint import convert_checkpoint
+from resnet3d.convert_checkpoint import main as convert_main
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,9 +1,9 @@
 """benchmarks/scaling_model.py: the ring all-reduce arithmetic, and the README's tables are its output."""
 
 import pytest
+from launch_helpers import REPO
 
 from benchmarks.scaling_model import Assumptions, efficiency, step_comm_s, tables
-from launch_helpers import REPO
 
 A = Assumptions()
 

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from launch_helpers import REPO, child_env
 from slurm_cluster import LocalSlurm, unavailable_reason
 from test_resilience import RUN, assert_bitwise_equal, checkpoint, data_args, logged_step, reference_run, run_status

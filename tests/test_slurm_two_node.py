@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from launch_helpers import REPO, child_env, free_port
 from netns import NODE_IFNAME, NamespaceNetwork
 from netns import unavailable_reason as netns_unavailable
@@ -128,7 +127,7 @@ def test_two_node_job_crosses_the_network_survives_usr1_and_matches_one_node_tor
     # each rank, in each incarnation, wrote where it ran and which rendezvous it joined
     records = rank_records(job.out)
     assert sorted(records) == [0, 1], records
-    for rank, lines in records.items():
+    for lines in records.values():
         # SLURM sets SLURM_RESTART_COUNT from the first requeue on: both nodes ran both incarnations
         assert [r["slurm_restart_count"] for r in lines] == [None, "1"], lines
         assert len({r["hostname"] for r in lines}) == 1 and lines[0]["hostname"] in NODES

@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-
 from launch_helpers import TINY, run_train
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,6 @@ the 2-core dev machine, torch 2.14.1: 0.21 % and 0.048 %; bf16 keeps 8 mantissa 
 import mlflow
 import pytest
 import torch
-
 from launch_helpers import TINY, run_train
 
 pytestmark = pytest.mark.slow

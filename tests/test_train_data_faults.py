@@ -5,9 +5,9 @@ import shutil
 import pandas as pd
 import pytest
 import torch
+from launch_helpers import TINY, run_train
 
 from datasets import assign_splits
-from launch_helpers import TINY, run_train
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,6 @@ near-zero gradients into lr-sized differences."""
 
 import pytest
 import torch
-
 from launch_helpers import TINY, run_train
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,6 @@ import textwrap
 import mlflow
 import pytest
 import torch
-
 from launch_helpers import REPO, TINY, free_port, run
 
 pytestmark = pytest.mark.slow

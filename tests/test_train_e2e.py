@@ -6,7 +6,6 @@ import re
 import mlflow
 import pytest
 import torch
-
 from launch_helpers import TINY, run_train
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,6 @@ deviation of about 0.11 per task for 83 held-out clips, ~0.04 for the mean of 8.
 import json
 
 import pytest
-
 from launch_helpers import run_train
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,6 @@ keys the loop has always written loads through resume, --pretrained, evaluate.py
 from dataclasses import asdict
 
 import pandas as pd
-import pytest
 import torch
 
 import evaluate

@@ -14,11 +14,17 @@ from benchmarks import conv_check
 from benchmarks.conv_check import ConvCall, check_conv_calls, collect_conv_calls
 from benchmarks.gpu_peaks import lookup_peaks, math_precision
 from benchmarks.stem_variants import apply_stem_variant
-from benchmarks.throughput_report import format_table, markdown_table, recommend
 from benchmarks.throughput_env import flop_counts
 from benchmarks.throughput_inputs import synthetic_targets
+from benchmarks.throughput_report import format_table, markdown_table, recommend
 from benchmarks.train_throughput import (
-    Settings, Variant, all_variants, default_gpu_variants, finish_row, parse_variant, run_isolated,
+    Settings,
+    Variant,
+    all_variants,
+    default_gpu_variants,
+    finish_row,
+    parse_variant,
+    run_isolated,
 )
 from resnet3d import build_model
 from utils.tasks import output_sizes
@@ -60,9 +66,9 @@ def test_variant_sets():
 
 # ---- the step is train_ddp.py's ------------------------------------------------------------------
 def test_the_benchmark_has_no_step_of_its_own():
-    import train_ddp
     import benchmarks.data_throughput as data_throughput
     import benchmarks.train_throughput as train_throughput
+    import train_ddp
 
     for module in (train_throughput, data_throughput):
         for copy in ("train_step", "TrainState", "make_optimizer", "move_targets", "backward", "gpu_step_rate"):

@@ -3,10 +3,10 @@ one through the real loop, from the same weights and the same batch, end bitwise
 
 import pytest
 import torch
+from launch_helpers import run_train
 
 import train_ddp
 from benchmarks.train_throughput import Settings, Variant, bench_step, build_state
-from launch_helpers import run_train
 from utils.config import TrainConfig
 from utils.distributed import DistInfo
 from utils.tasks import parse_tasks

@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-
 from launch_helpers import TINY, run_train
 
 pytestmark = pytest.mark.slow

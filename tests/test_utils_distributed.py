@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-
 from launch_helpers import TINY, child_env, run_train
 
 from utils.distributed import DistInfo, record_rank, slurm_world_size

@@ -10,7 +10,7 @@ def test_spearman_with_ties_matches_hand_ranks():
     pred = [0.1, 0.4, 0.4, 0.9]
     target = [1.0, 2.0, 3.0, 4.0]
     # ranks of pred: 1, 2.5, 2.5, 4 ; target ranks 1..4 -> pearson of those
-    rp = np.array([1, 2.5, 2.5, 4]); rt = np.array([1, 2, 3, 4])
+    rp, rt = np.array([1, 2.5, 2.5, 4]), np.array([1, 2, 3, 4])
     expected = np.sum((rp - rp.mean()) * (rt - rt.mean())) / np.sqrt(np.sum((rp - rp.mean()) ** 2) * np.sum((rt - rt.mean()) ** 2))
     assert M.spearman(pred, target) == pytest.approx(expected)
 

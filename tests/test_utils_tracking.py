@@ -110,9 +110,9 @@ def test_local_packages_do_not_break_mlflow_imports():
     repo root, and our packages must be the ones imported."""
     code = (
         "import datasets, utils, mlflow, mlflow.data, mlflow.pytorch, pandas as pd;"
-        "assert datasets.__file__.startswith(%r), datasets.__file__;"
+        f"assert datasets.__file__.startswith({str(REPO)!r}), datasets.__file__;"
         "ds = mlflow.data.from_pandas(pd.DataFrame({'a': [1]}), source='x.csv');"
-        "print(ds.digest)" % str(REPO)
+        "print(ds.digest)"
     )
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]

@@ -1,11 +1,13 @@
-"""Multi-view test-time sampling (datasets/views.py) and view averaging (utils/inference.py)."""
+"""Multi-view test-time sampling (datasets/views.py) and view averaging (inference/shards.py)."""
 
 import numpy as np
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
+from fixture_files import texture
 
 from datasets.clips import VideoClipDataset
+from datasets.transforms import frames_to_tensor, resize_center_crop
 from datasets.video import write_video
 from datasets.views import (
     MultiViewClipDataset,
@@ -14,9 +16,7 @@ from datasets.views import (
     parse_views,
     spatial_crop_offsets,
 )
-from datasets.transforms import resize_center_crop, frames_to_tensor
-from utils.inference import average_view_probabilities
-from fixture_files import texture
+from inference import average_view_probabilities
 
 T, SIZE = 4, 16
 

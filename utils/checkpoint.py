@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from .atomic import atomic_file, fsync_dir, temporary_path
+
 CHECKPOINT_FORMAT = "socialvision-ddp/1"
 _STEP_RE = re.compile(r"^step-(\d+)\.pt$")
 REQUIRED_KEYS = ("format", "model", "step", "config")
@@ -37,41 +39,16 @@ class CheckpointLoadError(RuntimeError):
     """A checkpoint file could not be loaded or is not one of ours."""
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return  # some file systems do not allow opening directories; rename is still atomic
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to a temporary file, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+    with atomic_file(path, "wb") as fh:
+        torch.save(obj, fh)
+    return Path(path)
 
 
 def atomic_link(src: Path, dst: Path) -> None:
     """Point ``dst`` at ``src``'s data atomically (hard link; a copy where links are unsupported)."""
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    tmp.unlink(missing_ok=True)
+    tmp = temporary_path(dst)
     try:
         try:
             os.link(src, tmp)
@@ -81,7 +58,7 @@ def atomic_link(src: Path, dst: Path) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(dst.parent)
+    fsync_dir(dst.parent)
 
 
 def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -152,9 +129,6 @@ class CheckpointManager:
         for old in self.step_checkpoints()[self.keep_last:]:
             old.unlink(missing_ok=True)
         return path
-
-    def mark_best(self, path: Path) -> None:
-        atomic_link(path, self.best_path)
 
     def load_latest_valid(self, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], Path] | None:
         """The newest checkpoint that loads; corrupt newer ones are skipped with a warning."""

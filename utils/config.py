@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import types
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 
 def _f(default: Any, help: str, choices: tuple | None = None) -> Any:
@@ -22,10 +23,10 @@ def _f(default: Any, help: str, choices: tuple | None = None) -> Any:
 @dataclass
 class TrainConfig:
     # --- data ---------------------------------------------------------------------------------
-    videos: Optional[str] = _f(None, "video root (searched recursively for the table's video_name); "
+    videos: str | None = _f(None, "video root (searched recursively for the table's video_name); "
                                "unset = the built-in demo dataset")
-    annotations: Optional[str] = _f(None, "annotation CSV (cleaned or raw `model_` schema)")
-    cache: Optional[str] = _f(None, "frame cache directory made by `python -m datasets.prepare` "
+    annotations: str | None = _f(None, "annotation CSV (cleaned or raw `model_` schema)")
+    cache: str | None = _f(None, "frame cache directory made by `python -m datasets.prepare` "
                               "(used instead of decoding --videos)")
     cache_decode: str = _f("auto", "JPEG frame caches: decode in the DataLoader workers (worker) or batched "
                            "on the GPU (device); auto = device when training on CUDA",
@@ -45,9 +46,9 @@ class TrainConfig:
                         ("skip", "error"))
     # --- model ----------------------------------------------------------------------------------
     depth: int = _f(50, "ResNet3D depth", (18, 34, 50, 101, 152))
-    pretrained: Optional[str] = _f(None, "initial weights: MiT .pth.tar, earlier Lightning .ckpt, or "
+    pretrained: str | None = _f(None, "initial weights: MiT .pth.tar, earlier Lightning .ckpt, or "
                                    "one of this project's checkpoints")
-    init_from_run: Optional[str] = _f(None, "initialise from the best (else last) checkpoint of an "
+    init_from_run: str | None = _f(None, "initialise from the best (else last) checkpoint of an "
                                       "earlier MLflow run, by run id")
     tasks: str = _f("all", "tasks to train: all, or a comma list of distance,object,expanse,"
                     "facingness,communicating,joint,valence,arousal,peoplecount,location")
@@ -114,10 +115,10 @@ class TrainConfig:
     gradient_as_bucket_view: bool = _f(False, "gradients are views into DDP's all-reduce buckets (saves "
                                        "one gradient-sized copy and its memory)")
     # --- tracking -------------------------------------------------------------------------------
-    tracking_uri: Optional[str] = _f(None, "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+    tracking_uri: str | None = _f(None, "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
                                      "sqlite:///<output-dir>/mlflow.db)")
     experiment: str = _f("social-vision", "MLflow experiment name")
-    run_name: Optional[str] = _f(None, "MLflow run name")
+    run_name: str | None = _f(None, "MLflow run name")
     log_every: int = _f(10, "log train metrics every N optimizer steps")
     log_model: bool = _f(True, "log the final model with mlflow.pytorch.log_model")
     log_checkpoints: bool = _f(True, "log best.pt and last.pt as MLflow artifacts at the end")
@@ -132,7 +133,7 @@ _FIELD_TYPES = get_type_hints(TrainConfig)
 
 
 def _base_type(tp: Any) -> Any:
-    if get_origin(tp) is Union:
+    if get_origin(tp) in (Union, types.UnionType):  # Optional[str] or str | None
         args = [a for a in get_args(tp) if a is not type(None)]
         return args[0]
     return tp

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -100,6 +101,29 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def gather_rows(indices, rows: dict[str, np.ndarray], num_items: int, info: DistInfo
+                ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Every rank's rows put at their dataset index, on every rank (an exactly-once gather).
+
+    ``indices``: this rank's dataset indices; ``rows``: arrays whose first axis follows them.
+    Returns ``(count, arrays)``: ``count[i]`` = how many rows arrived for item i (1 for every item a
+    rank sent when the sampler gave each item to one rank), and full-length arrays with NaN (float)
+    or 0 (other dtypes) where no row arrived.  Callers check ``count`` for what they promise.
+    """
+    shares = all_gather_objects((np.asarray(indices, dtype=np.int64), rows), info)
+    count = np.zeros(num_items, dtype=np.int64)
+    out: dict[str, np.ndarray] = {}
+    for idx, share in shares:
+        np.add.at(count, idx, 1)
+        for name, values in share.items():
+            values = np.asarray(values)
+            if name not in out:
+                fill = np.nan if values.dtype.kind == "f" else 0
+                out[name] = np.full((num_items, *values.shape[1:]), fill, dtype=values.dtype)
+            out[name][idx] = values
+    return count, out
 
 
 def broadcast_buffers(module: torch.nn.Module, info: DistInfo, src: int = 0) -> None:

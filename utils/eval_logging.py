@@ -13,16 +13,15 @@ are complete either way.
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-# A dead server must cost seconds (same defaults as utils.tracking; users' own values win).
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+from utils.tracking import shorten_mlflow_retries
+
+shorten_mlflow_retries()  # a dead server must cost seconds (users' own values win)
 
 
 class EvalLogger:

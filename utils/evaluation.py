@@ -21,12 +21,14 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from utils.atomic import atomic_write, atomic_write_text
 from utils.tasks import LOCATION_CLASSES, PEOPLECOUNT_CLASSES, SCORE_FEATURES, parse_tasks
 
 FLOAT_FORMAT = "%.6f"
@@ -132,27 +134,14 @@ def flatten_metrics(report: Mapping[str, Any], prefix: str) -> dict[str, float]:
     return flat
 
 
-def write_atomic(path: str | os.PathLike, write) -> Path:
-    """Write through ``write(tmp_path)`` then rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
-    return write_atomic(path, lambda tmp: frame.to_csv(tmp, index=False, float_format=FLOAT_FORMAT))
+    return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False, float_format=FLOAT_FORMAT))
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> Path:
     text = json.dumps(to_json_safe(obj), indent=2, allow_nan=False) + "\n"
-    return write_atomic(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write_text(path, text)
+    return Path(path)
 
 
 def format_metrics_table(report: Mapping[str, Mapping[str, Any]], tasks: Iterable[str]) -> str:

@@ -17,8 +17,8 @@ Memory: (folds + 1) N^2 float64 on the device plus two chunks.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 import torch

@@ -9,7 +9,7 @@ is NaN rather than an exception.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd

@@ -12,15 +12,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from utils.precision import IMAGENET_MEAN, IMAGENET_STD
 from utils.tasks import PEOPLECOUNT_CLASSES, output_sizes
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def prediction_columns(tasks="all") -> list[str]:
     cols: list[str] = []
-    for name, width in output_sizes(tasks).items():
+    for name in output_sizes(tasks):
         if name == "peoplecount":
             cols += [f"peoplecount_p{c}" for c in PEOPLECOUNT_CLASSES]
         else:

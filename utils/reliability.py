@@ -42,7 +42,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd

@@ -22,7 +22,7 @@ Size-1 outputs are returned as shape (N,), ``peoplecount`` as (N, 5).
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 SCORE_FEATURES: tuple[str, ...] = (
     "distance",

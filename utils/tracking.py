@@ -14,14 +14,21 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-# A dead tracking server must not stall a training step for minutes (MLflow's defaults retry
-# 7 times with exponential backoff).  Users who set these themselves keep their values.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+def shorten_mlflow_retries() -> None:
+    """A dead tracking server must cost seconds, not minutes (MLflow's defaults retry 7 times
+    with exponential backoff).  Users who set these variables themselves keep their values.
+    Called on import of this module, so every MLflow user of the project gets the same."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+shorten_mlflow_retries()
 
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 _FAILED = object()  # what _call returns when the MLflow call raised
@@ -165,7 +172,7 @@ class RunTracker:
 
         while self._backlog and self.available:
             metrics, step = self._backlog[0]
-            if self._call("log_metrics", lambda: mlflow.log_metrics(metrics, step=step)) is _FAILED:
+            if self._call("log_metrics", lambda: mlflow.log_metrics(metrics, step=step)) is _FAILED:  # noqa: B023
                 return
             self._backlog.pop(0)
 
