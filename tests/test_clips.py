@@ -97,8 +97,8 @@ def test_missing_root_and_bad_targets_are_clear_errors(video_root, tmp_path):
 def test_item_format(video_root):
     ds = make_dataset(video_root)
     item = ds[0]
-    assert set(item) == {"video", "targets", "video_id", "index", "error"}
-    assert item["error"] is None and item["video_id"] == "good_a.mp4" and item["index"] == 0
+    assert set(item) == {"video", "targets", "video_id", "index", "error", "note"}
+    assert item["error"] is None and item["note"] is None and item["video_id"] == "good_a.mp4" and item["index"] == 0
     assert item["video"].shape == (3, T, SIZE, SIZE) and item["video"].dtype == torch.uint8
     assert item["targets"]["distance_score"].dtype == torch.float32 and item["targets"]["distance_score"].ndim == 0
     assert item["targets"]["peoplecount"].dtype == torch.int64 and item["targets"]["peoplecount"].item() == -1
