@@ -23,6 +23,11 @@ _EXPORTS: dict[str, str] = {
     "probe_video": "video",
     "sample_clip_indices": "video",
     "write_video": "video",
+    # decode_policy.py: partial files and decoding limits, the same flags in every command
+    "DecodePolicy": "decode_policy",
+    "VideoSkipped": "decode_policy",
+    "add_decode_arguments": "decode_policy",
+    "decode_policy_from_args": "decode_policy",
     # transforms.py: clip transforms and device-side normalization
     "IMAGENET_MEAN": "transforms",
     "IMAGENET_STD": "transforms",

@@ -48,13 +48,13 @@ def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("decoding")
     group.add_argument("--partial-videos", choices=PARTIAL_POLICIES, default="use",
                        help="files that end early (partial downloads): use the frames that decode "
-                            "(default; counted and reported as partial) or skip them")
+                            "(counted and reported as partial) or skip them (default: %(default)s)")
     group.add_argument("--max-video-seconds", type=float, default=DEFAULT_MAX_SECONDS,
                        help="longer videos (by their own timestamps) are skipped and reported "
-                            f"(default {DEFAULT_MAX_SECONDS:g})")
+                            "(default: %(default)s)")
     group.add_argument("--max-video-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                        help="videos with larger frames (width x height) are skipped and reported "
-                            f"(default {DEFAULT_MAX_PIXELS} = 1920 x 1088)")
+                            "(default: %(default)s = 1920 x 1088)")
 
 
 def decode_policy_from_args(args: argparse.Namespace) -> DecodePolicy:
