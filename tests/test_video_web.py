@@ -160,3 +160,21 @@ def test_avi_without_presentation_times_is_matched_by_order(web_faults):
     frames, info = decode_clip(web_faults / "over_count.avi", 16, np.random.default_rng(4))
     reference = reference_frames(web_faults / "over_count.avi")
     np.testing.assert_array_equal(frames, np.stack([reference[i] for i in info["indices"]]))
+
+
+def test_training_config_and_command_flags_carry_the_policy_defaults():
+    """utils/ may not import datasets/, so TrainConfig repeats the defaults: they must agree."""
+    import argparse
+
+    from datasets.decode_policy import add_decode_arguments, decode_policy_from_args
+    from utils.config import TrainConfig
+
+    cfg = TrainConfig()
+    parser = argparse.ArgumentParser()
+    add_decode_arguments(parser)
+    assert DecodePolicy(cfg.partial_videos, cfg.max_video_seconds, cfg.max_video_pixels) == DecodePolicy() \
+        == decode_policy_from_args(parser.parse_args([]))
+    assert decode_policy_from_args(parser.parse_args(["--partial-videos", "skip", "--max-video-seconds", "5"])) \
+        == DecodePolicy("skip", 5.0)
+    with pytest.raises(SystemExit, match="max_seconds and max_pixels must be positive"):
+        decode_policy_from_args(parser.parse_args(["--max-video-seconds", "0"]))
