@@ -8,8 +8,8 @@ per core (one process, one decoder thread unless the option says otherwise, CPU 
   earlier approach, as in the main benchmark): videos/s per core;
 - the decoding options of :func:`datasets.video.decode_clip`, each on the same clips and frame
   choice, followed by ``prepare``'s resize to the stored size: every frame decoded vs non-reference frames that are not needed skipped by the decoder
-  (``skip_nonref``), FFmpeg's frame / slice / auto threading with 2 threads, and RGB conversion at
-  full size vs at twice the stored size (``short_side``).  "same frames" compares each option's
+  (``skip_nonref``), FFmpeg's frame / slice / auto threading with 2 threads, and frames kept at full
+  size vs scaled to twice the stored size as they are decoded (``short_side``).  "same frames" compares each option's
   frames with the same-size option that decodes every frame in one thread.
 
 Clips: a textured background panning under moving shapes, with sensor-like noise (libx264
@@ -32,10 +32,10 @@ from datasets.video import decode_clip, write_video
 HD_SIZES = "1280x720,1920x1080"
 # (label, decode_clip keywords); "S" stands for the cache's stored size
 OPTIONS = [
-    ("every frame decoded, 1 thread, RGB at full size (before)", dict(skip_nonref=False, short_side=None)),
-    ("non-reference frames skipped, 1 thread, full size", dict(skip_nonref=True, short_side=None)),
-    ("every frame decoded, 1 thread, RGB at 2 x S", dict(skip_nonref=False, short_side="S")),
-    ("non-reference frames skipped, 1 thread, RGB at 2 x S (adopted)", dict(skip_nonref=True, short_side="S")),
+    ("every frame decoded, 1 thread, full-size frames (before)", dict(skip_nonref=False, short_side=None)),
+    ("non-reference frames skipped, 1 thread, full-size frames", dict(skip_nonref=True, short_side=None)),
+    ("every frame decoded, 1 thread, frames scaled to 2 x S", dict(skip_nonref=False, short_side="S")),
+    ("non-reference frames skipped, 1 thread, frames scaled to 2 x S (adopted)", dict(skip_nonref=True, short_side="S")),
     ("skipped + 2 frame threads, 2 x S", dict(skip_nonref=True, short_side="S", threads=2, thread_type="FRAME")),
     ("skipped + 2 slice threads, 2 x S", dict(skip_nonref=True, short_side="S", threads=2, thread_type="SLICE")),
     ("skipped + 2 threads auto (frame+slice), 2 x S", dict(skip_nonref=True, short_side="S", threads=2,

@@ -271,10 +271,10 @@ def decode_clip(
                                             scan.last_duration, tick)
         reasons = partial_reasons(scan, facts["declared_frames"], len(stream.index_entries),
                                   _header_seconds(container, stream), timeline)
-        if reasons and policy.partial == "skip":
-            raise PartialVideoError(f"partial file ({'; '.join(reasons)}), skipped (--partial-videos skip)")
         if scan.frames == 0:
             raise ValueError("decoded zero video frames" + (f" ({'; '.join(reasons)})" if reasons else ""))
+        if reasons and policy.partial == "skip":
+            raise PartialVideoError(f"partial file ({'; '.join(reasons)}), skipped (--partial-videos skip)")
         convert = FrameConverter(short_side, policy.max_pixels)
         kept, timeline, indices, passes, errors = _keep_chosen_frames(codec, scan, timeline, offsets, tick,
                                                                       convert, skip_nonref)

@@ -1,12 +1,14 @@
-"""Decoded frame -> the uint8 RGB array the pipeline gets: scaled down while converting, upright.
+"""Decoded frame -> the uint8 RGB array the pipeline gets: scaled down as it is decoded, upright.
 
-Scaling.  Converting a 1080p frame to RGB costs more than decoding it (18 ms vs ~6 ms per
-frame here), and the pipeline resizes it to 224-256 pixels anyway.  So when the caller says
-which short side it will resize to (``short_side``), frames whose short side is more than
-``DOWNSCALE_MARGIN`` times that are scaled down to that margin by swscale while they are
-converted (area averaging); the caller's own resize then does the rest.  Everything up to twice
-the target, i.e. every Moments in Time size (short side 240-360), is converted unscaled, so those
-clips give exactly the frames they gave before.
+Scaling.  A clip of 16 full 1080p frames is 100 MB, and the pipeline resizes them to 224-256
+pixels anyway.  So when the caller says which short side it will resize to (``short_side``),
+frames whose short side is more than ``DOWNSCALE_MARGIN`` times that are resized to that margin
+right after conversion, one at a time, with the pipeline's own antialiased bilinear resize; the
+caller's resize then does the rest.  Conversion itself stays unscaled: swscale's unscaled
+YUV -> RGB path is several times faster than its scaling one, and scaling in swscale (area
+averaging) made 720p clips slower to prepare than not scaling at all (measured; see README,
+Performance).  Everything up to twice the target, i.e. every Moments in Time size (short side
+240-360), is left as it is, so those clips give exactly the frames they gave before.
 
 Orientation.  Phone footage is stored sideways with a display matrix (side data) saying how
 to turn it; players apply it, the decoder does not.  Frames are turned and mirrored here the
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import av
 import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
 from av.video.reformatter import VideoReformatter
 
 from .decode_policy import VideoTooLargeError
@@ -99,14 +103,14 @@ class FrameConverter:
             self.size = scaled_size(frame.width, frame.height, self.short_side)
             self.orientation = Orientation.of(frame)
         width, height = self.size
-        if self.scaled:  # area averaging: the closest to the caller's antialiased resize and the fastest (measured)
-            rgb = self.reformatter.reformat(frame, format="rgb24", width=width, height=height,
-                                            interpolation="AREA", threads=1)
-        elif (width, height) == (frame.width, frame.height):
-            rgb = self.reformatter.reformat(frame, format="rgb24", threads=1)
+        if self.scaled or (frame.width, frame.height) == self.source:
+            rgb = self.reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
         else:  # a later frame of another size than the first
-            rgb = self.reformatter.reformat(frame, format="rgb24", width=width, height=height, threads=1)
-        return self.orientation.apply(rgb.to_ndarray())
+            rgb = self.reformatter.reformat(frame, format="rgb24", width=width, height=height, threads=1).to_ndarray()
+        if self.scaled:
+            chw = torch.from_numpy(rgb).permute(2, 0, 1)
+            rgb = TF.resize(chw, [height, width], antialias=True).permute(1, 2, 0).numpy()
+        return self.orientation.apply(rgb)
 
     @property
     def scaled(self) -> bool:
