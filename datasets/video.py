@@ -19,10 +19,10 @@ How a clip is decoded (:func:`decode_clip`), in one read of the file:
    only decode a frame after the frames it references, so seeking to each of 16 frames
    re-decodes from the previous key frame every time (6-8x slower on a 3 s clip); instead the
    file is decoded once and frames that no other frame references and that are not chosen are
-   skipped by the decoder (``skip_nonref``: the same frames, 1.5-1.8x faster on B-frame-heavy
-   footage, measured in ``benchmarks/data_throughput.py --hd``).  Only chosen frames are
-   converted to RGB (:mod:`datasets.video_frames`: scaled down while converting when much
-   larger than the caller needs, then turned upright by the display matrix).
+   skipped by the decoder (``skip_nonref``: the same frames, 1.4-1.6x more clips per core on
+   720p/1080p footage with B-frames, measured by ``benchmarks/data_throughput.py --hd``).  Only chosen frames are
+   converted to RGB (:mod:`datasets.video_frames`: scaled down as they are decoded when much
+   larger than the caller needs, and turned upright by the display matrix).
 
 When the timestamps cannot be trusted (an AVI with B-frames stores none, or the decoder's
 frames do not come back in timestamp order), frames are matched by their order instead (a
@@ -230,8 +230,9 @@ def decode_clip(
     Frames are chosen as the module docstring says: segment centres, or jittered with ``rng``;
     by index on constant-rate streams (exactly :func:`sample_clip_indices` over the frames the
     file holds), by time on variable-rate ones.  Any container/codec/pixel format FFmpeg reads
-    works.  ``short_side``: the short side the caller resizes to; larger frames are converted at
-    twice that (see :mod:`datasets.video_frames`), None keeps every frame's own size.
+    works.  ``short_side``: the short side the caller resizes to; frames larger than twice that are
+    scaled to twice that as they are decoded (see :mod:`datasets.video_frames`); None keeps every
+    frame's own size.
     ``policy`` (:class:`~datasets.decode_policy.DecodePolicy`): partial files and size/duration
     limits.  ``threads`` is the decoder thread count: 1 (default) = no threading, which is right
     inside DataLoader workers (they already use every core); 0 = FFmpeg's choice or n > 1
