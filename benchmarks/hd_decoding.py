@@ -7,9 +7,10 @@ per core (one process, one decoder thread unless the option says otherwise, CPU 
 - ``prepare`` (the real command, ``--workers 0``) against seeking to each of the 16 frames (the
   earlier approach, as in the main benchmark): videos/s per core;
 - the decoding options of :func:`datasets.video.decode_clip`, each on the same clips and frame
-  choice, followed by ``prepare``'s resize to the stored size: every frame decoded vs non-reference frames that are not needed skipped by the decoder
-  (``skip_nonref``), FFmpeg's frame / slice / auto threading with 2 threads, and frames kept at full
-  size vs scaled to twice the stored size as they are decoded (``short_side``).  "same frames" compares each option's
+  choice, followed by ``prepare``'s resize to the stored size: every frame decoded vs
+  non-reference frames that are not needed skipped by the decoder (``skip_nonref``), FFmpeg's
+  frame / slice / auto threading with 2 threads, and frames kept at full size vs scaled to twice
+  the stored size as they are decoded (``short_side``).  "same frames" compares each option's
   frames with the same-size option that decodes every frame in one thread.
 
 Clips: a textured background panning under moving shapes, with sensor-like noise (libx264
@@ -35,7 +36,8 @@ OPTIONS = [
     ("every frame decoded, 1 thread, full-size frames (before)", dict(skip_nonref=False, short_side=None)),
     ("non-reference frames skipped, 1 thread, full-size frames", dict(skip_nonref=True, short_side=None)),
     ("every frame decoded, 1 thread, frames scaled to 2 x S", dict(skip_nonref=False, short_side="S")),
-    ("non-reference frames skipped, 1 thread, frames scaled to 2 x S (adopted)", dict(skip_nonref=True, short_side="S")),
+    ("non-reference frames skipped, 1 thread, frames scaled to 2 x S (adopted)",
+     dict(skip_nonref=True, short_side="S")),
     ("skipped + 2 frame threads, 2 x S", dict(skip_nonref=True, short_side="S", threads=2, thread_type="FRAME")),
     ("skipped + 2 slice threads, 2 x S", dict(skip_nonref=True, short_side="S", threads=2, thread_type="SLICE")),
     ("skipped + 2 threads auto (frame+slice), 2 x S", dict(skip_nonref=True, short_side="S", threads=2,
