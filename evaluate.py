@@ -47,6 +47,8 @@ from datasets import (
     build_targets,
     load_annotation_table,
     load_human_ratings,
+    add_decode_arguments,
+    decode_policy_from_args,
     parse_views,
     scan_video_root,
 )
@@ -120,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--dist-timeout", type=float, default=1800.0, help="seconds a collective may wait")
+    add_decode_arguments(p)  # used with --videos
     return p
 
 
@@ -260,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             dataset = MultiViewClipDataset(names, {}, args.videos, num_frames=spec.frames, size=spec.size,
                                            temporal_views=temporal, spatial_views=spatial,
-                                           index=scan_video_root(args.videos))
+                                           index=scan_video_root(args.videos),
+                                           decode_policy=decode_policy_from_args(args))
         log0(info, f"evaluating {spec.path} (ResNet3D-{spec.depth}, {spec.frames}x{spec.size}px, "
                    f"{temporal}x{spatial} views) on {len(rows)} {args.split} videos with {info.world_size} "
                    f"process(es) on {info.device}")

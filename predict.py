@@ -10,8 +10,9 @@ folder).  The CSV has one row per video, in the order given: ``video`` (the path
 (its file name), then the predictions in the annotation table's schema (see
 utils/evaluation.py: scores and confidences in [0, 1], people count class and
 probabilities, Indoor/Outdoor with p(Outdoor)), then ``error``.  A video that cannot be read
-(missing, corrupt, truncated) gets a row with its error and empty predictions; the others go
-on.  Batched; on the GPU when there is one (one process per GPU under torchrun, each video
+(missing, corrupt, no frames) or that the decoding flags turn away (longer than
+``--max-video-seconds``, frames larger than ``--max-video-pixels``, a partial download under
+``--partial-videos skip``) gets a row with its error and empty predictions; the others go on.  Batched; on the GPU when there is one (one process per GPU under torchrun, each video
 predicted exactly once), else on the CPU.
 """
 
@@ -25,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from datasets import MultiViewClipDataset, VideoIndex, parse_views
+from datasets import MultiViewClipDataset, VideoIndex, add_decode_arguments, decode_policy_from_args, parse_views
 from datasets.video_paths import VIDEO_EXTENSIONS, collect_video_paths, parse_extensions
 from inference import infer_dataset, load_inference_model
 from utils.distributed import destroy_distributed, init_distributed
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="file endings taken from folders (comma list)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--dist-timeout", type=float, default=1800.0)
+    add_decode_arguments(p)
     return p
 
 
@@ -58,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
     temporal, spatial = parse_views(args.views)
+    decode_policy = decode_policy_from_args(args)
     extensions = parse_extensions(args.extensions)
     info = init_distributed(args.device, args.dist_timeout)
     try:
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         readable = [os.path.abspath(p) for p, ok in zip(inputs, exists) if ok]
         dataset = MultiViewClipDataset(readable, {}, os.sep, num_frames=spec.frames, size=spec.size,
                                        temporal_views=temporal, spatial_views=spatial,
-                                       index=VideoIndex(root=os.sep))
+                                       index=VideoIndex(root=os.sep), decode_policy=decode_policy)
         probs, errors = infer_dataset(model, dataset, info, spec.tasks, batch_size=args.batch_size,
                                       num_workers=args.num_workers, amp=args.amp,
                                       progress=not args.no_progress, desc="predicting")

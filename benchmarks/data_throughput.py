@@ -5,6 +5,8 @@
     python -m benchmarks.data_throughput                    # 32 generated 3 s clips (~2-4 min on 2 cores)
     python -m benchmarks.data_throughput --clips 64 --max-workers 16 --json data.json
     python -m benchmarks.data_throughput --videos /path/to/mit/clips --clips 64
+    python -m benchmarks.data_throughput --hd               # + 720p / 1080p rows (opt-in: minutes more)
+    python -m benchmarks.data_throughput --hd-only --work-dir /tmp/dt   # only those rows
 
 What it measures (all on the CPU unless a GPU is there; the tables print as Markdown):
 1. Reading, per worker core: one process, one thread, doing exactly a DataLoader worker's job
@@ -26,6 +28,8 @@ What it measures (all on the CPU unless a GPU is there; the tables print as Mark
    consumer that only touches the batch.
 4. With a GPU: the ResNet3D-50 training step rate (bf16, channels_last_3d) on synthetic
    input, to compare the loader against.
+5. With ``--hd``: the same preparation comparison on generated 720p and 1080p 3 s clips, and the
+   decoding options measured on them (:mod:`benchmarks.hd_decoding`).
 
 Clips are generated (so the benchmark runs anywhere): 3 s, 30 fps H.264 (libx264 defaults:
 one key frame per clip) at Moments-in-Time-like sizes, with moving textured shapes; or real
@@ -433,7 +437,33 @@ def run(args: argparse.Namespace) -> dict:
             loader_rows),
         "\n".join(f"- {c}" for c in checks if c),
     ])
+    if args.hd:
+        report += "\n\n" + hd_rows(args, results)
     results["report"] = report
+    return results
+
+
+def hd_rows(args: argparse.Namespace, results: dict) -> str:
+    """Section 5 (``--hd``): measured into ``results["hd"]``, returned as report text."""
+    from benchmarks.hd_decoding import run_hd
+
+    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="data_throughput-hd-"))
+    try:
+        results["hd"], report = run_hd(work, args.frames, args.stored_size, args.size, args.hd_sizes,
+                                       args.hd_clips, args.min_time, args.seconds, args.fps)
+    finally:
+        if not args.work_dir:
+            shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def run_hd_only(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(1)
+    results: dict = {"machine": machine(), "settings": vars(args).copy()}
+    print(f"machine: {results['machine']}", flush=True)
+    report = hd_rows(args, results)
+    load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    results["report"] = f"Machine: {results['machine']}; load average {load_end:.1f} at the end.\n\n{report}"
     return results
 
 
@@ -457,12 +487,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu", action="store_true", help="consumer on the CPU even when a GPU is there")
     p.add_argument("--work-dir", default=None, help="keep clips, caches and .pt files here (default: a temp dir)")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    p.add_argument("--hd", action="store_true", help="add the 720p/1080p rows: prepare vs seek, decoding options "
+                   "(opt-in: rendering the clips alone takes minutes)")
+    p.add_argument("--hd-only", action="store_true", help="only the --hd rows")
+    p.add_argument("--hd-sizes", default="1280x720,1920x1080", help="WxH list of the generated HD clips")
+    p.add_argument("--hd-clips", type=int, default=2, help="generated clips per HD size")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    results = run(args)
+    results = run_hd_only(args) if args.hd_only else run(args)
     print("\n" + results["report"], flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({k: v for k, v in results.items()}, indent=2, default=str) + "\n")

@@ -28,6 +28,11 @@ _EXPORTS: dict[str, str] = {
     "DEFAULT_CROP_SCALE": "augment",
     "DEFAULT_CROP_RATIO": "augment",
     "resized_crop_flip": "augment",
+    # decode_policy.py: partial files and decoding limits, the same flags in every command
+    "DecodePolicy": "decode_policy",
+    "VideoSkipped": "decode_policy",
+    "add_decode_arguments": "decode_policy",
+    "decode_policy_from_args": "decode_policy",
     # transforms.py: clip transforms and device-side normalization
     "IMAGENET_MEAN": "transforms",
     "IMAGENET_STD": "transforms",

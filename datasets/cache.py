@@ -69,10 +69,12 @@ FAILURES_FILE = "failures.csv"
 SHARD_DIR = "shards"
 STORAGES = ("raw", "jpeg")
 # Statuses of a manifest row; the first two have a clip in the cache.
-STORED_STATUSES = ("ok", "short")  # short = fewer frames than K in the video: frames repeat
+# short = fewer frames than K in the video: frames repeat; partial = the file ends early (a
+# partial download), stored from the frames that decode (datasets.prepare --partial-videos use)
+STORED_STATUSES = ("ok", "short", "partial")
 MANIFEST_FIELDS = [
     "video_name", "status", "error", "source", "declared_frames", "total_frames", "fps",
-    "height", "width", "frames_kept", "frame_indices", "shard", "offset", "nbytes",
+    "height", "width", "frames_kept", "frame_indices", "shard", "offset", "nbytes", "note",
 ]
 _JPEG_LENGTH = np.dtype("<u4")
 

@@ -23,9 +23,10 @@ import numpy as np
 import torch
 
 from .augment import Augmentation
+from .decode_policy import DecodePolicy
 from .samplers import parse_key
 from .transforms import ClipTransform
-from .video import BadVideoError, decode_clip
+from .video import BadVideoError, decode_clip, partial_note
 
 __all__ = [
     "LEGACY_SUFFIX",
@@ -127,6 +128,10 @@ class VideoClipDataset(torch.utils.data.Dataset):
         decode_threads: FFmpeg decoder threads per clip; 1 because workers already share
             the cores.
         index: a :class:`VideoIndex` to reuse (e.g. one scan for train and val).
+        decode_policy: partial files and the duration/size limits
+            (:class:`~datasets.decode_policy.DecodePolicy`; default: use partial files, 30 s,
+            1920 x 1088).  A skipped file is a failed sample whose error says why; a partial file
+            that is used says so in the sample's ``note``.
     """
 
     def __init__(
@@ -144,6 +149,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
         transform: ClipTransform | None = None,
         decode_threads: int = 1,
         index: VideoIndex | None = None,
+        decode_policy: DecodePolicy | None = None,
     ) -> None:
         if bad_video not in ("skip", "error"):
             raise ValueError(f"bad_video must be 'skip' or 'error', got {bad_video!r}")
@@ -173,6 +179,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
         self.bad_video = bad_video
         self.transform = transform or ClipTransform(size=size, train=train, augment=augment or Augmentation())
         self.decode_threads = decode_threads
+        self.decode_policy = decode_policy if decode_policy is not None else DecodePolicy()
 
     def __len__(self) -> int:
         return len(self.video_names)
@@ -195,18 +202,26 @@ class VideoClipDataset(torch.utils.data.Dataset):
             )
         return self.transform.legacy(video.float(), rng)
 
-    def _load(self, path: str, rng: np.random.Generator | None) -> torch.Tensor:
+    def _decode(self, path: str, num_frames: int, rng: np.random.Generator | None) -> tuple[np.ndarray, str | None]:
+        """The one decoding call of both clip datasets: (frames at up to twice ``size`` (the
+        transform resizes to ``size``), the note of a partial file used) under the dataset's policy."""
+        frames, info = decode_clip(path, num_frames, rng, threads=self.decode_threads, short_side=self.size,
+                                   policy=self.decode_policy)
+        return frames, partial_note(info)
+
+    def _load(self, path: str, rng: np.random.Generator | None) -> tuple[torch.Tensor, str | None]:
+        """(clip, note): the note says when a partial file was used."""
         if path.endswith(LEGACY_SUFFIX):
-            return self._load_legacy(path, rng)
-        frames, _ = decode_clip(path, self.num_frames, rng, threads=self.decode_threads)
-        return self.transform(frames, rng)
+            return self._load_legacy(path, rng), None
+        frames, note = self._decode(path, self.num_frames, rng)
+        return self.transform(frames, rng), note
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         """``key`` = index or (epoch, index); an int key means epoch 0.
 
         Returns ``{"video": uint8 (3, T, size, size) (float32 for legacy .pt clips) or None,
         "targets": {key: 0-dim tensor}, "video_id": str, "index": int, "error": None or
-        "<path>: <ExceptionType>: <message>"}``.
+        "<path>: <ExceptionType>: <message>", "note": None or "<path>: partial file (...)"}``.
         """
         epoch, index = parse_key(key)
         if not -len(self) <= index < len(self):
@@ -219,6 +234,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
             "video_id": name,
             "index": index,
             "error": None,
+            "note": None,
         }
         rng = np.random.default_rng([self.seed, epoch, index]) if self.train else None
         try:
@@ -226,7 +242,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
                 raise FileNotFoundError(
                     f"missing file (no {name!r} or its {LEGACY_SUFFIX} under {self.video_root})"
                 )
-            sample["video"] = self._load(path, rng)
+            sample["video"], sample["note"] = self._load(path, rng)
         except LegacyClipShapeError:
             raise
         except Exception as exc:  # any failure to read this one file; see bad_video
@@ -242,11 +258,13 @@ def collate_clips(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Stack good samples; drop failed ones and list them in ``bad``.
 
     Returns ``{"video": (N, 3, T, H, W), "targets": {k: (N,)}, "video_ids": [str],
-    "indices": int64 (N,), "bad": [(video_id, error)]}``.  When every sample failed, N is 0
-    and ``video`` is None (the loop should skip such a batch).
+    "indices": int64 (N,), "bad": [(video_id, error)], "notes": [(video_id, note)]}`` (notes:
+    partial files that were used).  When every sample failed, N is 0 and ``video`` is None (the
+    loop should skip such a batch).
     """
     good = [s for s in samples if s["error"] is None]
     bad = [(s["video_id"], s["error"]) for s in samples if s["error"] is not None]
+    notes = [(s["video_id"], s["note"]) for s in good if s.get("note")]
     keys = list(samples[0]["targets"]) if samples else []
     if not good:
         return {
@@ -255,6 +273,7 @@ def collate_clips(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "video_ids": [],
             "indices": torch.empty(0, dtype=torch.int64),
             "bad": bad,
+            "notes": notes,
         }
     dtypes = {s["video"].dtype for s in good}
     if len(dtypes) > 1:
@@ -269,4 +288,5 @@ def collate_clips(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "video_ids": [s["video_id"] for s in good],
         "indices": torch.tensor([s["index"] for s in good], dtype=torch.int64),
         "bad": bad,
+        "notes": notes,
     }

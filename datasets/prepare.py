@@ -2,12 +2,14 @@
 
     python -m datasets.prepare --videos DIR --annotations CSV --out CACHE_DIR [--workers N]
         [--frames 16] [--stored-size 256] [--format raw|jpeg] [--jpeg-quality 90] [--shard-size 256]
+        [--partial-videos use|skip] [--max-video-seconds 30] [--max-video-pixels 2088960]
     python -m datasets.prepare --from-pt PT_DIR --annotations CSV --out CACHE_DIR   # earlier .pt clips
 
 Each video is decoded in one pass (:func:`datasets.video.decode_clip`: the centre frame of
-each of K equal segments), resized so its short side is S and centre-cropped to S x S (S =
-``--stored-size``; 256 leaves room for 224 training crops), and appended to a shard.  See
-:mod:`datasets.cache` for the layout and why.
+each of K equal segments of the frames the file holds, of time on variable-rate files; upright;
+frames larger than 2S converted at 2S), resized so its short side is S and centre-cropped to
+S x S (S = ``--stored-size``; 256 leaves room for 224 training crops), and appended to a shard.
+See :mod:`datasets.cache` for the layout and why.
 
 Workers: each worker process writes whole shards (``--shard-size`` videos each) under a
 temporary name and commits a shard by fsync + rename + writing its index; a tqdm bar counts
@@ -18,9 +20,15 @@ Lost work after a kill: at most the shards being written, ``workers x shard-size
 
 The cache records its parameters in ``cache.json``; a rerun with other parameters (frames,
 size, format, quality) into the same directory is refused.  At the end ``manifest.csv``
-(one row per video: source, frame count, fps, size, frames kept, status, error, location)
-and ``failures.csv`` (corrupt, empty, unreadable or missing videos, and too-short ones:
-status ``short``, stored with repeated frames like the video Dataset does) are written.
+(one row per video: source, declared and real frame count, fps, size, frames kept, status,
+error, note, location) and ``failures.csv`` (every row whose status is not ``ok``) are written.
+Statuses: ``ok``; ``short`` (fewer frames than K: stored with repeated frames like the video
+Dataset does); ``partial`` (the file ends early, a partial download: stored from the frames that
+decode, unless ``--partial-videos skip``); ``skipped`` (over ``--max-video-seconds`` or
+``--max-video-pixels``, or partial under ``skip``: not stored, retried by a rerun); ``failed``
+(corrupt, empty, unreadable); ``missing`` (no file).  The ``note`` column says what else sets a
+stored file apart: a header frame count that is wrong, a variable frame rate, a rotation, a
+reduced decoding size.
 
 ``--from-pt`` converts the earlier version's float32 [3, T, H, W] ImageNet-normalized
 clips: de-normalize, round, clamp to uint8.  These keep their own frames and size (usually
@@ -62,6 +70,7 @@ from .cache import (
     write_csv,
     write_params,
 )
+from .decode_policy import add_decode_arguments, decode_policy_from_args
 
 __all__ = ["fit_clip", "decode_for_cache", "legacy_pt_clip", "prepare_cache", "main"]
 
@@ -83,19 +92,29 @@ def fit_clip(frames: np.ndarray, stored_size: int) -> np.ndarray:
     return resize_center_crop(frames_to_tensor(frames), stored_size).contiguous().numpy()
 
 
-def decode_for_cache(path: str, params: CacheParams) -> tuple[np.ndarray, dict[str, Any]]:
-    """Decode ``path`` once and return (clip (K, 3, S, S) uint8, manifest facts)."""
-    from .video import decode_clip
+def decode_for_cache(path: str, params: CacheParams, policy=None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Decode ``path`` once and return (clip (K, 3, S, S) uint8, manifest facts).
 
-    frames, info = decode_clip(path, params.frames, None, threads=1)
+    ``policy``: a :class:`datasets.decode_policy.DecodePolicy` (default: its defaults); files it
+    turns away raise :class:`datasets.decode_policy.VideoSkipped`."""
+    from .video import decode_clip, partial_note
+
+    frames, info = decode_clip(path, params.frames, None, threads=1, short_side=params.stored_size, policy=policy)
     facts = {
         "declared_frames": info["declared_frames"], "total_frames": info["total_frames"],
-        "fps": round(info["fps"], 4), "height": info["height"], "width": info["width"],
+        "fps": round(info["fps"], 4), "height": info["source_height"], "width": info["source_width"],
         "frames_kept": params.frames, "frame_indices": " ".join(map(str, info["indices"])),
+        "note": "; ".join(n for n in info["notes"] if n != partial_note(info)),  # the partial one is the error
     }
+    problems = []
+    if info["partial"]:
+        facts["status"] = "partial"
+        problems.append(f"partial file: {info['partial']}")
     if info["total_frames"] < params.frames:
-        facts["status"] = "short"
-        facts["error"] = f"only {info['total_frames']} frames for {params.frames}: frames repeat"
+        facts.setdefault("status", "short")
+        problems.append(f"only {info['total_frames']} frames for {params.frames}: frames repeat")
+    if problems:
+        facts["error"] = "; ".join(problems)
     return fit_clip(frames, params.stored_size), facts
 
 
@@ -143,13 +162,15 @@ def shard_paths(root: Path, shard_id: int) -> tuple[Path, Path]:
 
 
 def write_shard(root: Path, shard_id: int, items: list[tuple[str, str]], params: CacheParams,
-                source_kind: str, tick: Callable[[], None]) -> list[dict[str, Any]]:
+                source_kind: str, tick: Callable[[], None], policy=None) -> list[dict[str, Any]]:
     """Process ``items`` [(video_name, path)] into shard ``shard_id`` and commit it.
 
     Data goes to a temporary file first; fsync, rename, then the index (the commit marker)
     is written the same way.  A kill at any moment leaves either a committed shard or
     debris that :func:`clean_debris` removes.
     """
+    from .decode_policy import VideoSkipped
+
     bin_path, index_path = shard_paths(root, shard_id)
     records = []
     offset = 0
@@ -160,8 +181,10 @@ def write_shard(root: Path, shard_id: int, items: list[tuple[str, str]], params:
                 if source_kind == "pt":
                     clip, facts = legacy_pt_clip(path, params)
                 else:
-                    clip, facts = decode_for_cache(path, params)
+                    clip, facts = decode_for_cache(path, params, policy)
                 data = encode_clip(clip, params)
+            except VideoSkipped as exc:  # over a limit, or partial under --partial-videos skip
+                record.update(status="skipped", error=f"{type(exc).__name__}: {exc}")
             except Exception as exc:  # this one video is unreadable: record it, go on
                 record.update(status="failed", error=f"{type(exc).__name__}: {exc}".replace("\n", " "))
             else:
@@ -227,8 +250,9 @@ def _tick() -> None:
 
 
 def _shard_job(job: tuple) -> tuple[int, list[dict[str, Any]]]:
-    root, shard_id, items, params_dict, source_kind = job
-    return shard_id, write_shard(Path(root), shard_id, items, CacheParams(**params_dict), source_kind, _tick)
+    root, shard_id, items, params_dict, source_kind, policy = job
+    return shard_id, write_shard(Path(root), shard_id, items, CacheParams(**params_dict), source_kind, _tick,
+                                 policy)
 
 
 def read_video_names(annotations: str | os.PathLike) -> list[str]:
@@ -296,12 +320,14 @@ def _chunks(items: list, size: int) -> list[list]:
 def prepare_cache(out: str | os.PathLike, names: list[str], source_dir: str, *, source_kind: str = "video",
                   frames: int | None = None, stored_size: int | None = None, storage: str = "raw",
                   jpeg_quality: int = 90, workers: int = 1, shard_size: int = 256, progress: bool = True,
-                  provenance: dict | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+                  provenance: dict | None = None, log: Callable[[str], None] = print,
+                  decode_policy=None) -> dict[str, Any]:
     """Build or resume the cache at ``out`` for ``names``; returns a summary dict.
 
     ``source_kind``: ``"video"`` (decode files under ``source_dir``; ``frames`` default 16,
     ``stored_size`` default 256) or ``"pt"`` (convert earlier-version ``.pt`` clips; frames
     and size come from the clips, and ``frames``/``stored_size`` must be None or equal theirs).
+    ``decode_policy``: a :class:`datasets.decode_policy.DecodePolicy` (partial files, limits).
     """
     from tqdm import tqdm
 
@@ -354,7 +380,7 @@ def prepare_cache(out: str | os.PathLike, names: list[str], source_dir: str, *, 
 
         next_id = max(committed, default=-1) + 1
         per_shard = max(1, min(shard_size, -(-len(pending) // max(workers, 1))))  # every worker gets work
-        jobs = [(str(root), next_id + i, chunk, asdict(params), source_kind)
+        jobs = [(str(root), next_id + i, chunk, asdict(params), source_kind, decode_policy)
                 for i, chunk in enumerate(_chunks(pending, per_shard))]
         start = time.perf_counter()
         bar = tqdm(total=len(pending), unit="video", disable=not progress, dynamic_ncols=True)
@@ -381,14 +407,15 @@ def prepare_cache(out: str | os.PathLike, names: list[str], source_dir: str, *, 
         failures = [r for r in rows if r["status"] != "ok"]
         write_csv(root / FAILURES_FILE, failures, ["video_name", "status", "source", "error"])
         fsync_dir(root)
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "short", "failed", "missing")}
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "short", "partial", "skipped", "failed", "missing")}
     done = len(pending)
     summary = {"params": params, "counts": counts, "skipped": skipped, "processed": done, "seconds": elapsed,
                "videos_per_s": done / elapsed if elapsed > 0 and done else 0.0,
                "manifest": str(root / MANIFEST_FILE), "failures": str(root / FAILURES_FILE)}
-    log(f"done: {done} processed in {elapsed:.1f} s ({summary['videos_per_s']:.1f} videos/s), {skipped} skipped; "
-        f"ok {counts['ok']}, short (frames repeated) {counts['short']}, failed {counts['failed']}, "
-        f"missing {counts['missing']}; manifest {summary['manifest']}, failure report {summary['failures']}")
+    log(f"done: {done} processed in {elapsed:.1f} s ({summary['videos_per_s']:.1f} videos/s), {skipped} already cached; "
+        f"ok {counts['ok']}, short (frames repeated) {counts['short']}, partial (used) {counts['partial']}, "
+        f"skipped {counts['skipped']}, failed {counts['failed']}, missing {counts['missing']}; "
+        f"manifest {summary['manifest']}, failure report {summary['failures']}")
     return summary
 
 
@@ -399,9 +426,9 @@ def _run_jobs(jobs: list[tuple], workers: int, bar) -> list[tuple[int, list]]:
         return results
     if workers <= 0:
         for job in jobs:
-            root, shard_id, items, params_dict, kind = job
+            root, shard_id, items, params_dict, kind, policy = job
             results.append((shard_id, write_shard(Path(root), shard_id, items, CacheParams(**params_dict),
-                                                   kind, lambda: bar.update(1))))
+                                                   kind, lambda: bar.update(1), policy)))
         return results
     ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     counter = ctx.Value("q", 0)
@@ -464,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="videos per shard (default 256, ~0.8 GB raw at 16x256x256); a kill loses at most "
                              "workers x shard-size videos of work")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_decode_arguments(parser)
     return parser
 
 
@@ -483,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
             frames=args.frames, stored_size=args.stored_size, storage=args.format,
             jpeg_quality=args.jpeg_quality, workers=args.workers, shard_size=args.shard_size,
             progress=not args.no_progress, provenance={"annotations": str(args.annotations)},
+            decode_policy=decode_policy_from_args(args),
         )
     except CacheMismatchError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -491,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted: finished shards are kept; rerun the same command to resume ({args.out})",
               file=sys.stderr)
         return 130
-    return 0 if summary["counts"]["ok"] + summary["counts"]["short"] > 0 else 1
+    return 0 if sum(summary["counts"][s] for s in STORED_STATUSES) > 0 else 1
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ import torchvision.transforms.v2.functional as TF
 from .cache import FrameCache
 from .clips import LEGACY_SUFFIX, VideoClipDataset, collate_clips
 from .transforms import frames_to_tensor, resize_center_crop
-from .video import decode_clip, sample_clip_indices
+from .video import sample_clip_indices
 
 __all__ = ["spatial_crop_offsets", "multi_view_clips", "MultiViewClipDataset", "MultiViewCachedDataset",
            "collate_views", "parse_views"]
@@ -118,14 +118,14 @@ class MultiViewClipDataset(VideoClipDataset):
     def num_views(self) -> int:
         return self.temporal_views * self.spatial_views
 
-    def _load(self, path: str, rng: np.random.Generator | None) -> torch.Tensor:
+    def _load(self, path: str, rng: np.random.Generator | None) -> tuple[torch.Tensor, str | None]:
         if path.endswith(LEGACY_SUFFIX):
             if self.num_views != 1:
                 raise ValueError(f"a legacy {LEGACY_SUFFIX} clip holds one fixed clip; "
                                  f"{self.temporal_views}x{self.spatial_views} views need the original video")
-            return self._load_legacy(path, rng).unsqueeze(0)
-        frames, _ = decode_clip(path, self.num_frames * self.temporal_views, None, threads=self.decode_threads)
-        return multi_view_clips(frames, self.num_frames, self.temporal_views, self.spatial_views, self.size)
+            return self._load_legacy(path, rng).unsqueeze(0), None
+        frames, note = self._decode(path, self.num_frames * self.temporal_views, None)
+        return multi_view_clips(frames, self.num_frames, self.temporal_views, self.spatial_views, self.size), note
 
 
 class MultiViewCachedDataset(torch.utils.data.Dataset):

@@ -27,3 +27,11 @@ def tiny_demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     videos, annotations = ensure_demo_dataset(root / "demo", num_videos=48, seed=0)
     return videos, annotations
+
+
+@pytest.fixture(scope="session")
+def web_faults(tmp_path_factory):
+    """One generated file per fault of real web footage (see tests/web_video_files.py), made once."""
+    from web_video_files import web_faults as make
+
+    return make(tmp_path_factory.mktemp("web_faults"))

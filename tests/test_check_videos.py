@@ -19,3 +19,25 @@ def test_all_good_exits_zero(tmp_path):
     frames = np.zeros((5, 32, 32, 3), dtype=np.uint8)
     write_video(tmp_path / "a.mp4", frames, fps=10)
     assert main([str(tmp_path / "a.mp4"), "--frames", "16", "--size", "32"]) == 0  # fewer frames than T
+
+
+def test_web_faults_are_reported_as_ok_partial_or_skipped(web_faults, capsys):
+    assert main([str(web_faults), "--frames", "8", "--size", "32"]) == 0  # skips are not failures
+    lines = {line.split()[1].rsplit("/", 1)[-1].rstrip(":"): line for line in capsys.readouterr().out.splitlines()
+             if line.split()[0] in ("ok", "partial", "SKIPPED", "FAILED")}
+    assert lines["over_count.avi"].startswith("ok ") and "30 frames" in lines["over_count.avi"]
+    assert lines["over_count.avi"].endswith("[header declares 444 frames, the file holds 30]")
+    assert lines["under_count.avi"].endswith("[header declares 12 frames, the file holds 30]")
+    assert lines["partial.mp4"].startswith("partial ") and "[partial file (" in lines["partial.mp4"]
+    assert ": 32x48, " in lines["portrait.mp4"] and "[turned upright (90 degrees" in lines["portrait.mp4"]
+    assert lines["vfr.mp4"].endswith("[variable frame rate: frames chosen by time]")
+    assert lines["long.mp4"].startswith("SKIPPED ") and "longer than 30 s" in lines["long.mp4"]
+    assert lines["huge.mp4"].startswith("SKIPPED ") and "3840x2160" in lines["huge.mp4"]
+
+
+def test_policy_flags_change_what_is_skipped(web_faults, capsys):
+    args = [str(web_faults / n) for n in ("partial.mp4", "long.mp4", "over_count.avi")]
+    assert main([*args, "--frames", "4", "--size", "32", "--partial-videos", "skip", "--max-video-seconds", "60"]) == 0
+    out = capsys.readouterr().out
+    assert "SKIPPED" in out and "partial.mp4: partial file" in out and "ok " + args[1] in out
+    assert "2 of 3 videos decoded (0 partial, used); 1 skipped; 0 failed" in out

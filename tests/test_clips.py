@@ -97,8 +97,8 @@ def test_missing_root_and_bad_targets_are_clear_errors(video_root, tmp_path):
 def test_item_format(video_root):
     ds = make_dataset(video_root)
     item = ds[0]
-    assert set(item) == {"video", "targets", "video_id", "index", "error"}
-    assert item["error"] is None and item["video_id"] == "good_a.mp4" and item["index"] == 0
+    assert set(item) == {"video", "targets", "video_id", "index", "error", "note"}
+    assert item["error"] is None and item["note"] is None and item["video_id"] == "good_a.mp4" and item["index"] == 0
     assert item["video"].shape == (3, T, SIZE, SIZE) and item["video"].dtype == torch.uint8
     assert item["targets"]["distance_score"].dtype == torch.float32 and item["targets"]["distance_score"].ndim == 0
     assert item["targets"]["peoplecount"].dtype == torch.int64 and item["targets"]["peoplecount"].item() == -1
@@ -202,3 +202,30 @@ def test_dataloader_with_two_workers_survives_bad_files(video_root):
     assert sorted(v for b in batches for v, _ in b["bad"]) == ["corrupt.mp4", "empty.mp4", "missing.mp4", "truncated.mp4"]
     # same clips as in the main process: augmentation does not depend on the worker
     assert torch.equal(batches[0]["video"][0], ds[(1, 0)]["video"])
+
+
+# ----------------------------------------------------------------- web footage faults
+def test_web_faults_through_the_dataset(web_faults):
+    """Lying header counts, variable rate and rotation give clips (the frames decode_clip chose);
+    a partial download gives a clip with a note; too long / too large files are failed samples
+    whose error says which limit; ``partial="skip"`` turns the partial one into a failed sample."""
+    from datasets.decode_policy import DecodePolicy
+    from datasets.transforms import ClipTransform
+    from datasets.video import decode_clip
+    from web_video_files import FAULTS
+
+    ds = VideoClipDataset(FAULTS, {}, web_faults, num_frames=T, size=SIZE)
+    items = {item["video_id"]: item for item in (ds[i] for i in range(len(ds)))}
+    for name in ("over_count.avi", "under_count.avi", "vfr.mp4", "portrait.mp4"):
+        frames, _ = decode_clip(web_faults / name, T, short_side=SIZE)
+        assert items[name]["error"] is None and items[name]["note"] is None, name
+        assert torch.equal(items[name]["video"], ClipTransform(SIZE)(frames)), name
+    assert items["partial.mp4"]["video"] is not None and items["partial.mp4"]["note"].startswith("partial file (")
+    assert "VideoTooLargeError: longer than 30 s" in items["long.mp4"]["error"]
+    assert "VideoTooLargeError: frames of 3840x2160" in items["huge.mp4"]["error"]
+    batch = collate_clips(list(items.values()))
+    assert batch["video"].shape[0] == 5 and [v for v, _ in batch["notes"]] == ["partial.mp4"]
+    assert sorted(v for v, _ in batch["bad"]) == ["huge.mp4", "long.mp4"]
+    strict = VideoClipDataset(["partial.mp4"], {}, web_faults, num_frames=T, size=SIZE, train=True,
+                              decode_policy=DecodePolicy(partial="skip"))
+    assert "PartialVideoError: partial file" in strict[(0, 0)]["error"]

@@ -40,3 +40,20 @@ def test_step_rate_function_runs_on_cpu():
     """The GPU comparison's step-rate function (only called on CUDA by the benchmark), tiny on CPU."""
     torch.manual_seed(0)
     assert bench.loop_step_rate(torch.device("cpu"), batch_size=2, frames=4, size=32, steps=1, depth=18) > 0
+
+
+def test_hd_rows_run_at_a_tiny_size(tmp_path, capsys):
+    """--hd-only: prepare vs seek and every decoding option, with the same-frames check (tiny clips)."""
+    from benchmarks.hd_decoding import OPTIONS
+
+    out = tmp_path / "hd.json"
+    assert bench.main(["--hd-only", "--hd-sizes", "96x64", "--hd-clips", "1", "--seconds", "1", "--fps", "8",
+                       "--frames", "4", "--size", "32", "--stored-size", "24", "--min-time", "0.01",
+                       "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "HD footage (1 generated 1 s 8 fps H.264 clip(s) per size" in printed
+    assert "| 96x64 | `prepare` (4 frames, one pass, 24x24 uint8) |" in printed
+    figures = json.loads(out.read_text())["hd"]["96x64"]
+    assert set(figures["options"]) == {name for name, _ in OPTIONS}
+    assert all(option["same_frames"] for option in figures["options"].values())
+    assert figures["prepare_videos_per_core_s"]["prepare"] > 0 and figures["prepare_videos_per_core_s"]["seek"] > 0

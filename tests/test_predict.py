@@ -9,6 +9,7 @@ import torch
 from eval_fixtures import DEPTH, FRAMES, SIZE, save_tiny_checkpoint
 from fixture_files import texture
 from launch_helpers import REPO, free_port, run
+from web_video_files import FAULTS, write_partial_mp4
 
 import predict
 from datasets.video import write_video
@@ -27,7 +28,8 @@ def inputs(tmp_path_factory):
     write_video(clips / "nested" / "b.mp4", texture(9, 40, 32, 1), 10)
     write_video(root / "whole.mp4", texture(20, 32, 48, 2), 10)
     whole = (root / "whole.mp4").read_bytes()
-    (clips / "c_truncated.mp4").write_bytes(whole[: len(whole) // 2])
+    (clips / "c_truncated.mp4").write_bytes(whole[: len(whole) // 2])  # index at the end, cut off: unreadable
+    write_partial_mp4(clips / "c_partial.mp4", texture(20, 32, 48, 4), 10)  # index first: partial, predicted
     (clips / "corrupt.mp4").write_bytes(np.random.default_rng(3).bytes(3000))
     (clips / "notes.json").write_text("{}")          # not a video: not taken from the folder
     (clips / ".hidden.mp4").write_bytes(b"")           # hidden: skipped
@@ -38,7 +40,7 @@ def inputs(tmp_path_factory):
 
 def expected_order(root):
     clips = root / "clips"
-    return [str(clips / "a.mp4"), str(clips / "c_truncated.mp4"), str(clips / "corrupt.mp4"),
+    return [str(clips / "a.mp4"), str(clips / "c_partial.mp4"), str(clips / "c_truncated.mp4"), str(clips / "corrupt.mp4"),
             str(clips / "nested" / "b.mp4"), str(root / "clips/a.mp4"), str(root / "whole.mp4"),
             str(root / "missing.mp4"), str(root / "gone.avi")]
 
@@ -55,7 +57,7 @@ def test_folder_with_corrupt_video_keeps_every_row(inputs, tmp_path):
     frame = pd.read_csv(out, keep_default_na=False, na_values=[""])
     assert list(frame.columns) == ["video", "video_name", *prediction_columns_for_csv(TASKS), "error"]
     assert frame["video"].tolist() == expected_order(root)
-    bad = {"c_truncated.mp4": "truncated", "corrupt.mp4": "InvalidDataError", "missing.mp4": "no such file",
+    bad = {"c_truncated.mp4": "InvalidDataError", "corrupt.mp4": "InvalidDataError", "missing.mp4": "no such file",
            "gone.avi": "no such file"}
     predicted = prediction_columns_for_csv(TASKS)
     for _, row in frame.iterrows():
@@ -131,3 +133,19 @@ def test_checkpoints_that_cannot_predict_are_refused_clearly(tmp_path):
     assert spec.tasks == ("valence", "location") and (spec.frames, spec.size) == (FRAMES, SIZE)
     assert prediction_columns_for_csv(spec.tasks) == ["valence_score", "valence_confidence", "location_score",
                                                       "location_confidence", "location_p_outdoor"]
+
+
+def test_web_faults_are_predicted_or_get_the_reason_in_their_row(inputs, web_faults, tmp_path):
+    _, checkpoint = inputs
+    out, strict = tmp_path / "web.csv", tmp_path / "strict.csv"
+    common = ["--checkpoint", str(checkpoint), str(web_faults), "--num-workers", "0", "--no-progress"]
+    assert predict.main([*common, "--output", str(out)]) == 0
+    rows = pd.read_csv(out, keep_default_na=False, na_values=[""]).set_index("video_name")
+    assert sorted(rows.index) == sorted(FAULTS)
+    assert "VideoTooLargeError: longer than 30 s" in rows.loc["long.mp4", "error"]
+    assert "VideoTooLargeError: frames of 3840x2160" in rows.loc["huge.mp4", "error"]
+    predicted = [n for n in FAULTS if n not in ("long.mp4", "huge.mp4")]  # the partial one too
+    assert rows.loc[predicted, "error"].isna().all() and rows.loc[predicted, "valence_score"].notna().all()
+    assert predict.main([*common, "--output", str(strict), "--partial-videos", "skip"]) == 0
+    rows = pd.read_csv(strict, keep_default_na=False, na_values=[""]).set_index("video_name")
+    assert "PartialVideoError: partial file" in rows.loc["partial.mp4", "error"]

@@ -18,6 +18,7 @@ from fixture_files import texture
 from datasets import prepare
 from datasets.cache import CachedClipDataset, FrameCache
 from datasets.video import decode_clip, write_video
+from web_video_files import FAULTS, write_partial_mp4
 
 REPO = Path(__file__).resolve().parents[1]
 K, S = 6, 24
@@ -36,8 +37,9 @@ def videos(tmp_path_factory):
     (root / "empty.mp4").write_bytes(b"")
     write_video(root / "whole.mp4", texture(40, 32, 48, 7), 10)
     data = (root / "whole.mp4").read_bytes()
-    (root / "truncated.mp4").write_bytes(data[: len(data) // 3])
+    (root / "truncated.mp4").write_bytes(data[: len(data) // 3])  # index at the end: cut off, unreadable
     (root / "whole.mp4").unlink()
+    write_partial_mp4(root / "partial.mp4", texture(40, 32, 48, 8), 10, keep=0.5)  # index first: partial
     return root
 
 
@@ -74,9 +76,9 @@ def run_prepare(*args):
     return prepare.main([*map(str, args), "--no-progress"])
 
 
-def test_failure_report_for_corrupt_empty_truncated_short_and_missing(videos, tmp_path, capsys):
+def test_failure_report_for_corrupt_empty_truncated_short_partial_and_missing(videos, tmp_path, capsys):
     out = tmp_path / "cache"
-    names = GOOD + ["short.mp4"] + BROKEN
+    names = GOOD + ["short.mp4", "partial.mp4"] + BROKEN
     rc = run_prepare("--videos", videos, "--annotations", table(tmp_path / "t.csv", names), "--out", out,
                      "--frames", K, "--stored-size", S, "--workers", 0)
     assert rc == 0
@@ -91,14 +93,19 @@ def test_failure_report_for_corrupt_empty_truncated_short_and_missing(videos, tm
     assert rows["short.mp4"]["status"] == "short" and "only 3 frames for 6: frames repeat" in rows["short.mp4"]["error"]
     for name in ("corrupt.mp4", "empty.mp4", "truncated.mp4"):
         assert rows[name]["status"] == "failed" and rows[name]["error"] and not rows[name]["shard"], name
-    assert "truncated" in rows["truncated.mp4"]["error"]
+    assert "InvalidDataError" in rows["truncated.mp4"]["error"]
+    # a download cut in half keeps the frames before the cut: stored, reported as partial
+    partial = rows["partial.mp4"]
+    assert partial["status"] == "partial" and partial["shard"] and partial["declared_frames"] == "40"
+    assert partial["error"].startswith("partial file: ") and "cut short" in partial["error"]
+    assert 10 < int(partial["total_frames"]) < 40
     assert rows["missing.mp4"]["status"] == "missing" and "no file for 'missing.mp4'" in rows["missing.mp4"]["error"]
     with open(out / "failures.csv", newline="") as fh:
         failures = {r["video_name"]: r for r in csv.DictReader(fh)}
-    assert set(failures) == set(BROKEN) | {"short.mp4"}
+    assert set(failures) == set(BROKEN) | {"short.mp4", "partial.mp4"}
     assert failures["corrupt.mp4"]["source"].endswith("corrupt.mp4") and failures["corrupt.mp4"]["error"]
     printed = capsys.readouterr().out
-    assert "ok 6, short (frames repeated) 1, failed 3, missing 1" in printed
+    assert "ok 6, short (frames repeated) 1, partial (used) 1, skipped 0, failed 3, missing 1" in printed
     # a short clip is usable and its frames repeat as in the video Dataset; failed ones say why
     ds = CachedClipDataset(out, ["short.mp4", "corrupt.mp4"], {}, num_frames=K, size=S)
     frames, info = decode_clip(videos / "short.mp4", K)
@@ -148,10 +155,10 @@ def test_resume_after_a_kill_mid_run(videos, tmp_path):
         import sys, time
         from datasets import prepare
         real = prepare.decode_for_cache
-        def slow(path, params):
+        def slow(path, params, *policy):
             if path.endswith("good_3.mp4"):
                 time.sleep(120)
-            return real(path, params)
+            return real(path, params, *policy)
         prepare.decode_for_cache = slow
         sys.exit(prepare.main(["--videos", {str(videos)!r}, "--annotations", {str(t)!r}, "--out", {str(out)!r},
                                "--frames", "{K}", "--stored-size", "{S}", "--workers", "1", "--shard-size", "1",
@@ -217,7 +224,7 @@ def test_worker_pool_writes_the_same_clips_and_resumes_failures(videos, tmp_path
                           log=lambda m: None)
     summary = prepare.prepare_cache(pooled, names, str(videos), frames=K, stored_size=S, workers=2,
                                     shard_size=2, progress=True, log=lambda m: None)
-    assert summary["counts"] == {"ok": 6, "short": 0, "failed": 1, "missing": 0}
+    assert summary["counts"] == {"ok": 6, "short": 0, "partial": 0, "skipped": 0, "failed": 1, "missing": 0}
     assert len(list((pooled / "shards").glob("*.json"))) == 4
     assert clip_bytes(inline) == clip_bytes(pooled)
     # a rerun skips what is stored and tries the failed video again
@@ -295,3 +302,41 @@ def test_command_line_entry_point(videos, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert "done: 2 processed" in res.stdout and "2/2" in res.stderr  # tqdm writes to stderr
     assert FrameCache(out).params.jpeg_quality == 80
+
+
+def test_web_faults_stored_noted_or_skipped(web_faults, tmp_path, capsys):
+    """Files whose header count lies, variable-rate and rotated ones are stored with a note;
+    a partial download is stored as partial; too long or too large ones are counted skips that
+    a rerun with higher limits stores.  ``--partial-videos skip`` turns the partial one away."""
+    t = table(tmp_path / "t.csv", FAULTS)
+    out = tmp_path / "cache"
+    assert run_prepare("--videos", web_faults, "--annotations", t, "--out", out, "--frames", K, "--stored-size", S,
+                       "--workers", 0) == 0
+    rows = manifest(out)
+    status = {n: r["status"] for n, r in rows.items()}
+    assert status == {"over_count.avi": "ok", "under_count.avi": "ok", "vfr.mp4": "ok", "portrait.mp4": "ok",
+                      "partial.mp4": "partial", "long.mp4": "skipped", "huge.mp4": "skipped"}
+    assert (rows["over_count.avi"]["declared_frames"], rows["over_count.avi"]["total_frames"]) == ("444", "30")
+    assert rows["over_count.avi"]["note"] == "header declares 444 frames, the file holds 30"
+    assert rows["under_count.avi"]["note"] == "header declares 12 frames, the file holds 30"
+    assert rows["vfr.mp4"]["note"] == "variable frame rate: frames chosen by time"
+    assert rows["portrait.mp4"]["note"].startswith("turned upright (90 degrees")
+    assert (rows["portrait.mp4"]["height"], rows["portrait.mp4"]["width"]) == ("48", "32")
+    assert "longer than 30 s" in rows["long.mp4"]["error"] and not rows["long.mp4"]["shard"]
+    assert "3840x2160 exceed the limit" in rows["huge.mp4"]["error"]
+    assert "partial (used) 1, skipped 2, failed 0" in capsys.readouterr().out
+    # the stored clips are the frames decode_clip chose, upright, fitted to S x S
+    cache = CachedClipDataset(out, ["portrait.mp4", "vfr.mp4"], {}, num_frames=K, size=S)
+    frames, info = decode_clip(web_faults / "portrait.mp4", K, short_side=S)
+    assert torch.equal(cache[0]["video"].permute(1, 0, 2, 3), torch.from_numpy(prepare.fit_clip(frames, S)))
+    assert rows["vfr.mp4"]["frame_indices"] == " ".join(map(str, decode_clip(web_faults / "vfr.mp4", K)[1]["indices"]))
+    # a rerun with higher limits stores the skipped ones
+    assert run_prepare("--videos", web_faults, "--annotations", t, "--out", out, "--frames", K, "--stored-size", S,
+                       "--workers", 0, "--max-video-seconds", 60, "--max-video-pixels", 3840 * 2160) == 0
+    assert {n: manifest(out)[n]["status"] for n in ("long.mp4", "huge.mp4")} == {"long.mp4": "ok", "huge.mp4": "short"}
+    # --partial-videos skip: the partial download is a counted skip
+    strict = tmp_path / "strict"
+    assert run_prepare("--videos", web_faults, "--annotations", t, "--out", strict, "--frames", K, "--stored-size", S,
+                       "--workers", 0, "--partial-videos", "skip") == 0
+    assert manifest(strict)["partial.mp4"]["status"] == "skipped"
+    assert "PartialVideoError: partial file" in manifest(strict)["partial.mp4"]["error"]

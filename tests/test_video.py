@@ -4,6 +4,7 @@ import av
 import numpy as np
 import pytest
 
+from datasets.decode_policy import DecodePolicy, PartialVideoError
 from datasets.video import decode_clip, probe_video, sample_clip_indices, write_video
 
 
@@ -159,32 +160,57 @@ def write_mp4_with_index(path, faststart, count=30):
     return path.read_bytes()
 
 
-@pytest.mark.parametrize("faststart", [False, True])
-def test_truncated_file(tmp_path, faststart):
-    # PyAV writes the index (moov) at the end unless faststart; cutting either layout in
-    # half must fail rather than return a silently shorter clip.
-    data = write_mp4_with_index(tmp_path / "whole.mp4", faststart)
+def test_truncated_file_without_its_index_cannot_be_read(tmp_path):
+    # PyAV writes the index (moov) at the end unless faststart: cut in half, nothing is left to read.
+    data = write_mp4_with_index(tmp_path / "whole.mp4", faststart=False)
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(data[: len(data) // 2])
-    with pytest.raises((av.error.FFmpegError, ValueError)):
+    with pytest.raises(av.error.InvalidDataError, match="cut.mp4"):
         decode_clip(cut, 16)
 
 
-def test_header_count_slightly_too_high_takes_a_second_pass(tmp_path):
-    # The last few frames missing: the header still says 30, the stream holds fewer. The
-    # clip is then chosen from the frames that really exist.
+def frames_by_pts(path):
+    with av.open(str(path)) as container:
+        return {f.pts: f.to_ndarray(format="rgb24") for f in container.decode(video=0)}
+
+
+def test_truncated_file_with_its_index_first_is_partial(tmp_path):
+    # With the index first (faststart), a download cut in half keeps the frames before the cut:
+    # under the default policy they are used and the file is reported as partial; under
+    # partial="skip" it is a counted skip.  (Before, this raised "truncated".)
+    data = write_mp4_with_index(tmp_path / "whole.mp4", faststart=True)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    with av.open(str(cut)) as container:  # the packets the cut file still holds in full
+        complete = sorted(p.pts for p in container.demux(video=0) if p.size and not p.is_corrupt)
+    assert 5 < len(complete) < 30
+    frames, info = decode_clip(cut, 16)
+    assert info["partial"] and "cut short" in info["partial"] and "index lists 30" in info["partial"]
+    assert info["total_frames"] == len(complete) and info["declared_frames"] == 30
+    assert info["notes"][0].startswith("partial file")
+    whole = frames_by_pts(tmp_path / "whole.mp4")  # the same frames as in the complete file
+    expected = [whole[complete[i]] for i in sample_clip_indices(len(complete), 16)]
+    np.testing.assert_array_equal(frames, np.stack(expected))
+    with pytest.raises(PartialVideoError, match="partial file .*cut short.*--partial-videos skip"):
+        decode_clip(cut, 16, policy=DecodePolicy(partial="skip"))
+
+
+def test_file_cut_between_packets_is_partial_by_its_index(tmp_path):
+    # The last few frames missing, cut exactly between packets (no packet is damaged): the
+    # header still says 30 frames and the MP4 index lists 30 packets, the file holds fewer.
+    # The clip is chosen from the frames that really exist, in one pass.
     whole = tmp_path / "whole.mp4"
     data = write_mp4_with_index(whole, faststart=True)
-    with av.open(str(whole)) as container:  # cut at a packet boundary: no damaged packet
+    with av.open(str(whole)) as container:
         positions = [p.pos for p in container.demux(video=0) if p.pos is not None]
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(data[: positions[26]])
     reference = reference_decode(cut)
-    assert 0.75 * 30 <= len(reference) < 30
+    assert len(reference) == 26
     frames, info = decode_clip(cut, 16, threads=1)
-    assert info["declared_frames"] == 30 and info["total_frames"] == len(reference)
-    assert info["passes"] == 2
-    np.testing.assert_array_equal(frames, np.stack([reference[i] for i in sample_clip_indices(len(reference), 16)]))
+    assert info["declared_frames"] == 30 and info["total_frames"] == 26 and info["passes"] == 1
+    assert info["partial"] == "the container's index lists 30 packets, the file holds 26"
+    np.testing.assert_array_equal(frames, np.stack([reference[i] for i in sample_clip_indices(26, 16)]))
 
 
 def test_file_without_frames(tmp_path):

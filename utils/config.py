@@ -44,6 +44,11 @@ class TrainConfig:
     prefetch_factor: int = _f(2, "batches prefetched per worker")
     bad_video: str = _f("skip", "unreadable/missing videos: skip (drop, count, report) or error (stop)",
                         ("skip", "error"))
+    # the decoding policy (datasets.decode_policy.DecodePolicy; the same flags as prepare/evaluate/predict)
+    partial_videos: str = _f("use", "videos that end early (partial downloads): use the frames that decode "
+                             "(reported) or skip them (as bad videos)", ("use", "skip"))
+    max_video_seconds: float = _f(30.0, "videos longer than this (by their timestamps) are skipped as bad videos")
+    max_video_pixels: int = _f(1920 * 1088, "videos with larger frames (width x height) are skipped as bad videos")
     # --- model ----------------------------------------------------------------------------------
     depth: int = _f(50, "ResNet3D depth", (18, 34, 50, 101, 152))
     pretrained: str | None = _f(None, "initial weights: MiT .pth.tar, earlier Lightning .ckpt, or "
