@@ -42,6 +42,7 @@ from tqdm import tqdm
 from datasets import (
     Augmentation,
     CachedClipDataset,
+    DecodePolicy,
     ExactShardSampler,
     FrameCache,
     ResumableShardSampler,
@@ -629,7 +630,8 @@ def make_clip_dataset(source, names: list[str], targets: dict, cfg: TrainConfig,
                                  jpeg_decode="device" if jpeg_on_device else "worker")
     return VideoClipDataset(video_root=cfg.videos, video_names=names, targets=targets, num_frames=cfg.frames,
                             size=cfg.size, train=train, seed=cfg.seed, bad_video=cfg.bad_video,
-                            augment=TRAIN_AUGMENTATION, index=source)
+                            augment=TRAIN_AUGMENTATION, index=source,
+                            decode_policy=DecodePolicy(cfg.partial_videos, cfg.max_video_seconds, cfg.max_video_pixels))
 
 
 def report_missing_videos(train_set, val_set, cfg: TrainConfig, info: DistInfo) -> None:

@@ -124,3 +124,19 @@ def test_a_video_root_holding_none_of_the_table_is_refused(tiny_demo, tmp_path):
                      "--output-dir", str(tmp_path / "run"), "--epochs", "1", *TINY])
     assert res.returncode != 0
     assert "none of the" in res.stdout and f"--videos {tmp_path / 'empty'}" in res.stdout, res.stdout[-3000:]
+
+
+def test_the_decoding_limits_reach_training(tiny_demo, tmp_path):
+    """--max-video-pixels (a DecodePolicy flag) turns every demo clip away: each is a counted, reported
+    bad video, every step is skipped as empty, and the run still ends normally."""
+    videos, annotations = tiny_demo
+    out = tmp_path / "run"
+    res = run_train(["--videos", str(videos), "--annotations", str(annotations), "--output-dir", str(out),
+                     "--batch-size", "4", "--epochs", "1", "--val-every", "0", "--max-video-pixels", "100",
+                     *TINY], timeout=600)
+    assert res.returncode == 0, res.stdout[-4000:]
+    rows = [line.split("\t") for line in (out / "bad_videos.tsv").read_text().splitlines()]
+    assert rows and all("--max-video-pixels" in error for _, _, error in rows)
+    state = torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    assert state["step"] == 0 and state["counters"]["bad_videos"] == len(rows) > 0
+    assert state["counters"]["empty_steps"] > 0
