@@ -23,7 +23,7 @@ import torch
 real_save, calls = torch.save, [0]
 
 def full_disk_save(obj, f, *args, **kwargs):
-    if ".pt.tmp-" not in str(getattr(f, "name", "")):  # torch.save also pickles tensors in collectives
+    if ".tmp" not in str(getattr(f, "name", "")):  # utils.atomic's temporary file; torch.save also pickles in collectives
         return real_save(obj, f, *args, **kwargs)
     calls[0] += 1
     if calls[0] >= {fail_from}:
