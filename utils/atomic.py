@@ -52,13 +52,12 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb", **open_kwargs: Any) -
     """``with atomic_file(p, "w") as fh: fh.write(...)`` -- ``p`` appears complete when the block ends.
 
     The file is created with the umask applied (``mkstemp`` would make it private to its owner,
-    and caches and run folders are usually shared by a group)."""
+    and caches and run folders are usually shared by a group), under its temporary name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(fd, mode, **open_kwargs) as fh:
+        with open(tmp, mode.replace("w", "x"), **open_kwargs) as fh:  # "x": created here, never reused
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
