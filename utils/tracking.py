@@ -106,7 +106,7 @@ class RunTracker:
         self._down_since: float | None = None
         self._warned = False
         self._backlog: list[tuple[dict[str, float], int]] = []
-        self._jsonl = None  # OUTPUT_DIR/metrics.jsonl, opened by start(): a tracker never started writes nothing
+        self._jsonl = None  # OUTPUT_DIR/metrics.jsonl, opened by the first record: an unused tracker writes nothing
 
     # -- failure handling ----------------------------------------------------------------------
     @property
@@ -154,9 +154,6 @@ class RunTracker:
             return None
         import mlflow
 
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(self.output_dir / "metrics.jsonl", "a", buffering=1)
-
         def _start():
             mlflow.set_tracking_uri(self.tracking_uri)
             if resume_run_id:
@@ -179,7 +176,7 @@ class RunTracker:
     def end(self, status: str) -> None:
         if status not in RUN_STATUSES:
             raise ValueError(f"status must be one of {RUN_STATUSES}")
-        if not self.enabled or self._jsonl is None:  # never started: nothing to close
+        if not self.enabled or self._jsonl is None:  # never used: nothing to record or close
             return
         self._record({"event": "end", "status": status})
         if self.run_id is not None:
@@ -199,8 +196,10 @@ class RunTracker:
 
     # -- logging -------------------------------------------------------------------------------
     def _record(self, obj: dict[str, Any]) -> None:
-        if self._jsonl is not None:
-            self._jsonl.write(json.dumps({"time": time.time(), **obj}) + "\n")
+        if self._jsonl is None:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            self._jsonl = open(self.output_dir / "metrics.jsonl", "a", buffering=1)
+        self._jsonl.write(json.dumps({"time": time.time(), **obj}) + "\n")
 
     def _flush_backlog(self) -> None:
         import mlflow
