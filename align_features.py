@@ -47,6 +47,7 @@ import torch
 from datasets.annotations import AnnotationError, build_targets, load_annotation_table
 from datasets.extracted_features import FeatureDir, FeatureDirError, open_feature_dir
 from datasets.human_ratings import HumanRatingsError, load_human_ratings, video_key
+from utils.cli import CommandLineParser, run_entry_point
 from utils.eval_logging import EvalLogger
 from utils.evaluation import write_csv, write_json
 from utils.gram import accumulate_grams
@@ -59,9 +60,8 @@ from utils.tracking import local_artifact_location
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Cross-validated encoding and RSA of extracted layer features "
-                                "against human ratings or annotations.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = CommandLineParser(description="Cross-validated encoding and RSA of extracted layer features "
+                                "against human ratings or annotations.")
     p.add_argument("--features", required=True, help="extract_features.py output directory")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--human-ratings", help="long (subjectID, video_name, question_name, likert_response) or "
@@ -413,4 +413,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_entry_point(main))

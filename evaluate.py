@@ -25,9 +25,10 @@ Outputs in --output-dir (SPLIT = the --split value):
     human_SPLIT.csv         with --human-ratings: one row per feature
     plots_SPLIT/*.png       predicted vs annotated per task, metric bars, human comparison,
                             training curves (when the run's metrics.jsonl or MLflow run is found)
-All of them are logged to MLflow: a new run in --experiment, or the run given by --run-id
-(``--run-id checkpoint`` = the training run that wrote the checkpoint), whose status is left
-alone.  MLflow being unreachable costs a warning, never the evaluation.
+All of them are logged to MLflow: by default a new run in --experiment of the training run's own
+store (recorded in the checkpoint; tagged with the training run's id), or the run given by
+--run-id (``--run-id checkpoint`` = the training run that wrote the checkpoint), whose status is
+left alone.  MLflow being unreachable costs a warning, never the evaluation.
 """
 
 from __future__ import annotations
@@ -44,17 +45,18 @@ import pandas as pd
 from datasets import (
     MultiViewCachedDataset,
     MultiViewClipDataset,
+    add_decode_arguments,
     build_targets,
+    decode_policy_from_args,
     load_annotation_table,
     load_human_ratings,
-    add_decode_arguments,
-    decode_policy_from_args,
     parse_views,
     scan_video_root,
 )
 from datasets.human_ratings import video_key
 from datasets.splits import select_split
-from inference import infer_dataset, load_inference_model
+from inference import CHECKPOINT_ERRORS, infer_dataset, load_inference_model
+from utils.cli import CommandLineParser, default_workers, run_entry_point
 from utils.distributed import destroy_distributed, init_distributed
 from utils.eval_logging import EvalLogger
 from utils.evaluation import (
@@ -68,15 +70,14 @@ from utils.evaluation import (
 )
 from utils.metrics import evaluation_metrics
 from utils.reliability import compare_with_humans
-from utils.tracking import default_tracking_uri
+from utils.tracking import default_tracking_uri, store_unreachable, ui_command
 
 SPLITS = ("train", "val", "test", "all")
 TARGET_PREFIX = "annotated_"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Evaluate a checkpoint: metrics, per-video predictions, human comparison.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = CommandLineParser(description="Evaluate a checkpoint: metrics, per-video predictions, human comparison.")
     p.add_argument("--checkpoint", required=True, help="this project's checkpoint, or an earlier Lightning one")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--videos", help="video root (searched recursively for the table's video_name)")
@@ -87,10 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how the table is split (default: what the checkpoint was trained with, else auto)")
     p.add_argument("--val-fraction", type=float, default=None, help="default: the checkpoint's")
     p.add_argument("--test-fraction", type=float, default=None, help="default: the checkpoint's")
-    p.add_argument("--output-dir", default="runs/eval")
+    p.add_argument("--output-dir", default="runs/eval", help="where the predictions, metrics, info and plots are "
+                   "written (and the fallback MLflow store)")
     p.add_argument("--views", default="1x1", help="N temporal clips x M spatial crops per video, e.g. 4x3")
     p.add_argument("--batch-size", type=int, default=8, help="videos per batch per process (x views clips)")
-    p.add_argument("--num-workers", type=int, default=4, help="DataLoader workers per process")
+    p.add_argument("--num-workers", type=int, default=default_workers(),
+                   help="DataLoader workers per process (default: 4, at most the cores available)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
                    help="autocast on GPU (auto = bf16 where supported); probabilities are float32 either way")
@@ -110,9 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-videos", type=int, default=3, help="fewest videos a correlation is computed over")
     g.add_argument("--seed", type=int, default=0, help="seed of the split-halves")
     t = p.add_argument_group("MLflow")
-    t.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else the training run's "
-                   "store next to the checkpoint (with --run-id), else sqlite under --output-dir")
-    t.add_argument("--experiment", default="social-vision-eval", help="experiment of a new run")
+    t.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else the store of the "
+                   "training run that wrote the checkpoint, else (unreachable, or none recorded) sqlite under "
+                   "--output-dir")
+    t.add_argument("--experiment", default="social-vision-eval", help="experiment of a new run (tagged with the "
+                   "training run's id)")
     t.add_argument("--run-id", default=None, help="log into this existing run instead of a new one; "
                    "'checkpoint' = the training run that wrote the checkpoint")
     t.add_argument("--run-name", default=None)
@@ -137,19 +142,24 @@ def choose_split(table: pd.DataFrame, args, config: dict) -> tuple[np.ndarray, p
                         test_fraction=args.test_fraction, trained_with=config, source=args.annotations)
 
 
-def tracking_uri_for(args, spec, ckpt_path: Path, out_dir: Path) -> str:
+def tracking_uri_for(args, spec, ckpt_path: Path, out_dir: Path) -> tuple[str, str | None]:
+    """(the MLflow store to log into, a note to print).  By default the store of the training run
+    that wrote the checkpoint (the store ``mlflow ui`` already shows for it); when it cannot be
+    reached, or the checkpoint names none, a sqlite store under --output-dir."""
     if args.tracking_uri:
-        return args.tracking_uri
+        return args.tracking_uri, None
     if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    if args.run_id:
-        # the training run lives in the store of the run that wrote the checkpoint
-        beside = ckpt_path.resolve().parent.parent / "mlflow.db"
-        if beside.exists():
-            return f"sqlite:///{beside}"
-        if spec.config.get("tracking_uri"):
-            return spec.config["tracking_uri"]
-    return default_tracking_uri(out_dir)
+        return os.environ["MLFLOW_TRACKING_URI"], None
+    beside = ckpt_path.resolve().parent.parent / "mlflow.db"  # checkpoints that predate recording it
+    candidates = [spec.tracking_uri, spec.config.get("tracking_uri"), f"sqlite:///{beside}" if beside.exists() else None]
+    fallback = default_tracking_uri(out_dir)
+    note = None
+    for uri in dict.fromkeys(c for c in candidates if c):
+        why = store_unreachable(uri)
+        if why is None:
+            return uri, None
+        note = f"the training run's MLflow store cannot be used ({why}); logging into {fallback} instead"
+    return fallback, note
 
 
 def human_comparison(args, human, names, probs, targets, tasks, labels_of_rows) -> tuple[dict, pd.DataFrame]:
@@ -207,32 +217,34 @@ def print_human_table(report: dict) -> None:
 def make_plots(args, out_dir: Path, probs, targets, tasks, metrics, human, spec, logger) -> list[Path]:
     from utils import plots
 
-    plot_dir = out_dir / f"plots_{args.split}"
-    paths = plots.plot_predicted_vs_target(probs, targets, tasks, metrics, plot_dir)
-    paths.append(plots.plot_metric_bars(metrics, tasks, plot_dir / "metrics_spearman.png"))
-    if human is not None:
-        paths.append(plots.plot_human_comparison(human["features"], plot_dir / "human_comparison.png"))
     history = None
     jsonl = Path(args.train_metrics) if args.train_metrics else Path(spec.path).resolve().parent.parent / "metrics.jsonl"
     if jsonl.exists():
         history = plots.read_metrics_jsonl(jsonl)
     elif logger.enabled and not logger.new_run:
         history = logger._call("metric history", lambda: plots.mlflow_history(logger.client, logger.run_id))
-    if history:
-        paths.append(plots.plot_training_curves(history, plot_dir / "training_curves.png"))
-    return [p for p in paths if p is not None]
+    return plots.plot_evaluation(probs, targets, tasks, out_dir / f"plots_{args.split}",
+                                 title=f"{args.split} split, step {spec.step}" if spec.step is not None else args.split,
+                                 report=metrics, history=history, human=human["features"] if human else None)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     t0 = time.perf_counter()
-    temporal, spatial = parse_views(args.views)
+    try:
+        temporal, spatial = parse_views(args.views)
+    except ValueError as exc:
+        parser.error(f"--views: {exc}")
     info = init_distributed(args.device, args.dist_timeout)
     try:
         # Everything that can fail on bad input happens on every rank before the long part, so a
         # mistake stops all ranks at once instead of leaving some waiting in a collective.
-        model, spec = load_inference_model(args.checkpoint, depth=args.depth, tasks=args.tasks,
-                                           frames=args.frames, size=args.size)
+        try:
+            model, spec = load_inference_model(args.checkpoint, depth=args.depth, tasks=args.tasks,
+                                               frames=args.frames, size=args.size)
+        except CHECKPOINT_ERRORS as exc:
+            raise SystemExit(f"--checkpoint {exc}") from exc
         tasks = spec.tasks
         for note in spec.notes:
             log0(info, f"note: {note}")
@@ -314,7 +326,9 @@ def write_outputs(args, info, spec, tasks, table, rows, labels, names, targets, 
     run_id = spec.run_id if args.run_id == "checkpoint" else args.run_id
     if args.run_id == "checkpoint" and not run_id:
         print(f"note: {spec.path} names no training run; logging into a new run instead")
-    uri = tracking_uri_for(args, spec, Path(spec.path), out_dir)
+    uri, note = tracking_uri_for(args, spec, Path(spec.path), out_dir)
+    if note and not args.no_mlflow:
+        print(f"note: {note}")
     # With the default store under --output-dir, keep the artifacts there too (MLflow's default
     # would be ./mlruns in whatever directory the command was started from).
     local_store = uri == default_tracking_uri(out_dir) and not os.environ.get("MLFLOW_TRACKING_URI")
@@ -354,7 +368,7 @@ def write_outputs(args, info, spec, tasks, table, rows, labels, names, targets, 
     status = "FINISHED" if len(failed) < len(names) else "FAILED"
     logger.end(status)
     if logger.enabled:
-        print(f"MLflow: run {logger.run_id} at {uri} (metrics under {prefix}/...)")
+        print(f"MLflow: run {logger.run_id} at {uri} (metrics under {prefix}/...); to look at it: {ui_command(uri)}")
     print(f"wrote {', '.join(str(p) for p in paths.values())}" + (f" and {len(plot_paths)} plots" if plot_paths else ""))
     if len(failed) == len(names):
         print("error: no video could be read; see the errors in " + str(paths["info"]), file=sys.stderr)
@@ -363,4 +377,4 @@ def write_outputs(args, info, spec, tasks, table, rows, labels, names, targets, 
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_entry_point(main))

@@ -61,7 +61,15 @@ from features.pooling import POOLS, average_views, pool, pooled_shape
 from features.projection import NONZEROS_PER_INPUT, SparseRandomProjection, layer_seed
 from features.provenance import peak_rss_mib, rss_mib, sha256_file, sha256_rows, versions
 from features.store import FORMAT_VERSION, PENDING, FeatureStore, FeatureStoreError
-from inference import clips_to_model_input, load_inference_model, place_model, random_init_model, shard_loader
+from inference import (
+    CHECKPOINT_ERRORS,
+    clips_to_model_input,
+    load_inference_model,
+    place_model,
+    random_init_model,
+    shard_loader,
+)
+from utils.cli import CommandLineParser, default_workers, progress_bar, run_entry_point
 from utils.distributed import all_gather_objects, broadcast_object, destroy_distributed, init_distributed
 from utils.precision import resolve_amp
 
@@ -71,8 +79,7 @@ INDEX_REFRESH_S = 30.0  # how stale index.csv may be while a run goes on
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Per-layer features of every video, one memory-mapped .npy per layer.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = CommandLineParser(description="Per-layer features of every video, one memory-mapped .npy per layer.")
     p.add_argument("paths", nargs="*", metavar="PATH", help="video files, folders or .txt lists (instead of "
                    "--annotations)")
     model = p.add_mutually_exclusive_group(required=True)
@@ -102,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=None, help="clip length (default: as trained, else 16)")
     p.add_argument("--size", type=int, default=None, help="clip size (default: as trained, else 224)")
     p.add_argument("--batch-size", type=int, default=8, help="videos per batch per process (x views clips)")
-    p.add_argument("--num-workers", type=int, default=4, help="DataLoader workers per process")
+    p.add_argument("--num-workers", type=int, default=default_workers(),
+                   help="DataLoader workers per process (default: 4, at most the cores available)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
                    help="autocast on GPU (auto = bf16 where supported); features are stored as --dtype")
@@ -139,8 +147,11 @@ def log0(info, *msg) -> None:
 def load_model(args):
     if args.random_init:
         return random_init_model(args.depth, seed=args.seed, frames=args.frames, size=args.size)
-    return load_inference_model(args.checkpoint, depth=args.depth, frames=args.frames, size=args.size,
-                                require_heads=False)
+    try:
+        return load_inference_model(args.checkpoint, depth=args.depth, frames=args.frames, size=args.size,
+                                    require_heads=False)
+    except CHECKPOINT_ERRORS as exc:
+        raise SystemExit(f"--checkpoint {exc}") from exc
 
 
 def choose_layers(names: str, available: list[LayerInfo], spec) -> list[LayerInfo]:
@@ -403,7 +414,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_extraction(args, info, spec, model, layers, dataset, store, inputs, pending, autocast, views) -> list[int]:
-    from tqdm import tqdm
 
     loader = shard_loader(dataset, info, batch_size=args.batch_size, num_workers=args.num_workers, indices=pending)
     channels_last = place_model(model, info.device)
@@ -415,7 +425,7 @@ def run_extraction(args, info, spec, model, layers, dataset, store, inputs, pend
             projections[layer.name] = SparseRandomProjection(in_dim, args.project_dim,
                                                              layer_seed(args.seed, layer.name), info.device)
     suffix = f" (rank 0 of {info.world_size})" if info.world_size > 1 else ""
-    bar = tqdm(total=len(loader.sampler), desc="extracting" + suffix, unit="video", dynamic_ncols=True,
+    bar = progress_bar(total=len(loader.sampler), desc="extracting" + suffix, unit="video",
                disable=not (info.is_main and not args.no_progress))
     try:
         with LayerTap(model, layers, reduce=lambda output: pool(output, args.pool)) as tap:
@@ -462,4 +472,4 @@ def finish(args, store, manifest, inputs, shares, info, total_s) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_entry_point(main))

@@ -28,20 +28,21 @@ import torch
 
 from datasets import MultiViewClipDataset, VideoIndex, add_decode_arguments, decode_policy_from_args, parse_views
 from datasets.video_paths import VIDEO_EXTENSIONS, collect_video_paths, parse_extensions
-from inference import infer_dataset, load_inference_model
+from inference import CHECKPOINT_ERRORS, infer_dataset, load_inference_model
+from utils.cli import CommandLineParser, default_workers, run_entry_point
 from utils.distributed import destroy_distributed, init_distributed
 from utils.evaluation import prediction_frame, write_csv
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Predict social features of videos with a trained checkpoint.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = CommandLineParser(description="Predict social features of videos with a trained checkpoint.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="video files, folders, or text files listing videos")
     p.add_argument("--checkpoint", required=True, help="this project's checkpoint, or an earlier Lightning one")
     p.add_argument("--output", required=True, help="CSV to write")
     p.add_argument("--views", default="1x1", help="N temporal clips x M spatial crops per video, averaged")
     p.add_argument("--batch-size", type=int, default=8, help="videos per batch per process")
-    p.add_argument("--num-workers", type=int, default=4, help="DataLoader workers per process")
+    p.add_argument("--num-workers", type=int, default=default_workers(),
+                   help="DataLoader workers per process (default: 4, at most the cores available)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"))
     p.add_argument("--depth", type=int, default=None, help="only for checkpoints that do not record it")
@@ -57,15 +58,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     t0 = time.perf_counter()
-    temporal, spatial = parse_views(args.views)
+    try:
+        temporal, spatial = parse_views(args.views)
+    except ValueError as exc:
+        parser.error(f"--views: {exc}")
     decode_policy = decode_policy_from_args(args)
     extensions = parse_extensions(args.extensions)
     info = init_distributed(args.device, args.dist_timeout)
     try:
-        model, spec = load_inference_model(args.checkpoint, depth=args.depth, tasks=args.tasks,
-                                           frames=args.frames, size=args.size)
+        try:
+            model, spec = load_inference_model(args.checkpoint, depth=args.depth, tasks=args.tasks,
+                                               frames=args.frames, size=args.size)
+        except CHECKPOINT_ERRORS as exc:
+            raise SystemExit(f"--checkpoint {exc}") from exc
         inputs = collect_video_paths(args.paths, extensions)
         if not inputs:
             raise SystemExit(f"no videos found in {args.paths} (file endings {', '.join(extensions)})")
@@ -119,4 +127,4 @@ def write_predictions(args, inputs, exists, probs, errors, spec, t0) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_entry_point(main))

@@ -28,6 +28,7 @@ import os
 import random
 import shutil
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets import (
+    AnnotationError,
     Augmentation,
     CachedClipDataset,
     DecodePolicy,
@@ -59,8 +61,17 @@ from datasets import (
 )
 from losses import MultiTaskLoss
 from resnet3d import UnfreezeSchedule, build_model, freeze, load_pretrained, no_weight_decay
+from utils.atomic import atomic_write
 from utils.checkpoint import CheckpointManager, CheckpointSaveError, load_checkpoint_file
-from utils.config import TrainConfig, comm_options_mismatch, flatten_for_logging, parse_config, parse_key_values
+from utils.cli import progress_bar, run_entry_point
+from utils.config import (
+    TrainConfig,
+    changed_options,
+    comm_options_mismatch,
+    flatten_for_logging,
+    parse_config,
+    parse_key_values,
+)
 from utils.distributed import (
     DistInfo,
     all_gather_objects,
@@ -75,16 +86,18 @@ from utils.distributed import (
     register_grad_compression,
 )
 from utils.metrics import task_metrics
-from utils.precision import resolve_amp
-from utils.predictions import ServingModel, prediction_columns
+from utils.plots import plot_evaluation, read_metrics_jsonl
+from utils.precision import amp_name, resolve_amp
+from utils.predictions import ServingModel, logits_to_probabilities, prediction_columns
 from utils.rng import capture_rng_state, restore_rng_state
 from utils.schedules import build_lr_scheduler
 from utils.signals import PREEMPTED_EXIT_CODE, PREEMPTED_MARKER, PreemptionFlag, ignore_preemption_in_data_worker
 from utils.tasks import parse_tasks
-from utils.tracking import RunTracker
+from utils.tracking import RunTracker, ui_command
 from utils.train_state import EarlyStopping, LogWindow, NonFiniteGuard, TrainState
 
 NONFINITE_EXIT_CODE = 3
+BEST_PREDICTIONS = "best_validation.npz"  # the best validation's logits and targets, for the plots
 CHECKPOINT_FAILED_EXIT_CODE = 4  # training ended but its final checkpoint could not be written
 
 # With no --videos/--cache the demo runs: a model and clip size that learn on 2 CPU cores in
@@ -112,19 +125,21 @@ def log0(info: DistInfo, *msg) -> None:
 # ------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     # ---- 1. config, process group, seeds, precision, signals --------------------------------------
+    started = time.perf_counter()
     cfg, explicit = parse_config(argv)
     demo = cfg.videos is None and cfg.cache is None
-    if demo:
-        for key, value in DEMO_PRESET.items():
-            if key not in explicit:
-                setattr(cfg, key, value)
+    preset = {key for key in DEMO_PRESET if demo and key not in explicit}  # flags you pass win
+    for key in preset:
+        setattr(cfg, key, DEMO_PRESET[key])
     tasks = parse_tasks(cfg.tasks)
     info = init_distributed(cfg.device, cfg.dist_timeout)
     preempt = PreemptionFlag()
     out_dir = Path(cfg.output_dir)
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        print("config:\n" + "\n".join(f"  {k}: {v}" for k, v in asdict(cfg).items()), flush=True)
+        print("options that differ from the defaults (the whole config is logged to MLflow and stored in "
+              "every checkpoint):\n" + "\n".join(f"  {line}" for line in changed_options(cfg, preset) or ["(none)"]),
+              flush=True)
         print(f"world size {info.world_size}, backend {info.backend or 'none (single process)'}, "
               f"device {info.device}", flush=True)
     record_rank(info, out_dir / "ranks")  # where each rank runs and whom it met (multi-node diagnostics)
@@ -153,12 +168,18 @@ def main(argv: list[str] | None = None) -> int:
             warn_if_disk_short(t, checkpointer.files, cfg.keep_last)
         if not checkpointer.resume(cfg.resume):
             torch.manual_seed(cfg.seed + 7919 * info.rank)  # different dropout masks per rank
+        elif done := finished_already(state, early, cfg):
+            log0(info, f"{out_dir} already finished at step {state.step} ({done}); nothing to do -- use a new "
+                       "--output-dir, --resume none, or a larger --epochs/--max-steps")
+            return 0
+        first_step = state.step
 
         # ---- 5. MLflow (rank 0), run id broadcast ----------------------------------------------------
         state.mlflow_run_id = start_tracking(tracker, cfg, state, data.table, demo, amp_dtype, info)
+        state.mlflow_tracking_uri = tracker.tracking_uri  # in every checkpoint: evaluate.py logs to the same store
 
         # ---- 6. the loop ----------------------------------------------------------------------------
-        progress = tqdm(total=data.total_steps, initial=state.step, dynamic_ncols=True,
+        progress = progress_bar(total=data.total_steps, initial=state.step,
                         disable=not (info.is_main and cfg.progress))
         window = LogWindow(tasks, t.loss_fn.task_weights, info.device, cfg.log_every, data.total_steps,
                            tracker=tracker, progress=progress)
@@ -171,18 +192,22 @@ def main(argv: list[str] | None = None) -> int:
             state.end_epoch()
             is_best = False
             if data.val_loader is not None and state.epoch % cfg.val_every == 0:
-                metrics = validate(t, data.val_loader, info)
-                is_best = early.update(metrics)
-                log_validation(metrics, state, tracker, info)
+                is_best = validate_and_record(t, data, state, early, tracker, cfg, info)
                 if early.should_stop:
                     log0(info, f"early stopping: {cfg.early_stop_metric} did not improve for "
                                f"{cfg.patience} validations (best {early.best})")
                     stop_reason = "early_stopping"
             checkpointer.save(is_best=is_best)
         progress.close()
+        if stop_reason in (None, "max_steps") and data.val_loader is not None and early.last_step != state.step:
+            # training ended on weights no validation has seen: validate them, so best.pt exists
+            checkpointer.save(is_best=validate_and_record(t, data, state, early, tracker, cfg, info))
 
         # ---- 7. the end -----------------------------------------------------------------------------
-        exit_code, status = finish(stop_reason, t, state, checkpointer, tracker, cfg, info)
+        exit_code, status = finish(stop_reason, t, state, early, checkpointer, tracker, cfg, info)
+        if info.is_main:
+            print_summary(stop_reason, exit_code, state, early, checkpointer, tracker, cfg, info,
+                          seconds=time.perf_counter() - started, steps_run=state.step - first_step)
         return exit_code
     except BaseException:
         status = "FAILED"
@@ -382,9 +407,10 @@ def report_bad_videos(micro_batches: list[dict], state: TrainState, info: DistIn
 
 
 @torch.no_grad()
-def validate(t: Training, loader: DataLoader, info: DistInfo) -> dict[str, float]:
+def validate(t: Training, loader: DataLoader, info: DistInfo) -> tuple[dict[str, float], dict, dict]:
     """Exactly-once evaluation: every rank predicts its shard, all predictions are gathered, and
-    every rank computes the same metrics (so early-stopping decisions agree without a broadcast)."""
+    every rank computes the same metrics (so early-stopping decisions agree without a broadcast).
+    Returns (metrics, logits, targets), the arrays in dataset order of the clips that loaded."""
     broadcast_buffers(t.model, info)  # every rank validates the model rank 0 saves (BatchNorm stats)
     t.model.eval()
     tasks = t.loss_fn.tasks
@@ -415,7 +441,7 @@ def validate(t: Training, loader: DataLoader, info: DistInfo) -> dict[str, float
     if np.any(predicted > 1):
         raise RuntimeError(f"validation saw clips {np.flatnonzero(predicted > 1)[:10].tolist()} on more than one rank")
     if not predicted.any() or not logits:
-        return {}
+        return {}, {}, {}
     done = predicted == 1  # clips whose video failed to load are left out (reported as bad videos)
     logits = {k: v[done] for k, v in logits.items()}
     targets = {k: v[done] for k, v in targets.items()}
@@ -423,7 +449,20 @@ def validate(t: Training, loader: DataLoader, info: DistInfo) -> dict[str, float
     for i, task in enumerate(tasks):
         metrics[f"val/{task}/loss"] = (sums[i] / counts[i]).item() if counts[i] > 0 else math.nan
     metrics["val/clips"] = float(done.sum())
-    return metrics
+    return metrics, logits, targets
+
+
+def validate_and_record(t: Training, data: Data, state: TrainState, early: EarlyStopping, tracker: RunTracker,
+                        cfg: TrainConfig, info: DistInfo) -> bool:
+    """Validate the weights of this step, log it, update early stopping; rank 0 keeps the best
+    validation's predictions for the plots at the end.  Returns whether it is the best so far."""
+    metrics, logits, targets = validate(t, data.val_loader, info)
+    is_best = early.update(metrics, state.step, state.epoch)
+    log_validation(metrics, state, tracker, info)
+    if is_best and info.is_main:
+        arrays = {f"logits/{k}": v for k, v in logits.items()} | {f"targets/{k}": v for k, v in targets.items()}
+        atomic_write(Path(cfg.output_dir) / BEST_PREDICTIONS, lambda tmp: np.savez(tmp, **arrays))
+    return is_best
 
 
 def log_validation(metrics: dict[str, float], state: TrainState, tracker: RunTracker, info: DistInfo) -> None:
@@ -449,6 +488,7 @@ class Checkpointer:
                       "scaler": t.scaler, "early_stopping": early}
         self.t, self.state, self.cfg, self.info, self.tracker = t, state, cfg, info, tracker
         self.ok, self.error = True, ""  # the last save
+        self.saved_step: int | None = None
 
     def state_dict(self) -> dict:
         """Collective: every rank holds rank 0's BatchNorm statistics afterwards (DDP would copy
@@ -477,6 +517,7 @@ class Checkpointer:
                 self.tracker.set_tags({"last_checkpoint_error": error})
         self.error = broadcast_object(error, self.info)
         self.ok = not self.error
+        self.saved_step = self.state.step if self.ok else self.saved_step
         return self.ok
 
     def resume(self, resume: str) -> bool:
@@ -561,7 +602,10 @@ def build_data(cfg: TrainConfig, tasks, info: DistInfo) -> Data:
     """Annotation table -> split -> clip datasets (decoded videos or the frame cache) -> loaders."""
     if cfg.annotations is None:
         raise SystemExit("--annotations CSV is required with --videos/--cache")
-    table, table_report = load_annotation_table(cfg.annotations, tasks=tasks)
+    try:
+        table, table_report = load_annotation_table(cfg.annotations, tasks=tasks)
+    except (OSError, AnnotationError) as exc:  # a missing file, a table without the asked-for columns
+        raise SystemExit(f"--annotations: {exc}") from exc
     split = assign_splits(table, method=cfg.split, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction)
     targets = build_targets(table, tasks)
     rows = split_indices(split.to_numpy())
@@ -611,6 +655,8 @@ def open_clip_source(cfg: TrainConfig, info: DistInfo):
     """The frame cache (refused before any work if it was built for other frames/size), or one
     recursive scan of the video root shared by both splits."""
     if not cfg.cache:
+        if not Path(cfg.videos).is_dir():
+            raise SystemExit(f"--videos {cfg.videos}: no such directory")
         return scan_video_root(cfg.videos)
     try:
         cache = FrameCache(cfg.cache)
@@ -790,21 +836,41 @@ def start_tracking(tracker: RunTracker, cfg: TrainConfig, state: TrainState, tab
     run_id = state.mlflow_run_id
     if info.is_main:
         new_run = run_id is None
-        run_id = tracker.start(resume_run_id=run_id, tags={"entry_point": "train_ddp.py", "demo": str(demo)})
+        run_id = tracker.start(resume_run_id=run_id, tags={"entry_point": "train_ddp.py", "demo": str(demo)},
+                               experiment_tags={  # the MLflow UI then opens it as model training
+                                   "mlflow.experimentKind": "custom_model_development",
+                                   "mlflow.experiment.primaryMetric.name": cfg.early_stop_metric,
+                                   "mlflow.experiment.primaryMetric.greaterIsBetter":
+                                       str(cfg.early_stop_mode == "max").lower()})
         if new_run:
             tracker.log_params(flatten_for_logging(cfg))
             tracker.log_dict(asdict(cfg), "config.json")
             tracker.log_input_table(table, source=str(cfg.annotations), name=Path(cfg.annotations).name,
                                     context="training")
         tracker.set_tags({"world_size": info.world_size, "device": str(info.device),
-                          "amp": str(amp_dtype), "torch": torch.__version__})
-        print(f"MLflow run {run_id} at {tracker.tracking_uri}", flush=True)
+                          "amp": amp_name(amp_dtype), "torch": torch.__version__})
+        if run_id is None:
+            print(f"MLflow at {tracker.tracking_uri} is unavailable: training goes on, metrics are kept in "
+                  f"{Path(cfg.output_dir) / 'metrics.jsonl'} and MLflow is retried", flush=True)
+        else:
+            print(f"MLflow run {run_id} at {tracker.tracking_uri}", flush=True)
     return broadcast_object(run_id, info)
 
 
-def finish(stop_reason: str | None, t: Training, state: TrainState, checkpointer: Checkpointer,
-           tracker: RunTracker, cfg: TrainConfig, info: DistInfo) -> tuple[int, str]:
-    """The final checkpoint, artifacts and model; returns (exit code, MLflow run status)."""
+def finished_already(state: TrainState, early: EarlyStopping, cfg: TrainConfig) -> str | None:
+    """Why a resumed run has nothing left to do (its stop criterion was met), or None."""
+    if state.epoch >= cfg.epochs:
+        return f"{state.epoch} of --epochs {cfg.epochs} done"
+    if cfg.max_steps and state.step >= cfg.max_steps:
+        return f"--max-steps {cfg.max_steps} reached"
+    if early.should_stop:
+        return f"early stopping: {cfg.early_stop_metric} did not improve for {early.bad_validations} validations"
+    return None
+
+
+def finish(stop_reason: str | None, t: Training, state: TrainState, early: EarlyStopping,
+           checkpointer: Checkpointer, tracker: RunTracker, cfg: TrainConfig, info: DistInfo) -> tuple[int, str]:
+    """The final checkpoint, artifacts, plots and model; returns (exit code, MLflow run status)."""
     out_dir = Path(cfg.output_dir)
     if stop_reason and stop_reason.startswith("preempted"):
         saved = checkpointer.save()
@@ -821,11 +887,13 @@ def finish(stop_reason: str | None, t: Training, state: TrainState, checkpointer
                    f"checkpoint {'written' if checkpointer.ok else 'FAILED'}, details in {out_dir / 'nonfinite.tsv'}")
         tracker.set_tags({"stop_reason": "nonfinite"})
         return NONFINITE_EXIT_CODE, "FAILED"
-    if stop_reason == "max_steps":
+    if stop_reason == "max_steps" and checkpointer.saved_step != state.step:
         checkpointer.save()
     if info.is_main:
         (out_dir / PREEMPTED_MARKER).unlink(missing_ok=True)
         tracker.set_tags({"stop_reason": stop_reason or "epochs_done", "final_step": state.step})
+        if cfg.plots:
+            log_training_plots(t.loss_fn.tasks, early, tracker, out_dir)
         finish_tracking(tracker, t.model, t.loss_fn.tasks, cfg, checkpointer.files)
     if not checkpointer.ok:
         # The trained weights exist only in memory (and in MLflow if --log-model): say so loudly.
@@ -834,6 +902,43 @@ def finish(stop_reason: str | None, t: Training, state: TrainState, checkpointer
         tracker.set_tags({"stop_reason": "checkpoint_write_failed"})
         return CHECKPOINT_FAILED_EXIT_CODE, "FAILED"
     return 0, "FINISHED"
+
+
+def log_training_plots(tasks, early: EarlyStopping, tracker: RunTracker, out_dir: Path) -> None:
+    """The best validation's predicted-vs-target plots and metric bars, and the training curves,
+    drawn by evaluate.py's code (utils/plots.py) into OUTPUT_DIR/plots and logged to MLflow."""
+    history = read_metrics_jsonl(out_dir / "metrics.jsonl") if (out_dir / "metrics.jsonl").exists() else None
+    probs = targets = None
+    if (out_dir / BEST_PREDICTIONS).exists():
+        with np.load(out_dir / BEST_PREDICTIONS) as saved:
+            logits = {k[len("logits/"):]: torch.from_numpy(saved[k]) for k in saved.files if k.startswith("logits/")}
+            targets = {k[len("targets/"):]: saved[k] for k in saved.files if k.startswith("targets/")}
+        probs = {k: v.numpy() for k, v in logits_to_probabilities(logits).items()}
+    title = f"best validation (epoch {early.best_epoch}, step {early.best_step})"
+    for path in plot_evaluation(probs, targets, tasks, out_dir / "plots", title=title, history=history):
+        tracker.log_artifact(path, "plots")
+
+
+def print_summary(stop_reason: str | None, exit_code: int, state: TrainState, early: EarlyStopping,
+                  checkpointer: Checkpointer, tracker: RunTracker, cfg: TrainConfig, info: DistInfo,
+                  seconds: float, steps_run: int) -> None:
+    """The last thing a run prints (rank 0): what happened and where everything is."""
+    files = checkpointer.files
+    clips = steps_run * cfg.batch_size * cfg.accum_steps * info.world_size
+    best = (f"{early.metric} = {early.best:.4f} at epoch {early.best_epoch} (step {early.best_step})"
+            if early.best is not None else "no validation")
+    lines = [
+        f"run ended: {stop_reason or 'all epochs done'} (exit code {exit_code}) after {state.step} steps, "
+        f"{state.epoch} of {cfg.epochs} epochs",
+        f"best: {best}",
+        *(f"{name}: {path}" for name, path in (("best.pt", files.best_path), ("last.pt", files.last_path))
+          if path.exists()),
+        f"MLflow run {tracker.run_id or '(not logged: MLflow unavailable, see metrics.jsonl)'}; "
+        f"to look at it: {ui_command(tracker.tracking_uri)}",
+        f"wall time {seconds / 60:.1f} min; {clips / seconds:.1f} clips/s over the {steps_run} steps of this "
+        f"launch ({cfg.batch_size} x {cfg.accum_steps} x {info.world_size} clips per step)",
+    ]
+    print("\n".join(["-" * 72, *lines, "-" * 72]), flush=True)
 
 
 def finish_tracking(tracker: RunTracker, model: nn.Module, tasks, cfg: TrainConfig, files: CheckpointManager) -> None:
@@ -866,4 +971,4 @@ def finish_tracking(tracker: RunTracker, model: nn.Module, tasks, cfg: TrainConf
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_entry_point(main))

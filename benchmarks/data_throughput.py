@@ -63,6 +63,7 @@ from datasets.prepare import prepare_cache  # noqa: E402
 from datasets.transforms import normalize_on_device, resize_center_crop  # noqa: E402
 from datasets.video import sample_clip_indices, write_video  # noqa: E402
 from utils.atomic import atomic_write  # noqa: E402
+from utils.cli import CommandLineParser
 
 # width x height: the common Moments in Time shapes (4:3 and 16:9 landscape, some portrait)
 MIT_SIZES = [(340, 256), (320, 240), (454, 256), (480, 360), (640, 360), (256, 340)]
@@ -468,8 +469,7 @@ def run_hd_only(args: argparse.Namespace) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = CommandLineParser(description=__doc__.split("\n")[0])
     p.add_argument("--clips", type=int, default=32, help="number of clips")
     p.add_argument("--videos", default=None, help="use real clips from this folder instead of generated ones")
     p.add_argument("--seconds", type=float, default=3.0, help="length of generated clips")

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from utils.tasks import PEOPLECOUNT_CLASSES, SCORE_FEATURES, parse_tasks, task_outputs
+from utils.tasks import PEOPLECOUNT_CLASSES, SCORE_FEATURES, TASKS, parse_tasks, task_outputs
 
 RAW_PREFIX = "model_"
 SPLIT_COLUMN = "split"
@@ -434,9 +434,12 @@ def load_annotation_table(
     missing = [c for c in required if c not in merged]
     if missing:
         raw_names = ", ".join(RAW_PREFIX + ("location" if c == "location_score" else c) for c in missing)
+        present = [t for t in TASKS if all(c in merged for c in _required_columns((t,)))]
+        hint = (f"train, evaluate or extract only the tasks it has with --tasks {','.join(present)}" if present
+                else "it has the columns of no task")
         raise AnnotationError(
             f"{', '.join(path_list)}: missing required column(s) {missing} (raw files: {raw_names}) "
-            f"for tasks {list(parse_tasks(tasks))}; pass tasks=... to load a partial table"
+            f"for tasks {list(parse_tasks(tasks))}; {hint}"
         )
     # Filled after merging: a video missing from the file of one question has no confidence
     # for it either, and the cleaned table never holds an empty confidence.

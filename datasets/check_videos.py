@@ -13,10 +13,11 @@ before a long run on a new video collection, and run by CI on the real clips in
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
+
+from utils.cli import CommandLineParser
 
 from .decode_policy import VideoSkipped, add_decode_arguments, decode_policy_from_args
 from .transforms import ClipTransform
@@ -26,7 +27,7 @@ VIDEO_SUFFIXES = {".mp4", ".webm", ".avi", ".mkv", ".mov"}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = CommandLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", help="video files or folders (searched recursively for *.mp4, *.webm, *.avi, *.mkv, *.mov)")
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--size", type=int, default=224)

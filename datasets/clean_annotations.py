@@ -25,10 +25,11 @@ import pandas as pd
 
 from datasets.annotations import ON_DUPLICATE_CHOICES, AnnotationError, load_annotation_table
 from utils.atomic import atomic_write
+from utils.cli import CommandLineParser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="python -m datasets.clean_annotations",
         description="Merge and normalize raw or clean annotation CSVs into one cleaned CSV.",
     )

@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 
 from utils.atomic import atomic_file, atomic_write_text, fsync_dir
+from utils.cli import CommandLineParser, progress_bar
 from utils.precision import IMAGENET_MEAN, IMAGENET_STD
 
 from .cache import (
@@ -329,7 +330,6 @@ def prepare_cache(out: str | os.PathLike, names: list[str], source_dir: str, *, 
     and size come from the clips, and ``frames``/``stored_size`` must be None or equal theirs).
     ``decode_policy``: a :class:`datasets.decode_policy.DecodePolicy` (partial files, limits).
     """
-    from tqdm import tqdm
 
     root = Path(out)
     (root / SHARD_DIR).mkdir(parents=True, exist_ok=True)
@@ -383,7 +383,7 @@ def prepare_cache(out: str | os.PathLike, names: list[str], source_dir: str, *, 
         jobs = [(str(root), next_id + i, chunk, asdict(params), source_kind, decode_policy)
                 for i, chunk in enumerate(_chunks(pending, per_shard))]
         start = time.perf_counter()
-        bar = tqdm(total=len(pending), unit="video", disable=not progress, dynamic_ncols=True)
+        bar = progress_bar(total=len(pending), unit="video", disable=not progress)
         try:
             new_records = _run_jobs(jobs, workers, bar)
         finally:
@@ -465,7 +465,7 @@ def usable_cores() -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="python -m datasets.prepare",
         description="Decode every video of an annotation table once into a uint8 frame cache "
                     "(train with `train_ddp.py --cache DIR`).")

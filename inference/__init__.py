@@ -2,7 +2,14 @@
 evaluate.py, predict.py and extract_features.py (utils/ stays below every package, so this
 cannot live there)."""
 
-from .models import DEFAULT_FRAMES, DEFAULT_SIZE, ModelSpec, load_inference_model, random_init_model
+from .models import (
+    CHECKPOINT_ERRORS,
+    DEFAULT_FRAMES,
+    DEFAULT_SIZE,
+    ModelSpec,
+    load_inference_model,
+    random_init_model,
+)
 from .shards import (
     average_view_probabilities,
     clips_to_model_input,
@@ -14,7 +21,7 @@ from .shards import (
 )
 
 __all__ = [
-    "DEFAULT_FRAMES", "DEFAULT_SIZE", "ModelSpec", "load_inference_model", "random_init_model",
+    "CHECKPOINT_ERRORS", "DEFAULT_FRAMES", "DEFAULT_SIZE", "ModelSpec", "load_inference_model", "random_init_model",
     "average_view_probabilities", "clips_to_model_input", "gather_exactly_once", "infer_dataset",
     "place_model", "predict_shard", "shard_loader",
 ]

@@ -12,16 +12,26 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from resnet3d import MultiTaskResNet3D, load_pretrained, read_checkpoint
+from resnet3d import (
+    MultiTaskResNet3D,
+    UnreadableCheckpointError,
+    UnsafeCheckpointError,
+    load_pretrained,
+    read_checkpoint,
+)
 from resnet3d.backbone import ResNet3D
 from resnet3d.checkpoints import HEAD, CheckpointMismatchError, find_network_prefix, find_state_dict, guess_depth
 from utils.checkpoint import CHECKPOINT_FORMAT
 from utils.tasks import TASKS, parse_tasks, task_outputs
+
+# What a bad --checkpoint raises: entry points turn these into one line naming the file.
+CHECKPOINT_ERRORS = (OSError, CheckpointMismatchError, UnreadableCheckpointError, UnsafeCheckpointError)
 
 DEFAULT_FRAMES = 16  # the Moments in Time models' clip, for checkpoints that do not say
 DEFAULT_SIZE = 224
@@ -39,6 +49,7 @@ class ModelSpec:
     size: int
     step: int | None = None   # training step of a training checkpoint
     run_id: str | None = None  # the MLflow run that wrote it
+    tracking_uri: str | None = None  # the store that run is in (recorded by train_ddp.py)
     config: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -56,6 +67,11 @@ def load_inference_model(path: str, *, depth: int | None = None, tasks: str | It
     dropped) is refused, or with ``require_heads=False`` loaded as a bare ``ResNet3D``
     backbone (``spec.tasks == ()``), for uses that need only the backbone's layers.
     """
+    if not Path(path).is_file():
+        last = Path(path).with_name("last.pt")
+        hint = (f" (its run wrote no best.pt: no validation ran there; {last} exists)"
+                if Path(path).name == "best.pt" and last.exists() else "")
+        raise FileNotFoundError(f"{path}: no such checkpoint file{hint}")
     raw = read_checkpoint(path)
     if isinstance(raw, dict) and raw.get("format") == CHECKPOINT_FORMAT:
         return _load_training_checkpoint(path, raw, depth, tasks, frames, size)
@@ -138,5 +154,6 @@ def _load_training_checkpoint(path, raw, depth, tasks, frames, size) -> tuple[nn
                                       f"{list(ck_tasks)}: {exc}") from exc
     spec = ModelSpec(path=str(path), kind="training", depth=ck_depth, tasks=ck_tasks, frames=shape["frames"],
                      size=shape["size"], step=raw.get("step"), run_id=raw.get("mlflow_run_id") or None,
+                     tracking_uri=raw.get("mlflow_tracking_uri") or None,
                      config=config, notes=notes)
     return model.eval(), spec

@@ -20,6 +20,7 @@ from torch import nn
 
 from datasets import ExactShardSampler, collate_views, normalize_on_device
 from datasets.gpu_augment import resized_crop_flip_normalize
+from utils.cli import progress_bar
 from utils.distributed import DistInfo, gather_rows
 from utils.precision import resolve_amp
 from utils.predictions import logits_to_probabilities
@@ -144,12 +145,10 @@ def infer_dataset(model: nn.Module, dataset, info: DistInfo, tasks, *, batch_siz
     """Every item of ``dataset`` (a ``datasets.MultiViewClipDataset``) predicted exactly once
     over all ranks: each rank takes its ``ExactShardSampler`` share, results are gathered.
     Returns ``(probs, errors)`` in dataset order on every rank (see ``gather_exactly_once``)."""
-    from tqdm import tqdm
-
     loader = shard_loader(dataset, info, batch_size=batch_size, num_workers=num_workers)
     channels_last = place_model(model, info.device)
     suffix = f" (rank 0 of {info.world_size})" if info.world_size > 1 else ""
-    bar = tqdm(total=len(loader.sampler), desc=desc + suffix, unit="video", dynamic_ncols=True,
+    bar = progress_bar(total=len(loader.sampler), desc=desc + suffix, unit="video",
                disable=not (info.is_main and progress))
     try:
         local = predict_shard(model, loader, info.device, amp_dtype=resolve_amp(amp, info.device, quiet=not info.is_main),

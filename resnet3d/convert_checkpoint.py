@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from utils.atomic import atomic_write
+from utils.cli import CommandLineParser
 
 PLAIN_SCALARS = (str, bytes, int, float, bool, complex, type(None), torch.dtype, torch.device)
 
@@ -103,7 +104,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, trust_thi
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         description="Convert a checkpoint that torch.load(weights_only=True) refuses into a "
                     "tensors-only file. Loading the input can run code from it: trusted files only.")
     parser.add_argument("input")

@@ -7,17 +7,18 @@ counted forward + backward (smaller: the first convolution needs no input gradie
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
 import torch
+
+from utils.cli import CommandLineParser
 
 from .complexity import CONVENTION, count_parameters_and_flops
 from .model import build_model
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Parameters and FLOPs of the multi-task ResNet3D.")
+    parser = CommandLineParser(description="Parameters and FLOPs of the multi-task ResNet3D.")
     parser.add_argument("--depth", type=int, default=50)
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--size", type=int, default=224, help="height = width of the input clip")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--depth", "18", "--frames", "4", "--size", "32", "--num-workers", "0", "--no-progress",
-        "--no-system-metrics", "--no-log-model", "--no-log-checkpoints", "--log-every", "1"]
+        "--no-system-metrics", "--no-log-model", "--no-log-checkpoints", "--no-plots", "--log-every", "1"]
 
 
 def free_port() -> int:

@@ -209,10 +209,11 @@ def test_web_faults_through_the_dataset(web_faults):
     """Lying header counts, variable rate and rotation give clips (the frames decode_clip chose);
     a partial download gives a clip with a note; too long / too large files are failed samples
     whose error says which limit; ``partial="skip"`` turns the partial one into a failed sample."""
+    from web_video_files import FAULTS
+
     from datasets.decode_policy import DecodePolicy
     from datasets.transforms import ClipTransform
     from datasets.video import decode_clip
-    from web_video_files import FAULTS
 
     ds = VideoClipDataset(FAULTS, {}, web_faults, num_frames=T, size=SIZE)
     items = {item["video_id"]: item for item in (ds[i] for i in range(len(ds)))}

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 from fixture_files import texture
+from web_video_files import FAULTS, write_partial_mp4
 
 from datasets import prepare
 from datasets.cache import CachedClipDataset, FrameCache
 from datasets.video import decode_clip, write_video
-from web_video_files import FAULTS, write_partial_mp4
 
 REPO = Path(__file__).resolve().parents[1]
 K, S = 6, 24

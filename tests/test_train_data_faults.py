@@ -65,7 +65,8 @@ def test_early_stopping_on_a_metric_that_stops_improving(tiny_demo, tmp_path):
     last = torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     best = torch.load(out / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
     assert last["epoch"] == 2 and best["epoch"] == 1
-    assert last["early_stopping"] == {"best": best["early_stopping"]["best"], "bad_validations": 1}
+    assert {k: last["early_stopping"][k] for k in ("best", "bad_validations", "best_epoch", "last_step")} == {
+        "best": best["early_stopping"]["best"], "bad_validations": 1, "best_epoch": 1, "last_step": last["step"]}
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ def test_torchrun_two_processes_end_to_end(tiny_demo, tmp_path):
     out = tmp_path / "run"
     res = run_train(["--videos", str(videos), "--annotations", str(annotations), "--output-dir", str(out),
                      "--epochs", "2", "--batch-size", "4", "--checkpoint-every", "3", *TINY,
-                     "--log-model", "--log-checkpoints"], nproc=2, timeout=900)
+                     "--log-model", "--log-checkpoints", "--plots"], nproc=2, timeout=900)
     assert res.returncode == 0, res.stdout[-4000:]
     client, runs = _runs(out / "mlflow.db")
     assert len(runs) == 1
@@ -50,13 +50,30 @@ def test_torchrun_two_processes_end_to_end(tiny_demo, tmp_path):
     model = mlflow.pytorch.load_model(f"models:/{run.outputs.model_outputs[0].model_id}")
     probs = model(torch.zeros(3, 3, 4, 32, 32, dtype=torch.uint8))
     assert probs.shape == (3, 24) and bool(((probs >= 0) & (probs <= 1)).all())
-    # a second launch with the same output dir resumes (nothing left to do) in the same run
+    # the plots of the best validation and the training curves, drawn by evaluate.py's code
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert {"plots/pred_vs_target_valence.png", "plots/metrics_spearman.png", "plots/training_curves.png"} <= plots
+    assert (out / "plots" / "pred_vs_target_peoplecount.png").stat().st_size > 0
+    # the end of the run says what happened and where things are, once
+    summary = res.stdout[res.stdout.index("run ended:"):]
+    steps = last["step"]
+    assert res.stdout.count("run ended:") == 1 and f"after {steps} steps, 2 of 2 epochs" in summary
+    assert "best: val/mean_spearman = " in summary and f"best.pt: {ckdir / 'best.pt'}" in summary
+    assert f"MLflow run {run.info.run_id}; to look at it: mlflow ui --backend-store-uri sqlite:///{out / 'mlflow.db'}" in summary
+    assert f"clips/s over the {steps} steps of this launch (4 x 1 x 2 clips per step)" in summary
+    # a second launch with the same output dir finds nothing to do and changes nothing
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "checkpoints").iterdir()}
+    jsonl = (out / "metrics.jsonl").read_text()
     res2 = run_train(["--videos", str(videos), "--annotations", str(annotations), "--output-dir", str(out),
                       "--epochs", "2", "--batch-size", "4", *TINY], nproc=2, timeout=600)
     assert res2.returncode == 0, res2.stdout[-4000:]
-    assert "resumed from" in res2.stdout
+    assert (f"{out} already finished at step {steps} (2 of --epochs 2 done); nothing to do -- use a new --output-dir, "
+            "--resume none, or a larger --epochs/--max-steps") in res2.stdout
+    assert res2.stdout.count("already finished") == 1 and "MLflow run" not in res2.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "checkpoints").iterdir()} == before
+    assert (out / "metrics.jsonl").read_text() == jsonl
     _, runs = _runs(out / "mlflow.db")
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and len(runs[0].outputs.model_outputs) == 1
 
 
 def test_init_from_an_earlier_mlflow_run(tiny_demo, tmp_path):
@@ -72,7 +89,7 @@ def test_init_from_an_earlier_mlflow_run(tiny_demo, tmp_path):
     res2 = run_train([*common, "--output-dir", str(tmp_path / "second"), "--max-steps", "1",
                       "--init-from-run", run.info.run_id], timeout=600)
     assert res2.returncode == 0, res2.stdout[-4000:]
-    # max-steps 2 ends before the first validation, so the run has last.pt but no best.pt
-    assert re.search(r"initial weights from \S+init_from_run\S+last\.pt", res2.stdout), res2.stdout[-3000:]
+    # max-steps 2 ends before the first epoch's validation: a final validation makes best.pt
+    assert re.search(r"initial weights from \S+init_from_run\S+best\.pt", res2.stdout), res2.stdout[-3000:]
     _, runs = _runs(tmp_path / "shared.db")
     assert len(runs) == 2 and {r.data.params["init_from_run"] for r in runs} == {"", run.info.run_id}

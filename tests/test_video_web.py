@@ -6,12 +6,12 @@ dataset, prepare, predict.py and check_videos: their own test files.)"""
 import av
 import numpy as np
 import pytest
+from fixture_files import texture
+from web_video_files import VFR_TIMES_MS, reference_frames, write_rotated, write_vfr
 
 from datasets.decode_policy import DecodePolicy, VideoTooLargeError
 from datasets.transforms import frames_to_tensor, resize_center_crop
 from datasets.video import decode_clip, sample_clip_indices, write_video
-from fixture_files import texture
-from web_video_files import VFR_TIMES_MS, reference_frames, write_rotated, write_vfr
 
 
 def moving(count, height, width, seed=0, block=8):

@@ -11,9 +11,9 @@ from fractions import Fraction
 
 import av
 import numpy as np
+from fixture_files import texture
 
 from datasets.video import write_video
-from fixture_files import texture
 
 
 def reference_frames(path):

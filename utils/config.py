@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from .cli import CommandLineParser
+
 
 def _f(default: Any, help: str, choices: tuple | None = None) -> Any:
     return field(default=default, metadata={"help": help, "choices": choices})
@@ -127,6 +129,8 @@ class TrainConfig:
     log_every: int = _f(10, "log train metrics every N optimizer steps")
     log_model: bool = _f(True, "log the final model with mlflow.pytorch.log_model")
     log_checkpoints: bool = _f(True, "log best.pt and last.pt as MLflow artifacts at the end")
+    plots: bool = _f(True, "at the end, plot the best validation's predictions, its metrics and the training "
+                     "curves (OUTPUT_DIR/plots, and MLflow)")
     system_metrics: bool = _f(True, "MLflow system metrics (CPU, memory, GPU)")
     progress: bool = _f(True, "tqdm progress bar on rank 0")
 
@@ -197,10 +201,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     """The flags; with ``suppress_defaults`` only options given on the command line appear."""
-    parser = argparse.ArgumentParser(
-        description="Multi-task ResNet3D training with torchrun DDP (no arguments = the demo).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = CommandLineParser(
+        description="Multi-task ResNet3D training with torchrun DDP (no arguments = the demo).")
     parser.add_argument("--config", default=None, help="YAML or JSON file of options (flags override it)")
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -231,6 +233,18 @@ def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, set[str]]:
     given, _ = build_parser(suppress_defaults=True).parse_known_args(argv)
     explicit = set(file_values) | (set(vars(given)) - {"config"})
     return TrainConfig(**values), explicit
+
+
+def changed_options(cfg: TrainConfig, preset: set[str] = frozenset()) -> list[str]:
+    """``--flag value`` for every option that differs from its default (``preset``: names a preset
+    set rather than the user, marked so)."""
+    lines = []
+    for f in fields(TrainConfig):
+        value = getattr(cfg, f.name)
+        if value != f.default:
+            note = "  (demo preset)" if f.name in preset else ""
+            lines.append(f"--{f.name.replace('_', '-')} {value}{note}")
+    return lines
 
 
 def flatten_for_logging(cfg: TrainConfig) -> dict[str, str]:

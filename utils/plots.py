@@ -11,6 +11,8 @@
   (held-out encoding correlation, RSA).
 * :func:`plot_training_curves`: a run's losses and validation metrics over steps, from its
   ``metrics.jsonl`` (see :func:`read_metrics_jsonl`) or from MLflow's metric history.
+* :func:`plot_evaluation`: the set of them that evaluate.py draws for a split and train_ddp.py for
+  its best validation (one code path for both).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
+from utils.metrics import evaluation_metrics
 from utils.tasks import PEOPLECOUNT_CLASSES, SCORE_FEATURES
 
 DPI = 110
@@ -39,8 +42,30 @@ def _title_value(value) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
 
 
+JITTER = 0.02  # annotations sit on a 0.1 grid: a little horizontal jitter shows how many points overlap
+
+
+def plot_evaluation(probs: Mapping[str, np.ndarray] | None, targets: Mapping[str, np.ndarray] | None,
+                    tasks: Sequence[str], out_dir: str | Path, title: str, report: Mapping | None = None,
+                    history: Mapping | None = None, human: Mapping | None = None) -> list[Path]:
+    """Predicted vs annotated per task and the metric bars (when predictions are given), the human
+    comparison (``human``), the training curves (``history``); ``title`` names what was evaluated."""
+    out_dir = Path(out_dir)
+    paths: list[Path | None] = []
+    if probs is not None:
+        report = report if report is not None else evaluation_metrics(probs, targets, tasks)
+        paths += plot_predicted_vs_target(probs, targets, tasks, report, out_dir, title)
+        paths.append(plot_metric_bars(report, tasks, out_dir / "metrics_spearman.png", title))
+    if human:
+        paths.append(plot_human_comparison(human, out_dir / "human_comparison.png"))
+    if history:
+        paths.append(plot_training_curves(history, out_dir / "training_curves.png"))
+    return [p for p in paths if p is not None]
+
+
 def plot_predicted_vs_target(probs: Mapping[str, np.ndarray], targets: Mapping[str, np.ndarray],
-                             tasks: Sequence[str], report: Mapping[str, Mapping], out_dir: str | Path) -> list[Path]:
+                             tasks: Sequence[str], report: Mapping[str, Mapping], out_dir: str | Path,
+                             title: str = "") -> list[Path]:
     """``pred_vs_target_<task>.png`` for each task; returns the paths."""
     out_dir = Path(out_dir)
     paths = []
@@ -52,16 +77,17 @@ def plot_predicted_vs_target(probs: Mapping[str, np.ndarray], targets: Mapping[s
             pred = np.asarray(probs[f"{task}_score"], dtype=np.float64)
             target = np.asarray(targets[f"{task}_score"], dtype=np.float64)
             ok = np.isfinite(pred) & np.isfinite(target)
-            # annotations sit on a 0.1 grid: a little horizontal jitter shows how many points overlap
-            jitter = np.random.default_rng(0).uniform(-0.02, 0.02, ok.sum())
+            jitter = np.random.default_rng(0).uniform(-JITTER, JITTER, ok.sum())
             conf = targets.get(f"{task}_confidence")
             colour = np.asarray(conf, dtype=np.float64)[ok] if conf is not None else None
-            points = ax.scatter(target[ok] + jitter, pred[ok], s=8, c=colour, cmap="viridis", vmin=0, vmax=1,
-                                alpha=0.6, linewidths=0)
+            # clipped, so a score of 0 or 1 stays inside [0, 1]
+            points = ax.scatter(np.clip(target[ok] + jitter, 0, 1), pred[ok], s=8, c=colour, cmap="viridis",
+                                vmin=0, vmax=1, alpha=0.6, linewidths=0)
             if colour is not None:
                 fig.colorbar(points, ax=ax, label="annotated confidence", shrink=0.8)
             ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
-            ax.set(xlim=(-0.05, 1.05), ylim=(-0.05, 1.05), xlabel="annotated score", ylabel="predicted score")
+            ax.set(xlim=(-0.05, 1.05), ylim=(-0.05, 1.05), ylabel="predicted score",
+                   xlabel=f"annotated score (jittered by up to ±{JITTER} to show overlaps)")
             ax.set_title(f"{task}: Spearman {_title_value(m.get('spearman'))}, n {int(m.get('n', 0))}", fontsize=10)
         elif task == "peoplecount":
             cm = np.asarray(m.get("confusion_matrix", np.zeros((5, 5))), dtype=np.float64)
@@ -89,11 +115,14 @@ def plot_predicted_vs_target(probs: Mapping[str, np.ndarray], targets: Mapping[s
             ax.legend(fontsize=8)
             ax.set_title(f"location: accuracy {_title_value(m.get('accuracy'))}, "
                          f"ROC AUC {_title_value(m.get('roc_auc'))}", fontsize=10)
+        if title:
+            fig.suptitle(title, fontsize=9)
         paths.append(_save(fig, out_dir / f"pred_vs_target_{task}.png"))
     return paths
 
 
-def plot_metric_bars(report: Mapping[str, Mapping], tasks: Sequence[str], path: str | Path) -> Path | None:
+def plot_metric_bars(report: Mapping[str, Mapping], tasks: Sequence[str], path: str | Path,
+                     title: str = "") -> Path | None:
     """Spearman (and confidence-weighted Spearman) per score task against the annotations."""
     scores = [t for t in tasks if t in SCORE_FEATURES]
     if not scores:
@@ -108,6 +137,8 @@ def plot_metric_bars(report: Mapping[str, Mapping], tasks: Sequence[str], path: 
     ax.set_xticks(x, scores, rotation=30, ha="right")
     ax.axhline(0, color="black", lw=0.8)
     ax.set(ylabel="correlation with the annotations", ylim=(min(0, np.nanmin(plain + weighted + [0])) - 0.05, 1))
+    videos = max((int(report[t].get("n", 0)) for t in scores), default=0)
+    ax.set_title(f"{title + ': ' if title else ''}Spearman per feature (up to {videos} videos)", fontsize=9)
     ax.legend(fontsize=8)
     return _save(fig, Path(path))
 
@@ -205,8 +236,9 @@ def plot_training_curves(history: Mapping[str, Sequence[tuple[int, float]]], pat
 
     if not history.get("train/loss") and not any(k.startswith("val/") for k in history):
         return None
-    fig = Figure(figsize=(13, 3.8), layout="constrained")
+    fig = Figure(figsize=(13, 4.4), layout="constrained")
     ax_loss, ax_val, ax_lr = fig.subplots(1, 3)
+    plotted: list[float] = []
     # train/loss is a task-weighted sum and validation logs no total, so both curves here are
     # the plain mean of the per-task losses: the same quantity on both sides.
     for split, style in (("train", "-"), ("val", "o-")):
@@ -217,19 +249,37 @@ def plot_training_curves(history: Mapping[str, Sequence[tuple[int, float]]], pat
         steps = sorted({s for k in keys for s in table[k]})
         mean = [float(np.nanmean([table[k].get(s, np.nan) for k in keys])) for s in steps]
         ax_loss.plot(steps, mean, style, lw=1, ms=3, label=f"{split} (mean of {len(keys)} task losses)")
+        plotted += mean
     if not ax_loss.lines and history.get("train/loss"):
         ax_loss.plot(*series("train/loss"), lw=1, label="train (task-weighted total)")
+        plotted += series("train/loss")[1]
     ax_loss.set(xlabel="step", ylabel="loss", title="loss")
-    if ax_loss.lines:
-        ax_loss.legend(fontsize=8)
+    _robust_upper_limit(ax_loss, plotted)
+    if ax_loss.lines:  # below the axes: inside it would cover the curves
+        ax_loss.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     for key in sorted(k for k in history if k.startswith("val/") and k.endswith("/spearman")):
         ax_val.plot(*series(key), "o-", lw=1, ms=2, label=key.split("/")[1])
     ax_val.plot(*series("val/mean_spearman"), "k-", lw=2, label="mean")
     ax_val.set(xlabel="step", ylabel="Spearman", title="validation")
-    ax_val.legend(fontsize=6, ncol=2)
+    ax_val.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4, frameon=False)
     ax_lr.plot(*series("train/lr"), lw=1)
     ax_lr.set(xlabel="step", ylabel="learning rate", title="learning rate")
     return _save(fig, Path(path))
+
+
+def _robust_upper_limit(ax, values: Sequence[float]) -> None:
+    """Cap the y axis where a few spikes (one bad validation, the first steps) would flatten every
+    other point, and say how many points are above it."""
+    finite = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+    if finite.size < 4:
+        return
+    low, high = np.percentile(finite, [0, 90])
+    cap = high + 0.5 * (high - low)
+    above = int((finite > cap).sum())
+    if above and finite.max() > cap:
+        ax.set_ylim(top=cap)
+        ax.text(0.98, 0.98, f"{above} point(s) above the axis", transform=ax.transAxes, ha="right", va="top",
+                fontsize=7, color="grey")
 
 
 def _nan(value) -> float:

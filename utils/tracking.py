@@ -45,6 +45,37 @@ def local_artifact_location(tracking_uri: str) -> str | None:
     return (db.parent / "mlartifacts").resolve().as_uri()
 
 
+def absolute_tracking_uri(uri: str) -> str:
+    """A relative sqlite path made absolute (so the URI stored in checkpoints works from any
+    directory); other URIs unchanged."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+    return uri
+
+
+def ui_command(uri: str) -> str:
+    """How to look at the runs of this store."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri} in a browser"
+    return f"mlflow ui --backend-store-uri {uri}"
+
+
+def store_unreachable(uri: str, timeout_s: float = 5.0) -> str | None:
+    """Why the tracking store at ``uri`` cannot be used now (None if it can): a sqlite file that is
+    gone, a server that does not answer."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        return None if path.exists() else f"{path} does not exist"
+    if uri.startswith(("http://", "https://")):
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
+        except OSError as exc:
+            return f"{uri} does not answer ({exc})"
+    return None
+
+
 def default_tracking_uri(output_dir: str | Path) -> str:
     """``$MLFLOW_TRACKING_URI`` if set, else an embedded sqlite store under the output dir."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
@@ -66,7 +97,7 @@ class RunTracker:
     ):
         self.enabled = enabled
         self.output_dir = Path(output_dir)
-        self.tracking_uri = tracking_uri or default_tracking_uri(output_dir)
+        self.tracking_uri = absolute_tracking_uri(tracking_uri or default_tracking_uri(output_dir))
         self.experiment = experiment
         self.run_name = run_name
         self.system_metrics = system_metrics
@@ -75,10 +106,7 @@ class RunTracker:
         self._down_since: float | None = None
         self._warned = False
         self._backlog: list[tuple[dict[str, float], int]] = []
-        self._jsonl = None
-        if enabled:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            self._jsonl = open(self.output_dir / "metrics.jsonl", "a", buffering=1)
+        self._jsonl = None  # OUTPUT_DIR/metrics.jsonl, opened by the first record: an unused tracker writes nothing
 
     # -- failure handling ----------------------------------------------------------------------
     @property
@@ -118,8 +146,10 @@ class RunTracker:
         return result
 
     # -- run lifecycle -------------------------------------------------------------------------
-    def start(self, resume_run_id: str | None = None, tags: dict[str, str] | None = None) -> str | None:
-        """Start a new run, or continue ``resume_run_id``; returns the run id (None if MLflow is down)."""
+    def start(self, resume_run_id: str | None = None, tags: dict[str, str] | None = None,
+              experiment_tags: dict[str, str] | None = None) -> str | None:
+        """Start a new run, or continue ``resume_run_id``; returns the run id (None if MLflow is down).
+        ``experiment_tags`` are set on the experiment when a new run starts."""
         if not self.enabled:
             return None
         import mlflow
@@ -133,6 +163,8 @@ class RunTracker:
                     mlflow.create_experiment(self.experiment,
                                              artifact_location=local_artifact_location(self.tracking_uri))
                 mlflow.set_experiment(self.experiment)
+                for key, value in (experiment_tags or {}).items():
+                    mlflow.set_experiment_tag(key, value)
                 run = mlflow.start_run(run_name=self.run_name, tags=tags, log_system_metrics=self.system_metrics)
             return run.info.run_id
 
@@ -144,7 +176,7 @@ class RunTracker:
     def end(self, status: str) -> None:
         if status not in RUN_STATUSES:
             raise ValueError(f"status must be one of {RUN_STATUSES}")
-        if not self.enabled:
+        if not self.enabled or self._jsonl is None:  # never used: nothing to record or close
             return
         self._record({"event": "end", "status": status})
         if self.run_id is not None:
@@ -164,8 +196,10 @@ class RunTracker:
 
     # -- logging -------------------------------------------------------------------------------
     def _record(self, obj: dict[str, Any]) -> None:
-        if self._jsonl is not None:
-            self._jsonl.write(json.dumps({"time": time.time(), **obj}) + "\n")
+        if self._jsonl is None:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            self._jsonl = open(self.output_dir / "metrics.jsonl", "a", buffering=1)
+        self._jsonl.write(json.dumps({"time": time.time(), **obj}) + "\n")
 
     def _flush_backlog(self) -> None:
         import mlflow
@@ -222,7 +256,12 @@ class RunTracker:
         import mlflow.data
 
         def _log():
-            ds = mlflow.data.from_pandas(df, source=source, name=name)
+            from mlflow.data.sources import LocalArtifactDatasetSource
+
+            # a local path given as a DatasetSource: as a string MLflow warns that it "can be
+            # interpreted in multiple ways" (two registered readers of local paths)
+            where = LocalArtifactDatasetSource(str(Path(source).resolve())) if "://" not in source else source
+            ds = mlflow.data.from_pandas(df, source=where, name=name)
             mlflow.log_input(ds, context=context)
 
         self._call("log_input", _log)

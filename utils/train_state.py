@@ -48,6 +48,7 @@ class TrainState:
     batch_in_epoch: int = 0
     counters: Counters = field(default_factory=Counters)
     mlflow_run_id: str | None = None
+    mlflow_tracking_uri: str | None = None  # absolute: evaluate.py logs into the same store
 
     def end_epoch(self) -> None:
         self.epoch += 1
@@ -56,13 +57,15 @@ class TrainState:
     def state_dict(self) -> dict[str, Any]:
         """Top-level checkpoint keys (the same names checkpoints have always used)."""
         return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                "counters": asdict(self.counters), "mlflow_run_id": self.mlflow_run_id}
+                "counters": asdict(self.counters), "mlflow_run_id": self.mlflow_run_id,
+                "mlflow_tracking_uri": self.mlflow_tracking_uri}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.step, self.epoch, self.batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
         known = {f.name for f in fields(Counters)}  # older checkpoints lack newer counters: they start at 0
         self.counters = Counters(**{k: int(v) for k, v in state["counters"].items() if k in known})
         self.mlflow_run_id = state.get("mlflow_run_id") or None
+        self.mlflow_tracking_uri = state.get("mlflow_tracking_uri") or None
 
 
 class EarlyStopping:
@@ -75,16 +78,20 @@ class EarlyStopping:
         self.metric, self.mode, self.patience = metric, mode, patience
         self.best: float | None = None
         self.bad_validations = 0
+        self.best_step: int | None = None  # where the best validation was (best.pt)
+        self.best_epoch: int | None = None
+        self.last_step: int | None = None  # the step of the newest validation
 
-    def update(self, metrics: Mapping[str, float]) -> bool:
-        """Record one validation; True if it is the best so far."""
+    def update(self, metrics: Mapping[str, float], step: int, epoch: int) -> bool:
+        """Record the validation at ``step`` (after ``epoch`` epochs); True if it is the best so far."""
         value = metrics.get(self.metric, math.nan)
         better = not math.isnan(value) and (
             self.best is None or (value > self.best if self.mode == "max" else value < self.best))
         if better:
-            self.best, self.bad_validations = value, 0
+            self.best, self.bad_validations, self.best_step, self.best_epoch = value, 0, step, epoch
         else:
             self.bad_validations += 1
+        self.last_step = step
         return better
 
     @property
@@ -92,10 +99,14 @@ class EarlyStopping:
         return bool(self.patience) and self.bad_validations >= self.patience
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "bad_validations": self.bad_validations}
+        return {"best": self.best, "bad_validations": self.bad_validations, "best_step": self.best_step,
+                "best_epoch": self.best_epoch, "last_step": self.last_step}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.best, self.bad_validations = state["best"], int(state["bad_validations"])
+        # older checkpoints recorded only the best value and the count
+        self.best_step, self.best_epoch = state.get("best_step"), state.get("best_epoch")
+        self.last_step = state.get("last_step")
 
 
 class NonFiniteGuard:

@@ -1,0 +1,35 @@
+"""The shipped recipes (configs/*.yaml) load through the real parser, and the earlier version's
+recipe is what its README paragraph says."""
+
+from pathlib import Path
+
+import pytest
+
+from resnet3d import build_model, freeze
+from utils.config import TrainConfig, parse_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+def test_there_are_recipes():
+    assert {p.name for p in CONFIGS} >= {"earlier_version.yaml", "finetune_8gpu.yaml"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_sets_only_known_options(path):
+    cfg, explicit = parse_config(["--config", str(path), "--videos", "v", "--annotations", "a.csv"])
+    assert isinstance(cfg, TrainConfig) and len(explicit) > 10
+    assert cfg.pretrained.endswith("_resnet3d50_segment16.pth.tar") and cfg.depth == 50
+
+
+def test_the_earlier_recipe_trains_only_layer4_2_and_the_head():
+    cfg, _ = parse_config(["--config", str(CONFIGS[0].with_name("earlier_version.yaml"))])
+    assert (cfg.optimizer, cfg.lr, cfg.batch_size, cfg.weight_decay) == ("adam", 5e-6, 24, 0.0)
+    assert (cfg.schedule, cfg.restart_epochs, cfg.restart_mult, cfg.min_lr_ratio) == ("restarts", 10, 2, 0.0)
+    assert (cfg.patience, cfg.split, cfg.frames, cfg.size, cfg.dropout) == (4, "random42", 16, 224, 0.5)
+    model = build_model(depth=50, dropout=cfg.dropout)
+    freeze(model, cfg.freeze.split(","))
+    trainable = {name.split(".")[0] + "." + name.split(".")[1] for name, p in model.named_parameters()
+                 if p.requires_grad}
+    assert trainable == {"layer4.2"} | {n for n in trainable if n.startswith("last_linear.")}
+    assert any(n.startswith("last_linear.") for n in trainable)
