@@ -180,7 +180,8 @@ class _Epoch:
             buffer.busy = False  # from now on the batch's own views keep the buffer from reuse
 
     def __del__(self) -> None:
-        self.close()
+        if hasattr(self, "ahead"):  # not when __init__ failed
+            self.close()
 
     def close(self) -> None:
         """Cancel the reads not started, wait for those running; their buffers become free."""

@@ -216,3 +216,38 @@ def test_jpeg_caches_and_the_dataloader_flag_get_a_dataloader(cache, videos, tmp
     assert not serves(jpeg_set) and isinstance(make_loader(jpeg_set, [0], 1, **options), DataLoader)
     with pytest.raises(ValueError, match="reads raw frame caches; got CachedClipDataset over a jpeg cache"):
         CacheLoader(jpeg_set, [0], 1)
+
+
+def test_with_pinned_memory_a_buffer_is_refilled_only_after_the_copies_queued_from_it(cache, monkeypatch):
+    """No GPU here, so pinned allocation and CUDA events are stood in for to check the order: a
+    handed-out buffer found free gets an event recorded in the consumer's thread (on its stream,
+    after the copies it queued), and the reader waits for that event before writing into it."""
+    log = []
+
+    class Event:
+        def record(self):
+            log.append(("record", threading.current_thread().name))
+
+        def synchronize(self):
+            log.append(("wait", threading.current_thread().name))
+
+    pinned, empty = [], torch.empty
+
+    def empty_unpinned(*shape, pin_memory=False, **kwargs):
+        pinned.append(pin_memory)
+        return empty(*shape, **kwargs)
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch, "empty", empty_unpinned)
+    dataset = train_set(cache, names=NAMES)
+    loader = CacheLoader(dataset, [(e, i) for e in range(2) for i in range(10)], 2, readers=1, prefetch=1,
+                         pin_memory=True)
+    assert sum(len(batch["indices"]) for batch in loader) == 20  # batches dropped as they come
+    loader.close()
+    assert pinned == [True] * loader.buffers_allocated and loader.buffers_allocated <= 3  # and reused
+    records = [name for what, name in log if what == "record"]
+    waits = [name for what, name in log if what == "wait"]
+    assert len(records) == len(waits) == 10 - loader.buffers_allocated
+    assert set(records) == {threading.main_thread().name} and all(w.startswith(READER_THREAD_PREFIX) for w in waits)
+    recorded = [what for what, _ in log]
+    assert all(recorded[:i].count("record") >= recorded[:i + 1].count("wait") for i in range(len(log)))
