@@ -44,6 +44,7 @@ from datasets import (
     AnnotationError,
     Augmentation,
     CachedClipDataset,
+    CacheLoader,
     DecodePolicy,
     ExactShardSampler,
     FrameCache,
@@ -55,6 +56,7 @@ from datasets import (
     collate_clips,
     ensure_demo_dataset,
     load_annotation_table,
+    make_loader,
     model_input,
     scan_video_root,
     split_indices,
@@ -591,9 +593,9 @@ def use_demo_dataset(cfg: TrainConfig, info: DistInfo) -> None:
 @dataclass
 class Data:
     table: pd.DataFrame
-    train_loader: DataLoader
+    train_loader: DataLoader | CacheLoader
     train_sampler: ResumableShardSampler
-    val_loader: DataLoader | None
+    val_loader: DataLoader | CacheLoader | None
     steps_per_epoch: int
     total_steps: int
 
@@ -631,23 +633,24 @@ def build_data(cfg: TrainConfig, tasks, info: DistInfo) -> Data:
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps > 0:
         total_steps = min(total_steps, cfg.max_steps)
+    # A raw frame cache is read by threads into reused batch buffers (datasets/cache_loader.py;
+    # --cache-loader dataloader for worker processes); everything else by a DataLoader.
     loader_kwargs = dict(
-        num_workers=cfg.num_workers, pin_memory=info.device.type == "cuda",
+        workers=cfg.num_workers, prefetch=cfg.prefetch_factor, pin_memory=info.device.type == "cuda",
+        cache_loader=cfg.cache_loader,
         collate_fn=collate_cached if cfg.cache else collate_clips,
         persistent_workers=cfg.num_workers > 0,
-        prefetch_factor=cfg.prefetch_factor if cfg.num_workers > 0 else None,
         # A private generator: creating loader iterators must not consume the global RNG, or a
         # run resumed mid-epoch would draw different dropout masks than the uninterrupted one.
         generator=torch.Generator().manual_seed(cfg.seed),
         # SLURM's SIGTERM reaches the data workers too; they must outlive it until we have saved.
         worker_init_fn=ignore_preemption_in_data_worker,
     )
-    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=train_sampler, drop_last=True,
-                              **loader_kwargs)
+    train_loader = make_loader(train_set, train_sampler, cfg.batch_size, drop_last=True, **loader_kwargs)
     val_loader = None
     if val_set is not None:
-        val_loader = DataLoader(val_set, batch_size=cfg.batch_size,
-                                sampler=ExactShardSampler(len(val_set), info.rank, info.world_size), **loader_kwargs)
+        val_loader = make_loader(val_set, ExactShardSampler(len(val_set), info.rank, info.world_size), cfg.batch_size,
+                                 **loader_kwargs)
     return Data(table, train_loader, train_sampler, val_loader, steps_per_epoch, total_steps)
 
 

@@ -21,11 +21,14 @@ What it measures (all on the CPU unless a GPU is there; the tables print as Mark
    is not a dependency, so PyAV's ``container.seek`` stands in), resize to 224, normalize to
    float32 and ``torch.save`` the [3, 16, 224, 224] tensor.  Those ``.pt`` files are the
    earlier format read in (1).
-3. The full loader with 1..N workers (persistent, prefetch 2, pinned memory on a GPU)
-   feeding a consumer that applies the crop/resize/flip/normalization
+3. The loaders with 1..N readers (threads or worker processes), every row feeding the same
+   consumer (it receives the batch as a tensor and reads it; benchmarks/loaders.py): the raw
+   read (the floor: whole clips into reused buffers), the frame-cache loader train_ddp.py uses
+   (datasets/cache_loader.py, mmap and pread), and the DataLoader (``dataloader``: today's
+   path, and the other inputs through it).  Then the cache loader and the DataLoader feeding a
+   consumer that applies the crop/resize/flip/normalization
    (:func:`datasets.gpu_augment.augment_on_device`) on the GPU when there is one, else on
-   the CPU, where it competes with the workers for cores.  "loader only" is the same with a
-   consumer that only touches the batch.
+   the CPU, where it competes with the readers for cores.
 4. With a GPU: the ResNet3D-50 training step rate (bf16, channels_last_3d) on synthetic
    input, to compare the loader against.
 5. With ``--hd``: the same preparation comparison on generated 720p and 1080p 3 s clips, and the
@@ -56,9 +59,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # `python benchmarks/data_throughput.py` works too
     sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks.loaders import measure  # noqa: E402
 from datasets.cache import CachedClipDataset, FrameCache, collate_cached  # noqa: E402
 from datasets.clips import VideoClipDataset, collate_clips  # noqa: E402
-from datasets.gpu_augment import augment_on_device  # noqa: E402
 from datasets.prepare import prepare_cache  # noqa: E402
 from datasets.transforms import normalize_on_device, resize_center_crop  # noqa: E402
 from datasets.video import sample_clip_indices, write_video  # noqa: E402
@@ -178,75 +181,6 @@ def worker_rate(dataset, collate, batch_size: int, min_time: float) -> dict:
     return {"clips_per_cpu_s": clips / max(t.cpu, 1e-9), "clips_per_s": clips / t.wall, "clips": clips}
 
 
-class EndlessKeys(torch.utils.data.Sampler):
-    """(epoch, index) keys, each epoch a new permutation, for as long as the loader is read."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def __iter__(self):
-        epoch = 0
-        while True:
-            for i in np.random.default_rng(epoch).permutation(self.n):
-                yield epoch, int(i)
-            epoch += 1
-
-
-def cpu_seconds(children: list) -> float:
-    """User + system seconds of this process and ``children`` (DataLoader workers) so far."""
-    import psutil
-
-    total = 0.0
-    for proc in [psutil.Process(), *children]:
-        try:
-            t = proc.cpu_times()
-            total += t.user + t.system
-        except psutil.Error:  # a worker that has exited
-            pass
-    return total
-
-
-def loader_rate(dataset, collate, batch_size: int, workers: int, min_time: float, device: torch.device,
-                augment: bool) -> dict:
-    """A DataLoader (persistent workers, prefetch 2, pinned memory on a GPU) feeding a consumer that
-    applies the device-side augmentation, or only moves the batch to the device.
-
-    Returns clips/s (wall) and clips per CPU-second of every process involved (the main process,
-    its pin-memory thread and the workers: reading, collate, and the worker -> main transfer
-    through shared memory).
-    """
-    import psutil
-    from torch.utils.data import DataLoader
-
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=EndlessKeys(len(dataset)), num_workers=workers,
-                        collate_fn=collate, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-                        prefetch_factor=2 if workers > 0 else None)
-    batches = iter(loader)
-
-    def consume():
-        batch = next(batches)  # noqa: F821 (deleted after the last call, to stop the workers)
-        if augment:
-            x = augment_on_device(batch, device)
-        elif batch.get("video") is not None:
-            x = batch["video"].to(device, non_blocking=True)
-        else:  # encoded frames: what would be handed to the GPU decoder
-            x = batch["jpeg_data"]
-        return len(batch["indices"]), x
-
-    for _ in range(2 * max(workers, 1)):  # workers started, their first batches in flight
-        consume()
-    children = psutil.Process().children(recursive=True)
-    clips, cpu0, start = 0, cpu_seconds(children), time.perf_counter()
-    while clips < 2 * batch_size or time.perf_counter() - start < min_time:
-        n, _ = consume()
-        clips += n
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    wall, cpu = time.perf_counter() - start, cpu_seconds(children) - cpu0
-    del batches, loader
-    return {"clips_per_s": clips / wall, "clips_per_cpu_s": clips / max(cpu, 1e-9)}
-
-
 def loop_step_rate(device: torch.device, batch_size: int, frames: int, size: int, steps: int = 10,
                    depth: int = 50) -> float:
     """Training clips/s of train_ddp.py's own step (via benchmarks/train_throughput.py) for
@@ -284,6 +218,40 @@ def machine() -> str:
 
     return (f"{cpu}, {cores} cores usable (load average {load:.1f} at start), {gpu}; Python "
             f"{platform.python_version()}, torch {torch.__version__}, PyAV {av.__version__}")
+
+
+def _row(rows: list[dict], name: str, readers: int, key: str = "raw") -> dict:
+    return next(r for r in rows if r["name"] == name and r["readers"] == readers and r["input"] == key)
+
+
+def loader_table_rows(rows: list[dict], inputs: dict) -> list[list]:
+    """The loader table: each row's CPU cost against the DataLoader and the raw read (pread) of
+    the same input and readers; ``inputs``: input key -> (label, ...)."""
+    out = []
+    for r in rows:
+        base = _row(rows, "dataloader", r["readers"], r["input"])["clips_per_cpu_s"]
+        raw = [x for x in rows if x["name"] == "raw-read" and x["readers"] == r["readers"] and x["input"] == r["input"]]
+        out.append([r["name"], inputs[r["input"]][0], r["readers"], f"{r['clips_per_s']:.0f}",
+                    f"{r['clips_per_cpu_s']:.0f}", f"{r['clips_per_cpu_s'] / base:.2f}x",
+                    f"{r['clips_per_cpu_s'] / raw[0]['clips_per_cpu_s']:.2f}" if raw else ""])
+    return out
+
+
+def loader_checks(rows: list[dict], max_readers: int) -> list[str]:
+    """The targets of the cache loader, per CPU-second into the same consumer (measured side by side)."""
+    checks = []
+    for name in ("cache-loader", "cache-loader-pread"):
+        for w in sorted({1, max_readers}):
+            r = _row(rows, name, w)["clips_per_cpu_s"]
+            checks.append(
+                f"{name} at {w} reader(s): {r:.0f} clips per CPU-second (target >= 1,500), "
+                f"{r / _row(rows, 'dataloader', w)['clips_per_cpu_s']:.1f}x the DataLoader (target >= 4x), "
+                f"{r / _row(rows, 'raw-read', w)['clips_per_cpu_s']:.2f} of the raw read with pread and "
+                f"{r / _row(rows, 'raw-read-mmap', w)['clips_per_cpu_s']:.2f} of the mmap one (target >= 0.7)")
+    dl1, dln = _row(rows, "dataloader", 1), _row(rows, "dataloader", max_readers)
+    checks.append(f"dataloader (cache raw) at {max_readers} workers: {dln['clips_per_s'] / dl1['clips_per_s']:.2f}x "
+                  f"the clips/s of 1 worker (linear = {max_readers}x)")
+    return checks
 
 
 # ------------------------------------------------------------------------------------------------
@@ -377,31 +345,33 @@ def run(args: argparse.Namespace) -> dict:
         results["read_per_core"] = read
         results["cpu_normalize_ms_per_clip"] = cpu_normalize_ms(T, size)
 
-        # -- 3. the loader with 1..N workers -----------------------------------------------------------
+        # -- 3. the loaders with 1..N readers -----------------------------------------------------------
         max_workers = args.max_workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                            else os.cpu_count() or 1)
-        loader_rows, loader = [], {}
-        runs = [(key, False) for key in args.loader_formats.split(",")] + [("raw", True)]
-        for key, augment in runs:
-            label = readers[key][0] + (f" + augmentation on {device.type}" if augment else "")
-            for w in range(1, max_workers + 1):
-                print(f"loader: {label}, {w} worker(s) ...", flush=True)
-                r = loader_rate(readers[key][1], readers[key][2], args.batch_size, w, args.loader_time, device,
-                                augment)
-                loader[f"{key}{'+augment' if augment else ''}/{w}"] = r
-                first = loader[f"{key}{'+augment' if augment else ''}/1"]
-                vs_pt = loader.get(f"pt/{w}")
-                loader_rows.append([label, w, f"{r['clips_per_s']:.0f}", f"{r['clips_per_cpu_s']:.0f}",
-                                    f"{r['clips_per_s'] / first['clips_per_s']:.2f}x",
-                                    f"{r['clips_per_cpu_s'] / vs_pt['clips_per_cpu_s']:.1f}x" if vs_pt and not augment
-                                    else ""])
-        results["loader"] = loader
+        raw_set, raw_collate = readers["raw"][1], readers["raw"][2]
+        runs = [(name, "raw") for name in ("raw-read", "raw-read-mmap", "cache-loader", "cache-loader-pread")]
+        runs += [("dataloader", key) for key in dict.fromkeys(["raw", *args.loader_formats.split(",")])]
+        loader = []
+        for w in range(1, max_workers + 1):
+            for name, key in runs:
+                print(f"loader: {name} ({key}), {w} reader(s) ...", flush=True)
+                row = measure(name, readers[key][1], readers[key][2], args.batch_size, w, args.loader_time, device)
+                loader.append({**row, "input": key})
+        augmented = []
+        for name in ("cache-loader", "dataloader"):
+            print(f"loader: {name} + augmentation on {device.type}, {max_workers} reader(s) ...", flush=True)
+            augmented.append(measure(name, raw_set, raw_collate, args.batch_size, max_workers, args.loader_time,
+                                     device, augment=True))
+        results["loader"], results["loader_augment"] = loader, augmented
+        loader_rows = loader_table_rows(loader, readers)
+        augment_rows = [[r["name"], r["readers"], f"{r['clips_per_s']:.0f}", f"{r['clips_per_cpu_s']:.0f}"]
+                        for r in augmented]
 
         # -- 4. against the GPU's training step rate ---------------------------------------------------
         gpu_line = "no GPU here: the loader was not compared with a training step rate"
         if device.type == "cuda":
             rate = loop_step_rate(device, args.batch_size, T, size)
-            best = max(r["clips_per_s"] for k, r in loader.items() if k.startswith("raw+augment/"))
+            best = max(r["clips_per_s"] for r in augmented if r["name"] == "cache-loader")
             results["gpu_step_clips_per_s"] = rate
             gpu_line = (f"{torch.cuda.get_device_name(device)}: ResNet3D-50 trains {rate:.0f} clips/s (bf16, "
                         f"batch {args.batch_size}); the cache loader with augmentation delivers {best:.0f} clips/s "
@@ -416,10 +386,7 @@ def run(args: argparse.Namespace) -> dict:
         f"at {raw_read['bytes_per_clip'] / pt_read['bytes_per_clip']:.2f} of its bytes per clip (target <= 0.33)",
         f"prepare vs seek per frame, per core: {prep['raw'] / prep['seek']:.1f}x (target >= 5x); "
         f"seek and one-pass frames identical: {'yes' if same else 'NO'}",
-        f"loader (cache raw) at {max_workers} workers: {loader[f'raw/{max_workers}']['clips_per_s'] / loader['raw/1']['clips_per_s']:.2f}x "
-        f"the clips/s of 1 worker (linear = {max_workers}x); worker -> main transfer included, cache raw vs .pt "
-        f"per CPU-second: {loader['raw/1']['clips_per_cpu_s'] / loader['pt/1']['clips_per_cpu_s']:.1f}x"
-        if "pt/1" in loader else "",
+        *loader_checks(loader, max_workers),
         f"uint8 -> normalized float32 on the CPU: {results['cpu_normalize_ms_per_clip']:.1f} ms per "
         f"{T}x{size}x{size} clip (now done on the {'GPU' if device.type == 'cuda' else 'device'})",
         gpu_line,
@@ -432,10 +399,13 @@ def run(args: argparse.Namespace) -> dict:
             ["format", "bytes/clip", "clips/s per core (CPU time)", "clips/s (wall)", "vs .pt", "bytes vs .pt"],
             read_rows),
         "Preparation, per core:\n\n" + table(["method", "videos/s per core", "vs seek"], prep_rows),
-        f"Loader: DataLoader workers -> consumer on {device.type}, {args.batch_size} clips per batch; clips per "
-        "CPU-second counts every process (workers, main, pin thread):\n\n" + table(
-            ["input", "workers", "clips/s (wall)", "clips per CPU-second", "vs 1 worker", "vs .pt (CPU)"],
-            loader_rows),
+        f"Loaders -> the same consumer on {device.type} (it receives the batch as a tensor and reads it), "
+        f"{args.batch_size} clips per batch; readers = threads or DataLoader workers; clips per CPU-second "
+        "counts every thread and process:\n\n" + table(
+            ["loader", "input", "readers", "clips/s (wall)", "clips per CPU-second", "vs dataloader (CPU)",
+             "vs raw read, pread (CPU)"], loader_rows),
+        f"Loaders -> augmentation on {device.type} (crop, resize, flip, normalize), raw cache:\n\n" + table(
+            ["loader", "readers", "clips/s (wall)", "clips per CPU-second"], augment_rows),
         "\n".join(f"- {c}" for c in checks if c),
     ])
     if args.hd:
@@ -480,10 +450,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jpeg-quality", type=int, default=90)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--min-time", type=float, default=2.0, help="seconds each per-core reading figure runs at least")
-    p.add_argument("--max-workers", type=int, default=0, help="loader workers up to this (0 = the usable cores)")
+    p.add_argument("--max-workers", type=int, default=0,
+                   help="loader readers (threads or DataLoader workers) up to this (0 = the usable cores)")
     p.add_argument("--loader-time", type=float, default=3.0, help="seconds each loader figure runs at least")
     p.add_argument("--loader-formats", default="mp4,pt,raw,jpeg,jpeg-device",
-                   help="inputs measured through the DataLoader (from: mp4, pt, raw, jpeg, jpeg-device)")
+                   help="inputs measured through the DataLoader besides raw (from: mp4, pt, raw, jpeg, jpeg-device)")
     p.add_argument("--cpu", action="store_true", help="consumer on the CPU even when a GPU is there")
     p.add_argument("--work-dir", default=None, help="keep clips, caches and .pt files here (default: a temp dir)")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")

@@ -65,6 +65,9 @@ _EXPORTS: dict[str, str] = {
     "FrameCache": "cache",
     "CachedClipDataset": "cache",
     "collate_cached": "cache",
+    # cache_loader.py: reader threads into reused batch buffers for raw caches (else a DataLoader)
+    "CacheLoader": "cache_loader",
+    "make_loader": "cache_loader",
     "augment_on_device": "gpu_augment",
     "model_input": "gpu_augment",
     "resized_crop_flip_normalize": "gpu_augment",

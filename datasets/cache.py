@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import csv
 import json
+import mmap
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -58,6 +59,8 @@ __all__ = [
     "CacheMismatchError",
     "FrameCache",
     "CachedClipDataset",
+    "CachedClips",
+    "ClipPlan",
     "collate_cached",
     "MANIFEST_FIELDS",
 ]
@@ -215,6 +218,7 @@ class FrameCache:
         self._row_of = {n: i for i, n in enumerate(names)}
         self._check_shard_sizes()
         self._fds: dict[int, int] = {}
+        self._maps: dict[int, np.ndarray] = {}
 
     def _check_shard_sizes(self) -> None:
         """A shard shorter than its manifest says was damaged after prepare (copy cut short...)."""
@@ -234,10 +238,11 @@ class FrameCache:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_fds"] = {}  # file descriptors don't travel to worker processes
+        state["_fds"], state["_maps"] = {}, {}  # file descriptors and maps don't travel to worker processes
         return state
 
     def __del__(self) -> None:
+        self._maps = {}  # a map outlives its descriptor, but drop it with the cache
         for fd in getattr(self, "_fds", {}).values():
             try:
                 os.close(fd)
@@ -274,29 +279,64 @@ class FrameCache:
 
     def _fd(self, shard: int) -> int:
         fd = self._fds.get(shard)
-        if fd is None:
-            fd = self._fds[shard] = os.open(self.root / SHARD_DIR / self.shard_names[shard], os.O_RDONLY)
-        return fd
+        if fd is None:  # reader threads may race here: the first descriptor stored wins
+            fd = os.open(self.root / SHARD_DIR / self.shard_names[shard], os.O_RDONLY)
+            if self._fds.setdefault(shard, fd) != fd:
+                os.close(fd)
+        return self._fds[shard]
+
+    def _mapped(self, shard: int) -> np.ndarray:
+        """The whole shard as a read-only uint8 array over a memory map (made once per process)."""
+        array = self._maps.get(shard)
+        if array is None:
+            mapping = mmap.mmap(self._fd(shard), 0, prot=mmap.PROT_READ)
+            array = self._maps.setdefault(shard, np.frombuffer(mapping, dtype=np.uint8))
+        return array
 
     def _pread(self, row: int, start: int, out: np.ndarray) -> None:
-        view = out.reshape(-1)
-        got = os.preadv(self._fd(int(self.shard_of[row])), [view], int(self.offsets[row]) + start)
-        if got != view.nbytes:
-            raise OSError(f"short read in {self.shard_names[self.shard_of[row]]}: {got} of {view.nbytes} bytes")
+        shard = int(self.shard_of[row])
+        preadv_full(self._fd(shard), [out.reshape(-1)], int(self.offsets[row]) + start, self.shard_names[shard])
+
+    def read_raw_into(self, row: int, indices: Sequence[int], frames_out: np.ndarray | Sequence[np.ndarray],
+                      mapped: bool = False) -> None:
+        """Frames ``indices`` (increasing) of a raw clip straight into ``frames_out[t]`` (each a
+        (3, S, S) uint8 array whose S x S planes are contiguous; ``frames_out`` itself may be a
+        strided view, e.g. a (3, T, S, S) clip seen as (T, 3, S, S)), with no intermediate copy.
+
+        Each run of consecutive indices is one ``preadv`` scattering the file's bytes into the
+        planes (one in all when T == K), or with ``mapped`` one copy out of the memory-mapped
+        shard (no system call: on the development VM a third of preadv's CPU time per byte).
+        A mapped read checks the shard's size first, so a shard cut short after the cache was
+        opened fails this clip; an I/O error under a mapped read is a SIGBUS, not an exception.
+        """
+        fb = self.params.frame_bytes
+        shard, base = int(self.shard_of[row]), int(self.offsets[row])
+        for first, t0, length in _consecutive_runs(indices):
+            start, dest = base + first * fb, frames_out[t0:t0 + length]
+            if mapped:
+                self._copy_mapped(shard, start, dest)
+            else:
+                preadv_full(self._fd(shard), _planes(dest), start, self.shard_names[shard])
+
+    def _copy_mapped(self, shard: int, start: int, dest: np.ndarray | Sequence[np.ndarray]) -> None:
+        p = self.params
+        end = start + len(dest) * p.frame_bytes
+        size = os.fstat(self._fd(shard)).st_size
+        if size < end:
+            raise OSError(f"{self.shard_names[shard]} is {size} bytes now, the clip ends at byte {end}")
+        source = self._mapped(shard)[start:end].reshape(len(dest), 3, p.stored_size, p.stored_size)
+        if isinstance(dest, np.ndarray):
+            np.copyto(dest, source)
+        else:
+            for frame, src in zip(dest, source):
+                np.copyto(frame, src)
 
     def read_raw(self, row: int, indices: Sequence[int]) -> torch.Tensor:
         """Frames ``indices`` (increasing) of a raw clip as uint8 (T, 3, S, S); consecutive runs
         of indices are read with one pread each (one in all when T == K)."""
         p = self.params
         out = torch.empty((len(indices), 3, p.stored_size, p.stored_size), dtype=torch.uint8)
-        buf = out.numpy()
-        t = 0
-        while t < len(indices):
-            run = 1
-            while t + run < len(indices) and indices[t + run] == indices[t] + run:
-                run += 1
-            self._pread(row, int(indices[t]) * p.frame_bytes, buf[t:t + run])
-            t += run
+        self.read_raw_into(row, indices, out.numpy())
         return out
 
     def read_frames(self, row: int, indices: Sequence[int]) -> torch.Tensor:
@@ -313,7 +353,60 @@ class FrameCache:
         return [frames[int(i)] for i in indices]
 
 
-def decode_jpeg_frames(encoded: Sequence[np.ndarray | torch.Tensor], device: str | torch.device = "cpu") -> torch.Tensor:
+def _consecutive_runs(indices: Sequence[int]) -> list[tuple[int, int, int]]:
+    """Increasing frame indices -> (first index, position in ``indices``, length) of each run of
+    consecutive ones: [0, 1, 2, 5, 6] -> [(0, 0, 3), (5, 3, 2)]."""
+    runs, t = [], 0
+    while t < len(indices):
+        length = 1
+        while t + length < len(indices) and indices[t + length] == indices[t] + length:
+            length += 1
+        runs.append((int(indices[t]), t, length))
+        t += length
+    return runs
+
+
+def _planes(frames: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The destination buffers of a ``preadv`` filling ``frames`` (L, 3, S, S) in file order: the
+    whole block when it is contiguous, else each frame, else each frame's S x S channel planes."""
+    if isinstance(frames, np.ndarray) and frames.flags.c_contiguous:
+        return [frames]
+    planes = []
+    for frame in frames:
+        if frame.flags.c_contiguous:
+            planes.append(frame)
+            continue
+        for plane in frame:
+            if not plane.flags.c_contiguous:
+                raise ValueError(f"frame planes of strides {plane.strides} cannot receive a read")
+            planes.append(plane)
+    return planes
+
+
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+
+
+def preadv_full(fd: int, buffers: Sequence[np.ndarray], offset: int, name: str) -> None:
+    """Fill ``buffers`` (writable, contiguous) with the file's bytes from ``offset`` on: one
+    ``preadv`` per IOV_MAX buffers, continued after a partial read (legal on network file
+    systems); the end of the file before they are full is an OSError naming ``name``."""
+    views = [memoryview(b).cast("B") for b in buffers]
+    wanted = sum(v.nbytes for v in views)
+    done = 0
+    while views:
+        got = os.preadv(fd, views[:_IOV_MAX], offset + done)
+        if got <= 0:
+            raise OSError(f"short read in {name}: {done} of {wanted} bytes")
+        done += got
+        while views and got >= views[0].nbytes:  # drop the buffers this read filled
+            got -= views[0].nbytes
+            views.pop(0)
+        if got:
+            views[0] = views[0][got:]
+
+
+def decode_jpeg_frames(encoded: Sequence[np.ndarray | torch.Tensor],
+                       device: str | torch.device = "cpu") -> torch.Tensor:
     """Encoded frames -> uint8 (T, 3, S, S) on ``device`` (nvJPEG when it is a CUDA device)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
@@ -326,7 +419,64 @@ def decode_jpeg_frames(encoded: Sequence[np.ndarray | torch.Tensor], device: str
 # the Dataset
 # ------------------------------------------------------------------------------------------------
 
-class CachedClipDataset(torch.utils.data.Dataset):
+@dataclass(frozen=True)
+class ClipPlan:
+    """One sample decided from its key alone, before any byte is read: which clip, which of its
+    stored frames, and the augmentation the device will apply."""
+
+    index: int  # in the dataset
+    video_id: str
+    row: int  # in the cache; -1 when the cache has no clip for the video
+    frames: np.ndarray  # increasing indices into the K stored frames
+    crop_box: tuple[int, int, int, int] = (0, 0, 0, 0)  # (top, left, height, width) in the S x S frame
+    flip: bool = False
+
+
+class CachedClips(torch.utils.data.Dataset):
+    """What the datasets over a frame cache share, and what :class:`datasets.cache_loader.CacheLoader`
+    needs from them: ``plan(key)``, ``clip_shape``, ``frame_slots(clip)`` (where each planned
+    frame lands in a clip buffer), ``read_into(plan, clip)`` and ``batch(video, plans, bad)``
+    (the batch a collate function would make of those items)."""
+
+    cache: FrameCache
+    video_names: np.ndarray
+    rows: np.ndarray  # the cache row of each video, -1 when missing
+    bad_video: str = "skip"
+
+    def __len__(self) -> int:
+        return len(self.video_names)
+
+    @property
+    def missing(self) -> list[str]:
+        """Video names the cache has no clip for."""
+        return [str(n) for n, r in zip(self.video_names, self.rows) if r < 0]
+
+    def _index(self, index: int) -> int:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} clips")
+        return index % len(self)
+
+    def read_into(self, plan: ClipPlan, clip: np.ndarray, mapped: bool = False) -> str | None:
+        """The plan's frames of a raw cache straight into ``clip`` (uint8, ``clip_shape``).
+        Returns None, or why the clip could not be read (raises under ``bad_video="error"``)."""
+        return self._guarded(plan, lambda: self.cache.read_raw_into(plan.row, plan.frames, self.frame_slots(clip),
+                                                                    mapped=mapped))[1]
+
+    def _guarded(self, plan: ClipPlan, read) -> tuple[Any, str | None]:
+        """(``read()``, None), or (None, why it failed) for a missing or unreadable clip; under
+        ``bad_video="error"`` the failure raises BadVideoError naming the video."""
+        try:
+            if plan.row < 0:
+                raise LookupError(self.cache.why_missing(plan.video_id))
+            return read(), None
+        except Exception as exc:  # one clip failed to read: see bad_video
+            message = f"{plan.video_id}: {type(exc).__name__}: {exc}"
+            if self.bad_video == "error":
+                raise BadVideoError(message) from exc
+            return None, message
+
+
+class CachedClipDataset(CachedClips):
     """Clips from a frame cache, with per-row targets; uint8 at stored size + the crop to apply.
 
     The workers only read bytes and draw the augmentation; the crop, resize, flip and
@@ -383,13 +533,10 @@ class CachedClipDataset(torch.utils.data.Dataset):
         self.augment = augment or Augmentation()
         self.jpeg_decode = jpeg_decode if self.cache.params.storage == "jpeg" else "worker"
 
-    def __len__(self) -> int:
-        return len(self.video_names)
-
     @property
-    def missing(self) -> list[str]:
-        """Video names the cache has no clip for."""
-        return [str(n) for n, r in zip(self.video_names, self.rows) if r < 0]
+    def clip_shape(self) -> tuple[int, int, int, int]:
+        stored = self.cache.params.stored_size
+        return (3, self.num_frames, stored, stored)
 
     def draw(self, rng: np.random.Generator | None) -> tuple[np.ndarray, tuple[int, int, int, int], bool]:
         """(frame indices into the K stored frames, crop box, flip) for one sample."""
@@ -400,33 +547,46 @@ class CachedClipDataset(torch.utils.data.Dataset):
         box, flip = self.augment.draw(rng, stored, stored)
         return indices, box, flip
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+    def plan(self, key: int | tuple[int, int]) -> ClipPlan:
         epoch, index = parse_key(key)
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} clips")
-        index %= len(self)
-        name, row = str(self.video_names[index]), int(self.rows[index])
+        index = self._index(index)
         rng = np.random.default_rng([self.seed, epoch, index]) if self.train else None
         indices, box, flip = self.draw(rng)
+        return ClipPlan(index, str(self.video_names[index]), int(self.rows[index]), indices, box, flip)
+
+    @staticmethod
+    def frame_slots(clip: np.ndarray) -> np.ndarray:
+        """Where the planned frames of a (3, T, S, S) clip go: frame t is ``clip[:, t]``."""
+        return clip.swapaxes(0, 1)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        plan = self.plan(key)
         sample: dict[str, Any] = {
             "video": None,
-            "targets": {k: torch.tensor(v[index]) for k, v in self.targets.items()},
-            "video_id": name, "index": index, "error": None,
-            "crop_box": box, "flip": flip, "out_size": self.size,
+            "targets": {k: torch.tensor(v[plan.index]) for k, v in self.targets.items()},
+            "video_id": plan.video_id, "index": plan.index, "error": None,
+            "crop_box": plan.crop_box, "flip": plan.flip, "out_size": self.size,
         }
-        try:
-            if row < 0:
-                raise LookupError(self.cache.why_missing(name))
-            if self.jpeg_decode == "device":
-                sample["jpeg"] = self.cache.read_jpeg(row, indices)
-            else:
-                sample["video"] = self.cache.read_frames(row, indices).permute(1, 0, 2, 3)
-        except Exception as exc:  # one clip failed to read: see bad_video
-            message = f"{name}: {type(exc).__name__}: {exc}"
-            if self.bad_video == "error":
-                raise BadVideoError(message) from exc
-            sample["error"] = message
+        if self.cache.params.storage == "raw":
+            clip = torch.empty(self.clip_shape, dtype=torch.uint8)
+            sample["error"] = self.read_into(plan, clip.numpy())
+            sample["video"] = clip if sample["error"] is None else None
+        elif self.jpeg_decode == "device":
+            sample["jpeg"], sample["error"] = self._guarded(plan, lambda: self.cache.read_jpeg(plan.row, plan.frames))
+        else:
+            sample["video"], sample["error"] = self._guarded(
+                plan, lambda: self.cache.read_frames(plan.row, plan.frames).permute(1, 0, 2, 3))
         return sample
+
+    def batch(self, video: torch.Tensor | None, plans: Sequence[ClipPlan],
+              bad: Sequence[tuple[ClipPlan, str]]) -> dict[str, Any]:
+        """The :func:`collate_cached` batch of these items, around ``video`` (the good clips, uint8
+        (N, 3, T, S, S), filled by the caller; None when there are none)."""
+        indices = np.array([p.index for p in plans], dtype=np.int64)
+        return _cached_batch(video, {k: torch.from_numpy(v[indices]) for k, v in self.targets.items()},
+                             [p.video_id for p in plans], torch.from_numpy(indices),
+                             [(p.video_id, message) for p, message in bad],
+                             [p.crop_box for p in plans], [p.flip for p in plans], self.size)
 
 
 def _stack_shared(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -452,17 +612,12 @@ def collate_cached(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     good = [s for s in samples if s["error"] is None]
     bad = [(s["video_id"], s["error"]) for s in samples if s["error"] is not None]
     keys = list(samples[0]["targets"]) if samples else []
-    batch: dict[str, Any] = {
-        "video": None,
-        "targets": {k: torch.stack([s["targets"][k] for s in good]) if good
-                    else samples[0]["targets"][k].new_empty((0,)) for k in keys},
-        "video_ids": [s["video_id"] for s in good],
-        "indices": torch.tensor([s["index"] for s in good], dtype=torch.int64),
-        "bad": bad,
-        "crop_boxes": torch.tensor([s["crop_box"] for s in good], dtype=torch.int64).reshape(-1, 4),
-        "flips": torch.tensor([s["flip"] for s in good], dtype=torch.bool),
-        "out_size": samples[0]["out_size"] if samples else 0,
-    }
+    targets = {k: torch.stack([s["targets"][k] for s in good]) if good else samples[0]["targets"][k].new_empty((0,))
+               for k in keys}
+    batch = _cached_batch(None, targets, [s["video_id"] for s in good],
+                          torch.tensor([s["index"] for s in good], dtype=torch.int64), bad,
+                          [s["crop_box"] for s in good], [s["flip"] for s in good],
+                          samples[0]["out_size"] if samples else 0)
     if good and good[0].get("jpeg") is not None:
         frames = [f for s in good for f in s["jpeg"]]
         batch["jpeg_lengths"] = torch.tensor([len(f) for f in frames], dtype=torch.int64)
@@ -470,3 +625,15 @@ def collate_cached(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     elif good:
         batch["video"] = _stack_shared([s["video"] for s in good])
     return batch
+
+
+def _cached_batch(video: torch.Tensor | None, targets: dict[str, torch.Tensor], video_ids: list[str],
+                  indices: torch.Tensor, bad: list[tuple[str, str]], crop_boxes: list, flips: list,
+                  out_size: int) -> dict[str, Any]:
+    """The one place a frame-cache batch is assembled (:func:`collate_cached` and the loader)."""
+    return {
+        "video": video, "targets": targets, "video_ids": video_ids, "indices": indices, "bad": bad,
+        "crop_boxes": torch.tensor(crop_boxes, dtype=torch.int64).reshape(-1, 4),
+        "flips": torch.tensor(flips, dtype=torch.bool),
+        "out_size": out_size,
+    }

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from .cache import FrameCache
+from .cache import CachedClips, ClipPlan, FrameCache
 from .clips import LEGACY_SUFFIX, VideoClipDataset, collate_clips
 from .transforms import frames_to_tensor, resize_center_crop
 from .video import sample_clip_indices
@@ -128,7 +128,7 @@ class MultiViewClipDataset(VideoClipDataset):
         return multi_view_clips(frames, self.num_frames, self.temporal_views, self.spatial_views, self.size), note
 
 
-class MultiViewCachedDataset(torch.utils.data.Dataset):
+class MultiViewCachedDataset(CachedClips):
     """Test-time views from a frame cache: ``video`` is uint8 (N, 3, T, S, S) at the stored
     size S (N temporal views; resized to ``size`` on the device by the consumer).
 
@@ -164,24 +164,43 @@ class MultiViewCachedDataset(torch.utils.data.Dataset):
         return self.temporal_views
 
     @property
-    def missing(self) -> list[str]:
-        return [n for n, r in zip(self.video_names, self.rows) if r < 0]
+    def clip_shape(self) -> tuple[int, ...]:
+        stored = self.cache.params.stored_size
+        return (self.temporal_views, 3, self.num_frames, stored, stored)
 
-    def __len__(self) -> int:
-        return len(self.video_names)
+    def plan(self, index: int) -> ClipPlan:
+        index = self._index(int(index))
+        return ClipPlan(index, self.video_names[index], int(self.rows[index]), self.indices)
+
+    def frame_slots(self, clip: np.ndarray) -> np.ndarray | list[np.ndarray]:
+        """Where the N x T planned frames of a (N, 3, T, S, S) clip go: the j-th is frame j // N
+        of view j % N."""
+        n = self.temporal_views
+        if n == 1:
+            return clip[0].swapaxes(0, 1)
+        return [clip[j % n, :, j // n] for j in range(n * self.num_frames)]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        name, row = self.video_names[index], int(self.rows[index])
-        sample: dict[str, Any] = {"video": None, "targets": {}, "video_id": name, "index": index, "error": None}
-        try:
-            if row < 0:
-                raise LookupError(self.cache.why_missing(name))
-            frames = self.cache.read_frames(row, self.indices)  # (N*T, 3, S, S)
+        plan = self.plan(index)
+        sample: dict[str, Any] = {"video": None, "targets": {}, "video_id": plan.video_id, "index": plan.index,
+                                  "error": None}
+        if self.cache.params.storage == "raw":
+            clip = torch.empty(self.clip_shape, dtype=torch.uint8)
+            sample["error"] = self.read_into(plan, clip.numpy())
+            sample["video"] = clip if sample["error"] is None else None
+        else:
             n = self.temporal_views
-            sample["video"] = torch.stack([frames[i::n].permute(1, 0, 2, 3) for i in range(n)]).contiguous()
-        except Exception as exc:  # this video only: reported in its row, the others go on
-            sample["error"] = f"{name}: {type(exc).__name__}: {exc}"
+            frames, sample["error"] = self._guarded(plan, lambda: self.cache.read_frames(plan.row, plan.frames))
+            if frames is not None:  # (N*T, 3, S, S): view i is every N-th frame
+                sample["video"] = torch.stack([frames[i::n].permute(1, 0, 2, 3) for i in range(n)]).contiguous()
         return sample
+
+    def batch(self, video: torch.Tensor | None, plans: list[ClipPlan], bad: list[tuple[ClipPlan, str]]) -> dict:
+        """The :func:`collate_views` batch of these items, around ``video`` (the good clips, uint8
+        (B, N, 3, T, S, S), filled by the caller; None when there are none)."""
+        return {"video": video, "targets": {}, "video_ids": [p.video_id for p in plans],
+                "indices": torch.tensor([p.index for p in plans], dtype=torch.int64),
+                "bad": [(p.video_id, message) for p, message in bad], "bad_indices": [p.index for p, _ in bad]}
 
 
 def collate_views(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from datasets import ExactShardSampler, collate_views, normalize_on_device
+from datasets import ExactShardSampler, collate_views, make_loader, normalize_on_device
 from datasets.gpu_augment import resized_crop_flip_normalize
 from utils.cli import progress_bar
 from utils.distributed import DistInfo, gather_rows
@@ -117,16 +117,16 @@ def gather_exactly_once(local: dict[str, Any], info: DistInfo, num_items: int,
 
 
 def shard_loader(dataset, info: DistInfo, *, batch_size: int, num_workers: int,
-                 indices: Sequence[int] | None = None):
-    """A DataLoader over this rank's ``ExactShardSampler`` share of ``indices`` (default: every
-    item of ``dataset``, a ``datasets`` multi-view dataset), batched with ``collate_views``, so
-    over all ranks each item is loaded exactly once."""
-    from torch.utils.data import DataLoader
-
+                 indices: Sequence[int] | None = None, cache_loader: str = "mmap"):
+    """A loader over this rank's ``ExactShardSampler`` share of ``indices`` (default: every item
+    of ``dataset``, a ``datasets`` multi-view dataset), batched as ``collate_views`` does, so over
+    all ranks each item is loaded exactly once: ``num_workers`` reader threads into reused
+    buffers for a raw frame cache (``datasets.make_loader``; ``cache_loader``), else a DataLoader."""
     items = range(len(dataset)) if indices is None else indices
     mine = [int(items[i]) for i in ExactShardSampler(len(items), info.rank, info.world_size)]
-    return DataLoader(dataset, batch_size=batch_size, sampler=mine, collate_fn=collate_views,
-                      num_workers=num_workers, pin_memory=info.device.type == "cuda", persistent_workers=False)
+    return make_loader(dataset, mine, batch_size, workers=num_workers, prefetch=2,
+                       pin_memory=info.device.type == "cuda", cache_loader=cache_loader,
+                       collate_fn=collate_views, persistent_workers=False)
 
 
 def place_model(model: nn.Module, device: torch.device) -> bool:

@@ -1,6 +1,11 @@
-"""train_ddp.py --cache: a tiny run trains from a prepared cache; a cache built for other clips is refused."""
+"""train_ddp.py --cache: a tiny run trains from a prepared cache (read by the frame-cache loader's
+threads); videos the cache lacks are counted and reported; a cache built for other clips is refused."""
 
+import shutil
+
+import pandas as pd
 import pytest
+import torch
 from fixture_files import prepare_demo_cache
 from launch_helpers import TINY, run_train
 
@@ -37,3 +42,25 @@ def test_cache_for_other_clips_is_refused(demo_cache, tmp_path):
     assert res.returncode != 0
     assert "it keeps 6 frames per clip but the run uses --frames 8" in res.stdout
     assert "Traceback" not in res.stdout  # a clear message, not a crash
+
+
+def test_videos_the_cache_lacks_are_counted_and_reported(demo_cache, tmp_path):
+    cache, annotations = demo_cache
+    damaged = tmp_path / "cache"
+    shutil.copytree(cache, damaged)
+    manifest = pd.read_csv(damaged / "manifest.csv", dtype=str, keep_default_na=False)
+    gone, failed = manifest["video_name"][0], manifest["video_name"][1]
+    manifest.loc[1, ["status", "error"]] = ["failed", "decode error (made up by the test)"]
+    manifest.drop(index=0).to_csv(damaged / "manifest.csv", index=False)
+    out = tmp_path / "run"
+    res = run_train(["--cache", str(damaged), "--annotations", str(annotations), "--output-dir", str(out),
+                     *TINY, "--num-workers", "2", "--epochs", "1", "--batch-size", "4", "--val-fraction", "0",
+                     "--test-fraction", "0"], timeout=600)
+    assert res.returncode == 0, res.stdout[-4000:]
+    assert f"2 table videos are not in the cache {damaged}" in res.stdout
+    rows = [line.split("\t") for line in (out / "bad_videos.tsv").read_text().splitlines()]
+    errors = {video: error for _, video, error in rows}
+    assert errors.keys() == {gone, failed}  # all 48 videos train, so both were drawn, once each
+    assert "not in the cache" in errors[gone] and "failed: decode error (made up by the test)" in errors[failed]
+    state = torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    assert state["counters"]["bad_videos"] == len(rows) == 2

@@ -16,17 +16,27 @@ def test_tiny_run_prints_every_table(tmp_path, capsys):
                      "--loader-time", "0.01", "--loader-formats", "pt,raw,jpeg-device", "--json", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
-    for heading in ("Machine:", "Reading, per worker core", "Preparation, per core", "Loader: DataLoader workers"):
+    for heading in ("Machine:", "Reading, per worker core", "Preparation, per core", "Loaders -> the same consumer",
+                    "Loaders -> augmentation on"):
         assert heading in printed
     for row in ("| mp4 on the fly", "| earlier float32 .pt", "| cache raw uint8 (40x40)", "| cache jpeg, decoded",
-                "| `prepare` raw", "| earlier: seek to each of 4 frames", "+ augmentation on cpu | 1 |"):
+                "| `prepare` raw", "| earlier: seek to each of 4 frames", "| raw-read | cache raw uint8 (40x40) | 1 |",
+                "| cache-loader | cache raw uint8 (40x40) | 1 |", "| dataloader | earlier float32 .pt",
+                "| cache-loader | 1 |"):
         assert row in printed, row
     assert "seek and one-pass frames identical: yes" in printed
+    assert "cache-loader at 1 reader(s):" in printed and "the DataLoader (target >= 4x)" in printed
     assert "no GPU here" in printed or "ResNet3D-50 trains" in printed
     figures = json.loads(out.read_text())
     assert set(figures["read_per_core"]) == {"mp4", "pt", "raw", "jpeg", "jpeg-device"}
     assert figures["read_per_core"]["pt"]["bytes_per_clip"] > figures["read_per_core"]["raw"]["bytes_per_clip"]
-    assert set(figures["loader"]) == {"pt/1", "raw/1", "jpeg-device/1", "raw+augment/1"}
+    rows = {(r["name"], r["input"], r["readers"]) for r in figures["loader"]}
+    assert rows == {("raw-read", "raw", 1), ("raw-read-mmap", "raw", 1), ("cache-loader", "raw", 1),
+                    ("cache-loader-pread", "raw", 1), ("dataloader", "raw", 1), ("dataloader", "pt", 1),
+                    ("dataloader", "jpeg-device", 1)}
+    for r in figures["loader"] + figures["loader_augment"]:
+        assert r["clips_per_cpu_s"] > 0 and r["clips_per_s"] > 0, r
+    assert [r["name"] for r in figures["loader_augment"]] == ["cache-loader", "dataloader"]
 
 
 def test_seek_per_frame_returns_the_one_pass_frames(tmp_path):

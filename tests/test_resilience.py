@@ -24,6 +24,7 @@ import mlflow
 import psutil
 import pytest
 import torch
+from fixture_files import prepare_demo_cache
 from launch_helpers import REPO, TINY, child_env, free_port, run_train, train_command
 
 pytestmark = pytest.mark.slow
@@ -264,6 +265,48 @@ def test_sigkill_of_a_rank_fails_fast_and_relaunch_resumes_exactly(tiny_demo, tm
     assert "step 6, epoch 1, batch 2 of the epoch" in res.stdout
     assert_bitwise_equal(checkpoint(out), checkpoint(reference))
     assert run_status(out, run_id) == "FINISHED"
+
+
+@pytest.fixture(scope="module")
+def demo_cache_args(tiny_demo, tmp_path_factory) -> list[str]:
+    """The tiny demo as a raw frame cache (6 stored frames for the run's 4: temporal jitter)."""
+    cache = prepare_demo_cache(tiny_demo, tmp_path_factory.mktemp("cache") / "demo", frames=6, stored_size=40)
+    return ["--cache", str(cache), "--annotations", str(tiny_demo[1])]
+
+
+def shared_memory_of(pids: list[int]) -> list[str]:
+    """Entries of /dev/shm named after one of ``pids`` (PyTorch names its segments torch_PID_...)."""
+    names = os.listdir("/dev/shm") if os.path.isdir("/dev/shm") else []
+    return [n for n in names if any(f"_{pid}_" in n for pid in pids)]
+
+
+def test_sigkill_of_a_rank_reading_the_cache_leaves_nothing_and_relaunch_resumes_exactly(demo_cache_args, tmp_path):
+    """--cache: the reference reads the cache with DataLoader worker processes (--cache-loader
+    dataloader), the killed run and its relaunch with reader threads (the default): the same
+    batches, so bitwise the same weights."""
+    reference = tmp_path / "reference"
+    res = run_train([*demo_cache_args, *RUN, "--cache-loader", "dataloader", "--output-dir", str(reference)], nproc=2,
+                    timeout=600)
+    assert res.returncode == 0, res.stdout[-4000:]
+    out = tmp_path / "run"
+    run = TrainRun([*demo_cache_args, *RUN, "--dist-timeout", "60"], out)
+    try:
+        run.wait_for_step(7)
+        ranks = [run.worker_pid(0), run.worker_pid(1)]
+        assert all(psutil.Process(pid).children() == [] for pid in ranks)  # reader threads, no worker processes
+        os.kill(ranks[1], signal.SIGKILL)
+        t0 = time.monotonic()
+        assert run.wait(120) != 0
+        ended_after = time.monotonic() - t0
+    finally:
+        run.kill()
+    assert ended_after < 25, f"the job took {ended_after:.0f} s to end after a rank died"
+    assert not any(psutil.pid_exists(pid) for pid in ranks)  # rank 0 too: no thread kept it alive
+    assert shared_memory_of(ranks) == []
+    res = run_train([*demo_cache_args, *RUN, "--output-dir", str(out)], nproc=2, timeout=600)
+    assert res.returncode == 0, res.stdout[-4000:]
+    assert resumed_step(res.stdout) == 6
+    assert_bitwise_equal(checkpoint(out), checkpoint(reference))
 
 
 def test_local_sh_closes_the_run_when_rank0_is_killed(tiny_demo, tmp_path):

@@ -42,8 +42,12 @@ class TrainConfig:
     test_fraction: float = _f(0.1, "test fraction for --split hash (held out, never trained on)")
     frames: int = _f(16, "frames per clip (T)")
     size: int = _f(224, "spatial input size (H = W)")
-    num_workers: int = _f(4, "DataLoader worker processes per rank")
-    prefetch_factor: int = _f(2, "batches prefetched per worker")
+    num_workers: int = _f(4, "DataLoader worker processes per rank; reader threads with a raw --cache")
+    prefetch_factor: int = _f(2, "batches prefetched per worker (or reader thread)")
+    cache_loader: str = _f("mmap", "raw frame caches: reader threads copying each clip out of the memory-mapped "
+                           "shards (mmap), reader threads reading with preadv (pread: an I/O error fails that "
+                           "clip rather than the process), or DataLoader worker processes (dataloader)",
+                           ("mmap", "pread", "dataloader"))
     bad_video: str = _f("skip", "unreadable/missing videos: skip (drop, count, report) or error (stop)",
                         ("skip", "error"))
     # the decoding policy (datasets.decode_policy.DecodePolicy; the same flags as prepare/evaluate/predict)
