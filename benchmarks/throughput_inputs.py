@@ -77,19 +77,6 @@ def write_synthetic_videos(folder: Path, count: int, spec: str, seed: int) -> li
     return names
 
 
-class _Cycle(torch.utils.data.Dataset):
-    """Sample i of a long run = clip i % n of pass i // n (new augmentation every pass)."""
-
-    def __init__(self, base, length: int) -> None:
-        self.base, self.length = base, length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, i: int):
-        return self.base[(i // len(self.base), i % len(self.base))]
-
-
 def _cache_for(folder: Path, names: list[str], s: Settings) -> Path:
     """A raw frame cache of the generated clips, made once with ``python -m datasets.prepare``'s code."""
     from datasets.prepare import prepare_cache
@@ -141,9 +128,11 @@ def loader_batches(variant: Variant, s: Settings, batch_size: int, n_batches: in
         base = data.VideoClipDataset(names, targets, folder, num_frames=s.frames, size=s.size, train=True,
                                      seed=s.seed)
         collate = data.collate_clips
-    loader = torch.utils.data.DataLoader(
-        _Cycle(base, batch_size * n_batches), batch_size=batch_size, shuffle=False, drop_last=True,
-        num_workers=s.num_workers, collate_fn=collate, pin_memory=device.type == "cuda",
-        prefetch_factor=s.prefetch_factor if s.num_workers > 0 else None,
-    )
-    return iter(loader), f"{what}; {s.num_workers} workers x prefetch {s.prefetch_factor}", loader
+    # train_ddp.py's own choice of loader (datasets.make_loader): reader threads for a raw cache,
+    # DataLoader worker processes for decoded videos.  The clips cycle to fill n_batches batches,
+    # each pass as another epoch (key (pass, clip)): new augmentation every pass.
+    order = [(i // len(base), i % len(base)) for i in range(batch_size * n_batches)]
+    loader = data.make_loader(base, order, batch_size, workers=s.num_workers, prefetch=s.prefetch_factor,
+                              pin_memory=device.type == "cuda", drop_last=True, collate_fn=collate)
+    kind = "reader threads" if isinstance(loader, data.CacheLoader) else "workers"
+    return iter(loader), f"{what}; {s.num_workers} {kind} x prefetch {s.prefetch_factor}", loader
