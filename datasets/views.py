@@ -200,7 +200,8 @@ class MultiViewCachedDataset(CachedClips):
         (B, N, 3, T, S, S), filled by the caller; None when there are none)."""
         return {"video": video, "targets": {}, "video_ids": [p.video_id for p in plans],
                 "indices": torch.tensor([p.index for p in plans], dtype=torch.int64),
-                "bad": [(p.video_id, message) for p, message in bad], "bad_indices": [p.index for p, _ in bad]}
+                "bad": [(p.video_id, message) for p, message in bad], "bad_indices": [p.index for p, _ in bad],
+                "notes": []}  # decoding notes (partial files) stay in the cache's manifest
 
 
 def collate_views(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
