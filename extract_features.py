@@ -80,20 +80,29 @@ INDEX_REFRESH_S = 30.0  # how stale index.csv may be while a run goes on
 
 def build_parser() -> argparse.ArgumentParser:
     p = CommandLineParser(description="Per-layer features of every video, one memory-mapped .npy per layer.")
-    p.add_argument("paths", nargs="*", metavar="PATH", help="video files, folders or .txt lists (instead of "
-                   "--annotations)")
+    p.add_argument(
+        "paths", nargs="*", metavar="PATH", help="video files, folders or .txt lists (instead of --annotations)"
+    )
     model = p.add_mutually_exclusive_group(required=True)
     model.add_argument("--checkpoint", help="this project's, an earlier Lightning, or an official MiT checkpoint")
     model.add_argument("--random-init", action="store_true", help="an untrained network of --depth (seeded)")
-    p.add_argument("--depth", type=int, default=None, help="with --random-init; or for checkpoints that do not record it")
+    p.add_argument(
+        "--depth", type=int, default=None, help="with --random-init; or for checkpoints that do not record it"
+    )
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--videos", help="video root (with --annotations: searched recursively for its video_name; "
-                     "alone: every video under it)")
+    src.add_argument(
+        "--videos",
+        help="video root (with --annotations: searched recursively for its video_name; alone: every video under it)",
+    )
     src.add_argument("--cache", help="frame cache directory (python -m datasets.prepare); needs --annotations")
     p.add_argument("--annotations", default=None, help="CSV with a video_name column (an annotation table)")
     p.add_argument("--split", default="all", choices=(*SPLIT_NAMES, "all"), help="which videos of the table")
-    p.add_argument("--split-method", default=None, choices=SPLIT_METHODS,
-                   help="how the table is split (default: what the checkpoint was trained with, else auto)")
+    p.add_argument(
+        "--split-method",
+        default=None,
+        choices=SPLIT_METHODS,
+        help="how the table is split (default: what the checkpoint was trained with, else auto)",
+    )
     p.add_argument("--val-fraction", type=float, default=None, help="default: the checkpoint's")
     p.add_argument("--test-fraction", type=float, default=None, help="default: the checkpoint's")
     p.add_argument("--layers", default=DEFAULT_LAYERS, help="comma list of layer names, or 'all' (see --list-layers)")
@@ -101,19 +110,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", default="mean", choices=POOLS, help="what is kept of each (C, T, H, W) output")
     p.add_argument("--views", default="1x1", help="N temporal clips x M spatial crops per video, averaged")
     p.add_argument("--dtype", default="float32", choices=("float16", "float32"), help="storage type of the arrays")
-    p.add_argument("--project-dim", type=int, default=None, help="sparse random projection of every layer larger "
-                   "than this to this many dimensions")
+    p.add_argument(
+        "--project-dim",
+        type=int,
+        default=None,
+        help="sparse random projection of every layer larger than this to this many dimensions",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of --random-init and of the projection")
     p.add_argument("--output", default=None, help="output folder (required unless --list-layers)")
     p.add_argument("--overwrite", action="store_true", help="delete an earlier extraction in --output first")
     p.add_argument("--frames", type=int, default=None, help="clip length (default: as trained, else 16)")
     p.add_argument("--size", type=int, default=None, help="clip size (default: as trained, else 224)")
     p.add_argument("--batch-size", type=int, default=8, help="videos per batch per process (x views clips)")
-    p.add_argument("--num-workers", type=int, default=default_workers(),
-                   help="DataLoader workers per process (default: 4, at most the cores available)")
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        default=default_workers(),
+        help="DataLoader workers per process (default: 4, at most the cores available)",
+    )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
-                   help="autocast on GPU (auto = bf16 where supported); features are stored as --dtype")
+    p.add_argument(
+        "--amp",
+        default="auto",
+        choices=("auto", "bf16", "fp16", "off"),
+        help="autocast on GPU (auto = bf16 where supported); features are stored as --dtype",
+    )
     p.add_argument("--extensions", default=",".join(VIDEO_EXTENSIONS), help="file endings taken from folders")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--dist-timeout", type=float, default=1800.0, help="seconds a collective may wait")
@@ -148,8 +169,9 @@ def load_model(args):
     if args.random_init:
         return random_init_model(args.depth, seed=args.seed, frames=args.frames, size=args.size)
     try:
-        return load_inference_model(args.checkpoint, depth=args.depth, frames=args.frames, size=args.size,
-                                    require_heads=False)
+        return load_inference_model(
+            args.checkpoint, depth=args.depth, frames=args.frames, size=args.size, require_heads=False
+        )
     except CHECKPOINT_ERRORS as exc:
         raise SystemExit(f"--checkpoint {exc}") from exc
 
@@ -162,11 +184,15 @@ def choose_layers(names: str, available: list[LayerInfo], spec) -> list[LayerInf
         raise SystemExit("--layers is empty")
     for name in wanted:
         if name == HEAD and name not in by_name:
-            raise SystemExit(f"--layers {HEAD}: {no_head_reason(spec)}; the head's input is the layer "
-                             "avgpool (the pooled backbone features)")
+            raise SystemExit(
+                f"--layers {HEAD}: {no_head_reason(spec)}; the head's input is the layer "
+                "avgpool (the pooled backbone features)"
+            )
         if name not in by_name:
-            raise SystemExit(f"--layers: no layer {name!r} in ResNet3D-{spec.depth}; valid names: "
-                             f"{', '.join(by_name)} (--list-layers prints their shapes)")
+            raise SystemExit(
+                f"--layers: no layer {name!r} in ResNet3D-{spec.depth}; valid names: "
+                f"{', '.join(by_name)} (--list-layers prints their shapes)"
+            )
     return [by_name[n] for n in dict.fromkeys(wanted)]
 
 
@@ -174,19 +200,26 @@ def no_head_reason(spec) -> str:
     if spec.kind == "random_init":
         return "a --random-init network has no trained head"
     if spec.kind == "mit":
-        return (f"{spec.path} holds the official Moments in Time weights, whose classifier is dropped on loading "
-                "(the project's multi-task head replaces it in training), so there is no trained head to read")
+        return (
+            f"{spec.path} holds the official Moments in Time weights, whose classifier is dropped on loading "
+            "(the project's multi-task head replaces it in training), so there is no trained head to read"
+        )
     return f"{spec.path} holds no multi-task head"
 
 
 def print_layers(available: list[LayerInfo], spec, pool_mode: str, project_dim: int | None) -> None:
-    print(f"layers of ResNet3D-{spec.depth} ({spec.kind}{': ' + spec.path if spec.path else ''}) for "
-          f"{spec.frames} frames x {spec.size} px; output per clip, and stored per video with --pool {pool_mode}"
-          + (f" --project-dim {project_dim}" if project_dim else "") + ":")
+    print(
+        f"layers of ResNet3D-{spec.depth} ({spec.kind}{': ' + spec.path if spec.path else ''}) for "
+        f"{spec.frames} frames x {spec.size} px; output per clip, and stored per video with --pool {pool_mode}"
+        + (f" --project-dim {project_dim}" if project_dim else "")
+        + ":"
+    )
     for info in available:
         shape, projected = stored_shape(info, pool_mode, project_dim)
-        print(f"  {info.name:<12} {'x'.join(map(str, info.shape)):>20}  ->  {'x'.join(map(str, shape))}"
-              + ("  (projected)" if projected else ""))
+        print(
+            f"  {info.name:<12} {'x'.join(map(str, info.shape)):>20}  ->  {'x'.join(map(str, shape))}"
+            + ("  (projected)" if projected else "")
+        )
     if not any(info.name == HEAD for info in available):
         print(f"  ({HEAD} is not offered: {no_head_reason(spec)})")
 
@@ -197,16 +230,27 @@ def videos_of_table(args, spec) -> tuple[list[str], dict]:
         table, _ = load_annotation_table(args.annotations, require_targets=False)
         rows, how = np.arange(len(table)), None
         if args.split != "all":  # "all" needs no split, so a plain stimulus list without one will do
-            rows, _, how = select_split(table, args.split, method=args.split_method, val_fraction=args.val_fraction,
-                                        test_fraction=args.test_fraction, trained_with=spec.config,
-                                        source=args.annotations)
+            rows, _, how = select_split(
+                table,
+                args.split,
+                method=args.split_method,
+                val_fraction=args.val_fraction,
+                test_fraction=args.test_fraction,
+                trained_with=spec.config,
+                source=args.annotations,
+            )
     except ValueError as exc:  # AnnotationError, SplitError: they name the file, row and column
         raise SystemExit(f"--annotations: {exc}") from exc
     if len(rows) == 0:
-        raise SystemExit(f"split {args.split!r} of {args.annotations} is empty"
-                         + (f" (split method {how['method']})" if how else ""))
-    source = {"kind": "cache" if args.cache else "videos", "annotations": os.path.abspath(args.annotations),
-              "split": args.split, "split_method": how}
+        raise SystemExit(
+            f"split {args.split!r} of {args.annotations} is empty" + (f" (split method {how['method']})" if how else "")
+        )
+    source = {
+        "kind": "cache" if args.cache else "videos",
+        "annotations": os.path.abspath(args.annotations),
+        "split": args.split,
+        "split_method": how,
+    }
     return table["video_name"].to_numpy()[rows].tolist(), source
 
 
@@ -224,13 +268,20 @@ def clip_dataset(args, spec, names: list[str], temporal: int, spatial: int, sour
     failure is known without decoding (a missing file, a video the cache lacks)."""
     if args.cache:
         try:
-            dataset = MultiViewCachedDataset(args.cache, names, num_frames=spec.frames, size=spec.size,
-                                             temporal_views=temporal, spatial_views=spatial)
+            dataset = MultiViewCachedDataset(
+                args.cache,
+                names,
+                num_frames=spec.frames,
+                size=spec.size,
+                temporal_views=temporal,
+                spatial_views=spatial,
+            )
         except (OSError, ValueError) as exc:
             raise SystemExit(f"--cache: {exc}") from exc
         source["cache"] = os.path.abspath(args.cache)
-        failed = {i: f"{n}: LookupError: {dataset.cache.why_missing(n)}" for i, n in enumerate(names)
-                  if dataset.rows[i] < 0}
+        failed = {
+            i: f"{n}: LookupError: {dataset.cache.why_missing(n)}" for i, n in enumerate(names) if dataset.rows[i] < 0
+        }
         return dataset, [source["cache"]] * len(names), failed
     if args.annotations:
         try:
@@ -241,11 +292,22 @@ def clip_dataset(args, spec, names: list[str], temporal: int, spatial: int, sour
         root = args.videos
     else:
         index, root = VideoIndex(root=os.sep), os.sep  # absolute paths resolve as they are
-    dataset = MultiViewClipDataset(names, {}, root, num_frames=spec.frames, size=spec.size,
-                                   temporal_views=temporal, spatial_views=spatial, index=index)
+    dataset = MultiViewClipDataset(
+        names,
+        {},
+        root,
+        num_frames=spec.frames,
+        size=spec.size,
+        temporal_views=temporal,
+        spatial_views=spatial,
+        index=index,
+    )
     if args.annotations:
-        failed = {i: f"{os.path.join(root, n)}: FileNotFoundError: no {n!r} under {root}"
-                  for i, (n, p) in enumerate(zip(names, dataset.paths)) if not p}
+        failed = {
+            i: f"{os.path.join(root, n)}: FileNotFoundError: no {n!r} under {root}"
+            for i, (n, p) in enumerate(zip(names, dataset.paths))
+            if not p
+        }
         return dataset, dataset.paths.tolist(), failed  # a table's missing video has no path
     failed = {i: f"{n}: FileNotFoundError: no such file" for i, (n, p) in enumerate(zip(names, dataset.paths)) if not p}
     return dataset, names, failed
@@ -265,22 +327,43 @@ def build_inputs(args, spec, temporal: int, spatial: int):
 def build_manifest(args, spec, layers, inputs, source, temporal, spatial, autocast) -> dict:
     n = len(inputs)
     entries = {layer.name: layer_entry(layer, n, args.pool, args.project_dim, args.dtype) for layer in layers}
-    checkpoint = {"path": os.path.abspath(spec.path) if spec.path else None, "kind": spec.kind,
-                  "depth": spec.depth, "sha256": sha256_file(spec.path) if spec.path else None,
-                  "step": spec.step, "training_run_id": spec.run_id, "tasks": list(spec.tasks)}
+    checkpoint = {
+        "path": os.path.abspath(spec.path) if spec.path else None,
+        "kind": spec.kind,
+        "depth": spec.depth,
+        "sha256": sha256_file(spec.path) if spec.path else None,
+        "step": spec.step,
+        "training_run_id": spec.run_id,
+        "tasks": list(spec.tasks),
+    }
     if spec.kind == "random_init":
         checkpoint["seed"] = args.seed
     projection = None
     if args.project_dim is not None:
-        projection = {"method": "sparse Johnson-Lindenstrauss (block construction), see features/projection.py",
-                      "nonzeros_per_input": NONZEROS_PER_INPUT, "seed": args.seed}
+        projection = {
+            "method": "sparse Johnson-Lindenstrauss (block construction), see features/projection.py",
+            "nonzeros_per_input": NONZEROS_PER_INPUT,
+            "seed": args.seed,
+        }
     return {
-        "format_version": FORMAT_VERSION, "complete": False, "num_videos": n, "layers": entries,
-        "pool": args.pool, "frames": spec.frames, "size": spec.size, "views": f"{temporal}x{spatial}",
-        "dtype": args.dtype, "checkpoint": checkpoint, "project_dim": args.project_dim, "projection": projection,
-        "autocast": str(autocast).replace("torch.", "") if autocast else None, "source": source,
+        "format_version": FORMAT_VERSION,
+        "complete": False,
+        "num_videos": n,
+        "layers": entries,
+        "pool": args.pool,
+        "frames": spec.frames,
+        "size": spec.size,
+        "views": f"{temporal}x{spatial}",
+        "dtype": args.dtype,
+        "checkpoint": checkpoint,
+        "project_dim": args.project_dim,
+        "projection": projection,
+        "autocast": str(autocast).replace("torch.", "") if autocast else None,
+        "source": source,
         "inputs_sha256": sha256_rows(inputs[["video_name", "path"]].itertuples(index=False)),
-        "versions": versions(), "counts": {"ok": 0, "error": 0, "pending": n}, "attempts": [],
+        "versions": versions(),
+        "counts": {"ok": 0, "error": 0, "pending": n},
+        "attempts": [],
     }
 
 
@@ -297,16 +380,22 @@ def prepare_store(store, args, info, spec, layers, inputs, failed, source, tempo
                 rows = [i for i in sorted(failed) if status[i] == PENDING]
                 store.fail_rows(rows, [failed[i] for i in rows])
                 earlier = store.read_manifest().get("attempts", []) if outcome == "resumed" else []
-                manifest["attempts"] = [*earlier, {
-                    "started": datetime.now(UTC).isoformat(timespec="seconds"),
-                    "world_size": info.world_size, "device": str(info.device), "batch_size": args.batch_size,
-                    "versions": manifest["versions"]}]
+                manifest["attempts"] = [
+                    *earlier,
+                    {
+                        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+                        "world_size": info.world_size,
+                        "device": str(info.device),
+                        "batch_size": args.batch_size,
+                        "versions": manifest["versions"],
+                    },
+                ]
                 store.write_manifest(manifest)  # an attempt that is killed stays on record, without results
         except (FeatureStoreError, OSError) as exc:
             outcome = f"error: --output: {exc}"
     outcome = broadcast_object(outcome, info)
     if outcome.startswith("error: "):
-        raise SystemExit(outcome[len("error: "):])
+        raise SystemExit(outcome[len("error: ") :])
     return outcome, manifest
 
 
@@ -325,8 +414,9 @@ class IndexRefresher:
 
 
 @torch.no_grad()
-def extract_shard(tap, loader, store, *, device, size, channels_last, autocast, views, projections,
-                  progress, after_batch) -> list[int]:
+def extract_shard(
+    tap, loader, store, *, device, size, channels_last, autocast, views, projections, progress, after_batch
+) -> list[int]:
     """This rank's rows: features written and their status set batch by batch; returns the rows done."""
     done: list[int] = []
     for batch in loader:
@@ -357,9 +447,11 @@ def check_exactly_once(done_by_rank: list[list[int]], pending: np.ndarray, num_r
     expected = np.zeros(num_rows, dtype=np.int64)
     expected[pending] = 1
     if np.any(seen != expected):
-        raise RuntimeError(f"exactly-once violated over {len(done_by_rank)} ranks: rows done too often "
-                           f"{np.flatnonzero(seen > expected)[:10].tolist()}, never "
-                           f"{np.flatnonzero(seen < expected)[:10].tolist()}")
+        raise RuntimeError(
+            f"exactly-once violated over {len(done_by_rank)} ranks: rows done too often "
+            f"{np.flatnonzero(seen > expected)[:10].tolist()}, never "
+            f"{np.flatnonzero(seen < expected)[:10].tolist()}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -386,25 +478,42 @@ def main(argv: list[str] | None = None) -> int:
         inputs, dataset, failed, source = build_inputs(args, spec, temporal, spatial)
         autocast = resolve_amp(args.amp, info.device, quiet=not info.is_main)
         store = FeatureStore(args.output, [layer.name for layer in layers], rank=info.rank)
-        outcome, manifest = prepare_store(store, args, info, spec, layers, inputs, failed, source, temporal,
-                                          spatial, autocast)
+        outcome, manifest = prepare_store(
+            store, args, info, spec, layers, inputs, failed, source, temporal, spatial, autocast
+        )
         if outcome == "complete":
             log0(info, f"{args.output} already holds this extraction, complete; nothing to do")
             return 0
         pending = np.flatnonzero(store.status() == PENDING)
-        log0(info, f"extracting {', '.join(layer.name for layer in layers)} (--pool {args.pool}) of "
-                   f"{len(pending)} of {len(inputs)} videos" + (" (continuing)" if outcome == "resumed" else "")
-                   + f" with ResNet3D-{spec.depth} ({spec.kind}), {spec.frames}x{spec.size}px, {temporal}x{spatial} "
-                   f"views, on {info.world_size} process(es), {info.device}")
+        log0(
+            info,
+            f"extracting {', '.join(layer.name for layer in layers)} (--pool {args.pool}) of "
+            f"{len(pending)} of {len(inputs)} videos"
+            + (" (continuing)" if outcome == "resumed" else "")
+            + f" with ResNet3D-{spec.depth} ({spec.kind}), {spec.frames}x{spec.size}px, {temporal}x{spatial} "
+            f"views, on {info.world_size} process(es), {info.device}",
+        )
         if not info.distributed and torch.cuda.device_count() > 1:
-            log0(info, f"note: {torch.cuda.device_count()} GPUs visible, one used; run under "
-                       f"`torchrun --nproc_per_node={torch.cuda.device_count()}` to use all")
+            log0(
+                info,
+                f"note: {torch.cuda.device_count()} GPUs visible, one used; run under "
+                f"`torchrun --nproc_per_node={torch.cuda.device_count()}` to use all",
+            )
         t_loop, rss_before = time.perf_counter(), rss_mib()
-        done = run_extraction(args, info, spec, model, layers, dataset, store, inputs, pending, autocast,
-                              temporal * spatial)
+        done = run_extraction(
+            args, info, spec, model, layers, dataset, store, inputs, pending, autocast, temporal * spatial
+        )
         loop_s = time.perf_counter() - t_loop
-        shares = all_gather_objects({"rows": done, "seconds": loop_s, "peak_rss_mib": peak_rss_mib(),
-                                     "rss_before_mib": rss_before, "gpu_peak_mib": gpu_peak_mib(info.device)}, info)
+        shares = all_gather_objects(
+            {
+                "rows": done,
+                "seconds": loop_s,
+                "peak_rss_mib": peak_rss_mib(),
+                "rss_before_mib": rss_before,
+                "gpu_peak_mib": gpu_peak_mib(info.device),
+            },
+            info,
+        )
         if not info.is_main:
             return 0
         check_exactly_once([s["rows"] for s in shares], pending, len(inputs))
@@ -422,17 +531,31 @@ def run_extraction(args, info, spec, model, layers, dataset, store, inputs, pend
         shape, projected = stored_shape(layer, args.pool, args.project_dim)
         if projected:
             in_dim = int(np.prod(pooled_shape(layer.shape, args.pool)))
-            projections[layer.name] = SparseRandomProjection(in_dim, args.project_dim,
-                                                             layer_seed(args.seed, layer.name), info.device)
+            projections[layer.name] = SparseRandomProjection(
+                in_dim, args.project_dim, layer_seed(args.seed, layer.name), info.device
+            )
     suffix = f" (rank 0 of {info.world_size})" if info.world_size > 1 else ""
-    bar = progress_bar(total=len(loader.sampler), desc="extracting" + suffix, unit="video",
-               disable=not (info.is_main and not args.no_progress))
+    bar = progress_bar(
+        total=len(loader.sampler),
+        desc="extracting" + suffix,
+        unit="video",
+        disable=not (info.is_main and not args.no_progress),
+    )
     try:
         with LayerTap(model, layers, reduce=lambda output: pool(output, args.pool)) as tap:
-            return extract_shard(tap, loader, store, device=info.device, size=spec.size,
-                                 channels_last=channels_last, autocast=autocast, views=views,
-                                 projections=projections, progress=bar,
-                                 after_batch=IndexRefresher(store, inputs, info.is_main))
+            return extract_shard(
+                tap,
+                loader,
+                store,
+                device=info.device,
+                size=spec.size,
+                channels_last=channels_last,
+                autocast=autocast,
+                views=views,
+                projections=projections,
+                progress=bar,
+                after_batch=IndexRefresher(store, inputs, info.is_main),
+            )
     finally:
         bar.close()
 
@@ -446,21 +569,27 @@ def finish(args, store, manifest, inputs, shares, info, total_s) -> int:
     counts = store.write_index(inputs)
     processed = sum(len(s["rows"]) for s in shares)
     slowest = max(s["seconds"] for s in shares)
-    attempt = {"videos": processed, "extraction_s": round(slowest, 3),
-               "videos_per_s": round(processed / slowest, 3) if slowest > 0 else None, "total_s": round(total_s, 3),
-               "peak_rss_mib": round(max(s["peak_rss_mib"] for s in shares), 1),
-               "rss_growth_mib": round(max(s["peak_rss_mib"] - s["rss_before_mib"] for s in shares), 1),
-               "gpu_peak_mib": max((s["gpu_peak_mib"] for s in shares if s["gpu_peak_mib"] is not None), default=None)}
+    attempt = {
+        "videos": processed,
+        "extraction_s": round(slowest, 3),
+        "videos_per_s": round(processed / slowest, 3) if slowest > 0 else None,
+        "total_s": round(total_s, 3),
+        "peak_rss_mib": round(max(s["peak_rss_mib"] for s in shares), 1),
+        "rss_growth_mib": round(max(s["peak_rss_mib"] - s["rss_before_mib"] for s in shares), 1),
+        "gpu_peak_mib": max((s["gpu_peak_mib"] for s in shares if s["gpu_peak_mib"] is not None), default=None),
+    }
     manifest["attempts"][-1].update(attempt)
     manifest["counts"] = counts
     manifest["complete"] = counts["pending"] == 0
     store.write_manifest(manifest)
     failed = store.errors()
-    print(f"wrote {args.output}: {counts['ok']} of {len(inputs)} videos ok, {counts['error']} failed; "
-          f"{processed} extracted in {slowest:.1f} s ({attempt['videos_per_s']} videos/s over {info.world_size} "
-          f"process(es)); peak memory {attempt['peak_rss_mib']:.0f} MiB RSS (+{attempt['rss_growth_mib']:.0f} MiB "
-          "during extraction)" + (f", GPU {attempt['gpu_peak_mib']:.0f} MiB" if attempt["gpu_peak_mib"] else ""),
-          flush=True)
+    print(
+        f"wrote {args.output}: {counts['ok']} of {len(inputs)} videos ok, {counts['error']} failed; "
+        f"{processed} extracted in {slowest:.1f} s ({attempt['videos_per_s']} videos/s over {info.world_size} "
+        f"process(es)); peak memory {attempt['peak_rss_mib']:.0f} MiB RSS (+{attempt['rss_growth_mib']:.0f} MiB "
+        "during extraction)" + (f", GPU {attempt['gpu_peak_mib']:.0f} MiB" if attempt["gpu_peak_mib"] else ""),
+        flush=True,
+    )
     for row, error in list(sorted(failed.items()))[:10]:
         print(f"  row {row}: {error}", flush=True)
     if len(failed) > 10:

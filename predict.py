@@ -41,16 +41,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="CSV to write")
     p.add_argument("--views", default="1x1", help="N temporal clips x M spatial crops per video, averaged")
     p.add_argument("--batch-size", type=int, default=8, help="videos per batch per process")
-    p.add_argument("--num-workers", type=int, default=default_workers(),
-                   help="DataLoader workers per process (default: 4, at most the cores available)")
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        default=default_workers(),
+        help="DataLoader workers per process (default: 4, at most the cores available)",
+    )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"))
     p.add_argument("--depth", type=int, default=None, help="only for checkpoints that do not record it")
     p.add_argument("--tasks", default=None, help="only for checkpoints that do not record them")
     p.add_argument("--frames", type=int, default=None, help="clip length (default: as trained, else 16)")
     p.add_argument("--size", type=int, default=None, help="clip size (default: as trained, else 224)")
-    p.add_argument("--extensions", default=",".join(VIDEO_EXTENSIONS),
-                   help="file endings taken from folders (comma list)")
+    p.add_argument(
+        "--extensions", default=",".join(VIDEO_EXTENSIONS), help="file endings taken from folders (comma list)"
+    )
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--dist-timeout", type=float, default=1800.0)
     add_decode_arguments(p)
@@ -70,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     info = init_distributed(args.device, args.dist_timeout)
     try:
         try:
-            model, spec = load_inference_model(args.checkpoint, depth=args.depth, tasks=args.tasks,
-                                               frames=args.frames, size=args.size)
+            model, spec = load_inference_model(
+                args.checkpoint, depth=args.depth, tasks=args.tasks, frames=args.frames, size=args.size
+            )
         except CHECKPOINT_ERRORS as exc:
             raise SystemExit(f"--checkpoint {exc}") from exc
         inputs = collect_video_paths(args.paths, extensions)
@@ -81,20 +87,42 @@ def main(argv: list[str] | None = None) -> int:
             for note in spec.notes:
                 print(f"note: {note}", flush=True)
             if not info.distributed and torch.cuda.device_count() > 1:
-                print(f"note: {torch.cuda.device_count()} GPUs visible, one used; run under "
-                      f"`torchrun --nproc_per_node={torch.cuda.device_count()}` to use all", flush=True)
-            print(f"predicting {len(inputs)} videos with {spec.path} (ResNet3D-{spec.depth}, "
-                  f"{spec.frames}x{spec.size}px, {temporal}x{spatial} views) on {info.world_size} "
-                  f"process(es), {info.device}", flush=True)
+                print(
+                    f"note: {torch.cuda.device_count()} GPUs visible, one used; run under "
+                    f"`torchrun --nproc_per_node={torch.cuda.device_count()}` to use all",
+                    flush=True,
+                )
+            print(
+                f"predicting {len(inputs)} videos with {spec.path} (ResNet3D-{spec.depth}, "
+                f"{spec.frames}x{spec.size}px, {temporal}x{spatial} views) on {info.world_size} "
+                f"process(es), {info.device}",
+                flush=True,
+            )
         # Missing files never reach the loader: their error is known now and needs no decoding.
         exists = [os.path.isfile(p) for p in inputs]
         readable = [os.path.abspath(p) for p, ok in zip(inputs, exists) if ok]
-        dataset = MultiViewClipDataset(readable, {}, os.sep, num_frames=spec.frames, size=spec.size,
-                                       temporal_views=temporal, spatial_views=spatial,
-                                       index=VideoIndex(root=os.sep), decode_policy=decode_policy)
-        probs, errors = infer_dataset(model, dataset, info, spec.tasks, batch_size=args.batch_size,
-                                      num_workers=args.num_workers, amp=args.amp,
-                                      progress=not args.no_progress, desc="predicting")
+        dataset = MultiViewClipDataset(
+            readable,
+            {},
+            os.sep,
+            num_frames=spec.frames,
+            size=spec.size,
+            temporal_views=temporal,
+            spatial_views=spatial,
+            index=VideoIndex(root=os.sep),
+            decode_policy=decode_policy,
+        )
+        probs, errors = infer_dataset(
+            model,
+            dataset,
+            info,
+            spec.tasks,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            amp=args.amp,
+            progress=not args.no_progress,
+            desc="predicting",
+        )
         if not info.is_main:
             return 0
         return write_predictions(args, inputs, exists, probs, errors, spec, t0)
@@ -113,12 +141,16 @@ def write_predictions(args, inputs, exists, probs, errors, spec, t0) -> int:
     all_errors: list[str | None] = [f"{p}: FileNotFoundError: no such file" for p in inputs]
     for row, error in zip(rows, errors):
         all_errors[row] = error
-    frame = prediction_frame({"video": inputs, "video_name": [os.path.basename(p) for p in inputs]},
-                             full, spec.tasks, all_errors)
+    frame = prediction_frame(
+        {"video": inputs, "video_name": [os.path.basename(p) for p in inputs]}, full, spec.tasks, all_errors
+    )
     write_csv(frame, args.output)
     failed = [e for e in all_errors if e is not None]
-    print(f"wrote {args.output}: {n - len(failed)} of {n} videos predicted in {time.perf_counter() - t0:.1f} s"
-          + (f"; {len(failed)} could not be read (see the error column)" if failed else ""), flush=True)
+    print(
+        f"wrote {args.output}: {n - len(failed)} of {n} videos predicted in {time.perf_counter() - t0:.1f} s"
+        + (f"; {len(failed)} could not be read (see the error column)" if failed else ""),
+        flush=True,
+    )
     for error in failed[:10]:
         print(f"  {error}", flush=True)
     if len(failed) > 10:

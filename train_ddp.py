@@ -105,8 +105,19 @@ CHECKPOINT_FAILED_EXIT_CODE = 4  # training ended but its final checkpoint could
 # With no --videos/--cache the demo runs: a model and clip size that learn on 2 CPU cores in
 # minutes.  Options you set yourself win over these.
 DEMO_PRESET = dict(
-    depth=18, frames=8, size=64, batch_size=16, epochs=6, lr=2e-3, weight_decay=0.01,
-    dropout=0.2, num_workers=2, checkpoint_every=0, val_every=1, patience=0, warmup_steps=20,
+    depth=18,
+    frames=8,
+    size=64,
+    batch_size=16,
+    epochs=6,
+    lr=2e-3,
+    weight_decay=0.01,
+    dropout=0.2,
+    num_workers=2,
+    checkpoint_every=0,
+    val_every=1,
+    patience=0,
+    warmup_steps=20,
     output_dir="runs/demo",
 )
 
@@ -139,19 +150,24 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(cfg.output_dir)
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        print("options that differ from the defaults (the whole config is logged to MLflow and stored in "
-              "every checkpoint):\n" + "\n".join(f"  {line}" for line in changed_options(cfg, preset) or ["(none)"]),
-              flush=True)
-        print(f"world size {info.world_size}, backend {info.backend or 'none (single process)'}, "
-              f"device {info.device}", flush=True)
+        print(
+            "options that differ from the defaults (the whole config is logged to MLflow and stored in "
+            "every checkpoint):\n" + "\n".join(f"  {line}" for line in changed_options(cfg, preset) or ["(none)"]),
+            flush=True,
+        )
+        print(
+            f"world size {info.world_size}, backend {info.backend or 'none (single process)'}, device {info.device}",
+            flush=True,
+        )
     record_rank(info, out_dir / "ranks")  # where each rank runs and whom it met (multi-node diagnostics)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     amp_dtype, channels_last = configure_device(cfg, info)
 
-    tracker = RunTracker(info.is_main, out_dir, cfg.tracking_uri, cfg.experiment, cfg.run_name,
-                         system_metrics=cfg.system_metrics)
+    tracker = RunTracker(
+        info.is_main, out_dir, cfg.tracking_uri, cfg.experiment, cfg.run_name, system_metrics=cfg.system_metrics
+    )
     status = "FAILED"
     try:
         # ---- 2. data ------------------------------------------------------------------------------
@@ -171,8 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         if not checkpointer.resume(cfg.resume):
             torch.manual_seed(cfg.seed + 7919 * info.rank)  # different dropout masks per rank
         elif done := finished_already(state, early, cfg):
-            log0(info, f"{out_dir} already finished at step {state.step} ({done}); nothing to do -- use a new "
-                       "--output-dir, --resume none, or a larger --epochs/--max-steps")
+            log0(
+                info,
+                f"{out_dir} already finished at step {state.step} ({done}); nothing to do -- use a new "
+                "--output-dir, --resume none, or a larger --epochs/--max-steps",
+            )
             return 0
         first_step = state.step
 
@@ -181,10 +200,16 @@ def main(argv: list[str] | None = None) -> int:
         state.mlflow_tracking_uri = tracker.tracking_uri  # in every checkpoint: evaluate.py logs to the same store
 
         # ---- 6. the loop ----------------------------------------------------------------------------
-        progress = progress_bar(total=data.total_steps, initial=state.step,
-                        disable=not (info.is_main and cfg.progress))
-        window = LogWindow(tasks, t.loss_fn.task_weights, info.device, cfg.log_every, data.total_steps,
-                           tracker=tracker, progress=progress)
+        progress = progress_bar(total=data.total_steps, initial=state.step, disable=not (info.is_main and cfg.progress))
+        window = LogWindow(
+            tasks,
+            t.loss_fn.task_weights,
+            info.device,
+            cfg.log_every,
+            data.total_steps,
+            tracker=tracker,
+            progress=progress,
+        )
         stop_reason = None
         while state.epoch < cfg.epochs and stop_reason is None:
             start_epoch(t, state, cfg, info)
@@ -196,8 +221,11 @@ def main(argv: list[str] | None = None) -> int:
             if data.val_loader is not None and state.epoch % cfg.val_every == 0:
                 is_best = validate_and_record(t, data, state, early, tracker, cfg, info)
                 if early.should_stop:
-                    log0(info, f"early stopping: {cfg.early_stop_metric} did not improve for "
-                               f"{cfg.patience} validations (best {early.best})")
+                    log0(
+                        info,
+                        f"early stopping: {cfg.early_stop_metric} did not improve for "
+                        f"{cfg.patience} validations (best {early.best})",
+                    )
                     stop_reason = "early_stopping"
             checkpointer.save(is_best=is_best)
         progress.close()
@@ -208,8 +236,18 @@ def main(argv: list[str] | None = None) -> int:
         # ---- 7. the end -----------------------------------------------------------------------------
         exit_code, status = finish(stop_reason, t, state, early, checkpointer, tracker, cfg, info)
         if info.is_main:
-            print_summary(stop_reason, exit_code, state, early, checkpointer, tracker, cfg, info,
-                          seconds=time.perf_counter() - started, steps_run=state.step - first_step)
+            print_summary(
+                stop_reason,
+                exit_code,
+                state,
+                early,
+                checkpointer,
+                tracker,
+                cfg,
+                info,
+                seconds=time.perf_counter() - started,
+                steps_run=state.step - first_step,
+            )
         return exit_code
     except BaseException:
         status = "FAILED"
@@ -247,8 +285,16 @@ class Training:
     trainable_names: tuple = ()
 
 
-def train_one_epoch(t: Training, data: Data, state: TrainState, window: LogWindow, checkpointer: Checkpointer,
-                    preempt: PreemptionFlag, cfg: TrainConfig, info: DistInfo) -> str | None:
+def train_one_epoch(
+    t: Training,
+    data: Data,
+    state: TrainState,
+    window: LogWindow,
+    checkpointer: Checkpointer,
+    preempt: PreemptionFlag,
+    cfg: TrainConfig,
+    info: DistInfo,
+) -> str | None:
     """Optimizer steps until the epoch ends (returns None) or the run must stop (returns why)."""
     data.train_sampler.set_position(state.epoch, state.batch_in_epoch * cfg.batch_size)  # mid-epoch on resume
     batches = iter(data.train_loader)
@@ -270,8 +316,13 @@ def train_one_epoch(t: Training, data: Data, state: TrainState, window: LogWindo
         if result.stop:
             return "nonfinite"
         state.step += 1
-        window.add_step(result.loss_sums, result.loss_counts, result.grad_norm, result.applied,
-                        clips=sum(len(b["indices"]) for b in micro))
+        window.add_step(
+            result.loss_sums,
+            result.loss_counts,
+            result.grad_norm,
+            result.applied,
+            clips=sum(len(b["indices"]) for b in micro),
+        )
         if window.due(state.step):
             window.log(state, info)
         if checkpointer.due(state.step):
@@ -299,13 +350,15 @@ def plan_step(micro_batches: list[dict], t: Training, preempt_requested: bool, i
     local = torch.zeros(len(tasks) + 4, dtype=torch.float64)
     for b in micro_batches:
         valid = t.loss_fn.valid_counts(b["targets"])
-        local[:len(tasks)] += torch.tensor([float(valid[k]) for k in tasks], dtype=torch.float64)
+        local[: len(tasks)] += torch.tensor([float(valid[k]) for k in tasks], dtype=torch.float64)
         clips = len(b["indices"])
-        local[len(tasks):-1] += torch.tensor([clips == 0, 0 < clips < t.min_clips, len(b["bad"])], dtype=torch.float64)
+        local[len(tasks) : -1] += torch.tensor(
+            [clips == 0, 0 < clips < t.min_clips, len(b["bad"])], dtype=torch.float64
+        )
     local[-1] = float(preempt_requested)
     if info.distributed:  # the decisions need the sums on the host: one sync per step
         local = all_reduce_sum(local.to(info.device), info).cpu()
-    empty, too_small, bad, preempted = local[len(tasks):].tolist()
+    empty, too_small, bad, preempted = local[len(tasks) :].tolist()
     denominators = {k: local[i].item() / info.world_size for i, k in enumerate(tasks)}
     return StepPlan(denominators, int(empty), int(too_small), int(bad), bool(preempted))
 
@@ -321,8 +374,7 @@ class StepResult:
     outputs: dict[str, torch.Tensor]  # the last micro-batch's logits (detached)
 
 
-def train_step(t: Training, micro_batches: list[dict], denominators: dict[str, float],
-               state: TrainState) -> StepResult:
+def train_step(t: Training, micro_batches: list[dict], denominators: dict[str, float], state: TrainState) -> StepResult:
     """One optimizer step over ``micro_batches`` (--accum-steps of them)."""
     tasks = t.loss_fn.tasks
     loss = torch.zeros((), device=t.device)
@@ -357,8 +409,9 @@ def train_step(t: Training, micro_batches: list[dict], denominators: dict[str, f
     if not stop:
         t.scaler.update()
         t.scheduler.step()
-    return StepResult(loss, sums, counts, grad_norm.detach(), applied, stop,
-                      outputs={k: v.detach() for k, v in outputs.items()})
+    return StepResult(
+        loss, sums, counts, grad_norm.detach(), applied, stop, outputs={k: v.detach() for k, v in outputs.items()}
+    )
 
 
 def start_epoch(t: Training, state: TrainState, cfg: TrainConfig, info: DistInfo) -> None:
@@ -393,8 +446,11 @@ def count_skipped_step(plan: StepPlan, state: TrainState, info: DistInfo) -> Non
     # Bad videos left one clip in a micro-batch: training-mode BatchNorm would raise on layer4's
     # single value per channel.
     state.counters.too_small_steps += 1
-    log0(info, f"step {state.step}: skipped, {plan.too_small} micro-batch(es) shrank to one clip by bad "
-               f"videos (layer4's BatchNorm needs more than one value per channel)")
+    log0(
+        info,
+        f"step {state.step}: skipped, {plan.too_small} micro-batch(es) shrank to one clip by bad "
+        f"videos (layer4's BatchNorm needs more than one value per channel)",
+    )
 
 
 def report_bad_videos(micro_batches: list[dict], state: TrainState, info: DistInfo, out_dir: Path) -> None:
@@ -454,8 +510,15 @@ def validate(t: Training, loader: DataLoader, info: DistInfo) -> tuple[dict[str,
     return metrics, logits, targets
 
 
-def validate_and_record(t: Training, data: Data, state: TrainState, early: EarlyStopping, tracker: RunTracker,
-                        cfg: TrainConfig, info: DistInfo) -> bool:
+def validate_and_record(
+    t: Training,
+    data: Data,
+    state: TrainState,
+    early: EarlyStopping,
+    tracker: RunTracker,
+    cfg: TrainConfig,
+    info: DistInfo,
+) -> bool:
     """Validate the weights of this step, log it, update early stopping; rank 0 keeps the best
     validation's predictions for the plots at the end.  Returns whether it is the best so far."""
     metrics, logits, targets = validate(t, data.val_loader, info)
@@ -470,8 +533,11 @@ def validate_and_record(t: Training, data: Data, state: TrainState, early: Early
 def log_validation(metrics: dict[str, float], state: TrainState, tracker: RunTracker, info: DistInfo) -> None:
     tracker.log_metrics({k: v for k, v in metrics.items() if not math.isnan(v)}, state.step)
     tracker.log_metrics({"epoch": state.epoch}, state.step)
-    log0(info, f"epoch {state.epoch} step {state.step}: " + "  ".join(
-        f"{k[4:]}={metrics[k]:.3f}" for k in metrics if k.endswith(("spearman", "accuracy"))))
+    log0(
+        info,
+        f"epoch {state.epoch} step {state.step}: "
+        + "  ".join(f"{k[4:]}={metrics[k]:.3f}" for k in metrics if k.endswith(("spearman", "accuracy"))),
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -483,11 +549,23 @@ class Checkpointer:
     what evaluation needs (config, tasks, depth).  ``save`` and ``resume`` walk the same
     ``parts``, so the two are symmetric by construction.  Rank 0 writes; every rank takes part."""
 
-    def __init__(self, t: Training, state: TrainState, early: EarlyStopping, cfg: TrainConfig,
-                 info: DistInfo, tracker: RunTracker):
+    def __init__(
+        self,
+        t: Training,
+        state: TrainState,
+        early: EarlyStopping,
+        cfg: TrainConfig,
+        info: DistInfo,
+        tracker: RunTracker,
+    ):
         self.files = CheckpointManager(Path(cfg.output_dir) / "checkpoints", keep_last=cfg.keep_last)
-        self.parts = {"model": t.model, "optimizer": t.optimizer, "scheduler": t.scheduler,
-                      "scaler": t.scaler, "early_stopping": early}
+        self.parts = {
+            "model": t.model,
+            "optimizer": t.optimizer,
+            "scheduler": t.scheduler,
+            "scaler": t.scaler,
+            "early_stopping": early,
+        }
         self.t, self.state, self.cfg, self.info, self.tracker = t, state, cfg, info, tracker
         self.ok, self.error = True, ""  # the last save
         self.saved_step: int | None = None
@@ -497,9 +575,16 @@ class Checkpointer:
         them at the next forward anyway) and contributes its RNG states."""
         broadcast_buffers(self.t.model, self.info)
         rng = all_gather_objects(capture_rng_state(self.info.device), self.info)
-        return {**{key: part.state_dict() for key, part in self.parts.items()}, **self.state.state_dict(),
-                "rng": rng, "unfreeze": self.t.unfreeze.state_dict(), "config": asdict(self.cfg),
-                "tasks": list(self.t.loss_fn.tasks), "depth": self.cfg.depth, "world_size": self.info.world_size}
+        return {
+            **{key: part.state_dict() for key, part in self.parts.items()},
+            **self.state.state_dict(),
+            "rng": rng,
+            "unfreeze": self.t.unfreeze.state_dict(),
+            "config": asdict(self.cfg),
+            "tasks": list(self.t.loss_fn.tasks),
+            "depth": self.cfg.depth,
+            "world_size": self.info.world_size,
+        }
 
     def due(self, step: int) -> bool:
         return bool(self.cfg.checkpoint_every) and step % self.cfg.checkpoint_every == 0
@@ -539,9 +624,11 @@ class Checkpointer:
         cfg, info = self.cfg, self.info
         if ckpt["unfreeze"] != self.t.unfreeze.state_dict():
             # The optimizer's groups and every epoch's trainable set follow the schedule.
-            raise SystemExit(f"{path} was trained with the unfreeze schedule {ckpt['unfreeze']}, this run asks "
-                             f"for {self.t.unfreeze.state_dict()}; resume with the same --unfreeze* options or "
-                             "start a new --output-dir")
+            raise SystemExit(
+                f"{path} was trained with the unfreeze schedule {ckpt['unfreeze']}, this run asks "
+                f"for {self.t.unfreeze.state_dict()}; resume with the same --unfreeze* options or "
+                "start a new --output-dir"
+            )
         if comm_mismatch := comm_options_mismatch(ckpt["config"], cfg):
             raise SystemExit(f"{path} {comm_mismatch}")
         for key, part in self.parts.items():
@@ -550,16 +637,24 @@ class Checkpointer:
         if ckpt["world_size"] == info.world_size:
             restore_rng_state(ckpt["rng"][info.rank], info.device)  # CUDA's too (dropout on GPU)
         elif cfg.allow_world_size_change:
-            log0(info, f"world size changed {ckpt['world_size']} -> {info.world_size}: epoch {self.state.epoch} "
-                       "restarts from its first batch; RNG states are re-seeded")
+            log0(
+                info,
+                f"world size changed {ckpt['world_size']} -> {info.world_size}: epoch {self.state.epoch} "
+                "restarts from its first batch; RNG states are re-seeded",
+            )
             self.state.batch_in_epoch = 0
             torch.manual_seed(cfg.seed + 7919 * info.rank + self.state.step)
         else:
-            raise SystemExit(f"{path} was written by {ckpt['world_size']} ranks, this job has {info.world_size}; "
-                             "the data order would change. Pass --allow-world-size-change to resume anyway "
-                             "(the current epoch then restarts from its beginning).")
-        log0(info, f"resumed from {path}: step {self.state.step}, epoch {self.state.epoch}, "
-                   f"batch {self.state.batch_in_epoch} of the epoch")
+            raise SystemExit(
+                f"{path} was written by {ckpt['world_size']} ranks, this job has {info.world_size}; "
+                "the data order would change. Pass --allow-world-size-change to resume anyway "
+                "(the current epoch then restarts from its beginning)."
+            )
+        log0(
+            info,
+            f"resumed from {path}: step {self.state.step}, epoch {self.state.epoch}, "
+            f"batch {self.state.batch_in_epoch} of the epoch",
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -612,8 +707,11 @@ def build_data(cfg: TrainConfig, tasks, info: DistInfo) -> Data:
     targets = build_targets(table, tasks)
     rows = split_indices(split.to_numpy())
     train_rows, val_rows = rows["train"], rows["val"]
-    log0(info, f"annotations {cfg.annotations}: {len(table)} videos -> train {len(train_rows)}, "
-               f"val {len(val_rows)}, test {len(rows['test'])}")
+    log0(
+        info,
+        f"annotations {cfg.annotations}: {len(table)} videos -> train {len(train_rows)}, "
+        f"val {len(val_rows)}, test {len(rows['test'])}",
+    )
     if table_report is not None and getattr(table_report, "total_unmapped", 0):
         log0(info, f"annotation values that could not be mapped (set to unknown): {table_report}")
 
@@ -621,14 +719,21 @@ def build_data(cfg: TrainConfig, tasks, info: DistInfo) -> Data:
     names = table["video_name"].tolist()
 
     def subset(rows, train: bool):
-        return make_clip_dataset(source, [names[i] for i in rows], {k: v[rows] for k, v in targets.items()},
-                                 cfg, train, on_gpu=info.device.type == "cuda")
+        return make_clip_dataset(
+            source,
+            [names[i] for i in rows],
+            {k: v[rows] for k, v in targets.items()},
+            cfg,
+            train,
+            on_gpu=info.device.type == "cuda",
+        )
 
     train_set = subset(train_rows, train=True)
     val_set = subset(val_rows, train=False) if len(val_rows) and cfg.val_every > 0 else None
     report_missing_videos(train_set, val_set, cfg, info)
-    train_sampler = ResumableShardSampler(len(train_set), info.rank, info.world_size, cfg.seed,
-                                          multiple_of=cfg.batch_size * cfg.accum_steps)
+    train_sampler = ResumableShardSampler(
+        len(train_set), info.rank, info.world_size, cfg.seed, multiple_of=cfg.batch_size * cfg.accum_steps
+    )
     steps_per_epoch = len(train_sampler) // (cfg.batch_size * cfg.accum_steps)
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps > 0:
@@ -636,7 +741,9 @@ def build_data(cfg: TrainConfig, tasks, info: DistInfo) -> Data:
     # A raw frame cache is read by threads into reused batch buffers (datasets/cache_loader.py;
     # --cache-loader dataloader for worker processes); everything else by a DataLoader.
     loader_kwargs = dict(
-        workers=cfg.num_workers, prefetch=cfg.prefetch_factor, pin_memory=info.device.type == "cuda",
+        workers=cfg.num_workers,
+        prefetch=cfg.prefetch_factor,
+        pin_memory=info.device.type == "cuda",
         cache_loader=cfg.cache_loader,
         collate_fn=collate_cached if cfg.cache else collate_clips,
         persistent_workers=cfg.num_workers > 0,
@@ -649,8 +756,9 @@ def build_data(cfg: TrainConfig, tasks, info: DistInfo) -> Data:
     train_loader = make_loader(train_set, train_sampler, cfg.batch_size, drop_last=True, **loader_kwargs)
     val_loader = None
     if val_set is not None:
-        val_loader = make_loader(val_set, ExactShardSampler(len(val_set), info.rank, info.world_size), cfg.batch_size,
-                                 **loader_kwargs)
+        val_loader = make_loader(
+            val_set, ExactShardSampler(len(val_set), info.rank, info.world_size), cfg.batch_size, **loader_kwargs
+        )
     return Data(table, train_loader, train_sampler, val_loader, steps_per_epoch, total_steps)
 
 
@@ -666,21 +774,42 @@ def open_clip_source(cfg: TrainConfig, info: DistInfo):
         cache.check_serves(cfg.frames, cfg.size)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"--cache: {exc}") from exc
-    log0(info, f"frame cache {cfg.cache}: {cache.params.describe()}; {len(cache)} clips"
-               + (f" (--videos {cfg.videos} is not read: training uses the cache)" if cfg.videos else ""))
+    log0(
+        info,
+        f"frame cache {cfg.cache}: {cache.params.describe()}; {len(cache)} clips"
+        + (f" (--videos {cfg.videos} is not read: training uses the cache)" if cfg.videos else ""),
+    )
     return cache
 
 
 def make_clip_dataset(source, names: list[str], targets: dict, cfg: TrainConfig, train: bool, on_gpu: bool):
     if isinstance(source, FrameCache):
         jpeg_on_device = cfg.cache_decode == "device" or (cfg.cache_decode == "auto" and on_gpu)
-        return CachedClipDataset(source, video_names=names, targets=targets, num_frames=cfg.frames, size=cfg.size,
-                                 train=train, seed=cfg.seed, bad_video=cfg.bad_video, augment=TRAIN_AUGMENTATION,
-                                 jpeg_decode="device" if jpeg_on_device else "worker")
-    return VideoClipDataset(video_root=cfg.videos, video_names=names, targets=targets, num_frames=cfg.frames,
-                            size=cfg.size, train=train, seed=cfg.seed, bad_video=cfg.bad_video,
-                            augment=TRAIN_AUGMENTATION, index=source,
-                            decode_policy=DecodePolicy(cfg.partial_videos, cfg.max_video_seconds, cfg.max_video_pixels))
+        return CachedClipDataset(
+            source,
+            video_names=names,
+            targets=targets,
+            num_frames=cfg.frames,
+            size=cfg.size,
+            train=train,
+            seed=cfg.seed,
+            bad_video=cfg.bad_video,
+            augment=TRAIN_AUGMENTATION,
+            jpeg_decode="device" if jpeg_on_device else "worker",
+        )
+    return VideoClipDataset(
+        video_root=cfg.videos,
+        video_names=names,
+        targets=targets,
+        num_frames=cfg.frames,
+        size=cfg.size,
+        train=train,
+        seed=cfg.seed,
+        bad_video=cfg.bad_video,
+        augment=TRAIN_AUGMENTATION,
+        index=source,
+        decode_policy=DecodePolicy(cfg.partial_videos, cfg.max_video_seconds, cfg.max_video_pixels),
+    )
 
 
 def report_missing_videos(train_set, val_set, cfg: TrainConfig, info: DistInfo) -> None:
@@ -696,12 +825,15 @@ def report_missing_videos(train_set, val_set, cfg: TrainConfig, info: DistInfo) 
         listing = Path(cfg.output_dir) / "missing_videos.txt"
         listing.write_text("".join(f"{split}\t{name}\n" for split, name in missing))
         detail = f" (see {cfg.cache}/failures.csv)" if cfg.cache else ""
-        print(f"{len(missing)} table videos are not in {where}{detail}; they load as bad videos "
-              f"(listed in {listing})", flush=True)
+        print(
+            f"{len(missing)} table videos are not in {where}{detail}; they load as bad videos (listed in {listing})",
+            flush=True,
+        )
 
 
-def build_training(cfg: TrainConfig, tasks, total_steps: int, steps_per_epoch: int, info: DistInfo, amp_dtype,
-                   channels_last: bool) -> Training:
+def build_training(
+    cfg: TrainConfig, tasks, total_steps: int, steps_per_epoch: int, info: DistInfo, amp_dtype, channels_last: bool
+) -> Training:
     """The model (initial weights, freezing, BatchNorm mode, memory format), loss, optimizer, LR
     schedule, GradScaler (enabled only for fp16, so bf16 and fp32 share its no-op path)."""
     model = build_model(depth=cfg.depth, tasks=tasks, dropout=cfg.dropout)
@@ -710,33 +842,55 @@ def build_training(cfg: TrainConfig, tasks, total_steps: int, steps_per_epoch: i
         log0(info, f"initial weights from {init_path}: {load_pretrained(model, init_path)}")
     if cfg.freeze:
         freeze(model, [p.strip() for p in cfg.freeze.split(",") if p.strip()])
-    unfreeze = UnfreezeSchedule(parse_key_values(cfg.unfreeze, "--unfreeze", int, sep=":"),
-                                low_lr_factor=cfg.unfreeze_low_lr_factor, low_lr_epochs=cfg.unfreeze_low_lr_epochs)
+    unfreeze = UnfreezeSchedule(
+        parse_key_values(cfg.unfreeze, "--unfreeze", int, sep=":"),
+        low_lr_factor=cfg.unfreeze_low_lr_factor,
+        low_lr_epochs=cfg.unfreeze_low_lr_epochs,
+    )
     # Training-mode BatchNorm needs more than one value per channel; layer4 sees the fewest.
     bn_values_per_clip = math.prod(model.feature_grid(cfg.frames, cfg.size, cfg.size))
     if cfg.bn == "train" and cfg.batch_size * bn_values_per_clip <= 1:
-        raise SystemExit(f"--batch-size {cfg.batch_size} at --frames {cfg.frames} --size {cfg.size}: layer4's "
-                         f"BatchNorm would see {cfg.batch_size * bn_values_per_clip} value per channel, and "
-                         "training-mode BatchNorm needs more than one; use a larger --batch-size, "
-                         "--frames or --size, or --bn eval")
+        raise SystemExit(
+            f"--batch-size {cfg.batch_size} at --frames {cfg.frames} --size {cfg.size}: layer4's "
+            f"BatchNorm would see {cfg.batch_size * bn_values_per_clip} value per channel, and "
+            "training-mode BatchNorm needs more than one; use a larger --batch-size, "
+            "--frames or --size, or --bn eval"
+        )
     if cfg.bn == "sync" and info.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(info.device)
     if channels_last:
         model.to(memory_format=torch.channels_last_3d)
-    loss_fn = MultiTaskLoss(tasks, include_confidence=cfg.include_confidence, alpha=cfg.alpha, beta=cfg.beta,
-                            task_weights=parse_key_values(cfg.task_weights, "--task-weights") or None)
+    loss_fn = MultiTaskLoss(
+        tasks,
+        include_confidence=cfg.include_confidence,
+        alpha=cfg.alpha,
+        beta=cfg.beta,
+        task_weights=parse_key_values(cfg.task_weights, "--task-weights") or None,
+    )
     optimizer = build_optimizer(model, cfg, unfreeze)
     warmup = cfg.warmup_steps if cfg.warmup_steps >= 0 else max(1, int(0.05 * total_steps))
-    scheduler = build_lr_scheduler(optimizer, cfg.schedule, total_steps=total_steps, warmup_steps=warmup,
-                                   min_lr_ratio=cfg.min_lr_ratio, restart_steps=cfg.restart_epochs * steps_per_epoch,
-                                   restart_mult=cfg.restart_mult)
+    scheduler = build_lr_scheduler(
+        optimizer,
+        cfg.schedule,
+        total_steps=total_steps,
+        warmup_steps=warmup,
+        min_lr_ratio=cfg.min_lr_ratio,
+        restart_steps=cfg.restart_epochs * steps_per_epoch,
+        restart_mult=cfg.restart_mult,
+    )
     return Training(
-        model=model, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
+        model=model,
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        scheduler=scheduler,
         scaler=torch.amp.GradScaler(info.device.type, enabled=amp_dtype == torch.float16),
         unfreeze=unfreeze,
         guard=NonFiniteGuard(cfg.nonfinite, cfg.max_nonfinite_skips, amp_dtype == torch.float16, info, cfg.output_dir),
-        device=info.device, amp_dtype=amp_dtype, channels_last=channels_last, clip_grad=cfg.clip_grad,
+        device=info.device,
+        amp_dtype=amp_dtype,
+        channels_last=channels_last,
+        clip_grad=cfg.clip_grad,
         distributed=info.distributed,
         min_clips=2 if cfg.bn == "train" and bn_values_per_clip == 1 else 1,
     )
@@ -753,10 +907,13 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, schedule: UnfreezeSchedu
         groups.setdefault(key, []).append(param)
         first_name.setdefault(key, name)
     param_groups = [
-        {"params": params, "weight_decay": 0.0 if no_decay else cfg.weight_decay,
-         # any parameter of the group tells the schedule's LR scale for the whole group
-         "scale_param": first_name[(prefix, no_decay)],
-         "name": f"{prefix or 'base'}/{'no_decay' if no_decay else 'decay'}"}
+        {
+            "params": params,
+            "weight_decay": 0.0 if no_decay else cfg.weight_decay,
+            # any parameter of the group tells the schedule's LR scale for the whole group
+            "scale_param": first_name[(prefix, no_decay)],
+            "name": f"{prefix or 'base'}/{'no_decay' if no_decay else 'decay'}",
+        }
         for (prefix, no_decay), params in sorted(groups.items())
     ]
     if cfg.optimizer == "sgd":
@@ -804,10 +961,13 @@ def warn_if_disk_short(t: Training, files: CheckpointManager, keep_last: int) ->
     files.dir.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(files.dir).free
     if free < needed:
-        print(f"warning: {files.dir} has {free / 2**30:.1f} GiB free; a checkpoint takes about "
-              f"{per_checkpoint / 2**30:.2f} GiB and --keep-last {keep_last} needs about {needed / 2**30:.1f} GiB "
-              f"(a failed write is reported and training goes on; the final one failing exits with "
-              f"{CHECKPOINT_FAILED_EXIT_CODE})", flush=True)
+        print(
+            f"warning: {files.dir} has {free / 2**30:.1f} GiB free; a checkpoint takes about "
+            f"{per_checkpoint / 2**30:.2f} GiB and --keep-last {keep_last} needs about {needed / 2**30:.1f} GiB "
+            f"(a failed write is reported and training goes on; the final one failing exits with "
+            f"{CHECKPOINT_FAILED_EXIT_CODE})",
+            flush=True,
+        )
 
 
 def download_run_checkpoint(run_id: str, cfg: TrainConfig, info: DistInfo) -> str:
@@ -833,28 +993,42 @@ def download_run_checkpoint(run_id: str, cfg: TrainConfig, info: DistInfo) -> st
     return broadcast_object(path, info)
 
 
-def start_tracking(tracker: RunTracker, cfg: TrainConfig, state: TrainState, table: pd.DataFrame, demo: bool,
-                   amp_dtype, info: DistInfo) -> str | None:
+def start_tracking(
+    tracker: RunTracker, cfg: TrainConfig, state: TrainState, table: pd.DataFrame, demo: bool, amp_dtype, info: DistInfo
+) -> str | None:
     """Rank 0 starts a new MLflow run (or continues the checkpoint's); every rank gets its id."""
     run_id = state.mlflow_run_id
     if info.is_main:
         new_run = run_id is None
-        run_id = tracker.start(resume_run_id=run_id, tags={"entry_point": "train_ddp.py", "demo": str(demo)},
-                               experiment_tags={  # the MLflow UI then opens it as model training
-                                   "mlflow.experimentKind": "custom_model_development",
-                                   "mlflow.experiment.primaryMetric.name": cfg.early_stop_metric,
-                                   "mlflow.experiment.primaryMetric.greaterIsBetter":
-                                       str(cfg.early_stop_mode == "max").lower()})
+        run_id = tracker.start(
+            resume_run_id=run_id,
+            tags={"entry_point": "train_ddp.py", "demo": str(demo)},
+            experiment_tags={  # the MLflow UI then opens it as model training
+                "mlflow.experimentKind": "custom_model_development",
+                "mlflow.experiment.primaryMetric.name": cfg.early_stop_metric,
+                "mlflow.experiment.primaryMetric.greaterIsBetter": str(cfg.early_stop_mode == "max").lower(),
+            },
+        )
         if new_run:
             tracker.log_params(flatten_for_logging(cfg))
             tracker.log_dict(asdict(cfg), "config.json")
-            tracker.log_input_table(table, source=str(cfg.annotations), name=Path(cfg.annotations).name,
-                                    context="training")
-        tracker.set_tags({"world_size": info.world_size, "device": str(info.device),
-                          "amp": amp_name(amp_dtype), "torch": torch.__version__})
+            tracker.log_input_table(
+                table, source=str(cfg.annotations), name=Path(cfg.annotations).name, context="training"
+            )
+        tracker.set_tags(
+            {
+                "world_size": info.world_size,
+                "device": str(info.device),
+                "amp": amp_name(amp_dtype),
+                "torch": torch.__version__,
+            }
+        )
         if run_id is None:
-            print(f"MLflow at {tracker.tracking_uri} is unavailable: training goes on, metrics are kept in "
-                  f"{Path(cfg.output_dir) / 'metrics.jsonl'} and MLflow is retried", flush=True)
+            print(
+                f"MLflow at {tracker.tracking_uri} is unavailable: training goes on, metrics are kept in "
+                f"{Path(cfg.output_dir) / 'metrics.jsonl'} and MLflow is retried",
+                flush=True,
+            )
         else:
             print(f"MLflow run {run_id} at {tracker.tracking_uri}", flush=True)
     return broadcast_object(run_id, info)
@@ -871,23 +1045,37 @@ def finished_already(state: TrainState, early: EarlyStopping, cfg: TrainConfig) 
     return None
 
 
-def finish(stop_reason: str | None, t: Training, state: TrainState, early: EarlyStopping,
-           checkpointer: Checkpointer, tracker: RunTracker, cfg: TrainConfig, info: DistInfo) -> tuple[int, str]:
+def finish(
+    stop_reason: str | None,
+    t: Training,
+    state: TrainState,
+    early: EarlyStopping,
+    checkpointer: Checkpointer,
+    tracker: RunTracker,
+    cfg: TrainConfig,
+    info: DistInfo,
+) -> tuple[int, str]:
     """The final checkpoint, artifacts, plots and model; returns (exit code, MLflow run status)."""
     out_dir = Path(cfg.output_dir)
     if stop_reason and stop_reason.startswith("preempted"):
         saved = checkpointer.save()
-        log0(info, f"{stop_reason}: checkpoint at step {state.step} {'written' if saved else 'FAILED'}; "
-                   f"exiting with {PREEMPTED_EXIT_CODE} so the job can be requeued")
+        log0(
+            info,
+            f"{stop_reason}: checkpoint at step {state.step} {'written' if saved else 'FAILED'}; "
+            f"exiting with {PREEMPTED_EXIT_CODE} so the job can be requeued",
+        )
         if info.is_main:
             (out_dir / PREEMPTED_MARKER).write_text(f"step {state.step}\n{stop_reason}\n")
             tracker.set_tags({"stop_reason": stop_reason})
         return PREEMPTED_EXIT_CODE, "KILLED"
     if stop_reason == "nonfinite":
         checkpointer.save()
-        log0(info, f"stopping: non-finite loss/gradients at step {state.step} "
-                   f"({state.counters.consecutive_nonfinite} consecutive; --nonfinite {cfg.nonfinite}); "
-                   f"checkpoint {'written' if checkpointer.ok else 'FAILED'}, details in {out_dir / 'nonfinite.tsv'}")
+        log0(
+            info,
+            f"stopping: non-finite loss/gradients at step {state.step} "
+            f"({state.counters.consecutive_nonfinite} consecutive; --nonfinite {cfg.nonfinite}); "
+            f"checkpoint {'written' if checkpointer.ok else 'FAILED'}, details in {out_dir / 'nonfinite.tsv'}",
+        )
         tracker.set_tags({"stop_reason": "nonfinite"})
         return NONFINITE_EXIT_CODE, "FAILED"
     if stop_reason == "max_steps" and checkpointer.saved_step != state.step:
@@ -900,8 +1088,11 @@ def finish(stop_reason: str | None, t: Training, state: TrainState, early: Early
         finish_tracking(tracker, t.model, t.loss_fn.tasks, cfg, checkpointer.files)
     if not checkpointer.ok:
         # The trained weights exist only in memory (and in MLflow if --log-model): say so loudly.
-        log0(info, f"error: training ended at step {state.step} but its final checkpoint could not be written "
-                   f"({checkpointer.error}); exiting with {CHECKPOINT_FAILED_EXIT_CODE}")
+        log0(
+            info,
+            f"error: training ended at step {state.step} but its final checkpoint could not be written "
+            f"({checkpointer.error}); exiting with {CHECKPOINT_FAILED_EXIT_CODE}",
+        )
         tracker.set_tags({"stop_reason": "checkpoint_write_failed"})
         return CHECKPOINT_FAILED_EXIT_CODE, "FAILED"
     return 0, "FINISHED"
@@ -914,28 +1105,43 @@ def log_training_plots(tasks, early: EarlyStopping, tracker: RunTracker, out_dir
     probs = targets = None
     if (out_dir / BEST_PREDICTIONS).exists():
         with np.load(out_dir / BEST_PREDICTIONS) as saved:
-            logits = {k[len("logits/"):]: torch.from_numpy(saved[k]) for k in saved.files if k.startswith("logits/")}
-            targets = {k[len("targets/"):]: saved[k] for k in saved.files if k.startswith("targets/")}
+            logits = {k[len("logits/") :]: torch.from_numpy(saved[k]) for k in saved.files if k.startswith("logits/")}
+            targets = {k[len("targets/") :]: saved[k] for k in saved.files if k.startswith("targets/")}
         probs = {k: v.numpy() for k, v in logits_to_probabilities(logits).items()}
     title = f"best validation (epoch {early.best_epoch}, step {early.best_step})"
     for path in plot_evaluation(probs, targets, tasks, out_dir / "plots", title=title, history=history):
         tracker.log_artifact(path, "plots")
 
 
-def print_summary(stop_reason: str | None, exit_code: int, state: TrainState, early: EarlyStopping,
-                  checkpointer: Checkpointer, tracker: RunTracker, cfg: TrainConfig, info: DistInfo,
-                  seconds: float, steps_run: int) -> None:
+def print_summary(
+    stop_reason: str | None,
+    exit_code: int,
+    state: TrainState,
+    early: EarlyStopping,
+    checkpointer: Checkpointer,
+    tracker: RunTracker,
+    cfg: TrainConfig,
+    info: DistInfo,
+    seconds: float,
+    steps_run: int,
+) -> None:
     """The last thing a run prints (rank 0): what happened and where everything is."""
     files = checkpointer.files
     clips = steps_run * cfg.batch_size * cfg.accum_steps * info.world_size
-    best = (f"{early.metric} = {early.best:.4f} at epoch {early.best_epoch} (step {early.best_step})"
-            if early.best is not None else "no validation")
+    best = (
+        f"{early.metric} = {early.best:.4f} at epoch {early.best_epoch} (step {early.best_step})"
+        if early.best is not None
+        else "no validation"
+    )
     lines = [
         f"run ended: {stop_reason or 'all epochs done'} (exit code {exit_code}) after {state.step} steps, "
         f"{state.epoch} of {cfg.epochs} epochs",
         f"best: {best}",
-        *(f"{name}: {path}" for name, path in (("best.pt", files.best_path), ("last.pt", files.last_path))
-          if path.exists()),
+        *(
+            f"{name}: {path}"
+            for name, path in (("best.pt", files.best_path), ("last.pt", files.last_path))
+            if path.exists()
+        ),
         f"MLflow run {tracker.run_id or '(not logged: MLflow unavailable, see metrics.jsonl)'}; "
         f"to look at it: {ui_command(tracker.tracking_uri)}",
         f"wall time {seconds / 60:.1f} min; {clips / seconds:.1f} clips/s over the {steps_run} steps of this "
@@ -966,11 +1172,17 @@ def finish_tracking(tracker: RunTracker, model: nn.Module, tasks, cfg: TrainConf
             inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, 3, cfg.frames, cfg.size, cfg.size))]),
             outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(cols)))]),
         )
-        tracker.call("log_model", lambda: mlflow.pytorch.log_model(
-            serving, name="model", input_example=example, signature=signature,
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-            metadata={"output_columns": cols, "input": "uint8 video (N, 3, T, H, W), RGB"},
-        ))
+        tracker.call(
+            "log_model",
+            lambda: mlflow.pytorch.log_model(
+                serving,
+                name="model",
+                input_example=example,
+                signature=signature,
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                metadata={"output_columns": cols, "input": "uint8 video (N, 3, T, H, W), RGB"},
+            ),
+        )
 
 
 if __name__ == "__main__":

@@ -62,12 +62,17 @@ class _ConvRecorder(TorchFunctionMode):
         if getattr(func, "__name__", "") == "conv3d":
             names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
             bound = {**dict(zip(names, args)), **kwargs}
-            self.calls.append(ConvCall(
-                tuple(bound["input"].shape), tuple(bound["weight"].shape),
-                _triple(bound.get("stride", 1)), _triple(bound.get("padding", 0)),
-                _triple(bound.get("dilation", 1)), int(bound.get("groups", 1)),
-                input_grad=bool(self.calls),
-            ))
+            self.calls.append(
+                ConvCall(
+                    tuple(bound["input"].shape),
+                    tuple(bound["weight"].shape),
+                    _triple(bound.get("stride", 1)),
+                    _triple(bound.get("padding", 0)),
+                    _triple(bound.get("dilation", 1)),
+                    int(bound.get("groups", 1)),
+                    input_grad=bool(self.calls),
+                )
+            )
         return func(*args, **kwargs)
 
 
@@ -103,8 +108,9 @@ def _rel_error(got: torch.Tensor, ref: torch.Tensor) -> float:
     return diff / scale if scale > 0 else diff
 
 
-def check_conv_calls(calls: Sequence[ConvCall], device: torch.device, amp_dtype: torch.dtype | None,
-                     channels_last: bool, seed: int = 0) -> dict:
+def check_conv_calls(
+    calls: Sequence[ConvCall], device: torch.device, amp_dtype: torch.dtype | None, channels_last: bool, seed: int = 0
+) -> dict:
     """Largest relative error over all calls and their output / input-grad / weight-grad.
 
     Runs under the caller's cudnn.benchmark / allow_tf32 settings (the variant's), so the
@@ -125,23 +131,30 @@ def check_conv_calls(calls: Sequence[ConvCall], device: torch.device, amp_dtype:
             out_ref = F.conv3d(xr, wr, *conv_args)
             grad_out = torch.randn(out_ref.shape, generator=gen, device=device, dtype=torch.float64)
             refs = torch.autograd.grad(out_ref, [t for t in (xr, wr) if t.requires_grad], grad_out)
-        expected = {"output": out_ref.detach(), **dict(zip(
-            [n for n, t in (("input_grad", xr), ("weight_grad", wr)) if t.requires_grad], refs))}
+        expected = {
+            "output": out_ref.detach(),
+            **dict(zip([n for n, t in (("input_grad", xr), ("weight_grad", wr)) if t.requires_grad], refs)),
+        }
         del xr, wr, out_ref, refs
 
         xv = x.float().contiguous(memory_format=fmt).requires_grad_(call.input_grad)
         wv = w.float().contiguous(memory_format=fmt).requires_grad_(True)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             out = F.conv3d(xv, wv, *conv_args)
-        grads = torch.autograd.grad(out, [t for t in (xv, wv) if t.requires_grad],
-                                    grad_out.to(out.dtype).contiguous(memory_format=fmt))
-        got = {"output": out.detach(), **dict(zip(
-            [n for n, t in (("input_grad", xv), ("weight_grad", wv)) if t.requires_grad], grads))}
+        grads = torch.autograd.grad(
+            out, [t for t in (xv, wv) if t.requires_grad], grad_out.to(out.dtype).contiguous(memory_format=fmt)
+        )
+        got = {
+            "output": out.detach(),
+            **dict(zip([n for n, t in (("input_grad", xv), ("weight_grad", wv)) if t.requires_grad], grads)),
+        }
         for name, ref in expected.items():
             err = _rel_error(got[name], ref)
             if err > worst or not worst_where:
                 worst = err
-                worst_where = (f"conv {index} {name}: input {list(call.input_shape)} weight "
-                               f"{list(call.weight_shape)} stride {list(call.stride)}")
+                worst_where = (
+                    f"conv {index} {name}: input {list(call.input_shape)} weight "
+                    f"{list(call.weight_shape)} stride {list(call.stride)}"
+                )
         del x, w, grad_out, expected, xv, wv, out, grads, got
     return {"max_rel_error": worst, "worst": worst_where, "calls": len(calls)}

@@ -80,8 +80,16 @@ def render_clip(width: int, height: int, frames: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     base = rng.uniform(40, 200, 3)
-    shapes = [dict(c=rng.uniform(30, 230, 3), r=rng.uniform(0.08, 0.25) * height, p=rng.uniform(0, 1, 2),
-                   v=rng.uniform(-0.02, 0.02, 2), f=rng.uniform(0.05, 0.3)) for _ in range(int(rng.integers(3, 7)))]
+    shapes = [
+        dict(
+            c=rng.uniform(30, 230, 3),
+            r=rng.uniform(0.08, 0.25) * height,
+            p=rng.uniform(0, 1, 2),
+            v=rng.uniform(-0.02, 0.02, 2),
+            f=rng.uniform(0.05, 0.3),
+        )
+        for _ in range(int(rng.integers(3, 7)))
+    ]
     out = np.empty((frames, height, width, 3), np.uint8)
     for t in range(frames):
         img = base + 40 * np.sin(xx[..., None] / width * 3 + t * 0.05 + np.arange(3)) * (yy[..., None] / height)
@@ -166,7 +174,7 @@ def worker_rate(dataset, collate, batch_size: int, min_time: float) -> dict:
     def one_pass(epoch):
         order = np.random.default_rng(epoch).permutation(n)
         for b in range(0, n, batch_size):
-            batch = collate([dataset[(epoch, int(i))] for i in order[b:b + batch_size]])
+            batch = collate([dataset[(epoch, int(i))] for i in order[b : b + batch_size]])
             if batch["bad"]:
                 raise RuntimeError(f"benchmark clip failed to load: {batch['bad'][0]}")
 
@@ -181,8 +189,9 @@ def worker_rate(dataset, collate, batch_size: int, min_time: float) -> dict:
     return {"clips_per_cpu_s": clips / max(t.cpu, 1e-9), "clips_per_s": clips / t.wall, "clips": clips}
 
 
-def loop_step_rate(device: torch.device, batch_size: int, frames: int, size: int, steps: int = 10,
-                   depth: int = 50) -> float:
+def loop_step_rate(
+    device: torch.device, batch_size: int, frames: int, size: int, steps: int = 10, depth: int = 50
+) -> float:
     """Training clips/s of train_ddp.py's own step (via benchmarks/train_throughput.py) for
     ResNet3D-``depth`` on synthetic clips: bf16 autocast + channels_last_3d + cudnn.benchmark on
     CUDA (train_ddp's GPU defaults), fp32 elsewhere."""
@@ -216,8 +225,10 @@ def machine() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     import av
 
-    return (f"{cpu}, {cores} cores usable (load average {load:.1f} at start), {gpu}; Python "
-            f"{platform.python_version()}, torch {torch.__version__}, PyAV {av.__version__}")
+    return (
+        f"{cpu}, {cores} cores usable (load average {load:.1f} at start), {gpu}; Python "
+        f"{platform.python_version()}, torch {torch.__version__}, PyAV {av.__version__}"
+    )
 
 
 def _row(rows: list[dict], name: str, readers: int, key: str = "raw") -> dict:
@@ -231,9 +242,17 @@ def loader_table_rows(rows: list[dict], inputs: dict) -> list[list]:
     for r in rows:
         base = _row(rows, "dataloader", r["readers"], r["input"])["clips_per_cpu_s"]
         raw = [x for x in rows if x["name"] == "raw-read" and x["readers"] == r["readers"] and x["input"] == r["input"]]
-        out.append([r["name"], inputs[r["input"]][0], r["readers"], f"{r['clips_per_s']:.0f}",
-                    f"{r['clips_per_cpu_s']:.0f}", f"{r['clips_per_cpu_s'] / base:.2f}x",
-                    f"{r['clips_per_cpu_s'] / raw[0]['clips_per_cpu_s']:.2f}" if raw else ""])
+        out.append(
+            [
+                r["name"],
+                inputs[r["input"]][0],
+                r["readers"],
+                f"{r['clips_per_s']:.0f}",
+                f"{r['clips_per_cpu_s']:.0f}",
+                f"{r['clips_per_cpu_s'] / base:.2f}x",
+                f"{r['clips_per_cpu_s'] / raw[0]['clips_per_cpu_s']:.2f}" if raw else "",
+            ]
+        )
     return out
 
 
@@ -247,10 +266,13 @@ def loader_checks(rows: list[dict], max_readers: int) -> list[str]:
                 f"{name} at {w} reader(s): {r:.0f} clips per CPU-second (target >= 1,500), "
                 f"{r / _row(rows, 'dataloader', w)['clips_per_cpu_s']:.1f}x the DataLoader (target >= 4x), "
                 f"{r / _row(rows, 'raw-read', w)['clips_per_cpu_s']:.2f} of the raw read with pread and "
-                f"{r / _row(rows, 'raw-read-mmap', w)['clips_per_cpu_s']:.2f} of the mmap one (target >= 0.7)")
+                f"{r / _row(rows, 'raw-read-mmap', w)['clips_per_cpu_s']:.2f} of the mmap one (target >= 0.7)"
+            )
     dl1, dln = _row(rows, "dataloader", 1), _row(rows, "dataloader", max_readers)
-    checks.append(f"dataloader (cache raw) at {max_readers} workers: {dln['clips_per_s'] / dl1['clips_per_s']:.2f}x "
-                  f"the clips/s of 1 worker (linear = {max_readers}x)")
+    checks.append(
+        f"dataloader (cache raw) at {max_readers} workers: {dln['clips_per_s'] / dl1['clips_per_s']:.2f}x "
+        f"the clips/s of 1 worker (linear = {max_readers}x)"
+    )
     return checks
 
 
@@ -292,8 +314,18 @@ def run(args: argparse.Namespace) -> dict:
             out = work / f"cache-{storage}"
             shutil.rmtree(out, ignore_errors=True)
             with Timer() as t:
-                prepare_cache(out, names, str(video_dir), frames=T, stored_size=stored, storage=storage,
-                              jpeg_quality=args.jpeg_quality, workers=0, progress=False, log=lambda m: None)
+                prepare_cache(
+                    out,
+                    names,
+                    str(video_dir),
+                    frames=T,
+                    stored_size=stored,
+                    storage=storage,
+                    jpeg_quality=args.jpeg_quality,
+                    workers=0,
+                    progress=False,
+                    log=lambda m: None,
+                )
             prep[storage] = len(names) / t.cpu
         pt_dir = work / "pt"
         shutil.rmtree(pt_dir, ignore_errors=True)
@@ -306,9 +338,11 @@ def run(args: argparse.Namespace) -> dict:
         from datasets.video import decode_clip
 
         same = np.array_equal(seek_decode(paths[names[0]], T), decode_clip(paths[names[0]], T)[0])
-        for key, label in (("raw", f"`prepare` raw ({T} frames, one pass, {stored}x{stored} uint8)"),
-                           ("jpeg", f"`prepare` jpeg (quality {args.jpeg_quality})"),
-                           ("seek", f"earlier: seek to each of {T} frames, {size}x{size} float32 .pt")):
+        for key, label in (
+            ("raw", f"`prepare` raw ({T} frames, one pass, {stored}x{stored} uint8)"),
+            ("jpeg", f"`prepare` jpeg (quality {args.jpeg_quality})"),
+            ("seek", f"earlier: seek to each of {T} frames, {size}x{size} float32 .pt"),
+        ):
             prep_rows.append([label, f"{prep[key]:.1f}", f"{prep[key] / prep['seek']:.1f}x"])
         results["prepare_videos_per_core_s"] = prep
         results["seek_frames_match_one_pass"] = bool(same)
@@ -319,19 +353,36 @@ def run(args: argparse.Namespace) -> dict:
         caches = {s: FrameCache(work / f"cache-{s}") for s in ("raw", "jpeg")}
         common = dict(num_frames=T, size=size, train=True, seed=0)
         readers = {
-            "mp4": (f"mp4 on the fly (decode, crop+flip {size}x{size} on the CPU)",
-                    VideoClipDataset(names, {}, video_dir, **common), collate_clips, mp4_bytes),
-            "pt": (f"earlier float32 .pt ({size}x{size}, normalized)",
-                   VideoClipDataset(names, {}, pt_dir, **common), collate_clips, pt_bytes),
-            "raw": (f"cache raw uint8 ({stored}x{stored})",
-                    CachedClipDataset(caches["raw"], names, {}, **common), collate_cached,
-                    caches["raw"].nbytes.mean()),
-            "jpeg": ("cache jpeg, decoded in the worker",
-                     CachedClipDataset(caches["jpeg"], names, {}, **common), collate_cached,
-                     caches["jpeg"].nbytes.mean()),
-            "jpeg-device": ("cache jpeg, bytes only (decoded on the GPU)",
-                            CachedClipDataset(caches["jpeg"], names, {}, **common, jpeg_decode="device"),
-                            collate_cached, caches["jpeg"].nbytes.mean()),
+            "mp4": (
+                f"mp4 on the fly (decode, crop+flip {size}x{size} on the CPU)",
+                VideoClipDataset(names, {}, video_dir, **common),
+                collate_clips,
+                mp4_bytes,
+            ),
+            "pt": (
+                f"earlier float32 .pt ({size}x{size}, normalized)",
+                VideoClipDataset(names, {}, pt_dir, **common),
+                collate_clips,
+                pt_bytes,
+            ),
+            "raw": (
+                f"cache raw uint8 ({stored}x{stored})",
+                CachedClipDataset(caches["raw"], names, {}, **common),
+                collate_cached,
+                caches["raw"].nbytes.mean(),
+            ),
+            "jpeg": (
+                "cache jpeg, decoded in the worker",
+                CachedClipDataset(caches["jpeg"], names, {}, **common),
+                collate_cached,
+                caches["jpeg"].nbytes.mean(),
+            ),
+            "jpeg-device": (
+                "cache jpeg, bytes only (decoded on the GPU)",
+                CachedClipDataset(caches["jpeg"], names, {}, **common, jpeg_decode="device"),
+                collate_cached,
+                caches["jpeg"].nbytes.mean(),
+            ),
         }
         read, read_rows = {}, []
         for key, (label, dataset, collate, nbytes) in readers.items():
@@ -339,15 +390,23 @@ def run(args: argparse.Namespace) -> dict:
             read[key] = dict(worker_rate(dataset, collate, args.batch_size, args.min_time), bytes_per_clip=nbytes)
         for key, (label, *_rest) in readers.items():
             r = read[key]
-            read_rows.append([label, mb(r["bytes_per_clip"]), f"{r['clips_per_cpu_s']:.0f}", f"{r['clips_per_s']:.0f}",
-                              f"{r['clips_per_cpu_s'] / read['pt']['clips_per_cpu_s']:.1f}x",
-                              f"{r['bytes_per_clip'] / read['pt']['bytes_per_clip']:.2f}"])
+            read_rows.append(
+                [
+                    label,
+                    mb(r["bytes_per_clip"]),
+                    f"{r['clips_per_cpu_s']:.0f}",
+                    f"{r['clips_per_s']:.0f}",
+                    f"{r['clips_per_cpu_s'] / read['pt']['clips_per_cpu_s']:.1f}x",
+                    f"{r['bytes_per_clip'] / read['pt']['bytes_per_clip']:.2f}",
+                ]
+            )
         results["read_per_core"] = read
         results["cpu_normalize_ms_per_clip"] = cpu_normalize_ms(T, size)
 
         # -- 3. the loaders with 1..N readers -----------------------------------------------------------
-        max_workers = args.max_workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                           else os.cpu_count() or 1)
+        max_workers = args.max_workers or (
+            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        )
         raw_set, raw_collate = readers["raw"][1], readers["raw"][2]
         runs = [(name, "raw") for name in ("raw-read", "raw-read-mmap", "cache-loader", "cache-loader-pread")]
         runs += [("dataloader", key) for key in dict.fromkeys(["raw", *args.loader_formats.split(",")])]
@@ -360,12 +419,16 @@ def run(args: argparse.Namespace) -> dict:
         augmented = []
         for name in ("cache-loader", "dataloader"):
             print(f"loader: {name} + augmentation on {device.type}, {max_workers} reader(s) ...", flush=True)
-            augmented.append(measure(name, raw_set, raw_collate, args.batch_size, max_workers, args.loader_time,
-                                     device, augment=True))
+            augmented.append(
+                measure(
+                    name, raw_set, raw_collate, args.batch_size, max_workers, args.loader_time, device, augment=True
+                )
+            )
         results["loader"], results["loader_augment"] = loader, augmented
         loader_rows = loader_table_rows(loader, readers)
-        augment_rows = [[r["name"], r["readers"], f"{r['clips_per_s']:.0f}", f"{r['clips_per_cpu_s']:.0f}"]
-                        for r in augmented]
+        augment_rows = [
+            [r["name"], r["readers"], f"{r['clips_per_s']:.0f}", f"{r['clips_per_cpu_s']:.0f}"] for r in augmented
+        ]
 
         # -- 4. against the GPU's training step rate ---------------------------------------------------
         gpu_line = "no GPU here: the loader was not compared with a training step rate"
@@ -373,9 +436,11 @@ def run(args: argparse.Namespace) -> dict:
             rate = loop_step_rate(device, args.batch_size, T, size)
             best = max(r["clips_per_s"] for r in augmented if r["name"] == "cache-loader")
             results["gpu_step_clips_per_s"] = rate
-            gpu_line = (f"{torch.cuda.get_device_name(device)}: ResNet3D-50 trains {rate:.0f} clips/s (bf16, "
-                        f"batch {args.batch_size}); the cache loader with augmentation delivers {best:.0f} clips/s "
-                        f"({best / rate:.2f}x the step rate) with {max_workers} workers")
+            gpu_line = (
+                f"{torch.cuda.get_device_name(device)}: ResNet3D-50 trains {rate:.0f} clips/s (bf16, "
+                f"batch {args.batch_size}); the cache loader with augmentation delivers {best:.0f} clips/s "
+                f"({best / rate:.2f}x the step rate) with {max_workers} workers"
+            )
     finally:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
@@ -392,22 +457,36 @@ def run(args: argparse.Namespace) -> dict:
         gpu_line,
     ]
     load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    report = "\n\n".join([
-        f"Machine: {results['machine']}; load average {load_end:.1f} at the end. Clips: {source}; "
-        f"{T} frames, model input {size}x{size}, cache stored at {stored}x{stored}, batch {args.batch_size}.",
-        "Reading, per worker core (train-mode item + collate; files in the page cache):\n\n" + table(
-            ["format", "bytes/clip", "clips/s per core (CPU time)", "clips/s (wall)", "vs .pt", "bytes vs .pt"],
-            read_rows),
-        "Preparation, per core:\n\n" + table(["method", "videos/s per core", "vs seek"], prep_rows),
-        f"Loaders -> the same consumer on {device.type} (it receives the batch as a tensor and reads it), "
-        f"{args.batch_size} clips per batch; readers = threads or DataLoader workers; clips per CPU-second "
-        "counts every thread and process:\n\n" + table(
-            ["loader", "input", "readers", "clips/s (wall)", "clips per CPU-second", "vs dataloader (CPU)",
-             "vs raw read, pread (CPU)"], loader_rows),
-        f"Loaders -> augmentation on {device.type} (crop, resize, flip, normalize), raw cache:\n\n" + table(
-            ["loader", "readers", "clips/s (wall)", "clips per CPU-second"], augment_rows),
-        "\n".join(f"- {c}" for c in checks if c),
-    ])
+    report = "\n\n".join(
+        [
+            f"Machine: {results['machine']}; load average {load_end:.1f} at the end. Clips: {source}; "
+            f"{T} frames, model input {size}x{size}, cache stored at {stored}x{stored}, batch {args.batch_size}.",
+            "Reading, per worker core (train-mode item + collate; files in the page cache):\n\n"
+            + table(
+                ["format", "bytes/clip", "clips/s per core (CPU time)", "clips/s (wall)", "vs .pt", "bytes vs .pt"],
+                read_rows,
+            ),
+            "Preparation, per core:\n\n" + table(["method", "videos/s per core", "vs seek"], prep_rows),
+            f"Loaders -> the same consumer on {device.type} (it receives the batch as a tensor and reads it), "
+            f"{args.batch_size} clips per batch; readers = threads or DataLoader workers; clips per CPU-second "
+            "counts every thread and process:\n\n"
+            + table(
+                [
+                    "loader",
+                    "input",
+                    "readers",
+                    "clips/s (wall)",
+                    "clips per CPU-second",
+                    "vs dataloader (CPU)",
+                    "vs raw read, pread (CPU)",
+                ],
+                loader_rows,
+            ),
+            f"Loaders -> augmentation on {device.type} (crop, resize, flip, normalize), raw cache:\n\n"
+            + table(["loader", "readers", "clips/s (wall)", "clips per CPU-second"], augment_rows),
+            "\n".join(f"- {c}" for c in checks if c),
+        ]
+    )
     if args.hd:
         report += "\n\n" + hd_rows(args, results)
     results["report"] = report
@@ -420,8 +499,17 @@ def hd_rows(args: argparse.Namespace, results: dict) -> str:
 
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="data_throughput-hd-"))
     try:
-        results["hd"], report = run_hd(work, args.frames, args.stored_size, args.size, args.hd_sizes,
-                                       args.hd_clips, args.min_time, args.seconds, args.fps)
+        results["hd"], report = run_hd(
+            work,
+            args.frames,
+            args.stored_size,
+            args.size,
+            args.hd_sizes,
+            args.hd_clips,
+            args.min_time,
+            args.seconds,
+            args.fps,
+        )
     finally:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
@@ -450,16 +538,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jpeg-quality", type=int, default=90)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--min-time", type=float, default=2.0, help="seconds each per-core reading figure runs at least")
-    p.add_argument("--max-workers", type=int, default=0,
-                   help="loader readers (threads or DataLoader workers) up to this (0 = the usable cores)")
+    p.add_argument(
+        "--max-workers",
+        type=int,
+        default=0,
+        help="loader readers (threads or DataLoader workers) up to this (0 = the usable cores)",
+    )
     p.add_argument("--loader-time", type=float, default=3.0, help="seconds each loader figure runs at least")
-    p.add_argument("--loader-formats", default="mp4,pt,raw,jpeg,jpeg-device",
-                   help="inputs measured through the DataLoader besides raw (from: mp4, pt, raw, jpeg, jpeg-device)")
+    p.add_argument(
+        "--loader-formats",
+        default="mp4,pt,raw,jpeg,jpeg-device",
+        help="inputs measured through the DataLoader besides raw (from: mp4, pt, raw, jpeg, jpeg-device)",
+    )
     p.add_argument("--cpu", action="store_true", help="consumer on the CPU even when a GPU is there")
     p.add_argument("--work-dir", default=None, help="keep clips, caches and .pt files here (default: a temp dir)")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
-    p.add_argument("--hd", action="store_true", help="add the 720p/1080p rows: prepare vs seek, decoding options "
-                   "(opt-in: rendering the clips alone takes minutes)")
+    p.add_argument(
+        "--hd",
+        action="store_true",
+        help="add the 720p/1080p rows: prepare vs seek, decoding options "
+        "(opt-in: rendering the clips alone takes minutes)",
+    )
     p.add_argument("--hd-only", action="store_true", help="only the --hd rows")
     p.add_argument("--hd-sizes", default="1280x720,1920x1080", help="WxH list of the generated HD clips")
     p.add_argument("--hd-clips", type=int, default=2, help="generated clips per HD size")

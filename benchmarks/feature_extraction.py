@@ -37,10 +37,32 @@ from benchmarks.data_throughput import machine, make_clips, table  # noqa: E402
 
 
 def run_depth(depth: int, clip_list: Path, out: Path, args) -> dict:
-    cmd = [sys.executable, str(REPO_ROOT / "extract_features.py"), "--random-init", "--depth", str(depth),
-           str(clip_list), "--layers", args.layers, "--pool", args.pool, "--dtype", args.dtype,
-           "--frames", str(args.frames), "--size", str(args.size), "--batch-size", str(args.batch_size),
-           "--num-workers", str(args.num_workers), "--output", str(out), "--no-progress", "--overwrite"]
+    cmd = [
+        sys.executable,
+        str(REPO_ROOT / "extract_features.py"),
+        "--random-init",
+        "--depth",
+        str(depth),
+        str(clip_list),
+        "--layers",
+        args.layers,
+        "--pool",
+        args.pool,
+        "--dtype",
+        args.dtype,
+        "--frames",
+        str(args.frames),
+        "--size",
+        str(args.size),
+        "--batch-size",
+        str(args.batch_size),
+        "--num-workers",
+        str(args.num_workers),
+        "--output",
+        str(out),
+        "--no-progress",
+        "--overwrite",
+    ]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log = proc.stdout.read()
@@ -51,14 +73,24 @@ def run_depth(depth: int, clip_list: Path, out: Path, args) -> dict:
     attempt = json.loads((out / "features.json").read_text())["attempts"][-1]
     clips = attempt["videos"]  # 1x1 views: one clip per video
     cpu = usage.ru_utime + usage.ru_stime
-    return {"depth": depth, "clips": clips, "clips_per_s": clips / attempt["extraction_s"], "cpu_s": cpu,
-            "extraction_s": attempt["extraction_s"], "wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024, "rss_growth_mib": attempt["rss_growth_mib"],
-            "gpu_peak_mib": attempt["gpu_peak_mib"], "device": attempt["device"]}
+    return {
+        "depth": depth,
+        "clips": clips,
+        "clips_per_s": clips / attempt["extraction_s"],
+        "cpu_s": cpu,
+        "extraction_s": attempt["extraction_s"],
+        "wall_s": wall,
+        "peak_rss_mib": usage.ru_maxrss / 1024,
+        "rss_growth_mib": attempt["rss_growth_mib"],
+        "gpu_peak_mib": attempt["gpu_peak_mib"],
+        "device": attempt["device"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--depths", default="18,50")
     p.add_argument("--clips", type=int, default=12, help="generated clips (>= 2; each extracted once per depth)")
     p.add_argument("--layers", default="layer1,layer2,layer3,layer4")
@@ -89,15 +121,37 @@ def main(argv: list[str] | None = None) -> int:
         full["cpu_s_per_clip"] = (full["cpu_s"] - one["cpu_s"]) / (full["clips"] - one["clips"])
         results["depths"].append(full)
     first = results["depths"][0]
-    rows = [[f"ResNet3D-{r['depth']}", r["device"], r["clips"], f"{r['clips_per_s']:.2f}",
-             f"{r['clips_per_s'] / first['clips_per_s']:.2f}x", f"{r['cpu_s_per_clip']:.1f}", f"{r['wall_s']:.0f}",
-             f"{r['peak_rss_mib']:.0f}", f"{r['rss_growth_mib']:.0f}",
-             "-" if r["gpu_peak_mib"] is None else f"{r['gpu_peak_mib']:.0f}"] for r in results["depths"]]
-    header = ["model", "device", "clips", "clips/s", f"vs {first['depth']}", "CPU s per clip", "wall s (incl. start)",
-              "peak RSS MiB", "RSS growth MiB", "GPU peak MiB"]
-    results["report"] = (f"{args.frames} x {args.size}^2, --layers {args.layers} --pool {args.pool} --dtype "
-                         f"{args.dtype}, batch {args.batch_size}, {args.num_workers} loader worker(s)\n"
-                         + table(header, rows))
+    rows = [
+        [
+            f"ResNet3D-{r['depth']}",
+            r["device"],
+            r["clips"],
+            f"{r['clips_per_s']:.2f}",
+            f"{r['clips_per_s'] / first['clips_per_s']:.2f}x",
+            f"{r['cpu_s_per_clip']:.1f}",
+            f"{r['wall_s']:.0f}",
+            f"{r['peak_rss_mib']:.0f}",
+            f"{r['rss_growth_mib']:.0f}",
+            "-" if r["gpu_peak_mib"] is None else f"{r['gpu_peak_mib']:.0f}",
+        ]
+        for r in results["depths"]
+    ]
+    header = [
+        "model",
+        "device",
+        "clips",
+        "clips/s",
+        f"vs {first['depth']}",
+        "CPU s per clip",
+        "wall s (incl. start)",
+        "peak RSS MiB",
+        "RSS growth MiB",
+        "GPU peak MiB",
+    ]
+    results["report"] = (
+        f"{args.frames} x {args.size}^2, --layers {args.layers} --pool {args.pool} --dtype "
+        f"{args.dtype}, batch {args.batch_size}, {args.num_workers} loader worker(s)\n" + table(header, rows)
+    )
     print("\n" + results["report"], flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

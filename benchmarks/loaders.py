@@ -73,8 +73,10 @@ class RawReads:
         self.depth = 2 * readers
         pin = device.type == "cuda"
         # depth batches being read, one with the consumer, one spare
-        self.buffers = [torch.empty((batch_size, k, 3, size, size), dtype=torch.uint8, pin_memory=pin)
-                        for _ in range(self.depth + 2)]
+        self.buffers = [
+            torch.empty((batch_size, k, 3, size, size), dtype=torch.uint8, pin_memory=pin)
+            for _ in range(self.depth + 2)
+        ]
         self.copied = [None] * len(self.buffers)
         self.pool = ThreadPoolExecutor(readers, thread_name_prefix="raw-read")
 
@@ -92,7 +94,7 @@ class RawReads:
             while True:
                 order = np.random.default_rng(epoch).permutation(len(self.cache))
                 for b in range(0, len(order) - self.batch_size + 1, self.batch_size):
-                    yield order[b:b + self.batch_size]
+                    yield order[b : b + self.batch_size]
                 epoch += 1
 
         batches, ahead, slot = rows(), deque(), 0
@@ -148,23 +150,48 @@ def loader_for(name: str, dataset, collate, batch_size: int, readers: int, devic
         raw = RawReads(dataset.cache, batch_size, readers, mapped=name == "raw-read-mmap", device=device)
         return raw, raw.close
     if name.startswith("cache-loader"):
-        loader = CacheLoader(dataset, EndlessKeys(len(dataset)), batch_size, readers=readers, prefetch=2,
-                             pin_memory=cuda, read="pread" if name == "cache-loader-pread" else "mmap")
+        loader = CacheLoader(
+            dataset,
+            EndlessKeys(len(dataset)),
+            batch_size,
+            readers=readers,
+            prefetch=2,
+            pin_memory=cuda,
+            read="pread" if name == "cache-loader-pread" else "mmap",
+        )
         return loader, loader.close
     if name == "dataloader":  # its workers end with its iterator, when the row is done
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=EndlessKeys(len(dataset)),
-                                             num_workers=readers, collate_fn=collate, pin_memory=cuda,
-                                             persistent_workers=readers > 0, prefetch_factor=2 if readers else None)
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=EndlessKeys(len(dataset)),
+            num_workers=readers,
+            collate_fn=collate,
+            pin_memory=cuda,
+            persistent_workers=readers > 0,
+            prefetch_factor=2 if readers else None,
+        )
         return loader, lambda: None
     raise ValueError(f"unknown loader row {name!r}")
 
 
-def measure(name: str, dataset, collate, batch_size: int, readers: int, min_time: float, device: torch.device,
-            augment: bool = False) -> dict:
+def measure(
+    name: str,
+    dataset,
+    collate,
+    batch_size: int,
+    readers: int,
+    min_time: float,
+    device: torch.device,
+    augment: bool = False,
+) -> dict:
     """One row: ``name``'s loader with ``readers``, fed into the consumer for ``min_time`` seconds."""
     batches, stop = loader_for(name, dataset, collate, batch_size, readers, device)
     try:
-        return {"name": name, "readers": readers,
-                **rate(batches, min_time, device, augment, warmup=2 * max(readers, 1))}
+        return {
+            "name": name,
+            "readers": readers,
+            **rate(batches, min_time, device, augment, warmup=2 * max(readers, 1)),
+        }
     finally:
         stop()

@@ -35,13 +35,13 @@ NIC_GBITS = (100, 200, 400)
 
 @dataclass(frozen=True)
 class Assumptions:
-    params: int = 46_248_152         # ResNet3D-50 with the multi-task head (resnet3d.build_model(depth=50))
-    clips_per_s: float = 150.0       # per GPU, bf16 autocast: an assumption (no GPU measured yet)
-    nvlink_gbytes: float = 200.0     # achieved ring bandwidth inside a node, GB/s (A100-class NVLink)
-    nic_efficiency: float = 0.9      # achieved fraction of a NIC's line rate
+    params: int = 46_248_152  # ResNet3D-50 with the multi-task head (resnet3d.build_model(depth=50))
+    clips_per_s: float = 150.0  # per GPU, bf16 autocast: an assumption (no GPU measured yet)
+    nvlink_gbytes: float = 200.0  # achieved ring bandwidth inside a node, GB/s (A100-class NVLink)
+    nic_efficiency: float = 0.9  # achieved fraction of a NIC's line rate
     nics_per_node: int = 1
-    alpha_us: float = 5.0            # latency per ring step
-    bucket_mb: float = 25.0          # DDP's default bucket
+    alpha_us: float = 5.0  # latency per ring step
+    bucket_mb: float = 25.0  # DDP's default bucket
 
 
 def gradient_bytes(a: Assumptions, compressed: bool) -> float:
@@ -71,16 +71,16 @@ def step_comm_s(a: Assumptions, gpus: int, nic_gbits: float, compressed: bool) -
     return allreduce_s(a, gpus, nic_gbits, full, buckets), allreduce_s(a, gpus, nic_gbits, last, 1)
 
 
-def efficiency(a: Assumptions, gpus: int, nic_gbits: float, batch: int, compressed: bool,
-               overlap: bool) -> float:
+def efficiency(a: Assumptions, gpus: int, nic_gbits: float, batch: int, compressed: bool, overlap: bool) -> float:
     compute = batch / a.clips_per_s
     comm, last = step_comm_s(a, gpus, nic_gbits, compressed)
     exposed = max(comm - 2 / 3 * compute, last) if overlap else comm
     return compute / (compute + exposed)
 
 
-def smallest_batch(a: Assumptions, gpus: int, nic_gbits: float, compressed: bool, target: float,
-                   overlap: bool = True, limit: int = 256) -> int | None:
+def smallest_batch(
+    a: Assumptions, gpus: int, nic_gbits: float, compressed: bool, target: float, overlap: bool = True, limit: int = 256
+) -> int | None:
     """The smallest per-GPU batch whose scaling efficiency reaches target (None up to limit)."""
     for batch in range(1, limit + 1):
         if efficiency(a, gpus, nic_gbits, batch, compressed, overlap) >= target:
@@ -91,12 +91,16 @@ def smallest_batch(a: Assumptions, gpus: int, nic_gbits: float, compressed: bool
 def tables(a: Assumptions, batch: int, target: float) -> str:
     out = []
     mb = gradient_bytes(a, False) / 1e6
-    out.append(f"Gradient per step: {a.params / 1e6:.1f} M parameters = {mb:.1f} MB fp32, "
-               f"{mb / 2:.1f} MB bf16/fp16; {math.ceil(a.params * 4 / (a.bucket_mb * 2**20))} DDP buckets "
-               f"of {a.bucket_mb:g} MiB.")
-    out.append(f"Assumed: {a.clips_per_s:g} clips/s per GPU, NVLink ring {a.nvlink_gbytes:g} GB/s, "
-               f"{a.nics_per_node} NIC(s) per node at {a.nic_efficiency:.0%} of line rate, "
-               f"{a.alpha_us:g} us per ring step, {GPUS_PER_NODE} GPUs per node.\n")
+    out.append(
+        f"Gradient per step: {a.params / 1e6:.1f} M parameters = {mb:.1f} MB fp32, "
+        f"{mb / 2:.1f} MB bf16/fp16; {math.ceil(a.params * 4 / (a.bucket_mb * 2**20))} DDP buckets "
+        f"of {a.bucket_mb:g} MiB."
+    )
+    out.append(
+        f"Assumed: {a.clips_per_s:g} clips/s per GPU, NVLink ring {a.nvlink_gbytes:g} GB/s, "
+        f"{a.nics_per_node} NIC(s) per node at {a.nic_efficiency:.0%} of line rate, "
+        f"{a.alpha_us:g} us per ring step, {GPUS_PER_NODE} GPUs per node.\n"
+    )
 
     def nic_label(g):
         return f"{g} Gb/s"
@@ -114,14 +118,19 @@ def tables(a: Assumptions, batch: int, target: float) -> str:
         out.append(f"| {n} ({where}) | " + " | ".join(cells) + " |")
 
     compute_ms = batch / a.clips_per_s * 1e3
-    out.append(f"\nScaling efficiency at per-GPU batch {batch} (compute {compute_ms:.0f} ms per step), "
-               "without / with overlap of the all-reduce and backward:\n")
+    out.append(
+        f"\nScaling efficiency at per-GPU batch {batch} (compute {compute_ms:.0f} ms per step), "
+        "without / with overlap of the all-reduce and backward:\n"
+    )
     out.append("| GPUs | gradients | " + " | ".join(nic_label(g) for g in NIC_GBITS) + " |")
     out.append("|---|---|" + "---|" * len(NIC_GBITS))
     for n in GPU_COUNTS:
         for compressed in (False, True):
-            cells = [f"{efficiency(a, n, g, batch, compressed, False):.0%} / "
-                     f"{efficiency(a, n, g, batch, compressed, True):.0%}" for g in NIC_GBITS]
+            cells = [
+                f"{efficiency(a, n, g, batch, compressed, False):.0%} / "
+                f"{efficiency(a, n, g, batch, compressed, True):.0%}"
+                for g in NIC_GBITS
+            ]
             out.append(f"| {n} | {'bf16' if compressed else 'fp32'} | " + " | ".join(cells) + " |")
 
     out.append(f"\nSmallest per-GPU batch for {target:.0%} efficiency with overlap (fp32 / bf16):\n")
@@ -148,9 +157,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--alpha-us", type=float, default=d.alpha_us)
     p.add_argument("--bucket-mb", type=float, default=d.bucket_mb)
     args = p.parse_args(argv)
-    a = Assumptions(clips_per_s=args.clips_per_s, nvlink_gbytes=args.nvlink_gbytes,
-                    nics_per_node=args.nics_per_node, nic_efficiency=args.nic_efficiency,
-                    alpha_us=args.alpha_us, bucket_mb=args.bucket_mb)
+    a = Assumptions(
+        clips_per_s=args.clips_per_s,
+        nvlink_gbytes=args.nvlink_gbytes,
+        nics_per_node=args.nics_per_node,
+        nic_efficiency=args.nic_efficiency,
+        alpha_us=args.alpha_us,
+        bucket_mb=args.bucket_mb,
+    )
     print(tables(a, args.batch, args.target))
     return 0
 

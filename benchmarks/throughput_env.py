@@ -45,8 +45,12 @@ def _driver_version() -> str | None:
     except Exception:  # no NVML: try the command line tool
         pass
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -56,15 +60,25 @@ def environment(device: torch.device, peak_tflops: float | None) -> dict:
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     env: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-        "cudnn": _cudnn_version_text(cudnn), "cudnn_int": cudnn, "cudnn_enabled": torch.backends.cudnn.enabled,
-        "device": str(device), "cpu_count": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": _cudnn_version_text(cudnn),
+        "cudnn_int": cudnn,
+        "cudnn_enabled": torch.backends.cudnn.enabled,
+        "device": str(device),
+        "cpu_count": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(),
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        env.update(gpu_name=props.name, gpu_capability=f"{props.major}.{props.minor}",
-                   gpu_memory_gb=round(props.total_memory / 2**30, 1),
-                   gpu_multiprocessors=props.multi_processor_count, driver=_driver_version())
+        env.update(
+            gpu_name=props.name,
+            gpu_capability=f"{props.major}.{props.minor}",
+            gpu_memory_gb=round(props.total_memory / 2**30, 1),
+            gpu_multiprocessors=props.multi_processor_count,
+            driver=_driver_version(),
+        )
         found = lookup_peaks(props.name)
         if found:
             env["peaks"] = {"label": found[0], "tflops": found[1]}
@@ -78,15 +92,21 @@ def version_warnings(env: dict) -> list[str]:
     version = env["torch"].split("+")[0]
     cudnn = env.get("cudnn_int") or 0
     if version == "2.9.0":
-        out.append("torch 2.9.0 turns cuDNN off for bf16/fp16 conv3d with cuDNN >= 9.8 (native vol2col "
-                   "kernels: about 4x slower, far more memory; pytorch/pytorch#163581): use 2.9.1 or later")
+        out.append(
+            "torch 2.9.0 turns cuDNN off for bf16/fp16 conv3d with cuDNN >= 9.8 (native vol2col "
+            "kernels: about 4x slower, far more memory; pytorch/pytorch#163581): use 2.9.1 or later"
+        )
     if cudnn == 91002:
-        out.append("cuDNN 9.10.2 computes some large bf16 conv3d wrongly (pytorch/pytorch#163539): "
-                   "trust only variants whose conv check passed")
+        out.append(
+            "cuDNN 9.10.2 computes some large bf16 conv3d wrongly (pytorch/pytorch#163539): "
+            "trust only variants whose conv check passed"
+        )
     if 91002 <= cudnn < 91500:
-        out.append(f"cuDNN {env['cudnn']}: newer torch releases turn TF32 off for conv3d with cuDNN "
-                   "9.10.2-9.14 (a broken kernel, pytorch/pytorch#167024), so fp32 rows may run plain "
-                   "fp32 and their MFU against the TF32 peak understates them")
+        out.append(
+            f"cuDNN {env['cudnn']}: newer torch releases turn TF32 off for conv3d with cuDNN "
+            "9.10.2-9.14 (a broken kernel, pytorch/pytorch#167024), so fp32 rows may run plain "
+            "fp32 and their MFU against the TF32 peak understates them"
+        )
     if env.get("device", "").startswith("cuda") and not env.get("cudnn_enabled"):
         out.append("torch.backends.cudnn.enabled is False")
     for dtype, backend in (env.get("conv3d_backend") or {}).items():

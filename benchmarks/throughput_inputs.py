@@ -45,10 +45,13 @@ def synthetic_batch(s: Settings, batch_size: int, device: torch.device) -> dict:
     gen = torch.Generator().manual_seed(s.seed + 1)
     video = torch.randint(0, 256, (batch_size, 3, s.frames, s.size, s.size), dtype=torch.uint8, generator=gen)
     targets = synthetic_targets(batch_size, parse_tasks(s.tasks), s.seed + 2)
-    return {"video": video.to(device),
-            "targets": {k: torch.from_numpy(v) for k, v in targets.items()},
-            "indices": torch.arange(batch_size), "video_ids": [f"synthetic_{i}" for i in range(batch_size)],
-            "bad": []}
+    return {
+        "video": video.to(device),
+        "targets": {k: torch.from_numpy(v) for k, v in targets.items()},
+        "indices": torch.arange(batch_size),
+        "video_ids": [f"synthetic_{i}" for i in range(batch_size)],
+        "bad": [],
+    }
 
 
 def write_synthetic_videos(folder: Path, count: int, spec: str, seed: int) -> list[str]:
@@ -62,14 +65,14 @@ def write_synthetic_videos(folder: Path, count: int, spec: str, seed: int) -> li
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:2 * width].astype(np.float32)
+    yy, xx = np.mgrid[0:height, 0 : 2 * width].astype(np.float32)
     for name in names:
         phase = rng.uniform(0, 2 * np.pi, 3)
         # one wide frame, panned across: motion for the codec at the cost of one sin per pixel
         wide = np.stack([127 + 100 * np.sin(xx / (13 + 7 * c) + yy / (17 + 5 * c) + phase[c]) for c in range(3)], -1)
         wide = wide.astype(np.uint8) + rng.integers(0, 12, wide.shape, dtype=np.uint8)  # texture
         step = max(1, width // max(1, frames))
-        clip = np.stack([wide[:, (t * step) % width:(t * step) % width + width] for t in range(frames)])
+        clip = np.stack([wide[:, (t * step) % width : (t * step) % width + width] for t in range(frames)])
         # fresh noise in every frame: residuals, so files and decode costs are nearer real clips'
         clip += rng.integers(0, 24, clip.shape, dtype=np.uint8)
         write_video(folder / name, clip, fps=30, options={"preset": "veryfast"})
@@ -84,8 +87,17 @@ def _cache_for(folder: Path, names: list[str], s: Settings) -> Path:
     stored = max(s.size, round(s.size * 256 / 224))  # prepare's default 256 for 224 training crops
     root = folder / f"cache-{s.frames}x{stored}"
     if not (root / "COMPLETE").exists():
-        prepare_cache(root, names, str(folder), frames=s.frames, stored_size=stored, storage="raw",
-                      workers=max(0, min(8, (os.cpu_count() or 1) - 1)), progress=False, log=lambda *_: None)
+        prepare_cache(
+            root,
+            names,
+            str(folder),
+            frames=s.frames,
+            stored_size=stored,
+            storage="raw",
+            workers=max(0, min(8, (os.cpu_count() or 1) - 1)),
+            progress=False,
+            log=lambda *_: None,
+        )
         (root / "COMPLETE").write_text("done\n")
     return root
 
@@ -118,21 +130,36 @@ def loader_batches(variant: Variant, s: Settings, batch_size: int, n_batches: in
         targets = synthetic_targets(len(names), tasks, s.seed)
         cache_dir = _cache_for(folder, names, s) if variant.cache else None
         what = f"{len(names)} generated H.264 clips {s.loader_video}" + (
-            f", raw frame cache {Path(cache_dir).name}" if variant.cache else ", decoded")
+            f", raw frame cache {Path(cache_dir).name}" if variant.cache else ", decoded"
+        )
     if variant.cache:
         base = data.CachedClipDataset(
-            cache_dir, video_names=names, targets=targets, num_frames=s.frames, size=s.size, train=True,
-            seed=s.seed, jpeg_decode="device" if device.type == "cuda" else "worker")  # train_ddp's auto
+            cache_dir,
+            video_names=names,
+            targets=targets,
+            num_frames=s.frames,
+            size=s.size,
+            train=True,
+            seed=s.seed,
+            jpeg_decode="device" if device.type == "cuda" else "worker",
+        )  # train_ddp's auto
         collate = data.collate_cached
     else:
-        base = data.VideoClipDataset(names, targets, folder, num_frames=s.frames, size=s.size, train=True,
-                                     seed=s.seed)
+        base = data.VideoClipDataset(names, targets, folder, num_frames=s.frames, size=s.size, train=True, seed=s.seed)
         collate = data.collate_clips
     # train_ddp.py's own choice of loader (datasets.make_loader): reader threads for a raw cache,
     # DataLoader worker processes for decoded videos.  The clips cycle to fill n_batches batches,
     # each pass as another epoch (key (pass, clip)): new augmentation every pass.
     order = [(i // len(base), i % len(base)) for i in range(batch_size * n_batches)]
-    loader = data.make_loader(base, order, batch_size, workers=s.num_workers, prefetch=s.prefetch_factor,
-                              pin_memory=device.type == "cuda", drop_last=True, collate_fn=collate)
+    loader = data.make_loader(
+        base,
+        order,
+        batch_size,
+        workers=s.num_workers,
+        prefetch=s.prefetch_factor,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+        collate_fn=collate,
+    )
     kind = "reader threads" if isinstance(loader, data.CacheLoader) else "workers"
     return iter(loader), f"{what}; {s.num_workers} {kind} x prefetch {s.prefetch_factor}", loader

@@ -14,8 +14,18 @@ BASELINE = "fp32"  # the earlier version's setup: fp32, default memory format, n
 WORTHWHILE = 0.05  # a speed-up below this is within run-to-run noise and not worth code
 _KERNEL_FIELDS = ("dtype", "channels_last", "cudnn_benchmark", "strict_fp32", "stem", "compile", "batch")
 
-COLUMNS = ("variant", "clips/s", "step ms", "x base", "MFU", "peak mem GB", "conv err",
-           "logits d", "data wait", "status")
+COLUMNS = (
+    "variant",
+    "clips/s",
+    "step ms",
+    "x base",
+    "MFU",
+    "peak mem GB",
+    "conv err",
+    "logits d",
+    "data wait",
+    "status",
+)
 
 
 def _num(value: Any, fmt: str) -> str:
@@ -40,7 +50,8 @@ def row_cells(row: dict) -> list[str]:
         _num(row.get("peak_mem_gb"), ".1f"),
         _num(conv.get("max_rel_error"), ".1e"),
         _num(row.get("logits_rel_diff"), ".1e"),
-        f"{100 * row['data_wait_fraction']:.1f}%" if is_loader_row(row) and row.get("data_wait_fraction") is not None
+        f"{100 * row['data_wait_fraction']:.1f}%"
+        if is_loader_row(row) and row.get("data_wait_fraction") is not None
         else "-",
         status,
     ]
@@ -55,8 +66,12 @@ def format_table(rows: Sequence[dict]) -> str:
     """Fixed-width text table, one line per variant."""
     cells = [list(COLUMNS)] + [row_cells(r) for r in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
-    lines = ["  ".join(c.ljust(w) if i == 0 or i == len(COLUMNS) - 1 else c.rjust(w)
-                       for i, (c, w) in enumerate(zip(line, widths))).rstrip() for line in cells]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i == 0 or i == len(COLUMNS) - 1 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))
+        ).rstrip()
+        for line in cells
+    ]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)
 
@@ -69,11 +84,17 @@ def markdown_table(rows: Sequence[dict]) -> str:
 
 def _flags(row: dict) -> tuple[str, dict[str, Any]]:
     amp = {"fp32": "off", "bf16": "bf16", "fp16": "fp16"}[row["dtype"]]
-    config = {"amp": amp, "channels_last": "on" if row["channels_last"] else "off",
-              "cudnn_benchmark": bool(row["cudnn_benchmark"]), "compile": bool(row["compile"])}
-    flags = (f"--amp {amp} --channels-last {config['channels_last']} "
-             f"--{'' if config['cudnn_benchmark'] else 'no-'}cudnn-benchmark "
-             f"--{'' if config['compile'] else 'no-'}compile")
+    config = {
+        "amp": amp,
+        "channels_last": "on" if row["channels_last"] else "off",
+        "cudnn_benchmark": bool(row["cudnn_benchmark"]),
+        "compile": bool(row["compile"]),
+    }
+    flags = (
+        f"--amp {amp} --channels-last {config['channels_last']} "
+        f"--{'' if config['cudnn_benchmark'] else 'no-'}cudnn-benchmark "
+        f"--{'' if config['compile'] else 'no-'}compile"
+    )
     return flags, config
 
 
@@ -97,22 +118,33 @@ def recommend(rows: Sequence[dict]) -> dict[str, Any]:
         out.update(fastest_train_ddp=best["name"], train_ddp_flags=flags, train_ddp_config=config)
         if fastest is not best:
             gain = fastest["clips_per_s"] / best["clips_per_s"] - 1
-            verdict = ("worth a resnet3d/train_ddp option" if gain >= WORTHWHILE
-                       else f"under {100 * WORTHWHILE:.0f}%: not worth a code change")
+            verdict = (
+                "worth a resnet3d/train_ddp option"
+                if gain >= WORTHWHILE
+                else f"under {100 * WORTHWHILE:.0f}%: not worth a code change"
+            )
             out["notes"].append(f"{fastest['name']} is {100 * gain:.1f}% faster than {best['name']}: {verdict}")
         if best["compile"]:
-            eager = [r for r in expressible if not r["compile"] and all(
-                r[k] == best[k] for k in ("dtype", "channels_last", "cudnn_benchmark", "batch"))]
+            eager = [
+                r
+                for r in expressible
+                if not r["compile"]
+                and all(r[k] == best[k] for k in ("dtype", "channels_last", "cudnn_benchmark", "batch"))
+            ]
             if eager:
                 gain = best["clips_per_s"] / eager[0]["clips_per_s"] - 1
-                out["notes"].append(f"torch.compile adds {100 * gain:.1f}% over {eager[0]['name']} "
-                                    f"(first step {best.get('first_step_s', float('nan')):.0f} s)")
+                out["notes"].append(
+                    f"torch.compile adds {100 * gain:.1f}% over {eager[0]['name']} "
+                    f"(first step {best.get('first_step_s', float('nan')):.0f} s)"
+                )
     for row in rows:
         if is_loader_row(row) and row["status"] == "OK" and row.get("data_wait_fraction") is not None:
             twin = next((r for r in ok if all(r[k] == row[k] for k in _KERNEL_FIELDS)), None)
             share = f", {row['clips_per_s'] / twin['clips_per_s']:.0%} of {twin['name']}'s clips/s" if twin else ""
-            out["notes"].append(f"{row['name']}: data wait {100 * row['data_wait_fraction']:.1f}% of the step "
-                                f"time{share} ({row.get('input', '')})")
+            out["notes"].append(
+                f"{row['name']}: data wait {100 * row['data_wait_fraction']:.1f}% of the step "
+                f"time{share} ({row.get('input', '')})"
+            )
     wrong = [r["name"] for r in rows if r["status"] == "WRONG"]
     if wrong:
         out["notes"].append("excluded as WRONG (a convolution off its reference): " + ", ".join(wrong))
@@ -127,17 +159,24 @@ def markdown_report(report: dict) -> str:
         f"Measured {env['date']} on {gpu}"
         + (f" (driver {env['driver']})" if env.get("driver") else "")
         + f"; torch {env['torch']}, CUDA {env.get('cuda') or '-'}, cuDNN {env.get('cudnn') or '-'}"
-        + (f" (enabled: {env.get('cudnn_enabled')})" if env.get("cudnn") else "") + ".",
+        + (f" (enabled: {env.get('cudnn_enabled')})" if env.get("cudnn") else "")
+        + ".",
         f"ResNet3D-{s['depth']}, {s['frames']} x {s['size']}^2 clips, batch {s['batch_size']} per device, "
         f"{s['warmup']} warm-up + {s['steps']} timed steps per variant; "
         f"{flops['training_gflops_per_clip']:.2f} GFLOP per training clip (counted forward + backward; "
         f"analytic check {flops['analytic_training_gflops_per_clip']:.2f}).",
     ]
     if env.get("peaks"):
-        lines.append(f"MFU against the {env['peaks']['label']} datasheet peaks (dense TFLOP/s): "
-                     + ", ".join(f"{k} {v:g}" for k, v in env["peaks"]["tflops"].items())
-                     + (f"; a large bf16 matrix product measured {env['matmul_bf16_tflops']:.0f} TFLOP/s here"
-                        if env.get("matmul_bf16_tflops") else "") + ".")
+        lines.append(
+            f"MFU against the {env['peaks']['label']} datasheet peaks (dense TFLOP/s): "
+            + ", ".join(f"{k} {v:g}" for k, v in env["peaks"]["tflops"].items())
+            + (
+                f"; a large bf16 matrix product measured {env['matmul_bf16_tflops']:.0f} TFLOP/s here"
+                if env.get("matmul_bf16_tflops")
+                else ""
+            )
+            + "."
+        )
     lines += ["", markdown_table(report["variants"]), ""]
     if rec.get("fastest"):
         lines.append(f"Fastest correct variant: **{rec['fastest']}**.")

@@ -125,8 +125,9 @@ from utils.distributed import DistInfo  # noqa: E402
 from utils.tasks import parse_tasks  # noqa: E402
 from utils.train_state import LogWindow, TrainState  # noqa: E402
 
-TINY = dict(depth=18, frames=4, size=32, batch_size=2, warmup=1, steps=2, loader_clips=4,
-            loader_video="64x48x12", num_workers=1)
+TINY = dict(
+    depth=18, frames=4, size=32, batch_size=2, warmup=1, steps=2, loader_clips=4, loader_video="64x48x12", num_workers=1
+)
 TINY_VARIANTS = ["fp32", "fp32+cl", "bf16", "fp32+s2d", "fp32+cache", "fp32+loader"]
 
 
@@ -141,9 +142,11 @@ def default_gpu_variants(batch_size: int) -> list[str]:
         "bf16+cl+bench",  # every knob on: the expected winner
         "best+compile",
         "best+cache",  # the data-wait goal: frame cache
-        "bf16", "bf16+cl",  # AMP alone, then channels_last_3d (bench is the step to bf16+cl+bench)
+        "bf16",
+        "bf16+cl",  # AMP alone, then channels_last_3d (bench is the step to bf16+cl+bench)
         "fp16+cl+bench",
-        "bf16+cl+bench+s2d", "bf16+cl+bench+pad8",  # the stem ideas
+        "bf16+cl+bench+s2d",
+        "bf16+cl+bench+pad8",  # the stem ideas
         "best+loader",  # decoding videos on the fly
         f"best@{2 * batch_size}",
     ]
@@ -162,8 +165,14 @@ def all_variants() -> list[str]:
 # ------------------------------------------------------------------------------------------
 # variants
 # ------------------------------------------------------------------------------------------
-FLAG_FIELDS = {"cl": "channels_last", "bench": "cudnn_benchmark", "strict": "strict_fp32",
-               "compile": "compile", "loader": "loader", "cache": "cache"}
+FLAG_FIELDS = {
+    "cl": "channels_last",
+    "bench": "cudnn_benchmark",
+    "strict": "strict_fp32",
+    "compile": "compile",
+    "loader": "loader",
+    "cache": "cache",
+}
 INPUT_FLAGS = ("compile", "loader", "cache")  # printed last in a name
 STEMS = ("pad4", "pad8", "s2d")
 
@@ -212,8 +221,9 @@ def parse_variant(spec: str, best: Variant | None = None) -> Variant | None:
         elif flag in STEMS:
             variant = replace(variant, stem=flag)
         else:
-            raise ValueError(f"variant {spec!r}: unknown flag {flag!r}; flags are "
-                             f"{', '.join(list(FLAG_FIELDS) + list(STEMS))}")
+            raise ValueError(
+                f"variant {spec!r}: unknown flag {flag!r}; flags are {', '.join(list(FLAG_FIELDS) + list(STEMS))}"
+            )
     if batch:
         if not batch.isdigit() or int(batch) < 1:
             raise ValueError(f"variant {spec!r}: @ must be followed by a batch size")
@@ -226,6 +236,7 @@ def parse_variant(spec: str, best: Variant | None = None) -> Variant | None:
 @dataclass
 class Settings:
     """Everything a variant's run needs besides the variant (sent to each child as JSON)."""
+
     device: str
     depth: int = 50
     frames: int = 16
@@ -264,9 +275,19 @@ def bench_config(s: Settings) -> TrainConfig:
     """The loop's defaults (lr, weight decay, clipping, loss options, AdamW) at the benchmark's
     size; dropout 0 so that every variant's first step is comparable; a constant LR (no warmup:
     every timed step is a full one); a benchmark never stops for non-finite steps, it counts them."""
-    return TrainConfig(depth=s.depth, frames=s.frames, size=s.size, batch_size=s.batch_size, tasks=s.tasks,
-                       seed=s.seed, dropout=0.0, schedule="constant", warmup_steps=0,
-                       max_nonfinite_skips=10**9, output_dir=tempfile.gettempdir())
+    return TrainConfig(
+        depth=s.depth,
+        frames=s.frames,
+        size=s.size,
+        batch_size=s.batch_size,
+        tasks=s.tasks,
+        seed=s.seed,
+        dropout=0.0,
+        schedule="constant",
+        warmup_steps=0,
+        max_nonfinite_skips=10**9,
+        output_dir=tempfile.gettempdir(),
+    )
 
 
 def build_state(variant: Variant, s: Settings, device: torch.device) -> BenchState:
@@ -275,8 +296,15 @@ def build_state(variant: Variant, s: Settings, device: torch.device) -> BenchSta
     cfg = replace(bench_config(s), compile=variant.compile)
     info = DistInfo(rank=0, local_rank=0, world_size=1, device=device, backend=None)
     torch.manual_seed(s.seed)  # identical initial weights in every variant's process (as the loop seeds)
-    t = train_ddp.build_training(cfg, parse_tasks(s.tasks), total_steps=10**6, steps_per_epoch=10**6, info=info,
-                                 amp_dtype=AMP_DTYPES[variant.dtype], channels_last=variant.channels_last)
+    t = train_ddp.build_training(
+        cfg,
+        parse_tasks(s.tasks),
+        total_steps=10**6,
+        steps_per_epoch=10**6,
+        info=info,
+        amp_dtype=AMP_DTYPES[variant.dtype],
+        channels_last=variant.channels_last,
+    )
     apply_stem_variant(t.model, variant.stem)
     state = TrainState()
     train_ddp.start_epoch(t, state, cfg, info)  # the loop's wrapping (compile) and training mode
@@ -291,8 +319,9 @@ def bench_step(bs: BenchState, batch: dict) -> train_ddp.StepResult:
     bs.window.lrs = train_ddp.set_learning_rates(bs.t, bs.state.epoch)
     result = train_ddp.train_step(bs.t, [batch], plan.denominators, bs.state)
     bs.state.step += 1
-    bs.window.add_step(result.loss_sums, result.loss_counts, result.grad_norm, result.applied,
-                       clips=len(batch["indices"]))
+    bs.window.add_step(
+        result.loss_sums, result.loss_counts, result.grad_norm, result.applied, clips=len(batch["indices"])
+    )
     return result
 
 
@@ -408,8 +437,11 @@ def run_variant(variant: Variant, s: Settings) -> dict:
     _sync(device)
     total = time.perf_counter() - t_timed
     row.update(
-        batch=batch_size, clips_per_s=batch_size * s.steps / total, step_ms=1000 * total / s.steps,
-        step_ms_median=1000 * statistics.median(step_times), data_wait_fraction=data_s / total,
+        batch=batch_size,
+        clips_per_s=batch_size * s.steps / total,
+        step_ms=1000 * total / s.steps,
+        step_ms_median=1000 * statistics.median(step_times),
+        data_wait_fraction=data_s / total,
         nonfinite_steps=nonfinite,
         peak_mem_gb=torch.cuda.max_memory_allocated(device) / 2**30 if on_gpu else None,
     )
@@ -431,9 +463,11 @@ def run_variant(variant: Variant, s: Settings) -> dict:
         torch.cuda.empty_cache()
     if s.conv_check:
         precision = math_precision(variant.dtype, tf32=on_gpu and not variant.strict_fp32)
-        row["conv_check"] = {**check_conv_calls(calls, device, AMP_DTYPES[variant.dtype], variant.channels_last,
-                                                seed=s.seed), "tolerance": TOLERANCES[precision],
-                             "precision": precision}
+        row["conv_check"] = {
+            **check_conv_calls(calls, device, AMP_DTYPES[variant.dtype], variant.channels_last, seed=s.seed),
+            "tolerance": TOLERANCES[precision],
+            "precision": precision,
+        }
     if variant.compile:
         torch._dynamo.reset()  # in-process runs: the next variant compiles afresh
     row["wall_s"] = time.perf_counter() - t_start
@@ -487,8 +521,16 @@ def _rel(a: float, b: float) -> float:
     return abs(a - b) / abs(b) if b else abs(a - b)
 
 
-def finish_row(row: dict, variant: Variant, reference: dict | None, flops: dict, env: dict,
-               on_gpu: bool, baseline: dict | None, batch_size: int) -> dict:
+def finish_row(
+    row: dict,
+    variant: Variant,
+    reference: dict | None,
+    flops: dict,
+    env: dict,
+    on_gpu: bool,
+    baseline: dict | None,
+    batch_size: int,
+) -> dict:
     """Adds the variant's fields, status, MFU, speed-up and the logits comparison."""
     row.update(asdict(variant), name=variant.name)
     row.setdefault("batch", variant.batch_size or batch_size)
@@ -514,8 +556,14 @@ def finish_row(row: dict, variant: Variant, reference: dict | None, flops: dict,
 def _best(rows: list[dict]) -> Variant | None:
     """The fastest correct eager variant so far (eager: ``best+loader`` and ``best@32`` must
     not pay for another compilation; ``best+compile`` shows what compiling adds to it)."""
-    ok = [r for r in rows if r.get("status") == "OK" and not (r.get("loader") or r.get("cache"))
-          and not r.get("compile") and r.get("clips_per_s")]
+    ok = [
+        r
+        for r in rows
+        if r.get("status") == "OK"
+        and not (r.get("loader") or r.get("cache"))
+        and not r.get("compile")
+        and r.get("clips_per_s")
+    ]
     if not ok:
         return None
     best = max(ok, key=lambda r: r["clips_per_s"])
@@ -528,10 +576,12 @@ def _estimate_s(variant: Variant) -> float:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tiny", action="store_true",
-                   help="CPU smoke size: depth 18, 4 x 32^2, batch 2, 1 warm-up + 2 timed steps")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--tiny", action="store_true", help="CPU smoke size: depth 18, 4 x 32^2, batch 2, 1 warm-up + 2 timed steps"
+    )
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     p.add_argument("--depth", type=int, default=50)
     p.add_argument("--frames", type=int, default=16)
@@ -539,23 +589,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=16, help="clips per GPU per step")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps (autotuning, compilation)")
     p.add_argument("--steps", type=int, default=20, help="timed steps")
-    p.add_argument("--variants", default="default",
-                   help="default, all, or a comma list such as fp32,bf16+cl+bench,best+compile")
-    p.add_argument("--peak-tflops", type=float, default=None,
-                   help="peak TFLOP/s for MFU on a GPU missing from benchmarks/gpu_peaks.py")
+    p.add_argument(
+        "--variants", default="default", help="default, all, or a comma list such as fp32,bf16+cl+bench,best+compile"
+    )
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="peak TFLOP/s for MFU on a GPU missing from benchmarks/gpu_peaks.py",
+    )
     p.add_argument("--json", default=None, help="write every figure here")
     p.add_argument("--markdown", default=None, help="write the report table here")
-    p.add_argument("--time-budget", type=float, default=None,
-                   help="seconds: start no variant that would end past this (outputs still written)")
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        help="seconds: start no variant that would end past this (outputs still written)",
+    )
     p.add_argument("--variant-timeout", type=float, default=480, help="seconds before a variant is killed")
-    p.add_argument("--isolate", choices=("auto", "on", "off"), default="auto",
-                   help="one process per variant (auto: on GPUs, where a crash or OOM must not end the "
-                        "run; off on CPUs, where the extra imports dominate a --tiny run)")
+    p.add_argument(
+        "--isolate",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="one process per variant (auto: on GPUs, where a crash or OOM must not end the "
+        "run; off on CPUs, where the extra imports dominate a --tiny run)",
+    )
     p.add_argument("--no-conv-check", action="store_true", help="skip the per-layer convolution check")
     p.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("loader variants")
-    g.add_argument("--num-workers", type=int, default=TrainConfig().num_workers,
-                   help="DataLoader workers (train_ddp.py's default)")
+    g.add_argument(
+        "--num-workers", type=int, default=TrainConfig().num_workers, help="DataLoader workers (train_ddp.py's default)"
+    )
     g.add_argument("--prefetch-factor", type=int, default=TrainConfig().prefetch_factor)
     g.add_argument("--loader-clips", type=int, default=16, help="generated clips (cycled)")
     g.add_argument("--loader-video", default="340x256x90", help="generated clips' W x H x frames (30 fps)")
@@ -566,8 +630,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--child", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.tiny:
-        given = {a.lstrip("-").replace("-", "_") for a in (argv if argv is not None else sys.argv[1:])
-                 if a.startswith("--")}
+        given = {
+            a.lstrip("-").replace("-", "_") for a in (argv if argv is not None else sys.argv[1:]) if a.startswith("--")
+        }
         for key, value in TINY.items():
             if key not in given:
                 setattr(args, key, value)
@@ -578,14 +643,33 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
         return _child_main(*args.child)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if args.device == "auto" else args.device)
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else "cpu"
+        if args.device == "auto"
+        else args.device
+    )
     on_gpu = device.type == "cuda"
-    s = Settings(device=str(device), depth=args.depth, frames=args.frames, size=args.size,
-                 batch_size=args.batch_size, warmup=args.warmup, steps=args.steps, seed=args.seed,
-                 num_workers=args.num_workers, prefetch_factor=args.prefetch_factor, loader_clips=args.loader_clips,
-                 loader_video=args.loader_video, video_dir=args.video_dir, videos=args.videos,
-                 annotations=args.annotations, cache=args.cache, conv_check=not args.no_conv_check)
+    s = Settings(
+        device=str(device),
+        depth=args.depth,
+        frames=args.frames,
+        size=args.size,
+        batch_size=args.batch_size,
+        warmup=args.warmup,
+        steps=args.steps,
+        seed=args.seed,
+        num_workers=args.num_workers,
+        prefetch_factor=args.prefetch_factor,
+        loader_clips=args.loader_clips,
+        loader_video=args.loader_video,
+        video_dir=args.video_dir,
+        videos=args.videos,
+        annotations=args.annotations,
+        cache=args.cache,
+        conv_check=not args.no_conv_check,
+    )
     if args.variants == "default":
         specs = default_gpu_variants(s.batch_size) if on_gpu else TINY_VARIANTS
     elif args.variants == "all":
@@ -603,20 +687,35 @@ def main(argv: list[str] | None = None) -> int:
             env["matmul_bf16_tflops"] = matmul_tflops(device)
         torch.cuda.empty_cache()
     flops = flop_counts(s)
-    report: dict[str, Any] = {"environment": env, "settings": asdict(s), "flops": flops,
-                              "warnings": version_warnings(env), "variants": []}
-    print(f"{env['date']}  torch {env['torch']}  CUDA {env['cuda']}  cuDNN {env['cudnn']} "
-          f"(enabled {env['cudnn_enabled']})  device {env.get('gpu_name') or device}"
-          + (f"  driver {env['driver']}" if env.get("driver") else ""), flush=True)
-    print(f"ResNet3D-{s.depth} {s.frames}x{s.size}^2 batch {s.batch_size}: "
-          f"{flops['training_gflops_per_clip']:.2f} GFLOP per training clip counted, "
-          f"{flops['analytic_training_gflops_per_clip']:.2f} analytic; the stem is "
-          f"{100 * flops['stem_share_of_forward']:.0f}% of the forward", flush=True)
+    report: dict[str, Any] = {
+        "environment": env,
+        "settings": asdict(s),
+        "flops": flops,
+        "warnings": version_warnings(env),
+        "variants": [],
+    }
+    print(
+        f"{env['date']}  torch {env['torch']}  CUDA {env['cuda']}  cuDNN {env['cudnn']} "
+        f"(enabled {env['cudnn_enabled']})  device {env.get('gpu_name') or device}"
+        + (f"  driver {env['driver']}" if env.get("driver") else ""),
+        flush=True,
+    )
+    print(
+        f"ResNet3D-{s.depth} {s.frames}x{s.size}^2 batch {s.batch_size}: "
+        f"{flops['training_gflops_per_clip']:.2f} GFLOP per training clip counted, "
+        f"{flops['analytic_training_gflops_per_clip']:.2f} analytic; the stem is "
+        f"{100 * flops['stem_share_of_forward']:.0f}% of the forward",
+        flush=True,
+    )
     for w in report["warnings"]:
         print(f"WARNING: {w}", flush=True)
     if not env.get("peaks"):
-        print("MFU: n/a (" + ("CPU" if not on_gpu else f"{env.get('gpu_name')} is not in benchmarks/gpu_peaks.py; "
-                              "pass --peak-tflops") + ")", flush=True)
+        print(
+            "MFU: n/a ("
+            + ("CPU" if not on_gpu else f"{env.get('gpu_name')} is not in benchmarks/gpu_peaks.py; pass --peak-tflops")
+            + ")",
+            flush=True,
+        )
 
     isolate = args.isolate == "on" or (args.isolate == "auto" and on_gpu)
     workdir = Path(tempfile.mkdtemp(prefix="train_throughput-"))
@@ -635,15 +734,17 @@ def main(argv: list[str] | None = None) -> int:
         timeout = args.variant_timeout
         if args.time_budget:  # a hung variant must not eat the time left for writing the results
             timeout = min(timeout, max(30.0, args.time_budget + 60 - (time.perf_counter() - t_begin)))
-        return run_isolated([sys.executable, str(Path(__file__).resolve()), "--child", str(spec_path),
-                             str(out_path)], timeout)
+        return run_isolated(
+            [sys.executable, str(Path(__file__).resolve()), "--child", str(spec_path), str(out_path)], timeout
+        )
 
     references: dict[int, dict | None] = {}
 
     def reference_for(batch_size: int) -> dict | None:
         if batch_size not in references:
-            result, error = execute({"reference": True, "batch_size": batch_size, "settings": asdict(s)},
-                                    f"reference-{batch_size}")
+            result, error = execute(
+                {"reference": True, "batch_size": batch_size, "settings": asdict(s)}, f"reference-{batch_size}"
+            )
             references[batch_size] = (result or {}).get("reference")
             if error:
                 report["warnings"].append(f"no logits reference at batch {batch_size}: {error}")
@@ -656,22 +757,39 @@ def main(argv: list[str] | None = None) -> int:
     for index, spec_text in enumerate(specs):
         variant = parse_variant(spec_text, best=_best(rows))
         if variant is None:
-            rows.append({"name": spec_text, "status": "SKIPPED", "error": "no correct variant before it",
-                         **asdict(Variant())})
+            rows.append(
+                {"name": spec_text, "status": "SKIPPED", "error": "no correct variant before it", **asdict(Variant())}
+            )
             continue
         if variant.name in done:
             continue
         done.add(variant.name)
         elapsed = time.perf_counter() - t_begin
         if args.time_budget and elapsed + _estimate_s(variant) > args.time_budget:
-            rows.append(finish_row({"status": "SKIPPED", "error": f"time budget ({elapsed:.0f} s used)"},
-                                   variant, None, flops, env, on_gpu, None, s.batch_size))
+            rows.append(
+                finish_row(
+                    {"status": "SKIPPED", "error": f"time budget ({elapsed:.0f} s used)"},
+                    variant,
+                    None,
+                    flops,
+                    env,
+                    on_gpu,
+                    None,
+                    s.batch_size,
+                )
+            )
             _write_outputs(report, args)
             continue
         print(f"[{index + 1}/{len(specs)}] {variant.name} ...", flush=True)
         reference = reference_for(variant.batch_size or s.batch_size) if not variant.fed_by_loader else None
-        kernels = (variant.dtype, variant.channels_last, variant.cudnn_benchmark, variant.strict_fp32,
-                   variant.stem, variant.batch_size or s.batch_size)
+        kernels = (
+            variant.dtype,
+            variant.channels_last,
+            variant.cudnn_benchmark,
+            variant.strict_fp32,
+            variant.stem,
+            variant.batch_size or s.batch_size,
+        )
         twin = conv_checked.get(kernels)
         settings = replace(s, conv_check=s.conv_check and twin is None)
         result, error = execute({"variant": asdict(variant), "settings": asdict(settings)}, f"variant-{index}")
@@ -688,9 +806,16 @@ def main(argv: list[str] | None = None) -> int:
             baseline = row
         rows.append(finish_row(row, variant, reference, flops, env, on_gpu, baseline, s.batch_size))
         r = rows[-1]
-        print(f"    {r['status']}" + (f": {r['clips_per_s']:.2f} clips/s, {r['step_ms']:.1f} ms/step, "
-                                       f"first step {r['first_step_s']:.1f} s" if r.get("clips_per_s") else "")
-              + (f" ({r['error'].splitlines()[0][:200]})" if r.get("error") else ""), flush=True)
+        print(
+            f"    {r['status']}"
+            + (
+                f": {r['clips_per_s']:.2f} clips/s, {r['step_ms']:.1f} ms/step, first step {r['first_step_s']:.1f} s"
+                if r.get("clips_per_s")
+                else ""
+            )
+            + (f" ({r['error'].splitlines()[0][:200]})" if r.get("error") else ""),
+            flush=True,
+        )
         _write_outputs(report, args)
 
     report["recommendation"] = recommend(rows)

@@ -121,8 +121,11 @@ class NormalizationReport:
         for column, counts in self.recoded.items():
             for (value, canonical), n in counts.most_common():
                 lines.append(f"recoded {column}: {value!r} -> {canonical!r} x{n}")
-        for title, counter in (("clipped to [0, 1]", self.clipped), ("rounded to 0.1", self.rounded),
-                               ("missing confidence set to 0", self.filled)):
+        for title, counter in (
+            ("clipped to [0, 1]", self.clipped),
+            ("rounded to 0.1", self.rounded),
+            ("missing confidence set to 0", self.filled),
+        ):
             if counter:
                 lines.append(f"{title}: " + ", ".join(f"{column} x{n}" for column, n in counter.items()))
         if self.certain_set_by_many:
@@ -135,6 +138,7 @@ class NormalizationReport:
 
 
 # --------------------------------------------------------------------------- single values
+
 
 def _plain(text: str) -> str:
     """Lower case, single spaces, one pair of surrounding quotes removed (``'3'`` -> ``3``)."""
@@ -155,10 +159,11 @@ def normalize_location(text: str) -> str | None:
 
 
 # Words the annotator used instead of a number for a group too large to count.
-MANY_WORDS = frozenset({"many", "numerous", "multiple", "hundreds", "thousands", "dozens",
-                        "difficult to estimate due to crowd"})
+MANY_WORDS = frozenset(
+    {"many", "numerous", "multiple", "hundreds", "thousands", "dozens", "difficult to estimate due to crowd"}
+)
 _RANGE = re.compile(r"^(\d+)\s*(?:-|–|to)\s*(\d+)$")
-_OPEN_ABOVE = re.compile(r"^(?:over|more than|above)\s+(\d+)$")          # N excluded
+_OPEN_ABOVE = re.compile(r"^(?:over|more than|above)\s+(\d+)$")  # N excluded
 _OPEN_FROM = re.compile(r"^(?:(\d+)\s*(?:\+|or more)|at least\s+(\d+))$")  # N included
 
 
@@ -212,6 +217,7 @@ def normalize_certain(text: str) -> bool | None:
 
 # --------------------------------------------------------------------------- one file
 
+
 @dataclass
 class _FileTable:
     path: str
@@ -243,7 +249,7 @@ def _canonical_names(path: str, columns: Sequence[str]) -> tuple[dict[str, str],
     for column in columns:
         name = column.strip()
         if name.startswith(RAW_PREFIX):
-            name = name[len(RAW_PREFIX):]
+            name = name[len(RAW_PREFIX) :]
             name = _RAW_ALIASES.get(name, name)
         if name in known or name.endswith("_explanation"):
             if name in mapping:
@@ -262,7 +268,9 @@ def _row_label(frame: pd.DataFrame, index: int) -> str:
     return f"data row {index + 1} (video_name {frame['video_name'].iat[index]!r})"
 
 
-def _parse_numbers(path: str, frame: pd.DataFrame, canonical: str, column: str, report: NormalizationReport) -> pd.Series:
+def _parse_numbers(
+    path: str, frame: pd.DataFrame, canonical: str, column: str, report: NormalizationReport
+) -> pd.Series:
     text = frame[column].str.strip()
     missing = text.str.lower().isin(MISSING_TOKENS)
     values = pd.to_numeric(text.where(~missing), errors="coerce").astype("float64")
@@ -318,11 +326,15 @@ def _normalize_file(path: str, raw: pd.DataFrame, report: NormalizationReport) -
         if canonical in NUMERIC_COLUMNS:
             out[canonical] = _parse_numbers(path, raw, canonical, column, report)
         elif canonical == "peoplecount":
-            out[canonical] = pd.Series(_map_categories(raw, canonical, column, normalize_peoplecount, report), dtype="str")
+            out[canonical] = pd.Series(
+                _map_categories(raw, canonical, column, normalize_peoplecount, report), dtype="str"
+            )
         elif canonical == "location_score":
             out[canonical] = pd.Series(_map_categories(raw, canonical, column, normalize_location, report), dtype="str")
         else:  # peoplecount_certain
-            out[canonical] = pd.Series(_map_categories(raw, canonical, column, normalize_certain, report), dtype="boolean")
+            out[canonical] = pd.Series(
+                _map_categories(raw, canonical, column, normalize_certain, report), dtype="boolean"
+            )
     for canonical, column in mapping.items():
         if canonical.endswith("_explanation") or canonical == SPLIT_COLUMN:
             text = raw[column]
@@ -335,8 +347,10 @@ def _check_names(path: str, raw: pd.DataFrame) -> None:
     empty = np.flatnonzero(names.str.lower().isin(MISSING_TOKENS).to_numpy())
     if len(empty):
         rows = ", ".join(str(i + 1) for i in empty[:_MAX_LISTED])
-        raise AnnotationError(f"{path}: column 'video_name' is empty in data row(s) {rows} "
-                              f"({len(empty)} in all; 1-based data rows, header not counted)")
+        raise AnnotationError(
+            f"{path}: column 'video_name' is empty in data row(s) {rows} "
+            f"({len(empty)} in all; 1-based data rows, header not counted)"
+        )
     repeated = names[names.duplicated(keep=False)]
     if len(repeated):
         groups = repeated.groupby(repeated, sort=False).groups
@@ -344,11 +358,13 @@ def _check_names(path: str, raw: pd.DataFrame) -> None:
             f"{name!r} in data rows {', '.join(str(i + 1) for i in rows)}"
             for name, rows in list(groups.items())[:_MAX_LISTED]
         )
-        raise AnnotationError(f"{path}: duplicate video_name ({len(groups)} names; 1-based data rows, "
-                              f"header not counted): {listed}")
+        raise AnnotationError(
+            f"{path}: duplicate video_name ({len(groups)} names; 1-based data rows, header not counted): {listed}"
+        )
 
 
 # --------------------------------------------------------------------------- many files
+
 
 def _merge_files(tables: list[_FileTable], on_duplicate: str, report: NormalizationReport) -> pd.DataFrame:
     """Outer-join files on video_name, keeping first-seen row order.
@@ -435,8 +451,11 @@ def load_annotation_table(
     if missing:
         raw_names = ", ".join(RAW_PREFIX + ("location" if c == "location_score" else c) for c in missing)
         present = [t for t in TASKS if all(c in merged for c in _required_columns((t,)))]
-        hint = (f"train, evaluate or extract only the tasks it has with --tasks {','.join(present)}" if present
-                else "it has the columns of no task")
+        hint = (
+            f"train, evaluate or extract only the tasks it has with --tasks {','.join(present)}"
+            if present
+            else "it has the columns of no task"
+        )
         raise AnnotationError(
             f"{', '.join(path_list)}: missing required column(s) {missing} (raw files: {raw_names}) "
             f"for tasks {list(parse_tasks(tasks))}; {hint}"
@@ -487,8 +506,9 @@ def build_targets(df: pd.DataFrame, tasks: str | Iterable[str] | None = "all") -
             try:
                 targets[column] = pd.to_numeric(values, errors="raise").to_numpy(dtype=np.float32, na_value=np.nan)
             except (TypeError, ValueError) as error:
-                raise AnnotationError(f"column {column!r} is not numeric ({error}); "
-                                      f"read tables with load_annotation_table") from error
+                raise AnnotationError(
+                    f"column {column!r} is not numeric ({error}); read tables with load_annotation_table"
+                ) from error
     return targets
 
 

@@ -36,8 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DEFAULT_CROP_SCALE", "DEFAULT_CROP_RATIO", "Augmentation", "sample_resized_crop_box",
-           "resized_crop_flip"]
+__all__ = ["DEFAULT_CROP_SCALE", "DEFAULT_CROP_RATIO", "Augmentation", "sample_resized_crop_box", "resized_crop_flip"]
 
 DEFAULT_CROP_SCALE: tuple[float, float] = (0.6, 1.0)
 DEFAULT_CROP_RATIO: tuple[float, float] = (3 / 4, 4 / 3)
@@ -71,8 +70,9 @@ class Augmentation:
         return bool(rng.random() < self.flip_p)
 
 
-def sample_resized_crop_box(height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
-                            rng: np.random.Generator) -> Box:
+def sample_resized_crop_box(
+    height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float], rng: np.random.Generator
+) -> Box:
     """(top, left, box_height, box_width) of a random box inside a height x width frame.
 
     Area fraction uniform in ``scale``, aspect ratio (w/h) log-uniform in ``ratio``; up to
@@ -99,8 +99,9 @@ def sample_resized_crop_box(height: int, width: int, scale: tuple[float, float],
     return (height - box_h) // 2, (width - box_w) // 2, box_h, box_w
 
 
-def resized_crop_flip(clips: torch.Tensor, boxes: Sequence[Box] | torch.Tensor,
-                      flips: Sequence[bool] | torch.Tensor, size: int) -> torch.Tensor:
+def resized_crop_flip(
+    clips: torch.Tensor, boxes: Sequence[Box] | torch.Tensor, flips: Sequence[bool] | torch.Tensor, size: int
+) -> torch.Tensor:
     """(N, C, T, H, W) clips -> (N, C, T, size, size), same dtype and device.
 
     Clip i: crop ``boxes[i]`` = (top, left, height, width), resize to size x size (bilinear,
@@ -122,11 +123,11 @@ def resized_crop_flip(clips: torch.Tensor, boxes: Sequence[Box] | torch.Tensor,
     out = clips.new_empty((n, c, t, size, size))
     if n and all(b == boxes[0] for b in boxes):  # evaluation: one box for all, one call
         top, left, h, w = boxes[0]
-        frames = clips[:, :, :, top:top + h, left:left + w].transpose(1, 2).reshape(n * t, c, h, w)
+        frames = clips[:, :, :, top : top + h, left : left + w].transpose(1, 2).reshape(n * t, c, h, w)
         out.copy_(_resize(frames, size).view(n, t, c, size, size).transpose(1, 2))
     else:
         for i, (top, left, h, w) in enumerate(boxes):
-            out[i] = _resize(clips[i, :, :, top:top + h, left:left + w].transpose(0, 1), size).transpose(0, 1)
+            out[i] = _resize(clips[i, :, :, top : top + h, left : left + w].transpose(0, 1), size).transpose(0, 1)
     flipped = [i for i, f in enumerate(flips) if f]
     if flipped:
         rows = torch.tensor(flipped, device=clips.device)

@@ -76,8 +76,21 @@ STORAGES = ("raw", "jpeg")
 # partial download), stored from the frames that decode (datasets.prepare --partial-videos use)
 STORED_STATUSES = ("ok", "short", "partial")
 MANIFEST_FIELDS = [
-    "video_name", "status", "error", "source", "declared_frames", "total_frames", "fps",
-    "height", "width", "frames_kept", "frame_indices", "shard", "offset", "nbytes", "note",
+    "video_name",
+    "status",
+    "error",
+    "source",
+    "declared_frames",
+    "total_frames",
+    "fps",
+    "height",
+    "width",
+    "frames_kept",
+    "frame_indices",
+    "shard",
+    "offset",
+    "nbytes",
+    "note",
 ]
 _JPEG_LENGTH = np.dtype("<u4")
 
@@ -114,8 +127,10 @@ class CacheParams:
 
     def describe(self) -> str:
         quality = f" (quality {self.jpeg_quality})" if self.storage == "jpeg" else ""
-        return (f"frames={self.frames}, stored_size={self.stored_size}, storage={self.storage}{quality}, "
-                f"sampling={self.sampling}, fit={self.fit}, format version {self.version}")
+        return (
+            f"frames={self.frames}, stored_size={self.stored_size}, storage={self.storage}{quality}, "
+            f"sampling={self.sampling}, fit={self.fit}, format version {self.version}"
+        )
 
     def differences(self, other: CacheParams) -> list[str]:
         mine, theirs = asdict(self), asdict(other)
@@ -126,8 +141,9 @@ def read_params(root: str | os.PathLike) -> tuple[CacheParams, dict[str, Any]]:
     """(params, the whole cache.json) of the cache at ``root``; errors name the file."""
     path = Path(root) / PARAMS_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{root} is not a frame cache (no {PARAMS_FILE}); "
-                                "build one with `python -m datasets.prepare`")
+        raise FileNotFoundError(
+            f"{root} is not a frame cache (no {PARAMS_FILE}); build one with `python -m datasets.prepare`"
+        )
     try:
         doc = json.loads(path.read_text())
         params = CacheParams(**doc["params"])
@@ -230,8 +246,10 @@ class FrameCache:
             path = self.root / SHARD_DIR / name
             size = path.stat().st_size if path.exists() else -1
             if size < ends[i]:
-                raise ValueError(f"{path}: {'missing' if size < 0 else f'{size} bytes'}, but {MANIFEST_FILE} "
-                                 f"places clips up to byte {int(ends[i])}; the cache is damaged, rebuild it")
+                raise ValueError(
+                    f"{path}: {'missing' if size < 0 else f'{size} bytes'}, but {MANIFEST_FILE} "
+                    f"places clips up to byte {int(ends[i])}; the cache is damaged, rebuild it"
+                )
 
     def __len__(self) -> int:
         return len(self.names)
@@ -297,8 +315,9 @@ class FrameCache:
         shard = int(self.shard_of[row])
         preadv_full(self._fd(shard), [out.reshape(-1)], int(self.offsets[row]) + start, self.shard_names[shard])
 
-    def read_raw_into(self, row: int, indices: Sequence[int], frames_out: np.ndarray | Sequence[np.ndarray],
-                      mapped: bool = False) -> None:
+    def read_raw_into(
+        self, row: int, indices: Sequence[int], frames_out: np.ndarray | Sequence[np.ndarray], mapped: bool = False
+    ) -> None:
         """Frames ``indices`` (increasing) of a raw clip straight into ``frames_out[t]`` (each a
         (3, S, S) uint8 array whose S x S planes are contiguous; ``frames_out`` itself may be a
         strided view, e.g. a (3, T, S, S) clip seen as (T, 3, S, S)), with no intermediate copy.
@@ -312,7 +331,7 @@ class FrameCache:
         fb = self.params.frame_bytes
         shard, base = int(self.shard_of[row]), int(self.offsets[row])
         for first, t0, length in _consecutive_runs(indices):
-            start, dest = base + first * fb, frames_out[t0:t0 + length]
+            start, dest = base + first * fb, frames_out[t0 : t0 + length]
             if mapped:
                 self._copy_mapped(shard, start, dest)
             else:
@@ -405,8 +424,9 @@ def preadv_full(fd: int, buffers: Sequence[np.ndarray], offset: int, name: str) 
             views[0] = views[0][got:]
 
 
-def decode_jpeg_frames(encoded: Sequence[np.ndarray | torch.Tensor],
-                       device: str | torch.device = "cpu") -> torch.Tensor:
+def decode_jpeg_frames(
+    encoded: Sequence[np.ndarray | torch.Tensor], device: str | torch.device = "cpu"
+) -> torch.Tensor:
     """Encoded frames -> uint8 (T, 3, S, S) on ``device`` (nvJPEG when it is a CUDA device)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
@@ -418,6 +438,7 @@ def decode_jpeg_frames(encoded: Sequence[np.ndarray | torch.Tensor],
 # ------------------------------------------------------------------------------------------------
 # the Dataset
 # ------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ClipPlan:
@@ -459,8 +480,9 @@ class CachedClips(torch.utils.data.Dataset):
     def read_into(self, plan: ClipPlan, clip: np.ndarray, mapped: bool = False) -> str | None:
         """The plan's frames of a raw cache straight into ``clip`` (uint8, ``clip_shape``).
         Returns None, or why the clip could not be read (raises under ``bad_video="error"``)."""
-        return self._guarded(plan, lambda: self.cache.read_raw_into(plan.row, plan.frames, self.frame_slots(clip),
-                                                                    mapped=mapped))[1]
+        return self._guarded(
+            plan, lambda: self.cache.read_raw_into(plan.row, plan.frames, self.frame_slots(clip), mapped=mapped)
+        )[1]
 
     def _guarded(self, plan: ClipPlan, read) -> tuple[Any, str | None]:
         """(``read()``, None), or (None, why it failed) for a missing or unreadable clip; under
@@ -564,8 +586,12 @@ class CachedClipDataset(CachedClips):
         sample: dict[str, Any] = {
             "video": None,
             "targets": {k: torch.tensor(v[plan.index]) for k, v in self.targets.items()},
-            "video_id": plan.video_id, "index": plan.index, "error": None,
-            "crop_box": plan.crop_box, "flip": plan.flip, "out_size": self.size,
+            "video_id": plan.video_id,
+            "index": plan.index,
+            "error": None,
+            "crop_box": plan.crop_box,
+            "flip": plan.flip,
+            "out_size": self.size,
         }
         if self.cache.params.storage == "raw":
             clip = torch.empty(self.clip_shape, dtype=torch.uint8)
@@ -575,18 +601,26 @@ class CachedClipDataset(CachedClips):
             sample["jpeg"], sample["error"] = self._guarded(plan, lambda: self.cache.read_jpeg(plan.row, plan.frames))
         else:
             sample["video"], sample["error"] = self._guarded(
-                plan, lambda: self.cache.read_frames(plan.row, plan.frames).permute(1, 0, 2, 3))
+                plan, lambda: self.cache.read_frames(plan.row, plan.frames).permute(1, 0, 2, 3)
+            )
         return sample
 
-    def batch(self, video: torch.Tensor | None, plans: Sequence[ClipPlan],
-              bad: Sequence[tuple[ClipPlan, str]]) -> dict[str, Any]:
+    def batch(
+        self, video: torch.Tensor | None, plans: Sequence[ClipPlan], bad: Sequence[tuple[ClipPlan, str]]
+    ) -> dict[str, Any]:
         """The :func:`collate_cached` batch of these items, around ``video`` (the good clips, uint8
         (N, 3, T, S, S), filled by the caller; None when there are none)."""
         indices = np.array([p.index for p in plans], dtype=np.int64)
-        return _cached_batch(video, {k: torch.from_numpy(v[indices]) for k, v in self.targets.items()},
-                             [p.video_id for p in plans], torch.from_numpy(indices),
-                             [(p.video_id, message) for p, message in bad],
-                             [p.crop_box for p in plans], [p.flip for p in plans], self.size)
+        return _cached_batch(
+            video,
+            {k: torch.from_numpy(v[indices]) for k, v in self.targets.items()},
+            [p.video_id for p in plans],
+            torch.from_numpy(indices),
+            [(p.video_id, message) for p, message in bad],
+            [p.crop_box for p in plans],
+            [p.flip for p in plans],
+            self.size,
+        )
 
 
 def _stack_shared(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -612,12 +646,20 @@ def collate_cached(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     good = [s for s in samples if s["error"] is None]
     bad = [(s["video_id"], s["error"]) for s in samples if s["error"] is not None]
     keys = list(samples[0]["targets"]) if samples else []
-    targets = {k: torch.stack([s["targets"][k] for s in good]) if good else samples[0]["targets"][k].new_empty((0,))
-               for k in keys}
-    batch = _cached_batch(None, targets, [s["video_id"] for s in good],
-                          torch.tensor([s["index"] for s in good], dtype=torch.int64), bad,
-                          [s["crop_box"] for s in good], [s["flip"] for s in good],
-                          samples[0]["out_size"] if samples else 0)
+    targets = {
+        k: torch.stack([s["targets"][k] for s in good]) if good else samples[0]["targets"][k].new_empty((0,))
+        for k in keys
+    }
+    batch = _cached_batch(
+        None,
+        targets,
+        [s["video_id"] for s in good],
+        torch.tensor([s["index"] for s in good], dtype=torch.int64),
+        bad,
+        [s["crop_box"] for s in good],
+        [s["flip"] for s in good],
+        samples[0]["out_size"] if samples else 0,
+    )
     if good and good[0].get("jpeg") is not None:
         frames = [f for s in good for f in s["jpeg"]]
         batch["jpeg_lengths"] = torch.tensor([len(f) for f in frames], dtype=torch.int64)
@@ -627,12 +669,23 @@ def collate_cached(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
-def _cached_batch(video: torch.Tensor | None, targets: dict[str, torch.Tensor], video_ids: list[str],
-                  indices: torch.Tensor, bad: list[tuple[str, str]], crop_boxes: list, flips: list,
-                  out_size: int) -> dict[str, Any]:
+def _cached_batch(
+    video: torch.Tensor | None,
+    targets: dict[str, torch.Tensor],
+    video_ids: list[str],
+    indices: torch.Tensor,
+    bad: list[tuple[str, str]],
+    crop_boxes: list,
+    flips: list,
+    out_size: int,
+) -> dict[str, Any]:
     """The one place a frame-cache batch is assembled (:func:`collate_cached` and the loader)."""
     return {
-        "video": video, "targets": targets, "video_ids": video_ids, "indices": indices, "bad": bad,
+        "video": video,
+        "targets": targets,
+        "video_ids": video_ids,
+        "indices": indices,
+        "bad": bad,
         "crop_boxes": torch.tensor(crop_boxes, dtype=torch.int64).reshape(-1, 4),
         "flips": torch.tensor(flips, dtype=torch.bool),
         "out_size": out_size,

@@ -53,8 +53,18 @@ def serves(dataset: Any) -> bool:
     return isinstance(dataset, CachedClips) and dataset.cache.params.storage == "raw"
 
 
-def make_loader(dataset, sampler: Iterable, batch_size: int, *, workers: int, prefetch: int, pin_memory: bool,
-                drop_last: bool = False, cache_loader: str = "mmap", **dataloader_options) -> CacheLoader | DataLoader:
+def make_loader(
+    dataset,
+    sampler: Iterable,
+    batch_size: int,
+    *,
+    workers: int,
+    prefetch: int,
+    pin_memory: bool,
+    drop_last: bool = False,
+    cache_loader: str = "mmap",
+    **dataloader_options,
+) -> CacheLoader | DataLoader:
     """The loader of ``dataset``: for a raw frame cache a :class:`CacheLoader` with ``workers``
     reader threads reading with ``cache_loader`` ("mmap" or "pread"); otherwise, or with
     ``cache_loader="dataloader"``, a torch DataLoader with ``workers`` processes and
@@ -62,10 +72,26 @@ def make_loader(dataset, sampler: Iterable, batch_size: int, *, workers: int, pr
     if cache_loader not in LOADERS:
         raise ValueError(f"cache_loader must be one of {LOADERS}, got {cache_loader!r}")
     if serves(dataset) and cache_loader != "dataloader":
-        return CacheLoader(dataset, sampler, batch_size, readers=workers, prefetch=prefetch, drop_last=drop_last,
-                           pin_memory=pin_memory, read=cache_loader)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=workers,
-                      pin_memory=pin_memory, prefetch_factor=prefetch if workers > 0 else None, **dataloader_options)
+        return CacheLoader(
+            dataset,
+            sampler,
+            batch_size,
+            readers=workers,
+            prefetch=prefetch,
+            drop_last=drop_last,
+            pin_memory=pin_memory,
+            read=cache_loader,
+        )
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=drop_last,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        prefetch_factor=prefetch if workers > 0 else None,
+        **dataloader_options,
+    )
 
 
 class CacheLoader:
@@ -73,17 +99,29 @@ class CacheLoader:
     in ``sampler`` order.  ``readers=0`` reads in the consumer's thread, one batch at a time.
     Exposes ``dataset``, ``sampler`` and ``len()`` like a DataLoader."""
 
-    def __init__(self, dataset: CachedClips, sampler: Iterable, batch_size: int, *, readers: int = 2,
-                 prefetch: int = 2, drop_last: bool = False, pin_memory: bool = False, read: str = "mmap") -> None:
+    def __init__(
+        self,
+        dataset: CachedClips,
+        sampler: Iterable,
+        batch_size: int,
+        *,
+        readers: int = 2,
+        prefetch: int = 2,
+        drop_last: bool = False,
+        pin_memory: bool = False,
+        read: str = "mmap",
+    ) -> None:
         if not serves(dataset):
-            raise ValueError(f"CacheLoader reads raw frame caches; got {type(dataset).__name__}"
-                             + (f" over a {dataset.cache.params.storage} cache" if isinstance(dataset, CachedClips)
-                                else ""))
+            raise ValueError(
+                f"CacheLoader reads raw frame caches; got {type(dataset).__name__}"
+                + (f" over a {dataset.cache.params.storage} cache" if isinstance(dataset, CachedClips) else "")
+            )
         if read not in READ_METHODS:
             raise ValueError(f"read must be one of {READ_METHODS}, got {read!r}")
         if batch_size < 1 or readers < 0 or prefetch < 1:
-            raise ValueError(f"need batch_size >= 1, readers >= 0, prefetch >= 1; "
-                             f"got {batch_size}, {readers}, {prefetch}")
+            raise ValueError(
+                f"need batch_size >= 1, readers >= 0, prefetch >= 1; got {batch_size}, {readers}, {prefetch}"
+            )
         self.dataset, self.sampler, self.batch_size, self.drop_last = dataset, sampler, batch_size, drop_last
         self.readers, self.read = readers, read
         self._depth = readers * prefetch if readers else 1
@@ -140,7 +178,7 @@ class _BatchReader:
                 good.append(plan)
             else:  # its row is filled by the next good clip
                 bad.append((plan, error))
-        return self.dataset.batch(buffer.tensor[:len(good)] if good else None, good, bad)
+        return self.dataset.batch(buffer.tensor[: len(good)] if good else None, good, bad)
 
 
 class _Epoch:

@@ -28,7 +28,9 @@ VIDEO_SUFFIXES = {".mp4", ".webm", ".avi", ".mkv", ".mov"}
 
 def main(argv: list[str] | None = None) -> int:
     parser = CommandLineParser(description=__doc__.splitlines()[0])
-    parser.add_argument("paths", nargs="+", help="video files or folders (searched recursively for *.mp4, *.webm, *.avi, *.mkv, *.mov)")
+    parser.add_argument(
+        "paths", nargs="+", help="video files or folders (searched recursively for *.mp4, *.webm, *.avi, *.mkv, *.mov)"
+    )
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--size", type=int, default=224)
     add_decode_arguments(parser)
@@ -62,12 +64,16 @@ def main(argv: list[str] | None = None) -> int:
         status = "partial" if info["partial"] else "ok"
         counts[status] += 1
         notes = f" [{'; '.join(info['notes'])}]" if info["notes"] else ""
-        print(f"{status} {path}: {info['source_width']}x{info['source_height']}, {info['fps']:.2f} fps, "
-              f"{info['total_frames']} frames ({info['codec']}, {info['pix_fmt']}) -> clip {tuple(clip.shape)} "
-              f"{clip.dtype} in {ms:.0f} ms{notes}")
+        print(
+            f"{status} {path}: {info['source_width']}x{info['source_height']}, {info['fps']:.2f} fps, "
+            f"{info['total_frames']} frames ({info['codec']}, {info['pix_fmt']}) -> clip {tuple(clip.shape)} "
+            f"{clip.dtype} in {ms:.0f} ms{notes}"
+        )
     decoded = counts["ok"] + counts["partial"]
-    print(f"{decoded} of {len(files)} videos decoded ({counts['partial']} partial, used); "
-          f"{counts['SKIPPED']} skipped; {counts['FAILED']} failed")
+    print(
+        f"{decoded} of {len(files)} videos decoded ({counts['partial']} partial, used); "
+        f"{counts['SKIPPED']} skipped; {counts['FAILED']} failed"
+    )
     return 1 if counts["FAILED"] else 0
 
 

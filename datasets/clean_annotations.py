@@ -35,10 +35,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("inputs", nargs="+", help="annotation CSV files (raw model_* or clean)")
     parser.add_argument("--out", required=True, help="path of the cleaned CSV to write")
-    parser.add_argument("--tasks", default="all",
-                        help="tasks whose columns must be present, 'all' or e.g. 'distance,location' (default: all)")
-    parser.add_argument("--on-duplicate", choices=ON_DUPLICATE_CHOICES, default="error",
-                        help="same video and column in two files: error (default), keep first, keep last")
+    parser.add_argument(
+        "--tasks",
+        default="all",
+        help="tasks whose columns must be present, 'all' or e.g. 'distance,location' (default: all)",
+    )
+    parser.add_argument(
+        "--on-duplicate",
+        choices=ON_DUPLICATE_CHOICES,
+        default="error",
+        help="same video and column in two files: error (default), keep first, keep last",
+    )
     return parser.parse_args(argv)
 
 

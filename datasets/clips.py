@@ -65,8 +65,7 @@ class VideoIndex:
         if basename in self.duplicates:
             listed = " and ".join(self.duplicates[basename])
             raise AmbiguousVideoError(
-                f"video name {basename!r} is ambiguous under {self.root}: found {listed}; "
-                "remove or rename one of them"
+                f"video name {basename!r} is ambiguous under {self.root}: found {listed}; remove or rename one of them"
             )
         return self.paths.get(basename)
 
@@ -106,7 +105,6 @@ def scan_video_root(root: str | os.PathLike) -> VideoIndex:
             else:
                 index.paths[filename] = path
     return index
-
 
 
 class VideoClipDataset(torch.utils.data.Dataset):
@@ -161,8 +159,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
             values = np.asarray(values)
             if values.shape != (len(names),):
                 raise ValueError(
-                    f"target {key!r} has shape {values.shape}, expected ({len(names)},) "
-                    "(one value per video name)"
+                    f"target {key!r} has shape {values.shape}, expected ({len(names)},) (one value per video name)"
                 )
             dtype = np.int64 if np.issubdtype(values.dtype, np.integer) else np.float32
             self.targets[key] = values.astype(dtype)
@@ -205,8 +202,9 @@ class VideoClipDataset(torch.utils.data.Dataset):
     def _decode(self, path: str, num_frames: int, rng: np.random.Generator | None) -> tuple[np.ndarray, str | None]:
         """The one decoding call of both clip datasets: (frames at up to twice ``size`` (the
         transform resizes to ``size``), the note of a partial file used) under the dataset's policy."""
-        frames, info = decode_clip(path, num_frames, rng, threads=self.decode_threads, short_side=self.size,
-                                   policy=self.decode_policy)
+        frames, info = decode_clip(
+            path, num_frames, rng, threads=self.decode_threads, short_side=self.size, policy=self.decode_policy
+        )
         return frames, partial_note(info)
 
     def _load(self, path: str, rng: np.random.Generator | None) -> tuple[torch.Tensor, str | None]:
@@ -239,9 +237,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, epoch, index]) if self.train else None
         try:
             if not path:
-                raise FileNotFoundError(
-                    f"missing file (no {name!r} or its {LEGACY_SUFFIX} under {self.video_root})"
-                )
+                raise FileNotFoundError(f"missing file (no {name!r} or its {LEGACY_SUFFIX} under {self.video_root})")
             sample["video"], sample["note"] = self._load(path, rng)
         except LegacyClipShapeError:
             raise

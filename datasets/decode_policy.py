@@ -11,8 +11,17 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-__all__ = ["PARTIAL_POLICIES", "DEFAULT_MAX_SECONDS", "DEFAULT_MAX_PIXELS", "DecodePolicy", "VideoSkipped",
-           "VideoTooLargeError", "PartialVideoError", "add_decode_arguments", "decode_policy_from_args"]
+__all__ = [
+    "PARTIAL_POLICIES",
+    "DEFAULT_MAX_SECONDS",
+    "DEFAULT_MAX_PIXELS",
+    "DecodePolicy",
+    "VideoSkipped",
+    "VideoTooLargeError",
+    "PartialVideoError",
+    "add_decode_arguments",
+    "decode_policy_from_args",
+]
 
 PARTIAL_POLICIES = ("use", "skip")
 # Moments in Time clips are 3 s; ten times that is still a clip, a film is not.  The limit is
@@ -39,22 +48,31 @@ class DecodePolicy:
         if self.partial not in PARTIAL_POLICIES:
             raise ValueError(f"partial must be one of {PARTIAL_POLICIES}, got {self.partial!r}")
         if not self.max_seconds > 0 or not self.max_pixels > 0:
-            raise ValueError(f"max_seconds and max_pixels must be positive, got {self.max_seconds}, "
-                             f"{self.max_pixels}")
+            raise ValueError(f"max_seconds and max_pixels must be positive, got {self.max_seconds}, {self.max_pixels}")
 
 
 def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
     """The three decoding flags, the same in every command (``TrainConfig`` has them as fields)."""
     group = parser.add_argument_group("decoding")
-    group.add_argument("--partial-videos", choices=PARTIAL_POLICIES, default="use",
-                       help="files that end early (partial downloads): use the frames that decode "
-                            "(counted and reported as partial) or skip them (default: %(default)s)")
-    group.add_argument("--max-video-seconds", type=float, default=DEFAULT_MAX_SECONDS,
-                       help="longer videos (by their own timestamps) are skipped and reported "
-                            "(default: %(default)s)")
-    group.add_argument("--max-video-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                       help="videos with larger frames (width x height) are skipped and reported "
-                            "(default: %(default)s = 1920 x 1088)")
+    group.add_argument(
+        "--partial-videos",
+        choices=PARTIAL_POLICIES,
+        default="use",
+        help="files that end early (partial downloads): use the frames that decode "
+        "(counted and reported as partial) or skip them (default: %(default)s)",
+    )
+    group.add_argument(
+        "--max-video-seconds",
+        type=float,
+        default=DEFAULT_MAX_SECONDS,
+        help="longer videos (by their own timestamps) are skipped and reported (default: %(default)s)",
+    )
+    group.add_argument(
+        "--max-video-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help="videos with larger frames (width x height) are skipped and reported (default: %(default)s = 1920 x 1088)",
+    )
 
 
 def decode_policy_from_args(args: argparse.Namespace) -> DecodePolicy:

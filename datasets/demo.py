@@ -123,8 +123,15 @@ COLUMNS: tuple[str, ...] = (
 # Random missing-score rates, different per column like the real table (joint most often
 # missing, object least).
 NAN_RATES = {
-    "distance": 0.08, "object": 0.05, "expanse": 0.10, "facingness": 0.12,
-    "communicating": 0.12, "joint": 0.15, "valence": 0.08, "arousal": 0.10, "location": 0.05,
+    "distance": 0.08,
+    "object": 0.05,
+    "expanse": 0.10,
+    "facingness": 0.12,
+    "communicating": 0.12,
+    "joint": 0.15,
+    "valence": 0.08,
+    "arousal": 0.10,
+    "location": 0.05,
 }
 
 # Colours (RGB).
@@ -200,7 +207,11 @@ def _sample_scene(rng: np.random.Generator) -> Scene:
     expanse = int(rng.integers(lo, hi + 1)) / 10
     arousal = int(rng.integers(0, 11)) / 10
     scene = Scene(
-        width=width, height=height, fps=fps, num_frames=num_frames, location=location,
+        width=width,
+        height=height,
+        fps=fps,
+        num_frames=num_frames,
+        location=location,
         expanse=expanse,
         horizon_y=height * (0.55 - 0.30 * expanse),
         stripes=2 + int(round(8 * expanse)),
@@ -265,7 +276,9 @@ def _choose_talk(scene: Scene, rng: np.random.Generator) -> None:
     n, duration = scene.n, scene.num_frames / scene.fps
     if n == 0:
         return
-    modes, p = (["none", "monologue", "dialogue"], [0.35, 0.25, 0.40]) if n >= 2 else (["none", "monologue"], [0.6, 0.4])
+    modes, p = (
+        (["none", "monologue", "dialogue"], [0.35, 0.25, 0.40]) if n >= 2 else (["none", "monologue"], [0.6, 0.4])
+    )
     scene.talk_mode = str(rng.choice(modes, p=p))
     if scene.talk_mode == "none":
         return
@@ -300,7 +313,7 @@ def _choose_box(scene: Scene, rng: np.random.Generator) -> None:
 def _ellipse(img: np.ndarray, cy: float, cx: float, ry: float, rx: float, colour, outline: float = 0.0) -> None:
     """Fill an ellipse; with ``outline`` > 0 first a black rim that many pixels wide."""
     h, w = img.shape[:2]
-    for grow, col in (((outline, BLACK), (0.0, colour)) if outline else ((0.0, colour),)):
+    for grow, col in ((outline, BLACK), (0.0, colour)) if outline else ((0.0, colour),):
         ay, ax = ry + grow, rx + grow
         y0, y1 = max(int(cy - ay), 0), min(int(cy + ay) + 2, h)
         x0, x1 = max(int(cx - ax), 0), min(int(cx + ax) + 2, w)
@@ -325,7 +338,7 @@ def _head(img: np.ndarray, cy: float, cx: float, r: float, heading: int) -> None
 
 def _rect(img: np.ndarray, y0: float, y1: float, x0: float, x1: float, colour) -> None:
     h, w = img.shape[:2]
-    img[max(int(y0), 0):min(int(y1), h), max(int(x0), 0):min(int(x1), w)] = colour
+    img[max(int(y0), 0) : min(int(y1), h), max(int(x0), 0) : min(int(x1), w)] = colour
 
 
 def _background(scene: Scene) -> np.ndarray:
@@ -340,7 +353,7 @@ def _background(scene: Scene) -> np.ndarray:
         _rect(img, 0.1 * h, 0.16 * h, lamp_x - 0.5, lamp_x + 0.5, BLACK)
         _ellipse(img, 0.16 * h + 3, lamp_x, 0.05 * h, 0.07 * h, light, outline=1.0)
     else:  # Outdoor and patio share the sky; patio gets an indoor floor
-        t = (np.arange(horizon)[:, None] / max(horizon - 1, 1))
+        t = np.arange(horizon)[:, None] / max(horizon - 1, 1)
         img[:horizon] = (SKY_TOP + (SKY_HORIZON - SKY_TOP) * t).round().astype(np.uint8)[:, None, :]
         _ellipse(img, 0.1 * h + 2, w * 0.8, 0.07 * h, 0.07 * h, light)
     img[horizon:] = scene.floor
@@ -377,7 +390,9 @@ def _render_frame(scene: Scene, background: np.ndarray, t: float) -> np.ndarray:
         if scene.box_mode == "carried" and i == scene.box_owner:
             bx = x + heading * (0.2 * bh + box_side / 2 + 1)
             by = y - 0.4 * bh
-            _rect(img, by - box_side / 2 - 1, by + box_side / 2 + 1, bx - box_side / 2 - 1, bx + box_side / 2 + 1, BLACK)
+            _rect(
+                img, by - box_side / 2 - 1, by + box_side / 2 + 1, bx - box_side / 2 - 1, bx + box_side / 2 + 1, BLACK
+            )
             _rect(img, by - box_side / 2, by + box_side / 2, bx - box_side / 2, bx + box_side / 2, BOX)
         if i == speaker:
             _ellipse(img, y - 1.15 * bh, x + heading * 0.25 * bh, 0.16 * bh, 0.22 * bh, WHITE, outline=1.0)
@@ -473,7 +488,8 @@ def _scores(scene: Scene) -> tuple[dict[str, float], dict[str, float], dict[str,
         c["joint"] = 0.5 + 0.4 * scene.arousal  # slow, small motion is hard to judge
         same, offset = JOINT_LEVELS[scene.joint]
         e["joint"] = (
-            f"Neighbours {scene.moves[0]} {offset:.2f} cycle apart." if same
+            f"Neighbours {scene.moves[0]} {offset:.2f} cycle apart."
+            if same
             else "Neighbours do different movements (one bobs, one sways)."
         )
     else:
@@ -482,7 +498,9 @@ def _scores(scene: Scene) -> tuple[dict[str, float], dict[str, float], dict[str,
 
     s["valence"] = scene.valence
     c["valence"] = 0.95 - 0.8 * (0.5 - abs(scene.valence - 0.5))  # grey is ambiguous
-    e["valence"] = f"Mood colour {'warm' if scene.valence > 0.5 else 'cold' if scene.valence < 0.5 else 'neutral'} ({scene.valence:.1f})."
+    e["valence"] = (
+        f"Mood colour {'warm' if scene.valence > 0.5 else 'cold' if scene.valence < 0.5 else 'neutral'} ({scene.valence:.1f})."
+    )
 
     if n:
         s["arousal"], c["arousal"] = scene.arousal, 0.7 + 0.4 * abs(scene.arousal - 0.5)
@@ -547,7 +565,9 @@ def clip_name(index: int) -> str:
     return f"demo_{index:05d}.mp4"
 
 
-def generate_demo_dataset(out_dir: str | os.PathLike, num_videos: int = DEFAULT_NUM_VIDEOS, seed: int = 0) -> tuple[Path, Path]:
+def generate_demo_dataset(
+    out_dir: str | os.PathLike, num_videos: int = DEFAULT_NUM_VIDEOS, seed: int = 0
+) -> tuple[Path, Path]:
     """Render the dataset into ``out_dir`` (created; not atomic — see ensure_demo_dataset).
 
     Returns (videos_dir, annotations_csv).  The marker file is written last.

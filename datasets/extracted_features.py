@@ -42,7 +42,7 @@ class FeatureDirError(ValueError):
 @dataclass
 class FeatureDir:
     root: Path
-    meta: dict          # features.json as written
+    meta: dict  # features.json as written
     index: pd.DataFrame  # index.csv, one row per array row
 
     @property
@@ -67,8 +67,10 @@ class FeatureDir:
             raise FeatureDirError(f"{path}: cannot read layer {layer!r} as .npy ({exc})") from exc
         declared = tuple(int(x) for x in entry["shape"])
         if array.shape != declared or str(array.dtype) != entry["dtype"]:
-            raise FeatureDirError(f"{path}: layer {layer!r} is {array.dtype}{list(array.shape)} but features.json "
-                                  f"says {entry['dtype']}{list(declared)}")
+            raise FeatureDirError(
+                f"{path}: layer {layer!r} is {array.dtype}{list(array.shape)} but features.json "
+                f"says {entry['dtype']}{list(declared)}"
+            )
         return array.reshape(array.shape[0], -1)
 
     def num_columns(self, layer: str) -> int:
@@ -81,14 +83,15 @@ class FeatureDir:
         matrix = self.matrix(layer)
         width = max(1, int(max_bytes // (8 * max(1, len(rows)))))
         for start in range(0, matrix.shape[1], width):
-            block = np.asarray(matrix[rows, start:start + width], dtype=np.float32)
+            block = np.asarray(matrix[rows, start : start + width], dtype=np.float32)
             bad = ~np.isfinite(block).all(axis=1)
             if bad.any():
                 row = int(rows[np.flatnonzero(bad)[0]])
                 raise FeatureDirError(
                     f"{self.root / self.meta['layers'][layer]['file']}: layer {layer!r}, row {row} "
                     f"({self.index['video_name'].iloc[row]!r}) has status ok but holds NaN/inf features"
-                    + (f" ({int(bad.sum())} such rows)" if bad.sum() > 1 else ""))
+                    + (f" ({int(bad.sum())} such rows)" if bad.sum() > 1 else "")
+                )
             yield block
 
 
@@ -104,8 +107,9 @@ def _read_meta(root: Path) -> dict:
     if missing:
         raise FeatureDirError(f"{path}: missing key(s) {missing}")
     if meta["format_version"] != FORMAT_VERSION:
-        raise FeatureDirError(f"{path}: format_version {meta['format_version']!r}; this version reads "
-                              f"{FORMAT_VERSION} only")
+        raise FeatureDirError(
+            f"{path}: format_version {meta['format_version']!r}; this version reads {FORMAT_VERSION} only"
+        )
     if not isinstance(meta["layers"], dict) or not meta["layers"]:
         raise FeatureDirError(f"{path}: 'layers' names no layer")
     n = meta["num_videos"]
@@ -115,8 +119,9 @@ def _read_meta(root: Path) -> dict:
         if entry["dtype"] not in DTYPES:
             raise FeatureDirError(f"{path}: layer {name!r} has dtype {entry['dtype']!r}; expected one of {DTYPES}")
         if len(entry["shape"]) < 2 or int(entry["shape"][0]) != n:
-            raise FeatureDirError(f"{path}: layer {name!r} has shape {entry['shape']}; expected [{n}, ...] "
-                                  f"(num_videos = {n})")
+            raise FeatureDirError(
+                f"{path}: layer {name!r} has shape {entry['shape']}; expected [{n}, ...] (num_videos = {n})"
+            )
         if not (root / entry["file"]).exists():
             raise FeatureDirError(f"{path}: layer {name!r}: file {entry['file']!r} does not exist")
     return meta
@@ -139,14 +144,17 @@ def _read_index(root: Path, num_videos: int) -> pd.DataFrame:
     wrong = np.flatnonzero(index["row"].str.strip().to_numpy() != np.array(expected, dtype=object))
     if len(wrong):
         i = int(wrong[0])
-        raise FeatureDirError(f"{path}: data row {i + 1}, column 'row': {index['row'].iloc[i]!r}; rows must be "
-                              f"0 .. {num_videos - 1} in order (one per array row)")
+        raise FeatureDirError(
+            f"{path}: data row {i + 1}, column 'row': {index['row'].iloc[i]!r}; rows must be "
+            f"0 .. {num_videos - 1} in order (one per array row)"
+        )
     index["status"] = index["status"].str.strip()
     bad = ~index["status"].isin(STATUSES)
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise FeatureDirError(f"{path}: data row {i + 1}, column 'status': {index['status'].iloc[i]!r}; expected "
-                              f"one of {STATUSES}")
+        raise FeatureDirError(
+            f"{path}: data row {i + 1}, column 'status': {index['status'].iloc[i]!r}; expected one of {STATUSES}"
+        )
     empty = (index["status"] == "ok") & (index["video_name"].str.strip() == "")
     if empty.any():
         i = int(np.flatnonzero(empty.to_numpy())[0])
@@ -162,8 +170,10 @@ def open_feature_dir(path: str | Path, allow_incomplete: bool = False) -> Featur
     features = FeatureDir(root, meta, index)
     if not meta["complete"] and not allow_incomplete:
         counts = features.status_counts()
-        raise FeatureDirError(f"{root}: the extraction is not complete (features.json complete = false; "
-                              f"{counts['ok']} ok, {counts['error']} error, {counts['pending']} pending rows); "
-                              "finish or resume extract_features.py, or pass --allow-incomplete to analyse the "
-                              "ok rows only")
+        raise FeatureDirError(
+            f"{root}: the extraction is not complete (features.json complete = false; "
+            f"{counts['ok']} ok, {counts['error']} error, {counts['pending']} pending rows); "
+            "finish or resume extract_features.py, or pass --allow-incomplete to analyse the "
+            "ok rows only"
+        )
     return features

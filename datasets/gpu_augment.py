@@ -49,8 +49,9 @@ def resized_crop_flip_normalize(
     return _normalize_(resized_crop_flip(video.to(dtype), crop_boxes, flips, size), mean, std)
 
 
-def decode_jpeg_batch(data: torch.Tensor, lengths: torch.Tensor, num_clips: int,
-                      device: torch.device | str) -> torch.Tensor:
+def decode_jpeg_batch(
+    data: torch.Tensor, lengths: torch.Tensor, num_clips: int, device: torch.device | str
+) -> torch.Tensor:
     """Concatenated JPEG frames (uint8, on the CPU) -> uint8 (N, 3, T, S, S) on ``device``.
 
     All N * T frames go to one ``torchvision.io.decode_jpeg`` call: batched nvJPEG on a
@@ -64,8 +65,9 @@ def decode_jpeg_batch(data: torch.Tensor, lengths: torch.Tensor, num_clips: int,
     return decoded.view(num_clips, nt // num_clips, c, h, w).transpose(1, 2)
 
 
-def augment_on_device(batch: dict[str, Any], device: torch.device | str,
-                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def augment_on_device(
+    batch: dict[str, Any], device: torch.device | str, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """A :func:`datasets.cache.collate_cached` batch -> the model's normalized float input on ``device``.
 
     The uint8 clips are copied with ``non_blocking=True`` (asynchronous from pinned memory);
@@ -78,8 +80,7 @@ def augment_on_device(batch: dict[str, Any], device: torch.device | str,
         video = decode_jpeg_batch(batch["jpeg_data"], batch["jpeg_lengths"], n, device)
     else:
         raise ValueError("batch has neither clips ('video') nor encoded frames ('jpeg_data')")
-    return resized_crop_flip_normalize(video, batch["crop_boxes"], batch["flips"], int(batch["out_size"]),
-                                       dtype=dtype)
+    return resized_crop_flip_normalize(video, batch["crop_boxes"], batch["flips"], int(batch["out_size"]), dtype=dtype)
 
 
 def model_input(batch: dict[str, Any], device: torch.device, channels_last: bool = False) -> torch.Tensor:

@@ -56,26 +56,45 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-__all__ = ["HumanRatings", "HumanRatingsError", "load_human_ratings", "video_key", "feature_for",
-           "LIKERT_MIN", "LIKERT_MAX"]
+__all__ = [
+    "HumanRatings",
+    "HumanRatingsError",
+    "load_human_ratings",
+    "video_key",
+    "feature_for",
+    "LIKERT_MIN",
+    "LIKERT_MAX",
+]
 
 LIKERT_MIN, LIKERT_MAX = 1.0, 5.0
-LONG_COLUMNS = {"subjectid": "subject", "videoname": "video_name", "questionname": "question",
-                "likertresponse": "response"}
+LONG_COLUMNS = {
+    "subjectid": "subject",
+    "videoname": "video_name",
+    "questionname": "question",
+    "likertresponse": "response",
+}
 SCALES = ("auto", "likert", "unit")
 
 # human feature name (normalised) -> (model task, direction); direction -1 means the human
 # feature is the opposite end of the model output, so the model side is compared as 1 - p.
 _FEATURES: dict[str, tuple[str, int]] = {
-    "indoor": ("location", -1), "indoors": ("location", -1),
-    "outdoor": ("location", 1), "outdoors": ("location", 1),
-    "expanse": ("expanse", 1), "spatial expanse": ("expanse", 1),
-    "transitivity": ("object", 1), "object": ("object", 1), "object directedness": ("object", 1),
+    "indoor": ("location", -1),
+    "indoors": ("location", -1),
+    "outdoor": ("location", 1),
+    "outdoors": ("location", 1),
+    "expanse": ("expanse", 1),
+    "spatial expanse": ("expanse", 1),
+    "transitivity": ("object", 1),
+    "object": ("object", 1),
+    "object directedness": ("object", 1),
     "object directed": ("object", 1),
-    "agent distance": ("distance", 1), "distance": ("distance", 1),
+    "agent distance": ("distance", 1),
+    "distance": ("distance", 1),
     "facingness": ("facingness", 1),
-    "joint action": ("joint", 1), "joint": ("joint", 1),
-    "communication": ("communicating", 1), "communicating": ("communicating", 1),
+    "joint action": ("joint", 1),
+    "joint": ("joint", 1),
+    "communication": ("communicating", 1),
+    "communicating": ("communicating", 1),
     "valence": ("valence", 1),
     "arousal": ("arousal", 1),
 }
@@ -121,11 +140,11 @@ class HumanRatings:
     source: str
     form: str
     ratings: pd.DataFrame
-    unmatched: dict[str, int] = field(default_factory=dict)   # known feature, no model output
-    unknown: dict[str, int] = field(default_factory=dict)     # names not recognised
+    unmatched: dict[str, int] = field(default_factory=dict)  # known feature, no model output
+    unknown: dict[str, int] = field(default_factory=dict)  # names not recognised
     skipped_empty: int = 0
     repeated_averaged: int = 0
-    scales: dict[str, str] = field(default_factory=dict)      # wide form: column -> likert | unit
+    scales: dict[str, str] = field(default_factory=dict)  # wide form: column -> likert | unit
     inverted: list[str] = field(default_factory=list)
 
     @property
@@ -140,16 +159,22 @@ class HumanRatings:
 
     def summary_lines(self) -> list[str]:
         r = self.ratings
-        lines = [f"human ratings {self.source} ({self.form} form): {len(r)} ratings of "
-                 f"{r['video_key'].nunique()} videos"
-                 + (f" by {r['subject'].nunique()} people" if self.form == "long" else " (means)")]
+        lines = [
+            f"human ratings {self.source} ({self.form} form): {len(r)} ratings of "
+            f"{r['video_key'].nunique()} videos"
+            + (f" by {r['subject'].nunique()} people" if self.form == "long" else " (means)")
+        ]
         for task in self.tasks:
-            lines.append(f"  {self.question_for(task)!r} -> {task}"
-                         + (" (compared with 1 - p(Outdoor))" if task == "location" and self.direction_for(task) < 0 else ""))
+            lines.append(
+                f"  {self.question_for(task)!r} -> {task}"
+                + (" (compared with 1 - p(Outdoor))" if task == "location" and self.direction_for(task) < 0 else "")
+            )
         if self.unmatched:
             lines.append(f"  no model output for: {', '.join(f'{k} ({v})' for k, v in self.unmatched.items())}")
         if self.unknown:
-            lines.append(f"  unknown feature names, ignored: {', '.join(f'{k!r} ({v})' for k, v in self.unknown.items())}")
+            lines.append(
+                f"  unknown feature names, ignored: {', '.join(f'{k!r} ({v})' for k, v in self.unknown.items())}"
+            )
         if self.skipped_empty:
             lines.append(f"  empty responses skipped: {self.skipped_empty}")
         if self.repeated_averaged:
@@ -175,8 +200,10 @@ def _numbers(path: str, frame: pd.DataFrame, column: str) -> pd.Series:
     bad = values.isna() & (text != "")
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise HumanRatingsError(f"{path}: row {row + 1}, column {column!r}: {frame[column].iloc[row]!r} is not a number"
-                                + (f" ({int(bad.sum())} such rows)" if bad.sum() > 1 else ""))
+        raise HumanRatingsError(
+            f"{path}: row {row + 1}, column {column!r}: {frame[column].iloc[row]!r} is not a number"
+            + (f" ({int(bad.sum())} such rows)" if bad.sum() > 1 else "")
+        )
     return values.astype(np.float64)
 
 
@@ -184,8 +211,10 @@ def _check_range(path: str, values: pd.Series, column: str, lo: float, hi: float
     bad = values.notna() & ((values < lo) | (values > hi))
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise HumanRatingsError(f"{path}: row {row + 1}, column {column!r}: {values.iloc[row]:g} is outside "
-                                f"{what} {lo:g}-{hi:g}" + (f" ({int(bad.sum())} such rows)" if bad.sum() > 1 else ""))
+        raise HumanRatingsError(
+            f"{path}: row {row + 1}, column {column!r}: {values.iloc[row]:g} is outside "
+            f"{what} {lo:g}-{hi:g}" + (f" ({int(bad.sum())} such rows)" if bad.sum() > 1 else "")
+        )
 
 
 def _require_names(path: str, frame: pd.DataFrame, column: str) -> None:
@@ -204,8 +233,9 @@ def _check_one_name_per_task(path: str, names: Iterable[str], all_features: bool
     clash = {t: list(n.values()) for t, n in by_task.items() if len(n) > 1}
     if clash:
         task, names = next(iter(clash.items()))
-        raise HumanRatingsError(f"{path}: {' and '.join(map(repr, names))} both map to the model's {task!r}; "
-                                "keep one of them")
+        raise HumanRatingsError(
+            f"{path}: {' and '.join(map(repr, names))} both map to the model's {task!r}; keep one of them"
+        )
 
 
 def _invert(ratings: pd.DataFrame, invert: Iterable[str], path: str) -> list[str]:
@@ -241,24 +271,36 @@ def _load_long(path: str, raw: pd.DataFrame, columns: dict[str, str], all_featur
             (unmatched if _norm(q) in NO_MODEL_OUTPUT else unknown)[q] += 1
     keep = mapped.notna().to_numpy()
     frame, mapped, questions = frame[keep], mapped[keep], questions[keep]
-    ratings = pd.DataFrame({
-        "subject": frame["subject"].str.strip().to_numpy(),
-        "video_name": frame["video_name"].str.strip().to_numpy(),
-        "video_key": frame["video_name"].map(video_key).to_numpy(),
-        "question": questions.to_numpy(),
-        "task": [m[0] for m in mapped],
-        "direction": [m[1] for m in mapped],
-        "rating": frame["rating"].to_numpy(dtype=np.float64),
-    })
+    ratings = pd.DataFrame(
+        {
+            "subject": frame["subject"].str.strip().to_numpy(),
+            "video_name": frame["video_name"].str.strip().to_numpy(),
+            "video_key": frame["video_name"].map(video_key).to_numpy(),
+            "question": questions.to_numpy(),
+            "task": [m[0] for m in mapped],
+            "direction": [m[1] for m in mapped],
+            "rating": frame["rating"].to_numpy(dtype=np.float64),
+        }
+    )
     keys = ["subject", "video_key", "task"]
     repeated = int(ratings.duplicated(keys).sum())
     if repeated:
-        ratings = (ratings.groupby(keys, sort=False, as_index=False)
-                   .agg(video_name=("video_name", "first"), question=("question", "first"),
-                        direction=("direction", "first"), rating=("rating", "mean")))
+        ratings = ratings.groupby(keys, sort=False, as_index=False).agg(
+            video_name=("video_name", "first"),
+            question=("question", "first"),
+            direction=("direction", "first"),
+            rating=("rating", "mean"),
+        )
         ratings = ratings[["subject", "video_name", "video_key", "question", "task", "direction", "rating"]]
-    return HumanRatings(source=path, form="long", ratings=ratings.reset_index(drop=True), unmatched=dict(unmatched),
-                        unknown=dict(unknown), skipped_empty=skipped, repeated_averaged=repeated)
+    return HumanRatings(
+        source=path,
+        form="long",
+        ratings=ratings.reset_index(drop=True),
+        unmatched=dict(unmatched),
+        unknown=dict(unknown),
+        skipped_empty=skipped,
+        repeated_averaged=repeated,
+    )
 
 
 def _load_wide(path: str, raw: pd.DataFrame, video_col: str, scale: str, all_features: bool) -> HumanRatings:
@@ -267,8 +309,10 @@ def _load_wide(path: str, raw: pd.DataFrame, video_col: str, scale: str, all_fea
     dup = keys.duplicated(keep=False)
     if dup.any():
         rows = (np.flatnonzero(dup.to_numpy()) + 1).tolist()
-        raise HumanRatingsError(f"{path}: column {video_col!r}: video {keys[dup].iloc[0]!r} appears in more than one "
-                                f"row (rows {rows[:5]}); the wide form holds one row per video")
+        raise HumanRatingsError(
+            f"{path}: column {video_col!r}: video {keys[dup].iloc[0]!r} appears in more than one "
+            f"row (rows {rows[:5]}); the wide form holds one row per video"
+        )
     features = [c for c in raw.columns if c != video_col]
     _check_one_name_per_task(path, features, all_features)
     parts, unmatched, unknown, scales = [], {}, {}, {}
@@ -287,19 +331,31 @@ def _load_wide(path: str, raw: pd.DataFrame, video_col: str, scale: str, all_fea
             _check_range(path, values, column, 0.0, 1.0, "the [0, 1] range of")
         scales[column] = chosen
         ok = values.notna().to_numpy()
-        parts.append(pd.DataFrame({
-            "subject": "mean", "video_name": raw[video_col].str.strip().to_numpy()[ok],
-            "video_key": keys.to_numpy()[ok], "question": column, "task": found[0], "direction": found[1],
-            "rating": values.to_numpy()[ok],
-        }))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "subject": "mean",
+                    "video_name": raw[video_col].str.strip().to_numpy()[ok],
+                    "video_key": keys.to_numpy()[ok],
+                    "question": column,
+                    "task": found[0],
+                    "direction": found[1],
+                    "rating": values.to_numpy()[ok],
+                }
+            )
+        )
     columns = ["subject", "video_name", "video_key", "question", "task", "direction", "rating"]
     ratings = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
-    return HumanRatings(source=path, form="wide", ratings=ratings, unmatched=unmatched, unknown=unknown,
-                        scales=scales)
+    return HumanRatings(source=path, form="wide", ratings=ratings, unmatched=unmatched, unknown=unknown, scales=scales)
 
 
-def load_human_ratings(path: str | os.PathLike, form: str = "auto", scale: str = "auto",
-                       invert: Iterable[str] = (), all_features: bool = False) -> HumanRatings:
+def load_human_ratings(
+    path: str | os.PathLike,
+    form: str = "auto",
+    scale: str = "auto",
+    invert: Iterable[str] = (),
+    all_features: bool = False,
+) -> HumanRatings:
     """Read a long- or wide-form human rating CSV (see the module docstring).
 
     ``form``: ``auto`` (long when the four long-form columns are present, else wide),
@@ -318,21 +374,30 @@ def load_human_ratings(path: str | os.PathLike, form: str = "auto", scale: str =
     long_cols = {c: LONG_COLUMNS[s] for c, s in squashed.items() if s in LONG_COLUMNS}
     is_long = len(set(long_cols.values())) == len(LONG_COLUMNS)
     if form == "long" and not is_long:
-        missing = [n for n in ("subjectID", "video_name", "question_name", "likert_response")
-                   if "".join(ch for ch in n.lower() if ch.isalnum()) not in squashed.values()]
-        raise HumanRatingsError(f"{path}: long form needs columns subjectID, video_name, question_name, "
-                                f"likert_response; missing {missing} (found {list(raw.columns)})")
+        missing = [
+            n
+            for n in ("subjectID", "video_name", "question_name", "likert_response")
+            if "".join(ch for ch in n.lower() if ch.isalnum()) not in squashed.values()
+        ]
+        raise HumanRatingsError(
+            f"{path}: long form needs columns subjectID, video_name, question_name, "
+            f"likert_response; missing {missing} (found {list(raw.columns)})"
+        )
     if form == "long" or (form == "auto" and is_long):
         ratings = _load_long(path, raw, long_cols, all_features)
     else:
         video_cols = [c for c, s in squashed.items() if s == "videoname"]
         if not video_cols:
-            raise HumanRatingsError(f"{path}: no video_name column (found {list(raw.columns)}); expected the long "
-                                    "form (subjectID, video_name, question_name, likert_response) or the wide form "
-                                    "(video_name and one column per feature)")
+            raise HumanRatingsError(
+                f"{path}: no video_name column (found {list(raw.columns)}); expected the long "
+                "form (subjectID, video_name, question_name, likert_response) or the wide form "
+                "(video_name and one column per feature)"
+            )
         ratings = _load_wide(path, raw, video_cols[0], scale, all_features)
     if ratings.ratings.empty:
-        raise HumanRatingsError(f"{path}: no ratings of any feature the model predicts "
-                                f"(unknown: {list(ratings.unknown)}, no model output: {list(ratings.unmatched)})")
+        raise HumanRatingsError(
+            f"{path}: no ratings of any feature the model predicts "
+            f"(unknown: {list(ratings.unknown)}, no model output: {list(ratings.unmatched)})"
+        )
     ratings.inverted = _invert(ratings.ratings, invert, path)
     return ratings

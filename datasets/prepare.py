@@ -102,9 +102,13 @@ def decode_for_cache(path: str, params: CacheParams, policy=None) -> tuple[np.nd
 
     frames, info = decode_clip(path, params.frames, None, threads=1, short_side=params.stored_size, policy=policy)
     facts = {
-        "declared_frames": info["declared_frames"], "total_frames": info["total_frames"],
-        "fps": round(info["fps"], 4), "height": info["source_height"], "width": info["source_width"],
-        "frames_kept": params.frames, "frame_indices": " ".join(map(str, info["indices"])),
+        "declared_frames": info["declared_frames"],
+        "total_frames": info["total_frames"],
+        "fps": round(info["fps"], 4),
+        "height": info["source_height"],
+        "width": info["source_width"],
+        "frames_kept": params.frames,
+        "frame_indices": " ".join(map(str, info["indices"])),
         "note": "; ".join(n for n in info["notes"] if n != partial_note(info)),  # the partial one is the error
     }
     problems = []
@@ -129,15 +133,16 @@ def legacy_pt_clip(path: str, params: CacheParams | None = None) -> tuple[np.nda
         raise ValueError(f"expected a float tensor [3, T, H, W], found {what}")
     _, t, h, w = video.shape
     if params is not None and (t, h, w) != (params.frames, params.stored_size, params.stored_size):
-        raise ValueError(f"clip is {t}x{h}x{w}, the other clips of this cache are "
-                         f"{params.frames}x{params.stored_size}x{params.stored_size}")
+        raise ValueError(
+            f"clip is {t}x{h}x{w}, the other clips of this cache are "
+            f"{params.frames}x{params.stored_size}x{params.stored_size}"
+        )
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1)  # the earlier version normalized with these
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
     values = (video.float() * std + mean) * 255
     worst = max(float(-values.min()), float(values.max()) - 255, 0.0)
     if worst > LEGACY_TOLERANCE:
-        raise ValueError(f"de-normalized values reach {worst:.1f} outside [0, 255]: not an "
-                         "ImageNet-normalized clip")
+        raise ValueError(f"de-normalized values reach {worst:.1f} outside [0, 255]: not an ImageNet-normalized clip")
     clip = values.round().clamp(0, 255).to(torch.uint8).permute(1, 0, 2, 3).contiguous().numpy()
     facts = {"declared_frames": t, "total_frames": t, "height": h, "width": w, "frames_kept": t}
     return clip, facts
@@ -162,8 +167,15 @@ def shard_paths(root: Path, shard_id: int) -> tuple[Path, Path]:
     return root / SHARD_DIR / f"{name}.bin", root / SHARD_DIR / f"{name}.json"
 
 
-def write_shard(root: Path, shard_id: int, items: list[tuple[str, str]], params: CacheParams,
-                source_kind: str, tick: Callable[[], None], policy=None) -> list[dict[str, Any]]:
+def write_shard(
+    root: Path,
+    shard_id: int,
+    items: list[tuple[str, str]],
+    params: CacheParams,
+    source_kind: str,
+    tick: Callable[[], None],
+    policy=None,
+) -> list[dict[str, Any]]:
     """Process ``items`` [(video_name, path)] into shard ``shard_id`` and commit it.
 
     Data goes to a temporary file first; fsync, rename, then the index (the commit marker)
@@ -252,8 +264,7 @@ def _tick() -> None:
 
 def _shard_job(job: tuple) -> tuple[int, list[dict[str, Any]]]:
     root, shard_id, items, params_dict, source_kind, policy = job
-    return shard_id, write_shard(Path(root), shard_id, items, CacheParams(**params_dict), source_kind, _tick,
-                                 policy)
+    return shard_id, write_shard(Path(root), shard_id, items, CacheParams(**params_dict), source_kind, _tick, policy)
 
 
 def read_video_names(annotations: str | os.PathLike) -> list[str]:
@@ -284,7 +295,9 @@ def locate_sources(names: list[str], source_dir: str, source_kind: str) -> tuple
             else:
                 path = index.resolve(name)
                 if path and path.endswith(LEGACY_SUFFIX):
-                    missing[name] = f"only a legacy {LEGACY_SUFFIX} clip under {source_dir}; convert those with --from-pt"
+                    missing[name] = (
+                        f"only a legacy {LEGACY_SUFFIX} clip under {source_dir}; convert those with --from-pt"
+                    )
                     continue
         except ValueError as exc:  # ambiguous basename
             missing[name] = str(exc)
@@ -315,14 +328,26 @@ def legacy_params(first_pt: str, storage: str, jpeg_quality: int | None) -> Cach
 
 
 def _chunks(items: list, size: int) -> list[list]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def prepare_cache(out: str | os.PathLike, names: list[str], source_dir: str, *, source_kind: str = "video",
-                  frames: int | None = None, stored_size: int | None = None, storage: str = "raw",
-                  jpeg_quality: int = 90, workers: int = 1, shard_size: int = 256, progress: bool = True,
-                  provenance: dict | None = None, log: Callable[[str], None] = print,
-                  decode_policy=None) -> dict[str, Any]:
+def prepare_cache(
+    out: str | os.PathLike,
+    names: list[str],
+    source_dir: str,
+    *,
+    source_kind: str = "video",
+    frames: int | None = None,
+    stored_size: int | None = None,
+    storage: str = "raw",
+    jpeg_quality: int = 90,
+    workers: int = 1,
+    shard_size: int = 256,
+    progress: bool = True,
+    provenance: dict | None = None,
+    log: Callable[[str], None] = print,
+    decode_policy=None,
+) -> dict[str, Any]:
     """Build or resume the cache at ``out`` for ``names``; returns a summary dict.
 
     ``source_kind``: ``"video"`` (decode files under ``source_dir``; ``frames`` default 16,
@@ -340,48 +365,66 @@ def prepare_cache(out: str | os.PathLike, names: list[str], source_dir: str, *, 
             if not found:
                 raise SystemExit(f"no .pt clip under {source_dir} for any of the {len(names)} table videos")
             params = legacy_params(found[next(iter(found))], storage, quality)
-            for flag, asked, have in (("--frames", frames, params.frames), ("--stored-size", stored_size, params.stored_size)):
+            for flag, asked, have in (
+                ("--frames", frames, params.frames),
+                ("--stored-size", stored_size, params.stored_size),
+            ):
                 if asked is not None and asked != have:
-                    raise SystemExit(f"{flag} {asked}: the .pt clips have {have}; they are stored as they are "
-                                     f"(omit {flag})")
+                    raise SystemExit(
+                        f"{flag} {asked}: the .pt clips have {have}; they are stored as they are (omit {flag})"
+                    )
         else:
-            params = CacheParams(frames=frames or 16, stored_size=stored_size or 256, storage=storage,
-                                 jpeg_quality=quality)
+            params = CacheParams(
+                frames=frames or 16, stored_size=stored_size or 256, storage=storage, jpeg_quality=quality
+            )
         if (root / "cache.json").exists():
             existing, _ = read_params(root)
             if existing != params:
                 raise CacheMismatchError(
                     f"{root} already holds a cache built with {existing.describe()}; this command asks for "
                     f"{params.describe()} ({'; '.join(existing.differences(params))}). Use another --out "
-                    "directory, or delete this one to rebuild it.")
+                    "directory, or delete this one to rebuild it."
+                )
         else:
             import av
             import torch
             import torchvision
 
-            write_params(root, params, {
-                **(provenance or {}), "source_dir": str(source_dir), "source_kind": source_kind,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "tools": {"av": av.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__},
-            })
+            write_params(
+                root,
+                params,
+                {
+                    **(provenance or {}),
+                    "source_dir": str(source_dir),
+                    "source_kind": source_kind,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "tools": {"av": av.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__},
+                },
+            )
 
         committed, untrusted = read_committed(root)
         for problem in untrusted:
             log(f"ignoring a damaged shard, its videos are redone: {problem}")
         removed = clean_debris(root, committed)
         if removed:
-            log(f"removed {len(removed)} leftover file(s) of an interrupted run: {', '.join(removed[:5])}"
-                + (" ..." if len(removed) > 5 else ""))
+            log(
+                f"removed {len(removed)} leftover file(s) of an interrupted run: {', '.join(removed[:5])}"
+                + (" ..." if len(removed) > 5 else "")
+            )
         stored = {r["video_name"] for recs in committed.values() for r in recs if r["status"] in STORED_STATUSES}
         pending = [(n, found[n]) for n in names if n in found and n not in stored]
         skipped = sum(1 for n in names if n in stored)
-        log(f"cache {root} ({params.describe()}): {len(names)} table videos, {skipped} already cached, "
-            f"{len(pending)} to do, {len(missing)} without a file")
+        log(
+            f"cache {root} ({params.describe()}): {len(names)} table videos, {skipped} already cached, "
+            f"{len(pending)} to do, {len(missing)} without a file"
+        )
 
         next_id = max(committed, default=-1) + 1
         per_shard = max(1, min(shard_size, -(-len(pending) // max(workers, 1))))  # every worker gets work
-        jobs = [(str(root), next_id + i, chunk, asdict(params), source_kind, decode_policy)
-                for i, chunk in enumerate(_chunks(pending, per_shard))]
+        jobs = [
+            (str(root), next_id + i, chunk, asdict(params), source_kind, decode_policy)
+            for i, chunk in enumerate(_chunks(pending, per_shard))
+        ]
         start = time.perf_counter()
         bar = progress_bar(total=len(pending), unit="video", disable=not progress)
         try:
@@ -407,15 +450,26 @@ def prepare_cache(out: str | os.PathLike, names: list[str], source_dir: str, *, 
         failures = [r for r in rows if r["status"] != "ok"]
         write_csv(root / FAILURES_FILE, failures, ["video_name", "status", "source", "error"])
         fsync_dir(root)
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "short", "partial", "skipped", "failed", "missing")}
+    counts = {
+        s: sum(r["status"] == s for r in rows) for s in ("ok", "short", "partial", "skipped", "failed", "missing")
+    }
     done = len(pending)
-    summary = {"params": params, "counts": counts, "skipped": skipped, "processed": done, "seconds": elapsed,
-               "videos_per_s": done / elapsed if elapsed > 0 and done else 0.0,
-               "manifest": str(root / MANIFEST_FILE), "failures": str(root / FAILURES_FILE)}
-    log(f"done: {done} processed in {elapsed:.1f} s ({summary['videos_per_s']:.1f} videos/s), {skipped} already cached; "
+    summary = {
+        "params": params,
+        "counts": counts,
+        "skipped": skipped,
+        "processed": done,
+        "seconds": elapsed,
+        "videos_per_s": done / elapsed if elapsed > 0 and done else 0.0,
+        "manifest": str(root / MANIFEST_FILE),
+        "failures": str(root / FAILURES_FILE),
+    }
+    log(
+        f"done: {done} processed in {elapsed:.1f} s ({summary['videos_per_s']:.1f} videos/s), {skipped} already cached; "
         f"ok {counts['ok']}, short (frames repeated) {counts['short']}, partial (used) {counts['partial']}, "
         f"skipped {counts['skipped']}, failed {counts['failed']}, missing {counts['missing']}; "
-        f"manifest {summary['manifest']}, failure report {summary['failures']}")
+        f"manifest {summary['manifest']}, failure report {summary['failures']}"
+    )
     return summary
 
 
@@ -427,8 +481,14 @@ def _run_jobs(jobs: list[tuple], workers: int, bar) -> list[tuple[int, list]]:
     if workers <= 0:
         for job in jobs:
             root, shard_id, items, params_dict, kind, policy = job
-            results.append((shard_id, write_shard(Path(root), shard_id, items, CacheParams(**params_dict),
-                                                   kind, lambda: bar.update(1), policy)))
+            results.append(
+                (
+                    shard_id,
+                    write_shard(
+                        Path(root), shard_id, items, CacheParams(**params_dict), kind, lambda: bar.update(1), policy
+                    ),
+                )
+            )
         return results
     ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     counter = ctx.Value("q", 0)
@@ -468,28 +528,50 @@ def build_parser() -> argparse.ArgumentParser:
     parser = CommandLineParser(
         prog="python -m datasets.prepare",
         description="Decode every video of an annotation table once into a uint8 frame cache "
-                    "(train with `train_ddp.py --cache DIR`).")
+        "(train with `train_ddp.py --cache DIR`).",
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--videos", help="video root, searched recursively for the table's video_name")
     source.add_argument("--from-pt", help="directory of the earlier version's float32 .pt clips to convert")
     parser.add_argument("--annotations", required=True, help="CSV with a video_name column (the annotation table)")
     parser.add_argument("--out", required=True, help="cache directory (created; an existing one is resumed)")
-    parser.add_argument("--workers", type=int, default=usable_cores(),
-                        help="worker processes (0 = in this process); default: the cores this process may use "
-                             f"({usable_cores()} here)")
-    parser.add_argument("--frames", type=int, default=None,
-                        help="K frames kept per video, segment centres; default 16 (more than training's "
-                             "--frames, e.g. 32, allows temporal jitter; with --from-pt: the clips' own)")
-    parser.add_argument("--stored-size", type=int, default=None,
-                        help="frames stored S x S (short side resized to S, centre crop); default 256 "
-                             "(the .pt clips' own size with --from-pt)")
-    parser.add_argument("--format", choices=("raw", "jpeg"), default="raw",
-                        help="raw uint8 (default; fastest to read) or per-frame JPEG (10-25x smaller; decoded on the GPU "
-                             "or in the DataLoader workers)")
-    parser.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality 1-100 with --format jpeg (default 90)")
-    parser.add_argument("--shard-size", type=int, default=256,
-                        help="videos per shard (default 256, ~0.8 GB raw at 16x256x256); a kill loses at most "
-                             "workers x shard-size videos of work")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=usable_cores(),
+        help=f"worker processes (0 = in this process); default: the cores this process may use ({usable_cores()} here)",
+    )
+    parser.add_argument(
+        "--frames",
+        type=int,
+        default=None,
+        help="K frames kept per video, segment centres; default 16 (more than training's "
+        "--frames, e.g. 32, allows temporal jitter; with --from-pt: the clips' own)",
+    )
+    parser.add_argument(
+        "--stored-size",
+        type=int,
+        default=None,
+        help="frames stored S x S (short side resized to S, centre crop); default 256 "
+        "(the .pt clips' own size with --from-pt)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("raw", "jpeg"),
+        default="raw",
+        help="raw uint8 (default; fastest to read) or per-frame JPEG (10-25x smaller; decoded on the GPU "
+        "or in the DataLoader workers)",
+    )
+    parser.add_argument(
+        "--jpeg-quality", type=int, default=90, help="JPEG quality 1-100 with --format jpeg (default 90)"
+    )
+    parser.add_argument(
+        "--shard-size",
+        type=int,
+        default=256,
+        help="videos per shard (default 256, ~0.8 GB raw at 16x256x256); a kill loses at most "
+        "workers x shard-size videos of work",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_decode_arguments(parser)
     return parser
@@ -507,18 +589,25 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(str(exc)) from exc
     try:
         summary = prepare_cache(
-            args.out, names, args.videos or args.from_pt, source_kind="pt" if args.from_pt else "video",
-            frames=args.frames, stored_size=args.stored_size, storage=args.format,
-            jpeg_quality=args.jpeg_quality, workers=args.workers, shard_size=args.shard_size,
-            progress=not args.no_progress, provenance={"annotations": str(args.annotations)},
+            args.out,
+            names,
+            args.videos or args.from_pt,
+            source_kind="pt" if args.from_pt else "video",
+            frames=args.frames,
+            stored_size=args.stored_size,
+            storage=args.format,
+            jpeg_quality=args.jpeg_quality,
+            workers=args.workers,
+            shard_size=args.shard_size,
+            progress=not args.no_progress,
+            provenance={"annotations": str(args.annotations)},
             decode_policy=decode_policy_from_args(args),
         )
     except CacheMismatchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"interrupted: finished shards are kept; rerun the same command to resume ({args.out})",
-              file=sys.stderr)
+        print(f"interrupted: finished shards are kept; rerun the same command to resume ({args.out})", file=sys.stderr)
         return 130
     return 0 if sum(summary["counts"][s] for s in STORED_STATUSES) > 0 else 1
 

@@ -32,8 +32,9 @@ def parse_key(key: Any) -> tuple[int, int]:
 
 
 class ResumableShardSampler(Sampler):
-    def __init__(self, num_samples: int, rank: int, world_size: int, seed: int,
-                 multiple_of: int = 1, shuffle: bool = True):
+    def __init__(
+        self, num_samples: int, rank: int, world_size: int, seed: int, multiple_of: int = 1, shuffle: bool = True
+    ):
         if num_samples <= 0:
             raise ValueError("the training set is empty")
         self.num_samples = num_samples
@@ -68,8 +69,8 @@ class ResumableShardSampler(Sampler):
         return torch.randperm(self.num_samples, generator=g)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        mine = self.order(self.epoch)[self.rank::self.world_size][: self.per_rank]
-        for index in mine[self.start:].tolist():
+        mine = self.order(self.epoch)[self.rank :: self.world_size][: self.per_rank]
+        for index in mine[self.start :].tolist():
             yield (self.epoch, index)
 
     def __len__(self) -> int:

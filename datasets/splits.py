@@ -138,9 +138,16 @@ def split_indices(labels: Sequence[str] | np.ndarray) -> dict[str, np.ndarray]:
     return {name: np.flatnonzero(labels == name).astype(np.int64) for name in SPLIT_NAMES}
 
 
-def select_split(table: pd.DataFrame, split: str, *, method: str | None = None, val_fraction: float | None = None,
-                 test_fraction: float | None = None, trained_with: Mapping | None = None,
-                 source: str = "annotation table") -> tuple[np.ndarray, pd.Series, dict]:
+def select_split(
+    table: pd.DataFrame,
+    split: str,
+    *,
+    method: str | None = None,
+    val_fraction: float | None = None,
+    test_fraction: float | None = None,
+    trained_with: Mapping | None = None,
+    source: str = "annotation table",
+) -> tuple[np.ndarray, pd.Series, dict]:
     """Rows of one split (``train``/``val``/``test``, or ``all``) of ``table`` for a trained model.
 
     What is not given (``None``) is taken from ``trained_with`` (a training checkpoint's config:
@@ -157,6 +164,10 @@ def select_split(table: pd.DataFrame, split: str, *, method: str | None = None, 
     test = test_fraction if test_fraction is not None else config.get("test_fraction", 0.1)
     labels = assign_splits(table, method=method_used, val_fraction=val, test_fraction=test, source=source)
     rows = np.arange(len(table)) if split == "all" else np.flatnonzero((labels == split).to_numpy())
-    how = {"method": method_used, "val_fraction": val, "test_fraction": test,
-           "from_checkpoint": method is None and "split" in config}
+    how = {
+        "method": method_used,
+        "val_fraction": val,
+        "test_fraction": test,
+        "from_checkpoint": method is None and "split" in config,
+    }
     return rows, labels, how

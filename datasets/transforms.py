@@ -35,7 +35,6 @@ __all__ = [
 ]
 
 
-
 def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
     """(T, H, W, 3) uint8 array -> (T, 3, H, W) uint8 tensor view (no copy)."""
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:

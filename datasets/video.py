@@ -34,8 +34,9 @@ a clip took.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import av
 import numpy as np
@@ -44,8 +45,17 @@ from .decode_policy import DecodePolicy, PartialVideoError, VideoSkipped, VideoT
 from .video_frames import FrameConverter
 from .video_timeline import PacketScan, Timeline, offsets_to_indices, partial_reasons, scan_packets
 
-__all__ = ["BadVideoError", "VideoSkipped", "VideoTooLargeError", "PartialVideoError", "sample_clip_indices",
-           "decode_clip", "partial_note", "probe_video", "write_video"]
+__all__ = [
+    "BadVideoError",
+    "VideoSkipped",
+    "VideoTooLargeError",
+    "PartialVideoError",
+    "sample_clip_indices",
+    "decode_clip",
+    "partial_note",
+    "probe_video",
+    "write_video",
+]
 
 
 class BadVideoError(RuntimeError):
@@ -63,9 +73,7 @@ def _segment_offsets(num_frames: int, rng: np.random.Generator | None) -> np.nda
     return rng.random(num_frames)
 
 
-def sample_clip_indices(
-    num_total: int, num_frames: int, rng: np.random.Generator | None = None
-) -> np.ndarray:
+def sample_clip_indices(num_total: int, num_frames: int, rng: np.random.Generator | None = None) -> np.ndarray:
     """Indices (int64, non-decreasing, length ``num_frames``) of the frames to keep.
 
     The ``num_total`` frames are cut into ``num_frames`` equal segments.  Without ``rng`` the
@@ -125,8 +133,16 @@ class _Pass:
     complete: bool = False  # every wanted frame was kept
 
 
-def _decode_pass(codec, packets: list, wanted: list[int], *, by_pts: bool, skip_nonref: bool,
-                 convert: Callable[[av.VideoFrame], np.ndarray], stop_early: bool = True) -> _Pass:
+def _decode_pass(
+    codec,
+    packets: list,
+    wanted: list[int],
+    *,
+    by_pts: bool,
+    skip_nonref: bool,
+    convert: Callable[[av.VideoFrame], np.ndarray],
+    stop_early: bool = True,
+) -> _Pass:
     """Feed ``packets`` to ``codec`` from the start and keep the frames whose key is wanted.
 
     The key of a returned frame is its pts (``by_pts``) or its position in the output.  With
@@ -176,8 +192,9 @@ def _decode_pass(codec, packets: list, wanted: list[int], *, by_pts: bool, skip_
     return result
 
 
-def _keep_chosen_frames(codec, scan: PacketScan, timeline: Timeline, offsets: np.ndarray, tick: float,
-                        convert: Callable, skip_nonref: bool) -> tuple[list[np.ndarray], Timeline, np.ndarray, int, int]:
+def _keep_chosen_frames(
+    codec, scan: PacketScan, timeline: Timeline, offsets: np.ndarray, tick: float, convert: Callable, skip_nonref: bool
+) -> tuple[list[np.ndarray], Timeline, np.ndarray, int, int]:
     """Decode the chosen frames: (frames, the timeline they were chosen from, indices, passes, errors)."""
     passes, errors = 0, 0
     if timeline.ticks is not None:  # frames matched by timestamp
@@ -199,8 +216,7 @@ def _keep_chosen_frames(codec, scan: PacketScan, timeline: Timeline, offsets: np
     if result.complete:
         return [result.kept[int(i)] for i in indices], timeline, indices, passes, errors
     # fewer frames decode than there are packets: count those that do, then choose among them
-    counted = _decode_pass(codec, scan.packets, [], by_pts=False, skip_nonref=False, convert=convert,
-                           stop_early=False)
+    counted = _decode_pass(codec, scan.packets, [], by_pts=False, skip_nonref=False, convert=convert, stop_early=False)
     passes, errors = passes + 1, max(errors, counted.errors)
     if counted.outputs == 0:
         raise ValueError("decoded zero video frames")
@@ -209,8 +225,9 @@ def _keep_chosen_frames(codec, scan: PacketScan, timeline: Timeline, offsets: np
     indices = timeline.choose(offsets)
     result = _decode_pass(codec, scan.packets, indices.tolist(), by_pts=False, skip_nonref=False, convert=convert)
     if not result.complete:
-        raise ValueError(f"decoding is not repeatable: {counted.outputs} frames decoded once, "
-                         f"{result.outputs} the next time")
+        raise ValueError(
+            f"decoding is not repeatable: {counted.outputs} frames decoded once, {result.outputs} the next time"
+        )
     return [result.kept[int(i)] for i in indices], timeline, indices, passes + 1, errors
 
 
@@ -261,24 +278,33 @@ def decode_clip(
     with av.open(path) as container:
         stream = _open_video_stream(container, threads, thread_type)
         codec = stream.codec_context
-        facts = {"fps": _frame_rate(stream), "declared_frames": int(stream.frames or 0),
-                 "codec": codec.name, "pix_fmt": codec.pix_fmt}
+        facts = {
+            "fps": _frame_rate(stream),
+            "declared_frames": int(stream.frames or 0),
+            "codec": codec.name,
+            "pix_fmt": codec.pix_fmt,
+        }
         if codec.width * codec.height > policy.max_pixels:
-            raise VideoTooLargeError(f"frames of {codec.width}x{codec.height} exceed the limit of "
-                                     f"{policy.max_pixels} pixels (--max-video-pixels)")
+            raise VideoTooLargeError(
+                f"frames of {codec.width}x{codec.height} exceed the limit of "
+                f"{policy.max_pixels} pixels (--max-video-pixels)"
+            )
         scan = scan_packets(container, stream, policy.max_seconds, facts["fps"])
         tick = float(stream.time_base) if stream.time_base else 0.0
-        timeline = Timeline.from_timestamps(scan.frames, scan.frame_pts if scan.has_pts else None,
-                                            scan.last_duration, tick)
-        reasons = partial_reasons(scan, facts["declared_frames"], len(stream.index_entries),
-                                  _header_seconds(container, stream), timeline)
+        timeline = Timeline.from_timestamps(
+            scan.frames, scan.frame_pts if scan.has_pts else None, scan.last_duration, tick
+        )
+        reasons = partial_reasons(
+            scan, facts["declared_frames"], len(stream.index_entries), _header_seconds(container, stream), timeline
+        )
         if scan.frames == 0:
             raise ValueError("decoded zero video frames" + (f" ({'; '.join(reasons)})" if reasons else ""))
         if reasons and policy.partial == "skip":
             raise PartialVideoError(f"partial file ({'; '.join(reasons)}), skipped (--partial-videos skip)")
         convert = FrameConverter(short_side, policy.max_pixels)
-        kept, timeline, indices, passes, errors = _keep_chosen_frames(codec, scan, timeline, offsets, tick,
-                                                                      convert, skip_nonref)
+        kept, timeline, indices, passes, errors = _keep_chosen_frames(
+            codec, scan, timeline, offsets, tick, convert, skip_nonref
+        )
     if errors:
         reasons.append(f"{errors} packet(s) failed to decode")
         if policy.partial == "skip":

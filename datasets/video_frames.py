@@ -43,14 +43,20 @@ def scaled_size(width: int, height: int, short_side: int | None) -> tuple[int, i
 class Orientation:
     """How to turn a decoded frame upright: an optional transpose, then optional mirrors."""
 
-    def __init__(self, transpose: bool = False, hflip: bool = False, vflip: bool = False,
-                 degrees: int = 0, mirrored: bool = False) -> None:
+    def __init__(
+        self,
+        transpose: bool = False,
+        hflip: bool = False,
+        vflip: bool = False,
+        degrees: int = 0,
+        mirrored: bool = False,
+    ) -> None:
         self.transpose, self.hflip, self.vflip = transpose, hflip, vflip
         self.degrees = degrees  # counter-clockwise turn, as ``VideoFrame.rotation`` reports it
         self.mirrored = mirrored
 
     @classmethod
-    def of(cls, frame: av.VideoFrame) -> "Orientation":
+    def of(cls, frame: av.VideoFrame) -> Orientation:
         """From the frame's display matrix (none = upright).
 
         The matrix maps a stored pixel (x, y) to its displayed place (a x + c y, b x + d y),
@@ -95,8 +101,10 @@ class FrameConverter:
 
     def __call__(self, frame: av.VideoFrame) -> np.ndarray:
         if frame.width * frame.height > self.max_pixels:
-            raise VideoTooLargeError(f"frames of {frame.width}x{frame.height} exceed the limit of "
-                                     f"{self.max_pixels} pixels (--max-video-pixels)")
+            raise VideoTooLargeError(
+                f"frames of {frame.width}x{frame.height} exceed the limit of "
+                f"{self.max_pixels} pixels (--max-video-pixels)"
+            )
         if self.size is None:
             # A stream may change resolution mid-way; later frames are scaled to the first one's size.
             self.source = (frame.width, frame.height)

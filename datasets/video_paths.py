@@ -11,8 +11,22 @@ from __future__ import annotations
 
 import os
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp",
-                    ".ogv", ".ts", ".gif")
+VIDEO_EXTENSIONS = (
+    ".mp4",
+    ".avi",
+    ".mkv",
+    ".mov",
+    ".webm",
+    ".m4v",
+    ".mpg",
+    ".mpeg",
+    ".flv",
+    ".wmv",
+    ".3gp",
+    ".ogv",
+    ".ts",
+    ".gif",
+)
 LIST_EXTENSIONS = (".txt", ".lst", ".list")
 
 
@@ -29,8 +43,11 @@ def collect_video_paths(paths: list[str], extensions: tuple[str, ...] = VIDEO_EX
         if os.path.isdir(path):
             for dirpath, dirnames, filenames in os.walk(path):
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                found += [os.path.join(dirpath, f) for f in sorted(filenames)
-                          if not f.startswith(".") and f.lower().endswith(extensions)]
+                found += [
+                    os.path.join(dirpath, f)
+                    for f in sorted(filenames)
+                    if not f.startswith(".") and f.lower().endswith(extensions)
+                ]
         elif path.lower().endswith(LIST_EXTENSIONS) and os.path.isfile(path):
             base = os.path.dirname(path)
             with open(path) as fh:

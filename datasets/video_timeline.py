@@ -79,8 +79,9 @@ def scan_packets(container: av.container.InputContainer, stream, max_seconds: fl
                 highest = packet.pts if highest is None else max(highest, packet.pts)
             seconds = (packet.pts - first) * tick if packet.pts is not None and tick else scan.frames / fps
             if seconds > max_seconds:
-                raise VideoTooLargeError(f"longer than {max_seconds:g} s (its frames pass {max_seconds:g} s; "
-                                         "limit --max-video-seconds)")
+                raise VideoTooLargeError(
+                    f"longer than {max_seconds:g} s (its frames pass {max_seconds:g} s; limit --max-video-seconds)"
+                )
     except av.error.FFmpegError as exc:
         scan.demux_error = f"{type(exc).__name__}: {exc}"
     return scan
@@ -96,7 +97,7 @@ class Timeline:
     tick: float = 0.0  # seconds per tick
 
     @classmethod
-    def from_timestamps(cls, count: int, pts: list | None, last_duration: int, tick: float) -> "Timeline":
+    def from_timestamps(cls, count: int, pts: list | None, last_duration: int, tick: float) -> Timeline:
         """From one timestamp per frame (any order); without usable ones (missing, repeated),
         a timeline of ``count`` frames without times."""
         if not pts or len(pts) != count or not tick:
@@ -132,8 +133,9 @@ class Timeline:
         return np.clip(chosen, 0, self.count - 1).astype(np.int64)
 
 
-def partial_reasons(scan: PacketScan, declared: int, indexed: int, header_seconds: float | None,
-                    timeline: Timeline) -> list[str]:
+def partial_reasons(
+    scan: PacketScan, declared: int, indexed: int, header_seconds: float | None, timeline: Timeline
+) -> list[str]:
     """Why the file looks cut short (empty if it does not).
 
     A header count that disagrees with the packets is *not* a reason by itself (web files
@@ -148,7 +150,11 @@ def partial_reasons(scan: PacketScan, declared: int, indexed: int, header_second
         reasons.append(f"reading stopped after {scan.read} packets: {scan.demux_error}")
     if indexed > scan.read:
         reasons.append(f"the container's index lists {indexed} packets, the file holds {scan.read}")
-    if declared <= 0 and header_seconds and timeline.seconds is not None \
-            and timeline.seconds < (1 - SHORT_OF_DURATION) * header_seconds:
+    if (
+        declared <= 0
+        and header_seconds
+        and timeline.seconds is not None
+        and timeline.seconds < (1 - SHORT_OF_DURATION) * header_seconds
+    ):
         reasons.append(f"frames end at {timeline.seconds:.2f} s of the {header_seconds:.2f} s the header states")
     return reasons

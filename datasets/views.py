@@ -39,8 +39,14 @@ from .clips import LEGACY_SUFFIX, VideoClipDataset, collate_clips
 from .transforms import frames_to_tensor, resize_center_crop
 from .video import sample_clip_indices
 
-__all__ = ["spatial_crop_offsets", "multi_view_clips", "MultiViewClipDataset", "MultiViewCachedDataset",
-           "collate_views", "parse_views"]
+__all__ = [
+    "spatial_crop_offsets",
+    "multi_view_clips",
+    "MultiViewClipDataset",
+    "MultiViewCachedDataset",
+    "collate_views",
+    "parse_views",
+]
 
 
 def parse_views(spec: str) -> tuple[int, int]:
@@ -53,8 +59,9 @@ def parse_views(spec: str) -> tuple[int, int]:
     if len(numbers) == 1:
         numbers.append(1)
     if len(numbers) != 2 or min(numbers) < 1:
-        raise ValueError(f"views must look like NxM with N temporal clips and M spatial crops >= 1 "
-                         f"(e.g. 1x1, 4x3), got {spec!r}")
+        raise ValueError(
+            f"views must look like NxM with N temporal clips and M spatial crops >= 1 (e.g. 1x1, 4x3), got {spec!r}"
+        )
     return numbers[0], numbers[1]
 
 
@@ -71,8 +78,9 @@ def spatial_crop_offsets(length: int, size: int, num_crops: int) -> list[int]:
     return [int(round(j * (length - size) / (num_crops - 1))) for j in range(num_crops)]
 
 
-def multi_view_clips(frames: np.ndarray, num_frames: int, temporal_views: int, spatial_views: int,
-                     size: int) -> torch.Tensor:
+def multi_view_clips(
+    frames: np.ndarray, num_frames: int, temporal_views: int, spatial_views: int, size: int
+) -> torch.Tensor:
     """Decoded frames (N*T, H, W, 3) uint8 -> views uint8 (N*M, 3, T, size, size)."""
     expected = num_frames * temporal_views
     if frames.shape[0] != expected:
@@ -85,9 +93,9 @@ def multi_view_clips(frames: np.ndarray, num_frames: int, temporal_views: int, s
         resized = TF.resize(video, [size], antialias=True)
         height, width = resized.shape[-2:]
         if width >= height:
-            crops = [resized[..., :, o:o + size] for o in spatial_crop_offsets(width, size, spatial_views)]
+            crops = [resized[..., :, o : o + size] for o in spatial_crop_offsets(width, size, spatial_views)]
         else:
-            crops = [resized[..., o:o + size, :] for o in spatial_crop_offsets(height, size, spatial_views)]
+            crops = [resized[..., o : o + size, :] for o in spatial_crop_offsets(height, size, spatial_views)]
     views = []
     for i in range(temporal_views):
         for crop in crops:
@@ -104,8 +112,16 @@ class MultiViewClipDataset(VideoClipDataset):
     (V = 1) and fail (as a bad sample naming the reason) otherwise.
     """
 
-    def __init__(self, video_names: Sequence[str], targets, video_root, *, temporal_views: int = 1,
-                 spatial_views: int = 1, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        video_names: Sequence[str],
+        targets,
+        video_root,
+        *,
+        temporal_views: int = 1,
+        spatial_views: int = 1,
+        **kwargs: Any,
+    ) -> None:
         if kwargs.get("train"):
             raise ValueError("multi-view sampling is for evaluation; use train=False")
         if temporal_views < 1 or spatial_views < 1:
@@ -121,8 +137,10 @@ class MultiViewClipDataset(VideoClipDataset):
     def _load(self, path: str, rng: np.random.Generator | None) -> tuple[torch.Tensor, str | None]:
         if path.endswith(LEGACY_SUFFIX):
             if self.num_views != 1:
-                raise ValueError(f"a legacy {LEGACY_SUFFIX} clip holds one fixed clip; "
-                                 f"{self.temporal_views}x{self.spatial_views} views need the original video")
+                raise ValueError(
+                    f"a legacy {LEGACY_SUFFIX} clip holds one fixed clip; "
+                    f"{self.temporal_views}x{self.spatial_views} views need the original video"
+                )
             return self._load_legacy(path, rng).unsqueeze(0), None
         frames, note = self._decode(path, self.num_frames * self.temporal_views, None)
         return multi_view_clips(frames, self.num_frames, self.temporal_views, self.spatial_views, self.size), note
@@ -138,20 +156,32 @@ class MultiViewCachedDataset(CachedClips):
     says why (failed in prepare, or not in the table the cache was built from).
     """
 
-    def __init__(self, cache: FrameCache | str, video_names: Sequence[str], *, num_frames: int, size: int,
-                 temporal_views: int = 1, spatial_views: int = 1) -> None:
+    def __init__(
+        self,
+        cache: FrameCache | str,
+        video_names: Sequence[str],
+        *,
+        num_frames: int,
+        size: int,
+        temporal_views: int = 1,
+        spatial_views: int = 1,
+    ) -> None:
         self.cache = cache if isinstance(cache, FrameCache) else FrameCache(cache)
         self.cache.check_serves(num_frames, size)
         if spatial_views != 1:
-            raise ValueError(f"frame cache {self.cache.root} keeps only the centre square of each frame, so "
-                             f"{spatial_views} spatial views cannot be taken from it; use --views "
-                             f"{temporal_views}x1, or --videos for spatial views")
+            raise ValueError(
+                f"frame cache {self.cache.root} keeps only the centre square of each frame, so "
+                f"{spatial_views} spatial views cannot be taken from it; use --views "
+                f"{temporal_views}x1, or --videos for spatial views"
+            )
         stored = self.cache.params.frames
         if temporal_views * num_frames > stored:
-            raise ValueError(f"{temporal_views} temporal views of {num_frames} frames need "
-                             f"{temporal_views * num_frames} distinct frames, but frame cache {self.cache.root} "
-                             f"keeps {stored} per clip; use --views {max(1, stored // num_frames)}x1, --videos, "
-                             f"or a cache prepared with --frames {temporal_views * num_frames}")
+            raise ValueError(
+                f"{temporal_views} temporal views of {num_frames} frames need "
+                f"{temporal_views * num_frames} distinct frames, but frame cache {self.cache.root} "
+                f"keeps {stored} per clip; use --views {max(1, stored // num_frames)}x1, --videos, "
+                f"or a cache prepared with --frames {temporal_views * num_frames}"
+            )
         self.video_names = [str(n) for n in video_names]
         self.rows = np.array([self.cache.row(n) for n in self.video_names], dtype=np.int64)
         self.num_frames, self.size = num_frames, size
@@ -182,8 +212,13 @@ class MultiViewCachedDataset(CachedClips):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         plan = self.plan(index)
-        sample: dict[str, Any] = {"video": None, "targets": {}, "video_id": plan.video_id, "index": plan.index,
-                                  "error": None}
+        sample: dict[str, Any] = {
+            "video": None,
+            "targets": {},
+            "video_id": plan.video_id,
+            "index": plan.index,
+            "error": None,
+        }
         if self.cache.params.storage == "raw":
             clip = torch.empty(self.clip_shape, dtype=torch.uint8)
             sample["error"] = self.read_into(plan, clip.numpy())
@@ -198,10 +233,15 @@ class MultiViewCachedDataset(CachedClips):
     def batch(self, video: torch.Tensor | None, plans: list[ClipPlan], bad: list[tuple[ClipPlan, str]]) -> dict:
         """The :func:`collate_views` batch of these items, around ``video`` (the good clips, uint8
         (B, N, 3, T, S, S), filled by the caller; None when there are none)."""
-        return {"video": video, "targets": {}, "video_ids": [p.video_id for p in plans],
-                "indices": torch.tensor([p.index for p in plans], dtype=torch.int64),
-                "bad": [(p.video_id, message) for p, message in bad], "bad_indices": [p.index for p, _ in bad],
-                "notes": []}  # decoding notes (partial files) stay in the cache's manifest
+        return {
+            "video": video,
+            "targets": {},
+            "video_ids": [p.video_id for p in plans],
+            "indices": torch.tensor([p.index for p in plans], dtype=torch.int64),
+            "bad": [(p.video_id, message) for p, message in bad],
+            "bad_indices": [p.index for p, _ in bad],
+            "notes": [],
+        }  # decoding notes (partial files) stay in the cache's manifest
 
 
 def collate_views(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:

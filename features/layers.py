@@ -65,12 +65,11 @@ def list_layers(model: nn.Module, frames: int, size: int) -> list[LayerInfo]:
         def hook(_module, _inputs, output):
             shape = tuple(output.shape) if isinstance(output, Tensor) else None
             calls.setdefault(qualified, []).append((next(counter), shape))
+
         return hook
 
-    handles = [module.register_forward_hook(recorder(q))
-               for parts in candidates.values() for q, module in parts]
-    meta = {n: torch.empty_like(t, device="meta")
-            for n, t in [*model.named_parameters(), *model.named_buffers()]}
+    handles = [module.register_forward_hook(recorder(q)) for parts in candidates.values() for q, module in parts]
+    meta = {n: torch.empty_like(t, device="meta") for n, t in [*model.named_parameters(), *model.named_buffers()]}
     try:
         with torch.no_grad():
             functional_call(model, meta, (torch.empty(1, 3, frames, size, size, device="meta"),))
@@ -91,8 +90,9 @@ def list_layers(model: nn.Module, frames: int, size: int) -> list[LayerInfo]:
         else:
             shape = shapes[0]
         ran = sorted(zip((c[0][0] for c in seen), (q for q, _ in parts), shapes))
-        layers.append(LayerInfo(name=name, shape=tuple(shape), parts=tuple((q, s[0]) for _, q, s in ran),
-                                order=ran[-1][0]))
+        layers.append(
+            LayerInfo(name=name, shape=tuple(shape), parts=tuple((q, s[0]) for _, q, s in ran), order=ran[-1][0])
+        )
     return sorted(layers, key=lambda info: info.order)
 
 
@@ -108,8 +108,7 @@ class LayerTap:
             outputs = tap(x)        # {"conv1": ..., "layer2": ...}
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[LayerInfo],
-                 reduce: Callable[[Tensor], Tensor]) -> None:
+    def __init__(self, model: nn.Module, layers: Sequence[LayerInfo], reduce: Callable[[Tensor], Tensor]) -> None:
         if not layers:
             raise ValueError("no layers to read")
         self.model, self.layers, self.reduce = model, list(layers), reduce
@@ -137,6 +136,7 @@ class LayerTap:
             self._kept[qualified] = value
             if qualified == self._last_part:
                 raise _StopForward
+
         return hook
 
     def __call__(self, x: Tensor) -> dict[str, Tensor]:

@@ -29,13 +29,17 @@ def head_columns(info: LayerInfo) -> list[str]:
     return columns
 
 
-def layer_entry(info: LayerInfo, num_videos: int, pool_mode: str, project_dim: int | None,
-                dtype: str) -> dict[str, Any]:
+def layer_entry(
+    info: LayerInfo, num_videos: int, pool_mode: str, project_dim: int | None, dtype: str
+) -> dict[str, Any]:
     shape, projected = stored_shape(info, pool_mode, project_dim)
     entry: dict[str, Any] = {
-        "file": layer_file(info.name), "shape": [num_videos, *shape], "dtype": dtype,
+        "file": layer_file(info.name),
+        "shape": [num_videos, *shape],
+        "dtype": dtype,
         "axes": ["video", "component"] if projected else axes(info.shape, pool_mode),
-        "module_output": list(info.shape), "projected": projected,
+        "module_output": list(info.shape),
+        "projected": projected,
     }
     if len(info.parts) > 1:
         entry["columns"] = head_columns(info)

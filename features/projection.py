@@ -55,8 +55,12 @@ class SparseRandomProjection:
     def _generate(self, k: int, width: int) -> tuple[Tensor, Tensor]:
         """Chunk ``k``'s (blocks, width) output indices and +-1 signs, from its own seed."""
         g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, k]).generate_state(1)[0]))
-        rows = torch.stack([start + torch.randint(0, size, (width,), generator=g)
-                            for start, size in zip(self._block_starts, self._block_sizes)])
+        rows = torch.stack(
+            [
+                start + torch.randint(0, size, (width,), generator=g)
+                for start, size in zip(self._block_starts, self._block_sizes)
+            ]
+        )
         signs = torch.randint(0, 2, (self.blocks, width), generator=g, dtype=torch.int8) * 2 - 1
         return rows, signs
 
@@ -67,7 +71,7 @@ class SparseRandomProjection:
         x = x.float()
         out = x.new_zeros(x.shape[0], self.out_dim)
         for k, (rows, signs) in enumerate(self._chunks):
-            part = x[:, k * CHUNK:k * CHUNK + rows.shape[1]]
+            part = x[:, k * CHUNK : k * CHUNK + rows.shape[1]]
             for b in range(self.blocks):
                 out.index_add_(1, rows[b], part * signs[b])
         return out.mul_(self.scale)

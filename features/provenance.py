@@ -45,8 +45,15 @@ def versions() -> dict[str, str | None]:
     import torch
     import torchvision
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "numpy": numpy.__version__, "av": av.__version__, "cuda": torch.version.cuda, "git_commit": git_commit()}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "av": av.__version__,
+        "cuda": torch.version.cuda,
+        "git_commit": git_commit(),
+    }
 
 
 def rss_mib() -> float:

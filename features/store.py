@@ -44,8 +44,22 @@ STATUS_NAMES = {PENDING: "pending", OK: "ok", ERROR: "error"}
 INDEX_COLUMNS = ["row", "video_name", "path", "status", "error"]
 FORMAT_VERSION = 1
 # Manifest entries that must be equal for a rerun to continue an earlier run's files.
-RESUME_KEYS = ("format_version", "num_videos", "inputs_sha256", "source", "checkpoint", "layers", "pool",
-               "frames", "size", "views", "dtype", "project_dim", "projection", "autocast")
+RESUME_KEYS = (
+    "format_version",
+    "num_videos",
+    "inputs_sha256",
+    "source",
+    "checkpoint",
+    "layers",
+    "pool",
+    "frames",
+    "size",
+    "views",
+    "dtype",
+    "project_dim",
+    "projection",
+    "autocast",
+)
 
 
 class FeatureStoreError(ValueError):
@@ -95,18 +109,21 @@ class FeatureStore:
             earlier = self.read_manifest()
             differ = [k for k in RESUME_KEYS if earlier.get(k) != manifest.get(k)]
             if differ:
-                listed = "; ".join(f"{k}: {_brief(k, earlier.get(k))} then, {_brief(k, manifest.get(k))} now"
-                                   for k in differ)
+                listed = "; ".join(
+                    f"{k}: {_brief(k, earlier.get(k))} then, {_brief(k, manifest.get(k))} now" for k in differ
+                )
                 raise FeatureStoreError(
                     f"{self.root} holds an extraction with other settings ({listed}); use another --output, "
-                    "or --overwrite to start again there")
+                    "or --overwrite to start again there"
+                )
             self._check_files(earlier)
             return "complete" if earlier.get("complete") else "resumed"
         if self.root.exists() and any(self.root.iterdir()):
             raise FeatureStoreError(
                 f"{self.root} is not empty and holds no {MANIFEST}; use an empty or new --output folder (an "
                 f"extraction stopped while creating its files leaves {INDEX} and {PROGRESS}/ without {MANIFEST}: "
-                "delete the folder)")
+                "delete the folder)"
+            )
         if sorted(manifest["layers"]) != sorted(self.files):
             raise ValueError(f"manifest layers {list(manifest['layers'])} are not this store's {list(self.files)}")
         self.root.mkdir(parents=True, exist_ok=True)
@@ -116,8 +133,9 @@ class FeatureStore:
         for name, entry in manifest["layers"].items():
             if entry["file"] != self.files[name]:
                 raise ValueError(f"layer {name}: file {entry['file']!r}, expected {self.files[name]!r}")
-            array = np.lib.format.open_memmap(self.root / entry["file"], mode="w+", dtype=entry["dtype"],
-                                              shape=tuple(entry["shape"]))
+            array = np.lib.format.open_memmap(
+                self.root / entry["file"], mode="w+", dtype=entry["dtype"], shape=tuple(entry["shape"])
+            )
             del array
             self._allocate(self.root / entry["file"])
         status = np.lib.format.open_memmap(self.status_path, mode="w+", dtype=np.uint8, shape=(n,))
@@ -132,8 +150,10 @@ class FeatureStore:
         needed = sum(int(np.prod(e["shape"])) * np.dtype(e["dtype"]).itemsize for e in manifest["layers"].values())
         free = shutil.disk_usage(self.root).free
         if needed > free:
-            raise FeatureStoreError(f"the arrays need {_size(needed)} but {self.root} has {_size(free)} free; "
-                                    "choose fewer or pooled layers, --dtype float16, --project-dim, or another --output")
+            raise FeatureStoreError(
+                f"the arrays need {_size(needed)} but {self.root} has {_size(free)} free; "
+                "choose fewer or pooled layers, --dtype float16, --project-dim, or another --output"
+            )
 
     @staticmethod
     def _allocate(path: Path) -> None:
@@ -155,11 +175,14 @@ class FeatureStore:
             try:
                 array = np.load(path, mmap_mode="r")
             except (OSError, ValueError) as exc:
-                raise FeatureStoreError(f"{path}: cannot be read to continue the extraction ({exc}); "
-                                        "use --overwrite to start again") from exc
+                raise FeatureStoreError(
+                    f"{path}: cannot be read to continue the extraction ({exc}); use --overwrite to start again"
+                ) from exc
             if array.shape != shape or array.dtype != np.dtype(dtype):
-                raise FeatureStoreError(f"{path} holds {array.shape} {array.dtype}, the manifest says {shape} "
-                                        f"{dtype}; use --overwrite to start again")
+                raise FeatureStoreError(
+                    f"{path} holds {array.shape} {array.dtype}, the manifest says {shape} "
+                    f"{dtype}; use --overwrite to start again"
+                )
 
     def _remove_outputs(self) -> None:
         """Delete what an earlier extraction wrote here (and nothing else)."""
@@ -235,11 +258,16 @@ class FeatureStore:
         status = self.status() if self.status_path.exists() else np.zeros(n, dtype=np.uint8)
         errors = self.errors() if self.status_path.exists() else {}
         names = [STATUS_NAMES[int(s)] for s in status]
-        frame = pd.DataFrame({
-            "row": np.arange(n), "video_name": inputs["video_name"].to_numpy(), "path": inputs["path"].to_numpy(),
-            "status": names,
-            "error": [errors.get(i, "") if s == ERROR else "" for i, s in enumerate(status.tolist())],
-        }, columns=INDEX_COLUMNS)
+        frame = pd.DataFrame(
+            {
+                "row": np.arange(n),
+                "video_name": inputs["video_name"].to_numpy(),
+                "path": inputs["path"].to_numpy(),
+                "status": names,
+                "error": [errors.get(i, "") if s == ERROR else "" for i, s in enumerate(status.tolist())],
+            },
+            columns=INDEX_COLUMNS,
+        )
         write_csv(frame, self.index_path)
         return {label: int(np.sum(status == code)) for code, label in STATUS_NAMES.items()}
 

@@ -21,7 +21,17 @@ from .shards import (
 )
 
 __all__ = [
-    "CHECKPOINT_ERRORS", "DEFAULT_FRAMES", "DEFAULT_SIZE", "ModelSpec", "load_inference_model", "random_init_model",
-    "average_view_probabilities", "clips_to_model_input", "gather_exactly_once", "infer_dataset",
-    "place_model", "predict_shard", "shard_loader",
+    "CHECKPOINT_ERRORS",
+    "DEFAULT_FRAMES",
+    "DEFAULT_SIZE",
+    "ModelSpec",
+    "load_inference_model",
+    "random_init_model",
+    "average_view_probabilities",
+    "clips_to_model_input",
+    "gather_exactly_once",
+    "infer_dataset",
+    "place_model",
+    "predict_shard",
+    "shard_loader",
 ]

@@ -42,25 +42,39 @@ class ModelSpec:
     """What was loaded and how the clips must look."""
 
     path: str
-    kind: str                 # training | lightning | mit | state_dict (see resnet3d.load_pretrained) | random_init
+    kind: str  # training | lightning | mit | state_dict (see resnet3d.load_pretrained) | random_init
     depth: int
     tasks: tuple[str, ...]
     frames: int
     size: int
-    step: int | None = None   # training step of a training checkpoint
+    step: int | None = None  # training step of a training checkpoint
     run_id: str | None = None  # the MLflow run that wrote it
     tracking_uri: str | None = None  # the store that run is in (recorded by train_ddp.py)
     config: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"checkpoint": self.path, "kind": self.kind, "depth": self.depth, "tasks": list(self.tasks),
-                "frames": self.frames, "size": self.size, "step": self.step, "training_run_id": self.run_id}
+        return {
+            "checkpoint": self.path,
+            "kind": self.kind,
+            "depth": self.depth,
+            "tasks": list(self.tasks),
+            "frames": self.frames,
+            "size": self.size,
+            "step": self.step,
+            "training_run_id": self.run_id,
+        }
 
 
-def load_inference_model(path: str, *, depth: int | None = None, tasks: str | Iterable[str] | None = None,
-                         frames: int | None = None, size: int | None = None,
-                         require_heads: bool = True) -> tuple[nn.Module, ModelSpec]:
+def load_inference_model(
+    path: str,
+    *,
+    depth: int | None = None,
+    tasks: str | Iterable[str] | None = None,
+    frames: int | None = None,
+    size: int | None = None,
+    require_heads: bool = True,
+) -> tuple[nn.Module, ModelSpec]:
     """Build the network a checkpoint holds and load it (eval mode, CPU).
 
     A checkpoint with no multi-task head (the official MiT weights: their classifier is
@@ -69,15 +83,18 @@ def load_inference_model(path: str, *, depth: int | None = None, tasks: str | It
     """
     if not Path(path).is_file():
         last = Path(path).with_name("last.pt")
-        hint = (f" (its run wrote no best.pt: no validation ran there; {last} exists)"
-                if Path(path).name == "best.pt" and last.exists() else "")
+        hint = (
+            f" (its run wrote no best.pt: no validation ran there; {last} exists)"
+            if Path(path).name == "best.pt" and last.exists()
+            else ""
+        )
         raise FileNotFoundError(f"{path}: no such checkpoint file{hint}")
     raw = read_checkpoint(path)
     if isinstance(raw, dict) and raw.get("format") == CHECKPOINT_FORMAT:
         return _load_training_checkpoint(path, raw, depth, tasks, frames, size)
     container, state = find_state_dict(raw)
     prefix = find_network_prefix(list(state))
-    names = [n[len(prefix):] for n in state if n.startswith(prefix)]
+    names = [n[len(prefix) :] for n in state if n.startswith(prefix)]
     found_depth = guess_depth([n for n in names if not n.startswith(HEAD + ".")])
     if depth is None:
         if found_depth is None:
@@ -91,21 +108,31 @@ def load_inference_model(path: str, *, depth: int | None = None, tasks: str | It
         if not selected:
             raise CheckpointMismatchError(
                 f"{path} has no multi-task head (heads found: {sorted(heads) or 'none'}); a Moments in Time "
-                "classification checkpoint must be trained with train_ddp.py before it can predict")
+                "classification checkpoint must be trained with train_ddp.py before it can predict"
+            )
     else:
         selected = parse_tasks(tasks)
     model = MultiTaskResNet3D(depth=depth, tasks=selected, dropout=0.0)
     report = load_pretrained(model, raw, require_heads=True)
     notes = _clip_shape_notes(path, frames, size)
-    spec = ModelSpec(path=str(path), kind=report.kind, depth=depth, tasks=selected,
-                     frames=frames or DEFAULT_FRAMES, size=size or DEFAULT_SIZE, notes=notes)
+    spec = ModelSpec(
+        path=str(path),
+        kind=report.kind,
+        depth=depth,
+        tasks=selected,
+        frames=frames or DEFAULT_FRAMES,
+        size=size or DEFAULT_SIZE,
+        notes=notes,
+    )
     return model.eval(), spec
 
 
 def _clip_shape_notes(path, frames, size) -> list[str]:
     if frames is None or size is None:
-        return [f"{path} does not record the clip shape; using frames={frames or DEFAULT_FRAMES}, "
-                f"size={size or DEFAULT_SIZE} (set --frames/--size to what it was trained with)"]
+        return [
+            f"{path} does not record the clip shape; using frames={frames or DEFAULT_FRAMES}, "
+            f"size={size or DEFAULT_SIZE} (set --frames/--size to what it was trained with)"
+        ]
     return []
 
 
@@ -115,20 +142,35 @@ def _load_backbone(path, raw, depth, frames, size) -> tuple[nn.Module, ModelSpec
     notes = _clip_shape_notes(path, frames, size)
     if report.skipped:
         notes.append(f"only the backbone of {path} is loaded; not loaded: {', '.join(sorted(report.skipped))}")
-    spec = ModelSpec(path=str(path), kind=report.kind, depth=depth, tasks=(), frames=frames or DEFAULT_FRAMES,
-                     size=size or DEFAULT_SIZE, notes=notes)
+    spec = ModelSpec(
+        path=str(path),
+        kind=report.kind,
+        depth=depth,
+        tasks=(),
+        frames=frames or DEFAULT_FRAMES,
+        size=size or DEFAULT_SIZE,
+        notes=notes,
+    )
     return model.eval(), spec
 
 
-def random_init_model(depth: int, *, seed: int = 0, frames: int | None = None,
-                      size: int | None = None) -> tuple[nn.Module, ModelSpec]:
+def random_init_model(
+    depth: int, *, seed: int = 0, frames: int | None = None, size: int | None = None
+) -> tuple[nn.Module, ModelSpec]:
     """An untrained ``ResNet3D`` backbone (the usual control in brain/behaviour analyses), its
     weights a function of ``(depth, seed)`` only, so every rank builds the same network."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ResNet3D(depth=depth)
-    spec = ModelSpec(path="", kind="random_init", depth=depth, tasks=(), frames=frames or DEFAULT_FRAMES,
-                     size=size or DEFAULT_SIZE, config={"seed": seed})
+    spec = ModelSpec(
+        path="",
+        kind="random_init",
+        depth=depth,
+        tasks=(),
+        frames=frames or DEFAULT_FRAMES,
+        size=size or DEFAULT_SIZE,
+        config={"seed": seed},
+    )
     return model.eval(), spec
 
 
@@ -150,10 +192,20 @@ def _load_training_checkpoint(path, raw, depth, tasks, frames, size) -> tuple[nn
     try:
         model.load_state_dict(raw["model"])
     except RuntimeError as exc:
-        raise CheckpointMismatchError(f"{path}: the weights do not fit ResNet3D-{ck_depth} with tasks "
-                                      f"{list(ck_tasks)}: {exc}") from exc
-    spec = ModelSpec(path=str(path), kind="training", depth=ck_depth, tasks=ck_tasks, frames=shape["frames"],
-                     size=shape["size"], step=raw.get("step"), run_id=raw.get("mlflow_run_id") or None,
-                     tracking_uri=raw.get("mlflow_tracking_uri") or None,
-                     config=config, notes=notes)
+        raise CheckpointMismatchError(
+            f"{path}: the weights do not fit ResNet3D-{ck_depth} with tasks {list(ck_tasks)}: {exc}"
+        ) from exc
+    spec = ModelSpec(
+        path=str(path),
+        kind="training",
+        depth=ck_depth,
+        tasks=ck_tasks,
+        frames=shape["frames"],
+        size=shape["size"],
+        step=raw.get("step"),
+        run_id=raw.get("mlflow_run_id") or None,
+        tracking_uri=raw.get("mlflow_tracking_uri") or None,
+        config=config,
+        notes=notes,
+    )
     return model.eval(), spec

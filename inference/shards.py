@@ -41,8 +41,9 @@ def average_view_probabilities(probs: dict[str, torch.Tensor], num_views: int) -
     return out
 
 
-def clips_to_model_input(video: torch.Tensor, device: torch.device, *, size: int | None = None,
-                         channels_last: bool = False) -> torch.Tensor:
+def clips_to_model_input(
+    video: torch.Tensor, device: torch.device, *, size: int | None = None, channels_last: bool = False
+) -> torch.Tensor:
     """A ``datasets.collate_views`` batch's (B, V, 3, T, H, W) clips -> the network's (B * V, 3, T,
     size, size) float input on ``device``, the views of a video adjacent.
 
@@ -62,8 +63,16 @@ def clips_to_model_input(video: torch.Tensor, device: torch.device, *, size: int
 
 
 @torch.no_grad()
-def predict_shard(model: nn.Module, loader, device: torch.device, *, amp_dtype: torch.dtype | None = None,
-                  channels_last: bool = False, progress=None, size: int | None = None) -> dict[str, Any]:
+def predict_shard(
+    model: nn.Module,
+    loader,
+    device: torch.device,
+    *,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    progress=None,
+    size: int | None = None,
+) -> dict[str, Any]:
     """Probabilities for this rank's videos.
 
     ``loader`` yields ``datasets.collate_views`` batches of (B, V, 3, T, H, W) uint8 clips
@@ -93,8 +102,9 @@ def predict_shard(model: nn.Module, loader, device: torch.device, *, amp_dtype: 
     }
 
 
-def gather_exactly_once(local: dict[str, Any], info: DistInfo, num_items: int,
-                        tasks: Iterable[str]) -> tuple[dict[str, np.ndarray], list[str | None]]:
+def gather_exactly_once(
+    local: dict[str, Any], info: DistInfo, num_items: int, tasks: Iterable[str]
+) -> tuple[dict[str, np.ndarray], list[str | None]]:
     """All ranks' shares -> ``(probs, errors)`` in dataset order, on every rank.
 
     ``probs[output]`` has one row per item (NaN rows for items that failed); ``errors[i]`` is
@@ -102,31 +112,55 @@ def gather_exactly_once(local: dict[str, Any], info: DistInfo, num_items: int,
     sampler's promise that metrics do not depend on the world size).
     """
     predicted, found = gather_rows(local["indices"], local["probs"], num_items, info)
-    failed, reasons = gather_rows([index for index, _ in local["bad"]],
-                                  {"error": np.array([error for _, error in local["bad"]], dtype=object)}, num_items, info)
+    failed, reasons = gather_rows(
+        [index for index, _ in local["bad"]],
+        {"error": np.array([error for _, error in local["bad"]], dtype=object)},
+        num_items,
+        info,
+    )
     seen = predicted + failed
     if np.any(seen != 1):
         twice, never = np.flatnonzero(seen > 1), np.flatnonzero(seen == 0)
-        raise RuntimeError(f"exactly-once violated over {info.world_size} ranks: items seen twice "
-                           f"{twice[:10].tolist()}, never {never[:10].tolist()}")
-    probs = {name: found[name].astype(np.float32) if name in found else
-             np.full((num_items, width) if width > 1 else (num_items,), np.nan, dtype=np.float32)
-             for name, width in output_sizes(tuple(tasks)).items()}
+        raise RuntimeError(
+            f"exactly-once violated over {info.world_size} ranks: items seen twice "
+            f"{twice[:10].tolist()}, never {never[:10].tolist()}"
+        )
+    probs = {
+        name: found[name].astype(np.float32)
+        if name in found
+        else np.full((num_items, width) if width > 1 else (num_items,), np.nan, dtype=np.float32)
+        for name, width in output_sizes(tuple(tasks)).items()
+    }
     errors = [str(reasons["error"][i]) if failed[i] else None for i in range(num_items)]
     return probs, errors
 
 
-def shard_loader(dataset, info: DistInfo, *, batch_size: int, num_workers: int,
-                 indices: Sequence[int] | None = None, cache_loader: str = "mmap"):
+def shard_loader(
+    dataset,
+    info: DistInfo,
+    *,
+    batch_size: int,
+    num_workers: int,
+    indices: Sequence[int] | None = None,
+    cache_loader: str = "mmap",
+):
     """A loader over this rank's ``ExactShardSampler`` share of ``indices`` (default: every item
     of ``dataset``, a ``datasets`` multi-view dataset), batched as ``collate_views`` does, so over
     all ranks each item is loaded exactly once: ``num_workers`` reader threads into reused
     buffers for a raw frame cache (``datasets.make_loader``; ``cache_loader``), else a DataLoader."""
     items = range(len(dataset)) if indices is None else indices
     mine = [int(items[i]) for i in ExactShardSampler(len(items), info.rank, info.world_size)]
-    return make_loader(dataset, mine, batch_size, workers=num_workers, prefetch=2,
-                       pin_memory=info.device.type == "cuda", cache_loader=cache_loader,
-                       collate_fn=collate_views, persistent_workers=False)
+    return make_loader(
+        dataset,
+        mine,
+        batch_size,
+        workers=num_workers,
+        prefetch=2,
+        pin_memory=info.device.type == "cuda",
+        cache_loader=cache_loader,
+        collate_fn=collate_views,
+        persistent_workers=False,
+    )
 
 
 def place_model(model: nn.Module, device: torch.device) -> bool:
@@ -139,20 +173,37 @@ def place_model(model: nn.Module, device: torch.device) -> bool:
     return False
 
 
-def infer_dataset(model: nn.Module, dataset, info: DistInfo, tasks, *, batch_size: int, num_workers: int,
-                  amp: str = "auto", progress: bool = True, desc: str = "predicting"
-                  ) -> tuple[dict[str, np.ndarray], list[str | None]]:
+def infer_dataset(
+    model: nn.Module,
+    dataset,
+    info: DistInfo,
+    tasks,
+    *,
+    batch_size: int,
+    num_workers: int,
+    amp: str = "auto",
+    progress: bool = True,
+    desc: str = "predicting",
+) -> tuple[dict[str, np.ndarray], list[str | None]]:
     """Every item of ``dataset`` (a ``datasets.MultiViewClipDataset``) predicted exactly once
     over all ranks: each rank takes its ``ExactShardSampler`` share, results are gathered.
     Returns ``(probs, errors)`` in dataset order on every rank (see ``gather_exactly_once``)."""
     loader = shard_loader(dataset, info, batch_size=batch_size, num_workers=num_workers)
     channels_last = place_model(model, info.device)
     suffix = f" (rank 0 of {info.world_size})" if info.world_size > 1 else ""
-    bar = progress_bar(total=len(loader.sampler), desc=desc + suffix, unit="video",
-               disable=not (info.is_main and progress))
+    bar = progress_bar(
+        total=len(loader.sampler), desc=desc + suffix, unit="video", disable=not (info.is_main and progress)
+    )
     try:
-        local = predict_shard(model, loader, info.device, amp_dtype=resolve_amp(amp, info.device, quiet=not info.is_main),
-                              channels_last=channels_last, progress=bar, size=getattr(dataset, "size", None))
+        local = predict_shard(
+            model,
+            loader,
+            info.device,
+            amp_dtype=resolve_amp(amp, info.device, quiet=not info.is_main),
+            channels_last=channels_last,
+            progress=bar,
+            size=getattr(dataset, "size", None),
+        )
     finally:
         bar.close()
     return gather_exactly_once(local, info, len(dataset), tasks)

@@ -67,8 +67,9 @@ def main(argv: list[str]) -> int:
         print(f"close_run: could not mark MLflow run {run_id} at {uri} FAILED: {type(exc).__name__}: {exc}")
         return 0
     with open(record, "a") as fh:
-        fh.write(json.dumps({"time": time.time(), "event": "end", "status": "FAILED",
-                             "by": "launch/close_run.py"}) + "\n")
+        fh.write(
+            json.dumps({"time": time.time(), "event": "end", "status": "FAILED", "by": "launch/close_run.py"}) + "\n"
+        )
     print(f"close_run: MLflow run {run_id} marked FAILED (its processes died without closing it)")
     return 0
 

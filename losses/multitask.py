@@ -146,8 +146,10 @@ class MultiTaskLoss(nn.Module):
                 per_sample, valid = self._task_terms(task, outputs, targets)
                 task_sum = per_sample.sum()
                 count = valid.sum(dtype=torch.int64)
-                denom = count.float() if denominators is None else torch.as_tensor(
-                    denominators[task], dtype=torch.float32, device=device
+                denom = (
+                    count.float()
+                    if denominators is None
+                    else torch.as_tensor(denominators[task], dtype=torch.float32, device=device)
                 )
                 has_denominator = denom > 0
                 safe_denom = torch.where(has_denominator, denom, torch.ones_like(denom))

@@ -1,8 +1,8 @@
 """ResNet3D (Moments in Time layout) with a multi-task head; loading, freezing, FLOP counting.
 
-    from resnet3d import build_model
-    model = build_model(depth=50, tasks="all", pretrained="moments_v2_RGB_imagenet_resnet3d50_segment16.pth.tar")
-    outputs = model(clips)            # {"distance_score": (N,), ..., "peoplecount": (N, 5)}
+from resnet3d import build_model
+model = build_model(depth=50, tasks="all", pretrained="moments_v2_RGB_imagenet_resnet3d50_segment16.pth.tar")
+outputs = model(clips)            # {"distance_score": (N,), ..., "peoplecount": (N, 5)}
 """
 
 from .checkpoints import CheckpointMismatchError, LoadReport, load_pretrained

@@ -78,7 +78,7 @@ class ResNet3D(nn.Module):
         for a (frames, height, width) input, from the strides and paddings of the modules."""
 
         def out(n: int, kernel, stride, padding, axis: int) -> int:
-            pick = (lambda v: v[axis] if isinstance(v, tuple) else v)
+            pick = lambda v: v[axis] if isinstance(v, tuple) else v
             return (n + 2 * pick(padding) - pick(kernel)) // pick(stride) + 1
 
         grid = [frames, height, width]
@@ -90,8 +90,9 @@ class ResNet3D(nn.Module):
         return tuple(grid)
 
 
-def _make_stage(block: type[nn.Module], in_planes: int, width: int, n_blocks: int,
-                stride: int) -> tuple[nn.Sequential, int]:
+def _make_stage(
+    block: type[nn.Module], in_planes: int, width: int, n_blocks: int, stride: int
+) -> tuple[nn.Sequential, int]:
     out_planes = width * block.expansion
     downsample = None
     if stride != 1 or in_planes != out_planes:

@@ -42,19 +42,21 @@ class CheckpointMismatchError(ValueError):
 
 @dataclass
 class LoadReport:
-    kind: str                                   # mit | lightning | training | state_dict
+    kind: str  # mit | lightning | training | state_dict
     source: str
-    prefix: str                                 # stripped from the checkpoint's names
-    loaded: list[str] = field(default_factory=list)         # model tensor names filled
-    skipped: dict[str, str] = field(default_factory=dict)   # checkpoint name -> why not loaded
-    defaulted: list[str] = field(default_factory=list)      # model tensors left as initialised
-    heads_loaded: list[str] = field(default_factory=list)   # output names taken from the file
+    prefix: str  # stripped from the checkpoint's names
+    loaded: list[str] = field(default_factory=list)  # model tensor names filled
+    skipped: dict[str, str] = field(default_factory=dict)  # checkpoint name -> why not loaded
+    defaulted: list[str] = field(default_factory=list)  # model tensors left as initialised
+    heads_loaded: list[str] = field(default_factory=list)  # output names taken from the file
     heads_initialized: list[str] = field(default_factory=list)  # output names freshly initialised
 
     def __str__(self) -> str:
-        lines = [f"loaded {len(self.loaded)} tensors from {self.source} (kind={self.kind}, "
-                 f"prefix={self.prefix!r}); heads loaded: {self.heads_loaded or 'none'}; "
-                 f"heads initialised: {self.heads_initialized or 'none'}"]
+        lines = [
+            f"loaded {len(self.loaded)} tensors from {self.source} (kind={self.kind}, "
+            f"prefix={self.prefix!r}); heads loaded: {self.heads_loaded or 'none'}; "
+            f"heads initialised: {self.heads_initialized or 'none'}"
+        ]
         lines += [f"  skipped {name}: {why}" for name, why in self.skipped.items()]
         if self.defaulted:
             lines.append(f"  kept initial values for {len(self.defaulted)} tensors absent from the file")
@@ -64,8 +66,7 @@ class LoadReport:
 def find_state_dict(checkpoint: Any) -> tuple[str, Mapping[str, Tensor]]:
     """Return (container key or "bare", the tensor mapping) of a loaded checkpoint."""
     if not isinstance(checkpoint, Mapping):
-        raise CheckpointMismatchError(
-            f"expected a dict checkpoint; got {type(checkpoint).__name__}")
+        raise CheckpointMismatchError(f"expected a dict checkpoint; got {type(checkpoint).__name__}")
     for key in ("model", "state_dict"):
         if _is_state_dict(checkpoint.get(key)):
             return key, checkpoint[key]
@@ -73,7 +74,8 @@ def find_state_dict(checkpoint: Any) -> tuple[str, Mapping[str, Tensor]]:
         return "bare", checkpoint
     raise CheckpointMismatchError(
         "no state dict found: expected key 'state_dict' (MiT / Lightning), 'model' (this project) "
-        f"or a bare name->tensor dict; top-level keys: {list(checkpoint)[:20]}")
+        f"or a bare name->tensor dict; top-level keys: {list(checkpoint)[:20]}"
+    )
 
 
 def _is_state_dict(value: Any) -> bool:
@@ -87,7 +89,8 @@ def find_network_prefix(names: list[str]) -> str:
     if not candidates:
         raise CheckpointMismatchError(
             "no ResNet3D found in the checkpoint (no conv1.weight + bn1.weight + layer1.0.conv1.weight "
-            f"under a common prefix); first names: {names[:10]}")
+            f"under a common prefix); first names: {names[:10]}"
+        )
     return min(candidates, key=len)
 
 
@@ -112,16 +115,20 @@ def _listed(items: list[str]) -> str:
     return f"\n    {shown}{more}"
 
 
-def check_backbone(model_tensors: Mapping[str, Tensor], ckpt_tensors: Mapping[str, Tensor],
-                   model_depth: int | None, where: str) -> list[str]:
+def check_backbone(
+    model_tensors: Mapping[str, Tensor], ckpt_tensors: Mapping[str, Tensor], model_depth: int | None, where: str
+) -> list[str]:
     """Raise CheckpointMismatchError unless the backbones match; return names absent but allowed."""
     allowed_absent = [n for n in model_tensors if n not in ckpt_tensors and n.endswith("num_batches_tracked")]
-    missing = [f"{n} {tuple(t.shape)}" for n, t in model_tensors.items()
-               if n not in ckpt_tensors and n not in allowed_absent]
+    missing = [
+        f"{n} {tuple(t.shape)}" for n, t in model_tensors.items() if n not in ckpt_tensors and n not in allowed_absent
+    ]
     unexpected = [f"{n} {tuple(t.shape)}" for n, t in ckpt_tensors.items() if n not in model_tensors]
-    mismatched = [f"{n}: checkpoint {tuple(t.shape)} vs model {tuple(model_tensors[n].shape)}"
-                  for n, t in ckpt_tensors.items()
-                  if n in model_tensors and t.shape != model_tensors[n].shape]
+    mismatched = [
+        f"{n}: checkpoint {tuple(t.shape)} vs model {tuple(model_tensors[n].shape)}"
+        for n, t in ckpt_tensors.items()
+        if n in model_tensors and t.shape != model_tensors[n].shape
+    ]
     if not (missing or unexpected or mismatched):
         return allowed_absent
     parts = [f"{where}: the checkpoint's backbone does not match ResNet3D-{model_depth}."]
@@ -137,8 +144,9 @@ def check_backbone(model_tensors: Mapping[str, Tensor], ckpt_tensors: Mapping[st
     raise CheckpointMismatchError("\n".join(parts))
 
 
-def match_heads(model: nn.Module, model_tensors: Mapping[str, Tensor], ckpt_head: Mapping[str, Tensor],
-                report: LoadReport) -> dict[str, Tensor]:
+def match_heads(
+    model: nn.Module, model_tensors: Mapping[str, Tensor], ckpt_head: Mapping[str, Tensor], report: LoadReport
+) -> dict[str, Tensor]:
     """Choose the head tensors to load; record everything else in ``report``.
 
     Skipped tensors are reported under their names in the file (with ``report.prefix``).
@@ -148,8 +156,7 @@ def match_heads(model: nn.Module, model_tensors: Mapping[str, Tensor], ckpt_head
     classifier = ckpt_head.get(f"{HEAD}.weight")
     if classifier is not None and classifier.dim() == 2:
         for name in ckpt_head:
-            report.skipped[prefix + name] = (f"{classifier.shape[0]}-class classifier; replaced by the "
-                                    "multi-task head")
+            report.skipped[prefix + name] = f"{classifier.shape[0]}-class classifier; replaced by the multi-task head"
         report.heads_initialized = list(getattr(model, "output_sizes", {}))
         return to_load
     for output in getattr(model, "output_sizes", {}):  # a bare ResNet3D has no heads
@@ -166,8 +173,9 @@ def match_heads(model: nn.Module, model_tensors: Mapping[str, Tensor], ckpt_head
         if name not in model_tensors:
             report.skipped[prefix + name] = "output not among the model's selected outputs"
         elif tensor.shape != model_tensors[name].shape:
-            report.skipped[prefix + name] = (f"shape {tuple(tensor.shape)} differs from the model's "
-                                    f"{tuple(model_tensors[name].shape)}")
+            report.skipped[prefix + name] = (
+                f"shape {tuple(tensor.shape)} differs from the model's {tuple(model_tensors[name].shape)}"
+            )
         else:
             report.skipped[prefix + name] = "its head is incomplete in the checkpoint (weight or bias missing)"
     return to_load
@@ -183,8 +191,9 @@ def _detect_kind(container: str, prefix: str, ckpt_head: Mapping[str, Tensor]) -
     return "state_dict"
 
 
-def load_pretrained(model: nn.Module, source: str | os.PathLike | IO[bytes] | Mapping[str, Any],
-                    require_heads: bool = False) -> LoadReport:
+def load_pretrained(
+    model: nn.Module, source: str | os.PathLike | IO[bytes] | Mapping[str, Any], require_heads: bool = False
+) -> LoadReport:
     """Load a checkpoint (path, file object or already-loaded dict) into ``model``.
 
     ``model`` is a MultiTaskResNet3D, possibly wrapped (DDP / torch.compile).  Raises
@@ -201,7 +210,7 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike | IO[bytes] | Ma
     model_state = model.state_dict()
     original_names = {strip_wrapper_prefixes(n): n for n in model_state}
     model_tensors = {clean: model_state[n] for clean, n in original_names.items()}
-    network = {n[len(prefix):]: state[n] for n in names if n.startswith(prefix)}
+    network = {n[len(prefix) :]: state[n] for n in names if n.startswith(prefix)}
     ckpt_backbone = {n: t for n, t in network.items() if not under_prefix(n, HEAD)}
     ckpt_head = {n: t for n, t in network.items() if under_prefix(n, HEAD)}
     model_backbone = {n: t for n, t in model_tensors.items() if not under_prefix(n, HEAD)}
@@ -216,7 +225,8 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike | IO[bytes] | Ma
     to_load.update(match_heads(_unwrap(model), model_tensors, ckpt_head, report))
     if require_heads and report.heads_initialized:
         raise CheckpointMismatchError(
-            f"{where}: no matching head in the checkpoint for outputs {report.heads_initialized}")
+            f"{where}: no matching head in the checkpoint for outputs {report.heads_initialized}"
+        )
     report.defaulted += [f"{HEAD}.{o}.{p}" for o in report.heads_initialized for p in ("weight", "bias")]
 
     result = model.load_state_dict({original_names[n]: t for n, t in to_load.items()}, strict=False)

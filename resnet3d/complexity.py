@@ -17,8 +17,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-CONVENTION = ("FLOPs = 2 x multiply-adds; convolutions and matrix multiplies only "
-              "(torch.utils.flop_counter.FlopCounterMode)")
+CONVENTION = (
+    "FLOPs = 2 x multiply-adds; convolutions and matrix multiplies only (torch.utils.flop_counter.FlopCounterMode)"
+)
 
 
 def _outputs_sum(outputs: Any) -> torch.Tensor:
@@ -27,8 +28,7 @@ def _outputs_sum(outputs: Any) -> torch.Tensor:
     return outputs.float().sum()
 
 
-def _by_top_level_module(counts: dict[str, dict[Any, int]], root: str,
-                         children: list[str]) -> dict[str, int]:
+def _by_top_level_module(counts: dict[str, dict[Any, int]], root: str, children: list[str]) -> dict[str, int]:
     """FlopCounterMode's per-module table reduced to the model's direct children."""
     # A module's count already includes its submodules, but containers that are never
     # called themselves (the ModuleDict head) appear only through their children.
@@ -46,8 +46,9 @@ def _by_top_level_module(counts: dict[str, dict[Any, int]], root: str,
     return {name: found[name] for name in children if name in found}
 
 
-def count_parameters_and_flops(model: nn.Module, input_shape: Sequence[int] = (1, 3, 16, 224, 224),
-                               backward: bool = True) -> dict[str, Any]:
+def count_parameters_and_flops(
+    model: nn.Module, input_shape: Sequence[int] = (1, 3, 16, 224, 224), backward: bool = True
+) -> dict[str, Any]:
     """Parameters and counted FLOPs of one forward (and, with ``backward``, forward+backward).
 
     Returns a dict with ``parameters`` (total, and ``parameters_backbone`` /
@@ -71,9 +72,9 @@ def count_parameters_and_flops(model: nn.Module, input_shape: Sequence[int] = (1
         "parameters_backbone": parameters - head,
         "parameters_head": head,
         "forward_flops": forward_counter.get_total_flops(),
-        "forward_flops_by_module": _by_top_level_module(forward_counter.get_flop_counts(),
-                                                        type(model).__name__,
-                                                        [n for n, _ in model.named_children()]),
+        "forward_flops_by_module": _by_top_level_module(
+            forward_counter.get_flop_counts(), type(model).__name__, [n for n, _ in model.named_children()]
+        ),
         "convention": CONVENTION,
     }
     result["forward_gflops"] = result["forward_flops"] / 1e9

@@ -75,13 +75,15 @@ def to_plain(obj: Any, where: str, notes: list[str]) -> tuple[bool, Any]:
     return False, None
 
 
-def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, trust_this_file: bool = False,
-                       overwrite: bool = False) -> list[str]:
+def convert_checkpoint(
+    src: str | os.PathLike, dst: str | os.PathLike, trust_this_file: bool = False, overwrite: bool = False
+) -> list[str]:
     """Write a weights_only-loadable copy of ``src`` to ``dst``; returns the conversion notes."""
     if not trust_this_file:
         raise PermissionError(
             f"{src}: converting means fully unpickling the file, which can run any code stored in it. "
-            "Pass trust_this_file=True (--trust-this-file) only for a file whose origin you trust.")
+            "Pass trust_this_file=True (--trust-this-file) only for a file whose origin you trust."
+        )
     if os.path.abspath(src) == os.path.abspath(dst):
         raise ValueError(f"{dst}: output must differ from the input")
     if os.path.exists(dst) and not overwrite:
@@ -91,7 +93,8 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, trust_thi
     except (ModuleNotFoundError, AttributeError) as error:
         raise RuntimeError(
             f"{src}: the pickle refers to code that is not importable here ({error}); convert it in an "
-            "environment that has that package installed") from error
+            "environment that has that package installed"
+        ) from error
     notes: list[str] = []
     _, plain = to_plain(checkpoint, "checkpoint", notes)
 
@@ -106,16 +109,19 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, trust_thi
 def main(argv: Sequence[str] | None = None) -> int:
     parser = CommandLineParser(
         description="Convert a checkpoint that torch.load(weights_only=True) refuses into a "
-                    "tensors-only file. Loading the input can run code from it: trusted files only.")
+        "tensors-only file. Loading the input can run code from it: trusted files only."
+    )
     parser.add_argument("input")
     parser.add_argument("output")
-    parser.add_argument("--trust-this-file", action="store_true",
-                        help="required: confirms you trust the input file's origin")
+    parser.add_argument(
+        "--trust-this-file", action="store_true", help="required: confirms you trust the input file's origin"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     args = parser.parse_args(argv)
     if not args.trust_this_file:
-        parser.error("refusing to unpickle the input without --trust-this-file "
-                     "(unpickling can run arbitrary code from the file)")
+        parser.error(
+            "refusing to unpickle the input without --trust-this-file (unpickling can run arbitrary code from the file)"
+        )
     notes = convert_checkpoint(args.input, args.output, trust_this_file=True, overwrite=args.overwrite)
     for note in notes:
         print(note)

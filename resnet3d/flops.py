@@ -31,14 +31,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     shape = (args.batch, 3, args.frames, args.size, args.size)
     r = count_parameters_and_flops(model, shape)
     print(f"ResNet3D-{args.depth}, input {shape}, {len(model.output_sizes)} head outputs")
-    print(f"parameters: {r['parameters']:,} = {r['parameters_backbone']:,} backbone "
-          f"+ {r['parameters_head']:,} head")
+    print(f"parameters: {r['parameters']:,} = {r['parameters_backbone']:,} backbone + {r['parameters_head']:,} head")
     print(f"forward: {r['forward_gflops']:.2f} GFLOPs per batch ({CONVENTION})")
     for name, flops in r["forward_flops_by_module"].items():
         print(f"  {name:<12} {flops / 1e9:10.4f} GFLOPs")
     print(f"training, estimate 3 x forward:     {r['training_gflops_3x_estimate']:.2f} GFLOPs per batch")
-    print(f"training, counted forward+backward: {r['training_gflops']:.2f} GFLOPs per batch "
-          f"(the first conv needs no input gradient)")
+    print(
+        f"training, counted forward+backward: {r['training_gflops']:.2f} GFLOPs per batch "
+        f"(the first conv needs no input gradient)"
+    )
 
 
 if __name__ == "__main__":

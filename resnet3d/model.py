@@ -28,8 +28,13 @@ class MultiTaskResNet3D(ResNet3D):
     mode (running statistics fixed) whatever mode the rest of the model is in.
     """
 
-    def __init__(self, depth: int = 50, tasks: Sequence[str] | str | None = "all",
-                 dropout: float = 0.5, zero_init_residual: bool = False) -> None:
+    def __init__(
+        self,
+        depth: int = 50,
+        tasks: Sequence[str] | str | None = "all",
+        dropout: float = 0.5,
+        zero_init_residual: bool = False,
+    ) -> None:
         super().__init__(depth=depth, zero_init_residual=zero_init_residual)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1); got {dropout!r}")
@@ -58,16 +63,19 @@ class MultiTaskResNet3D(ResNet3D):
         return self
 
 
-def build_model(depth: int = 50, tasks: Sequence[str] | str | None = "all",
-                pretrained: str | os.PathLike | None = None, dropout: float = 0.5,
-                zero_init_residual: bool = False) -> MultiTaskResNet3D:
+def build_model(
+    depth: int = 50,
+    tasks: Sequence[str] | str | None = "all",
+    pretrained: str | os.PathLike | None = None,
+    dropout: float = 0.5,
+    zero_init_residual: bool = False,
+) -> MultiTaskResNet3D:
     """Build the multi-task ResNet3D; ``pretrained`` is a checkpoint path (MiT, Lightning or own).
 
     The load report (what was loaded, what skipped) is logged and kept as
     ``model.pretrained_report``.
     """
-    model = MultiTaskResNet3D(depth=depth, tasks=tasks, dropout=dropout,
-                              zero_init_residual=zero_init_residual)
+    model = MultiTaskResNet3D(depth=depth, tasks=tasks, dropout=dropout, zero_init_residual=zero_init_residual)
     model.pretrained_report = None
     if pretrained is not None:
         model.pretrained_report = load_pretrained(model, pretrained)

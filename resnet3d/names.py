@@ -14,7 +14,7 @@ def strip_wrapper_prefixes(name: str) -> str:
         stripped = False
         for prefix in WRAPPER_PREFIXES:
             if name.startswith(prefix):
-                name = name[len(prefix):]
+                name = name[len(prefix) :]
                 stripped = True
     return name
 

@@ -25,8 +25,7 @@ class UnfreezeSchedule:
     parameter decides for it.  Parameters under no prefix are left as they are.
     """
 
-    def __init__(self, milestones: Mapping[str, int], low_lr_factor: float = 1.0,
-                 low_lr_epochs: int = 0) -> None:
+    def __init__(self, milestones: Mapping[str, int], low_lr_factor: float = 1.0, low_lr_epochs: int = 0) -> None:
         self.milestones: dict[str, int] = {}
         self.low_lr_factor = float(low_lr_factor)
         self.low_lr_epochs = int(low_lr_epochs)
@@ -84,8 +83,11 @@ class UnfreezeSchedule:
         return 1.0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"milestones": dict(self.milestones), "low_lr_factor": self.low_lr_factor,
-                "low_lr_epochs": self.low_lr_epochs}
+        return {
+            "milestones": dict(self.milestones),
+            "low_lr_factor": self.low_lr_factor,
+            "low_lr_epochs": self.low_lr_epochs,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.low_lr_factor = float(state["low_lr_factor"])
@@ -93,5 +95,7 @@ class UnfreezeSchedule:
         self._set(state["milestones"])
 
     def __repr__(self) -> str:
-        return (f"UnfreezeSchedule({self.milestones}, low_lr_factor={self.low_lr_factor}, "
-                f"low_lr_epochs={self.low_lr_epochs})")
+        return (
+            f"UnfreezeSchedule({self.milestones}, low_lr_factor={self.low_lr_factor}, "
+            f"low_lr_epochs={self.low_lr_epochs})"
+        )

@@ -24,8 +24,15 @@ def save_tiny_checkpoint(out_dir: Path, tasks=TASKS, seed: int = 0, run_id: str 
         for head in model.last_linear.values():
             head.weight.normal_(0, 0.5)
     cfg = TrainConfig(depth=DEPTH, frames=FRAMES, size=SIZE, tasks=",".join(tasks), output_dir=str(out_dir))
-    state = {"model": model.state_dict(), "config": asdict(cfg), "tasks": list(tasks), "depth": DEPTH,
-             "epoch": 0, "world_size": 1, "mlflow_run_id": run_id}
+    state = {
+        "model": model.state_dict(),
+        "config": asdict(cfg),
+        "tasks": list(tasks),
+        "depth": DEPTH,
+        "epoch": 0,
+        "world_size": 1,
+        "mlflow_run_id": run_id,
+    }
     return CheckpointManager(Path(out_dir) / "checkpoints").save(state, step=1)
 
 

@@ -23,6 +23,14 @@ def prepare_demo_cache(tiny_demo, out, frames, stored_size=40):
     from datasets import prepare
 
     videos, annotations = tiny_demo
-    prepare.prepare_cache(out, prepare.read_video_names(annotations), str(videos), frames=frames,
-                          stored_size=stored_size, workers=0, progress=False, log=lambda m: None)
+    prepare.prepare_cache(
+        out,
+        prepare.read_video_names(annotations),
+        str(videos),
+        frames=frames,
+        stored_size=stored_size,
+        workers=0,
+        progress=False,
+        log=lambda m: None,
+    )
     return out

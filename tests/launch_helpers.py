@@ -14,8 +14,23 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--depth", "18", "--frames", "4", "--size", "32", "--num-workers", "0", "--no-progress",
-        "--no-system-metrics", "--no-log-model", "--no-log-checkpoints", "--no-plots", "--log-every", "1"]
+TINY = [
+    "--depth",
+    "18",
+    "--frames",
+    "4",
+    "--size",
+    "32",
+    "--num-workers",
+    "0",
+    "--no-progress",
+    "--no-system-metrics",
+    "--no-log-model",
+    "--no-log-checkpoints",
+    "--no-plots",
+    "--log-every",
+    "1",
+]
 
 
 def free_port() -> int:
@@ -27,14 +42,22 @@ def free_port() -> int:
 def train_command(args: list[str], nproc: int = 1) -> list[str]:
     if nproc == 1:
         return [sys.executable, str(REPO / "train_ddp.py"), *args]
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-            f"--master_port={free_port()}", str(REPO / "train_ddp.py"), *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        f"--master_port={free_port()}",
+        str(REPO / "train_ddp.py"),
+        *args,
+    ]
 
 
 def child_env(extra: dict | None = None) -> dict:
     env = dict(os.environ)
-    env.update({"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-                "MLFLOW_TRACKING_URI": ""})
+    env.update(
+        {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "MLFLOW_TRACKING_URI": ""}
+    )
     env.pop("MLFLOW_TRACKING_URI")
     env.update(extra or {})
     return env
@@ -42,8 +65,15 @@ def child_env(extra: dict | None = None) -> dict:
 
 def run(cmd: list[str], timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run in a new session; on timeout kill the whole process group and fail loudly."""
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env or child_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=env or child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -131,8 +131,19 @@ class NamespaceNetwork:
         """``cmd`` run inside the node: its network namespace, and a UTS namespace named after it.
         Every step execs the next, so the pid Popen returns is ``cmd``'s own.  (nsenter, not
         `ip netns exec`: that remounts /sys, hiding /sys/fs/cgroup, without which slurmd won't start.)"""
-        return ["nsenter", f"--net=/run/netns/{self.namespace(node)}", "--", "unshare", "--uts", "--",
-                "sh", "-c", 'hostname "$0" && exec "$@"', node, *cmd]
+        return [
+            "nsenter",
+            f"--net=/run/netns/{self.namespace(node)}",
+            "--",
+            "unshare",
+            "--uts",
+            "--",
+            "sh",
+            "-c",
+            'hostname "$0" && exec "$@"',
+            node,
+            *cmd,
+        ]
 
     def pids(self, node: str) -> list[int]:
         res = _ip("netns", "pids", self.namespace(node), check=False)

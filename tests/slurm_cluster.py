@@ -32,8 +32,7 @@ INSTALL_HINT = "apt-get install -y slurm-wlm munge (Debian), as .ci/run does"
 
 def unavailable_reason() -> str | None:
     """Why a local cluster cannot run here, or None if it can."""
-    missing = [b for b in BINARIES if shutil.which(b) is None
-               and not Path("/usr/sbin", b).exists()]
+    missing = [b for b in BINARIES if shutil.which(b) is None and not Path("/usr/sbin", b).exists()]
     if missing:
         return f"SLURM/munge not installed (missing {', '.join(missing)}); {INSTALL_HINT}"
     if os.geteuid() != 0:
@@ -84,15 +83,26 @@ class LocalSlurm:
         key.write_bytes(os.urandom(1024))  # a private key: this cluster trusts no other munged
         os.chmod(key, 0o600)
         self._write_conf()
-        self._spawn("munged", [_binary("munged"), "--foreground", "--force",
-                               f"--socket={self.munge_socket}", f"--key-file={key}",
-                               f"--pid-file={self.root / 'munge' / 'munged.pid'}",
-                               f"--seed-file={self.root / 'munge' / 'munged.seed'}",
-                               f"--log-file={self.root / 'log' / 'munged.log'}"])
+        self._spawn(
+            "munged",
+            [
+                _binary("munged"),
+                "--foreground",
+                "--force",
+                f"--socket={self.munge_socket}",
+                f"--key-file={key}",
+                f"--pid-file={self.root / 'munge' / 'munged.pid'}",
+                f"--seed-file={self.root / 'munge' / 'munged.seed'}",
+                f"--log-file={self.root / 'log' / 'munged.log'}",
+            ],
+        )
         self._wait(lambda: self.munge_socket.exists(), timeout, "munged did not create its socket")
         self._spawn("slurmctld", [_binary("slurmctld"), "-D", "-i", "-f", str(self.conf)], node=self.node)
-        self._wait(lambda: self._run(["scontrol", "ping"], check=False).returncode == 0,
-                   timeout, "slurmctld does not answer `scontrol ping`")
+        self._wait(
+            lambda: self._run(["scontrol", "ping"], check=False).returncode == 0,
+            timeout,
+            "slurmctld does not answer `scontrol ping`",
+        )
         for node in self.nodes:
             self._spawn(f"slurmd-{node}", [_binary("slurmd"), "-D", "-N", node, "-f", str(self.conf)], node=node)
         self._wait(self._nodes_ready, timeout, "the nodes did not become idle")
@@ -131,8 +141,14 @@ class LocalSlurm:
 
     # -- commands -----------------------------------------------------------------------------
     def sbatch(self, args: list[str], env: dict | None = None, cwd: str | os.PathLike | None = None) -> int:
-        res = subprocess.run([_binary("sbatch"), "--parsable", *args], env=self.env(env), cwd=cwd,
-                             capture_output=True, text=True, timeout=60)
+        res = subprocess.run(
+            [_binary("sbatch"), "--parsable", *args],
+            env=self.env(env),
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if res.returncode != 0:
             raise RuntimeError(f"sbatch {' '.join(args)} failed: {res.stderr.strip()}\n{self.logs()}")
         return int(res.stdout.strip().split(";")[0])
@@ -160,8 +176,7 @@ class LocalSlurm:
 
     # -- internals ----------------------------------------------------------------------------
     def _run(self, cmd: list[str], check: bool = True) -> subprocess.CompletedProcess:
-        res = subprocess.run([_binary(cmd[0]), *cmd[1:]], env=self.env(), capture_output=True,
-                             text=True, timeout=60)
+        res = subprocess.run([_binary(cmd[0]), *cmd[1:]], env=self.env(), capture_output=True, text=True, timeout=60)
         if check and res.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr.strip()}")
         return res
@@ -170,8 +185,9 @@ class LocalSlurm:
         if self.network is not None and node is not None:
             cmd = self.network.wrap(node, cmd)
         log = open(self.root / "log" / f"{name}.stdout", "w")
-        self._procs[name] = subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL, start_new_session=True)
+        self._procs[name] = subprocess.Popen(
+            cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
         log.close()
 
     def _wait(self, ready, timeout: float, what: str) -> None:
@@ -209,49 +225,55 @@ class LocalSlurm:
 
     def _write_conf(self) -> None:
         r = self.root
-        self.conf.write_text("\n".join([
-            "ClusterName=localtest",
-            f"SlurmctldHost={self.node}({self.nodes[self.node]})",
-            f"SlurmctldPort={_free_port()}",
-            f"SlurmdPort={_free_port()}",
-            "SlurmUser=root",
-            "SlurmdUser=root",
-            "AuthType=auth/munge",
-            "CredType=cred/munge",
-            # cred_expire also sets how long a requeued job waits before it may start again
-            # (default 120 s); short here so requeue tests take seconds
-            f"AuthInfo=socket={self.munge_socket},cred_expire=5",
-            f"StateSaveLocation={r / 'state'}",
-            # one slurmd per node on one machine: %n (the node name) keeps their files apart
-            f"SlurmdSpoolDir={r / 'spool' / '%n'}",
-            f"SlurmctldPidFile={r / 'slurmctld.pid'}",
-            f"SlurmdPidFile={r / 'slurmd-%n.pid'}",
-            f"SlurmctldLogFile={r / 'log' / 'slurmctld.log'}",
-            f"SlurmdLogFile={r / 'log' / 'slurmd-%n.log'}",
-            "SlurmctldDebug=info",
-            "SlurmdDebug=info",
-            # no cgroups in containers and on CI: track processes by parentage, bind nothing
-            "ProctrackType=proctrack/linuxproc",
-            "TaskPlugin=task/none",
-            "JobAcctGatherType=jobacct_gather/none",
-            "AccountingStorageType=accounting_storage/none",
-            "JobCompType=jobcomp/none",
-            "MpiDefault=none",
-            "SelectType=select/cons_tres",
-            "SelectTypeParameters=CR_Core",
-            "SchedulerType=sched/backfill",
-            # schedule every second, not every 30-60 s: tests wait for jobs to start
-            "SchedulerParameters=sched_interval=1,bf_interval=1",
-            # the node is what this file says, whatever the machine has (CI has 2 cores)
-            "SlurmdParameters=config_overrides",
-            "ReturnToService=2",
-            "JobRequeue=1",
-            "MinJobAge=600",  # finished jobs stay visible to `scontrol show job` (no slurmdbd here)
-            "KillWait=30",
-            "InactiveLimit=0",
-            "SlurmdTimeout=300",
-            *(f"NodeName={node} NodeAddr={addr} CPUs={self.cpus} RealMemory=2048 State=UNKNOWN"
-              for node, addr in self.nodes.items()),
-            f"PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
-            "",
-        ]))
+        self.conf.write_text(
+            "\n".join(
+                [
+                    "ClusterName=localtest",
+                    f"SlurmctldHost={self.node}({self.nodes[self.node]})",
+                    f"SlurmctldPort={_free_port()}",
+                    f"SlurmdPort={_free_port()}",
+                    "SlurmUser=root",
+                    "SlurmdUser=root",
+                    "AuthType=auth/munge",
+                    "CredType=cred/munge",
+                    # cred_expire also sets how long a requeued job waits before it may start again
+                    # (default 120 s); short here so requeue tests take seconds
+                    f"AuthInfo=socket={self.munge_socket},cred_expire=5",
+                    f"StateSaveLocation={r / 'state'}",
+                    # one slurmd per node on one machine: %n (the node name) keeps their files apart
+                    f"SlurmdSpoolDir={r / 'spool' / '%n'}",
+                    f"SlurmctldPidFile={r / 'slurmctld.pid'}",
+                    f"SlurmdPidFile={r / 'slurmd-%n.pid'}",
+                    f"SlurmctldLogFile={r / 'log' / 'slurmctld.log'}",
+                    f"SlurmdLogFile={r / 'log' / 'slurmd-%n.log'}",
+                    "SlurmctldDebug=info",
+                    "SlurmdDebug=info",
+                    # no cgroups in containers and on CI: track processes by parentage, bind nothing
+                    "ProctrackType=proctrack/linuxproc",
+                    "TaskPlugin=task/none",
+                    "JobAcctGatherType=jobacct_gather/none",
+                    "AccountingStorageType=accounting_storage/none",
+                    "JobCompType=jobcomp/none",
+                    "MpiDefault=none",
+                    "SelectType=select/cons_tres",
+                    "SelectTypeParameters=CR_Core",
+                    "SchedulerType=sched/backfill",
+                    # schedule every second, not every 30-60 s: tests wait for jobs to start
+                    "SchedulerParameters=sched_interval=1,bf_interval=1",
+                    # the node is what this file says, whatever the machine has (CI has 2 cores)
+                    "SlurmdParameters=config_overrides",
+                    "ReturnToService=2",
+                    "JobRequeue=1",
+                    "MinJobAge=600",  # finished jobs stay visible to `scontrol show job` (no slurmdbd here)
+                    "KillWait=30",
+                    "InactiveLimit=0",
+                    "SlurmdTimeout=300",
+                    *(
+                        f"NodeName={node} NodeAddr={addr} CPUs={self.cpus} RealMemory=2048 State=UNKNOWN"
+                        for node, addr in self.nodes.items()
+                    ),
+                    f"PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
+                    "",
+                ]
+            )
+        )

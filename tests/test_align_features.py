@@ -33,8 +33,11 @@ def study(tmp_path_factory):
     features = write_feature_dir(root / "features", names, {"stem": stem, "pool": pool}, status=status)
     rated = [f"v{i:02d}" for i in range(N) if i != 20] + ["new1", "new2"]
     signal = np.append(np.delete(latent[:, 0], 20), [0.0, 0.0])
-    truth = {"valence": 3 + 1.2 * signal / signal.std(), "indoor": 3 + rng.normal(size=len(rated)),
-             "cooperation": 3 - signal / signal.std()}
+    truth = {
+        "valence": 3 + 1.2 * signal / signal.std(),
+        "indoor": 3 + rng.normal(size=len(rated)),
+        "cooperation": 3 - signal / signal.std(),
+    }
     ratings = long_ratings(root / "ratings.csv", rated, truth, raters=6, noise=0.7)
     return features, ratings, root
 
@@ -54,8 +57,9 @@ def long_run(study):
 def test_alignment_table_scores_and_counts(long_run, study):
     table = pd.read_csv(long_run / "alignment.csv")
     assert list(table.columns) == COLUMNS
-    assert list(zip(table["layer"], table["feature"])) == [(layer, f) for layer in ("stem", "pool")
-                                                            for f in ("valence", "indoor", "cooperation")]
+    assert list(zip(table["layer"], table["feature"])) == [
+        (layer, f) for layer in ("stem", "pool") for f in ("valence", "indoor", "cooperation")
+    ]
     analysed = N - 3 - 1  # not ok: 3; not rated: 1
     assert (table["n"] == analysed).all()
     s = table.set_index(["layer", "feature"])
@@ -64,9 +68,16 @@ def test_alignment_table_scores_and_counts(long_run, study):
     assert table["ceiling"].between(0.5, 1).all()
     np.testing.assert_allclose(table["fraction"], table["spearman"] / table["ceiling"], rtol=1e-5)
     doc = json.loads((long_run / "alignment.json").read_text())
-    assert doc["counts"] == {"rows_ok": N - 3, "rows_error": 2, "rows_pending": 1, "analysed_videos": analysed,
-                             "ok_videos_without_targets": 1, "targets_without_features": 5,
-                             "targets_without_features_failed_or_pending": 3, "targets_not_in_index": 2}
+    assert doc["counts"] == {
+        "rows_ok": N - 3,
+        "rows_error": 2,
+        "rows_pending": 1,
+        "analysed_videos": analysed,
+        "ok_videos_without_targets": 1,
+        "targets_without_features": 5,
+        "targets_without_features_failed_or_pending": 3,
+        "targets_not_in_index": 2,
+    }
     assert doc["provenance"]["checkpoint"] == "test.pt"
     assert len(doc["layers"]["pool"]["per_fold"]["valence"]["alpha_per_fold"]) == 5
     predictions = pd.read_csv(long_run / "predictions.csv")
@@ -123,8 +134,22 @@ def test_annotation_scores_as_targets(study, tmp_path):
         table[f"{task}_score"] = rng.integers(0, 11, len(names)) / 10
         table[f"{task}_confidence"] = 0.9
     table.to_csv(tmp_path / "annotations.csv", index=False)
-    assert run("--features", features, "--annotations", tmp_path / "annotations.csv", "--tasks", "valence,distance",
-               "--output", tmp_path / "out", "--folds", 3, "--no-plots") == 0
+    assert (
+        run(
+            "--features",
+            features,
+            "--annotations",
+            tmp_path / "annotations.csv",
+            "--tasks",
+            "valence,distance",
+            "--output",
+            tmp_path / "out",
+            "--folds",
+            3,
+            "--no-plots",
+        )
+        == 0
+    )
     result = pd.read_csv(tmp_path / "out" / "alignment.csv")
     assert list(result["feature"].unique()) == ["distance", "valence"] and result["ceiling"].isna().all()
     counts = json.loads((tmp_path / "out" / "alignment.json").read_text())["counts"]
@@ -139,12 +164,26 @@ def test_incomplete_extraction_refused_unless_allowed(study, tmp_path, capsys):
     rng = np.random.default_rng(2)
     names = [f"v{i:02d}.mp4" for i in range(N)]
     status = ["ok"] * 40 + ["pending"] * 20
-    features = write_feature_dir(tmp_path / "partial", names, {"pool": rng.normal(size=(N, 8)).astype(np.float32)},
-                                 status=status, complete=False)
+    features = write_feature_dir(
+        tmp_path / "partial", names, {"pool": rng.normal(size=(N, 8)).astype(np.float32)}, status=status, complete=False
+    )
     with pytest.raises(SystemExit, match="not complete.*--allow-incomplete"):
         run("--features", features, "--human-ratings", ratings, "--output", tmp_path / "o")
-    assert run("--features", features, "--human-ratings", ratings, "--output", tmp_path / "o", "--allow-incomplete",
-               "--ceiling-splits", 5, "--no-plots") == 0
+    assert (
+        run(
+            "--features",
+            features,
+            "--human-ratings",
+            ratings,
+            "--output",
+            tmp_path / "o",
+            "--allow-incomplete",
+            "--ceiling-splits",
+            5,
+            "--no-plots",
+        )
+        == 0
+    )
     assert "20 pending rows not used" in capsys.readouterr().out
     assert (pd.read_csv(tmp_path / "o" / "alignment.csv")["n"] == 39).all()  # v20 is not rated
 
@@ -168,19 +207,35 @@ def test_mlflow_new_run_and_existing_run_left_running(study, tmp_path):
 
     features, ratings, _ = study
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    base = ["--features", features, "--human-ratings", ratings, "--ceiling-splits", 5, "--tracking-uri", uri,
-            "--layers", "pool", "--no-plots"]
+    base = [
+        "--features",
+        features,
+        "--human-ratings",
+        ratings,
+        "--ceiling-splits",
+        5,
+        "--tracking-uri",
+        uri,
+        "--layers",
+        "pool",
+        "--no-plots",
+    ]
     assert run(*base, "--output", tmp_path / "a") == 0
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name("social-vision-align")
     (new,) = client.search_runs([exp.experiment_id])
     assert new.info.status == "FINISHED"
     table = pd.read_csv(tmp_path / "a" / "alignment.csv").set_index(["layer", "feature"])
-    assert new.data.metrics["align/pool/valence/spearman"] == pytest.approx(table.loc[("pool", "valence"), "spearman"],
-                                                                           abs=1e-6)
+    assert new.data.metrics["align/pool/valence/spearman"] == pytest.approx(
+        table.loc[("pool", "valence"), "spearman"], abs=1e-6
+    )
     assert "align/pool/indoor/ceiling" in new.data.metrics and "align/counts/analysed_videos" in new.data.metrics
     assert {a.path for a in client.list_artifacts(new.info.run_id, "align")} >= {
-        "align/alignment.csv", "align/rsa.csv", "align/alignment.json", "align/predictions.csv"}
+        "align/alignment.csv",
+        "align/rsa.csv",
+        "align/alignment.json",
+        "align/predictions.csv",
+    }
     assert (tmp_path / "mlartifacts").is_dir()  # beside the database, not ./mlruns of the working directory
     training = client.create_run(exp.experiment_id)  # e.g. a training run still in progress
     assert run(*base, "--output", tmp_path / "b", "--run-id", training.info.run_id) == 0
@@ -194,13 +249,50 @@ def test_real_extract_features_output_aligns(tiny_demo, tmp_path):
 
     videos, annotations = tiny_demo
     feats = tmp_path / "features"
-    assert extract_features.main(["--random-init", "--depth", "18", "--videos", str(videos),
-                                  "--annotations", str(annotations), "--split", "all", "--layers", "layer3,layer4",
-                                  "--frames", "4", "--size", "32", "--output", str(feats), "--num-workers", "0",
-                                  "--no-progress"]) == 0
+    assert (
+        extract_features.main(
+            [
+                "--random-init",
+                "--depth",
+                "18",
+                "--videos",
+                str(videos),
+                "--annotations",
+                str(annotations),
+                "--split",
+                "all",
+                "--layers",
+                "layer3,layer4",
+                "--frames",
+                "4",
+                "--size",
+                "32",
+                "--output",
+                str(feats),
+                "--num-workers",
+                "0",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "align"
-    assert align_features.main(["--features", str(feats), "--annotations", str(annotations),
-                                "--tasks", "valence,arousal", "--output", str(out), "--no-plots"]) == 0
+    assert (
+        align_features.main(
+            [
+                "--features",
+                str(feats),
+                "--annotations",
+                str(annotations),
+                "--tasks",
+                "valence,arousal",
+                "--output",
+                str(out),
+                "--no-plots",
+            ]
+        )
+        == 0
+    )
     table = pd.read_csv(out / "alignment.csv")
     assert list(table.columns) == COLUMNS
     assert set(table["layer"]) == {"layer3", "layer4"} and set(table["feature"]) == {"valence", "arousal"}

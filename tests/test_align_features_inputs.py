@@ -16,8 +16,10 @@ from datasets.human_ratings import HumanRatingsError, load_human_ratings
 def feature_dir(tmp_path):
     rng = np.random.default_rng(0)
     names = [f"v{i}.mp4" for i in range(6)]
-    layers = {"conv": rng.normal(size=(6, 3, 2, 2, 2)).astype(np.float16),
-              "pooled": rng.normal(size=(6, 5)).astype(np.float32)}
+    layers = {
+        "conv": rng.normal(size=(6, 3, 2, 2, 2)).astype(np.float16),
+        "pooled": rng.normal(size=(6, 5)).astype(np.float32),
+    }
     return write_feature_dir(tmp_path / "f", names, layers, status=["ok", "error", "ok", "pending", "ok", "ok"]), layers
 
 
@@ -33,12 +35,15 @@ def test_reads_layers_as_rows_by_columns_in_chunks(feature_dir):
     blocks = list(features.column_chunks("conv", rows, max_bytes=8 * 4 * 5))  # 5 columns per block
     assert [b.shape for b in blocks] == [(4, 5)] * 4 + [(4, 4)]
     assert all(b.dtype == np.float32 for b in blocks)
-    np.testing.assert_array_equal(np.concatenate(blocks, axis=1), layers["conv"].reshape(6, -1)[rows].astype(np.float32))
+    np.testing.assert_array_equal(
+        np.concatenate(blocks, axis=1), layers["conv"].reshape(6, -1)[rows].astype(np.float32)
+    )
 
 
 def test_incomplete_extraction_is_refused_unless_allowed(tmp_path):
-    root = write_feature_dir(tmp_path / "f", ["a", "b"], {"x": np.zeros((2, 3), np.float32)},
-                             status=["ok", "pending"], complete=False)
+    root = write_feature_dir(
+        tmp_path / "f", ["a", "b"], {"x": np.zeros((2, 3), np.float32)}, status=["ok", "pending"], complete=False
+    )
     with pytest.raises(FeatureDirError, match=r"not complete .*1 ok, 0 error, 1 pending.*--allow-incomplete"):
         open_feature_dir(root)
     assert open_feature_dir(root, allow_incomplete=True).ok_rows.tolist() == [0]
@@ -56,15 +61,18 @@ def edit_index(root, row, column, value):
     index.to_csv(root / "index.csv", index=False)
 
 
-@pytest.mark.parametrize("breakage, message", [
-    (lambda r: (r / "features.json").unlink(), r"no features.json"),
-    (lambda r: edit_json(r, format_version=2), r"format_version 2; this version reads 1 only"),
-    (lambda r: edit_json(r, num_videos=7), r"layer 'conv' has shape \[6, 3, 2, 2, 2\]; expected \[7, ...\]"),
-    (lambda r: edit_index(r, 2, "row", "7"), r"index.csv: data row 3, column 'row': '7'; rows must be 0 .. 5"),
-    (lambda r: edit_index(r, 4, "status", "done"), r"data row 5, column 'status': 'done'"),
-    (lambda r: edit_index(r, 0, "video_name", ""), r"data row 1, column 'video_name' is empty"),
-    (lambda r: (r / "pooled.npy").unlink(), r"layer 'pooled': file 'pooled.npy' does not exist"),
-])
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        (lambda r: (r / "features.json").unlink(), r"no features.json"),
+        (lambda r: edit_json(r, format_version=2), r"format_version 2; this version reads 1 only"),
+        (lambda r: edit_json(r, num_videos=7), r"layer 'conv' has shape \[6, 3, 2, 2, 2\]; expected \[7, ...\]"),
+        (lambda r: edit_index(r, 2, "row", "7"), r"index.csv: data row 3, column 'row': '7'; rows must be 0 .. 5"),
+        (lambda r: edit_index(r, 4, "status", "done"), r"data row 5, column 'status': 'done'"),
+        (lambda r: edit_index(r, 0, "video_name", ""), r"data row 1, column 'video_name' is empty"),
+        (lambda r: (r / "pooled.npy").unlink(), r"layer 'pooled': file 'pooled.npy' does not exist"),
+    ],
+)
 def test_broken_directories_are_refused_naming_file_row_and_column(feature_dir, breakage, message):
     root, _ = feature_dir
     breakage(root)
@@ -76,8 +84,11 @@ def test_array_not_as_declared_and_nan_in_an_ok_row_name_the_layer_and_row(featu
     root, layers = feature_dir
     np.save(root / "pooled.npy", layers["pooled"].astype(np.float16))
     features = open_feature_dir(root)
-    with pytest.raises(FeatureDirError, match=r"pooled.npy: layer 'pooled' is float16\[6, 5\] but features.json says "
-                                              r"float32\[6, 5\]"):
+    with pytest.raises(
+        FeatureDirError,
+        match=r"pooled.npy: layer 'pooled' is float16\[6, 5\] but features.json says "
+        r"float32\[6, 5\]",
+    ):
         features.matrix("pooled")
     broken = layers["conv"].copy()
     broken[4, 0, 0, 0, 1] = np.nan

@@ -24,7 +24,7 @@ from utils.rsa import correlation_rdm, rating_rdm, rsa_spearman, upper_triangle
 
 
 def chunks(x, width):
-    return [x[:, i:i + width] for i in range(0, x.shape[1], width)]
+    return [x[:, i : i + width] for i in range(0, x.shape[1], width)]
 
 
 def heldout(x, y, folds, width=97):
@@ -144,6 +144,7 @@ def test_shuffled_targets_give_about_zero():
 
 # ----------------------------------------------------------------------------- no leaks
 
+
 def fold_zero_prediction_moves(pipeline, seed=6):
     """Does the prediction of one fold-0 video change when only what it may not see changes?
 
@@ -195,6 +196,7 @@ def test_the_leak_check_catches_alpha_chosen_on_the_test_fold(monkeypatch):
 
 # ----------------------------------------------------------------------------- RDMs and RSA
 
+
 def test_layer_rdm_is_one_minus_pearson_symmetric_with_zero_diagonal():
     rng = np.random.default_rng(7)
     x = (rng.normal(size=(25, 4, 3, 5)) + rng.normal(size=(25, 1, 1, 1))).astype(np.float16).reshape(25, -1)
@@ -210,7 +212,7 @@ def test_rsa_is_spearman_over_the_upper_triangle():
     rdm = rating_rdm(values)
     assert np.array_equal(rdm, rdm.T) and np.all(np.diag(rdm) == 0)
     assert rdm[0, 3] == pytest.approx(0.8)
-    assert rsa_spearman(rdm, rdm ** 2) == pytest.approx(1.0)  # monotone transform: same ranks
+    assert rsa_spearman(rdm, rdm**2) == pytest.approx(1.0)  # monotone transform: same ranks
     other = rating_rdm(np.array([0.9, 0.1, 0.3, 0.2, 0.8]))
     expected = spearman(upper_triangle(rdm), upper_triangle(other))
     assert rsa_spearman(rdm, other) == pytest.approx(expected) and len(upper_triangle(rdm)) == 10

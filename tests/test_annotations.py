@@ -18,20 +18,44 @@ from utils.tasks import SCORE_FEATURES
 
 # Every location value seen in the raw files -> canonical value (None = unknown).
 LOCATIONS = {
-    "outdoor": "Outdoor", "Indoor": "Indoor", "outdoors": "Outdoor", "Outdoors": "Outdoor",
-    "indoors": "Indoor", "underwater": None, "undetermined": None, "both": None, "Mixed": None,
-    "Unknown": None, "Indoor/Outdoor": None, "Outdoor, Indoor": None,
-    "Combination of Indoor and Outdoor": None, "": None,
+    "outdoor": "Outdoor",
+    "Indoor": "Indoor",
+    "outdoors": "Outdoor",
+    "Outdoors": "Outdoor",
+    "indoors": "Indoor",
+    "underwater": None,
+    "undetermined": None,
+    "both": None,
+    "Mixed": None,
+    "Unknown": None,
+    "Indoor/Outdoor": None,
+    "Outdoor, Indoor": None,
+    "Combination of Indoor and Outdoor": None,
+    "": None,
 }
 # Every people-count value seen in the raw files -> canonical value (None = unknown).
 PEOPLECOUNTS = {
-    "2.0": "2", "'3'": "3", "3": "3", "50.0": "many", "1000.0": "many", "0": "0", "1.0": "1",
-    "many": "many", "Many": "many", "numerous": "many", "Numerous": "many", "multiple": "many",
-    "3 or more": "many", "15-20": "many", "over 50": "many", "hundreds": "many",
-    "uncertain, likely many": None, "difficult to estimate due to crowd": "many", "": None,
+    "2.0": "2",
+    "'3'": "3",
+    "3": "3",
+    "50.0": "many",
+    "1000.0": "many",
+    "0": "0",
+    "1.0": "1",
+    "many": "many",
+    "Many": "many",
+    "numerous": "many",
+    "Numerous": "many",
+    "multiple": "many",
+    "3 or more": "many",
+    "15-20": "many",
+    "over 50": "many",
+    "hundreds": "many",
+    "uncertain, likely many": None,
+    "difficult to estimate due to crowd": "many",
+    "": None,
 }
 REFUSAL = "I'm sorry, I can't assist with that."
-
 
 
 def messy_raw_table(path):
@@ -42,8 +66,13 @@ def messy_raw_table(path):
     header = ["video_name", "model", "model_response"]
     for f in SCORE_FEATURES:
         header += [f"model_{f}_score", f"model_{f}_confidence", f"model_{f}_explanation"]
-    header += ["model_peoplecount", "model_peoplecount_certain", "model_location",
-               "model_location_confidence", "model_location_explanation"]
+    header += [
+        "model_peoplecount",
+        "model_peoplecount_certain",
+        "model_location",
+        "model_location_confidence",
+        "model_location_explanation",
+    ]
     scores = ["0.7", "1.3", "-0.2", "0.26", "0.25", "", "0.94", "1"]
     confidences = ["0.9", "", "1.5", "0.33", "-1", "0.8", "nan", "0.1"]
     certain = ["True", "False", "", "true", "0"]
@@ -51,8 +80,7 @@ def messy_raw_table(path):
     for i in range(n):
         row = [f"video_{i:02d}.mp4", "gpt-4o", "{...}"]
         for j, _ in enumerate(SCORE_FEATURES):
-            row += [scores[(i + j) % len(scores)], confidences[(i + j) % len(confidences)],
-                    REFUSAL if i == 0 else "ok"]
+            row += [scores[(i + j) % len(scores)], confidences[(i + j) % len(confidences)], REFUSAL if i == 0 else "ok"]
         row += [counts[i], certain[i % len(certain)], locations[i], confidences[i % len(confidences)], "expl"]
         rows.append(row)
     return write_csv(path, header, rows), locations, counts, scores, confidences, certain
@@ -107,19 +135,36 @@ def test_every_messy_raw_value_is_normalized(tmp_path):
     assert ("Indoor", "Indoor") not in report.recoded["location_score"]
     assert report.rows == len(table) and report.files == [path]
     assert report.clipped["distance_score"] == sum(
-        1 for i in range(len(table)) if scores[i % len(scores)] in ("1.3", "-0.2"))
+        1 for i in range(len(table)) if scores[i % len(scores)] in ("1.3", "-0.2")
+    )
     assert report.filled["distance_confidence"] == sum(
-        1 for i in range(len(table)) if confidences[i % len(confidences)] in ("", "nan"))
+        1 for i in range(len(table)) if confidences[i % len(confidences)] in ("", "nan")
+    )
     assert report.certain_set_by_many > 0
     text = "\n".join(report.summary_lines())
     assert "'uncertain, likely many' x1" in text and "'Mixed' x" in text
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("2", "2"), ("4", "many"), ("2.5", None), ("-1", None), ("inf", None), ("2-3", None), ("20 to 30", "many"),
-    ("3-3", "3"), ("more than 4", "many"), ("over 1", None), ("5+", "many"), ("at least 3", "many"),
-    ("several", None), ("  MANY  ", "many"), ('"numerous"', "many"),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("2", "2"),
+        ("4", "many"),
+        ("2.5", None),
+        ("-1", None),
+        ("inf", None),
+        ("2-3", None),
+        ("20 to 30", "many"),
+        ("3-3", "3"),
+        ("more than 4", "many"),
+        ("over 1", None),
+        ("5+", "many"),
+        ("at least 3", "many"),
+        ("several", None),
+        ("  MANY  ", "many"),
+        ('"numerous"', "many"),
+    ],
+)
 def test_peoplecount_rules(value, expected):
     assert normalize_peoplecount(value) == expected
 
@@ -149,18 +194,26 @@ def test_clean_table_passes_through_unchanged(tmp_path):
 
 
 def test_partial_tables_need_only_the_selected_tasks(tmp_path):
-    path = write_csv(tmp_path / "distance.csv", ["video_name", "model_distance_score", "model_distance_confidence"],
-                     [["a.mp4", "0.4", "0.5"]])
+    path = write_csv(
+        tmp_path / "distance.csv",
+        ["video_name", "model_distance_score", "model_distance_confidence"],
+        [["a.mp4", "0.4", "0.5"]],
+    )
     table, _ = load_annotation_table(path, tasks="distance")
     assert list(table.columns) == ["video_name", "distance_score", "distance_confidence"]
 
 
 def test_raw_question_files_are_merged_per_video(tmp_path):
-    scene = write_csv(tmp_path / "scene.csv", ["video_name", "model_peoplecount", "model_peoplecount_certain",
-                                               "model_location", "model_location_confidence"],
-                      [["b.mp4", "many", "False", "outdoors", "0.8"], ["a.mp4", "1", "True", "Indoor", "0.9"]])
-    distance = write_csv(tmp_path / "distance.csv", ["video_name", "model_distance_score", "model_distance_confidence"],
-                         [["a.mp4", "0.4", "0.5"], ["c.mp4", "0.1", ""]])
+    scene = write_csv(
+        tmp_path / "scene.csv",
+        ["video_name", "model_peoplecount", "model_peoplecount_certain", "model_location", "model_location_confidence"],
+        [["b.mp4", "many", "False", "outdoors", "0.8"], ["a.mp4", "1", "True", "Indoor", "0.9"]],
+    )
+    distance = write_csv(
+        tmp_path / "distance.csv",
+        ["video_name", "model_distance_score", "model_distance_confidence"],
+        [["a.mp4", "0.4", "0.5"], ["c.mp4", "0.1", ""]],
+    )
     table, report = load_annotation_table([scene, distance], tasks="distance,peoplecount,location")
     assert list(table["video_name"]) == ["b.mp4", "a.mp4", "c.mp4"]  # first-seen order
     row = table.set_index("video_name")
@@ -186,15 +239,17 @@ def test_on_duplicate_first_and_last(tmp_path):
 
 
 def test_build_targets_encodings():
-    table = pd.DataFrame({
-        "video_name": ["a", "b", "c"],
-        **{f"{f}_score": [0.3, np.nan, 1.0] for f in SCORE_FEATURES},
-        **{f"{f}_confidence": [0.9, 0.0, 0.5] for f in SCORE_FEATURES},
-        "peoplecount": pd.Series(["many", np.nan, "0"], dtype="str"),
-        "peoplecount_certain": pd.Series([True, pd.NA, False], dtype="boolean"),
-        "location_score": pd.Series(["Indoor", "Outdoor", np.nan], dtype="str"),
-        "location_confidence": [0.8, 0.6, 0.0],
-    })
+    table = pd.DataFrame(
+        {
+            "video_name": ["a", "b", "c"],
+            **{f"{f}_score": [0.3, np.nan, 1.0] for f in SCORE_FEATURES},
+            **{f"{f}_confidence": [0.9, 0.0, 0.5] for f in SCORE_FEATURES},
+            "peoplecount": pd.Series(["many", np.nan, "0"], dtype="str"),
+            "peoplecount_certain": pd.Series([True, pd.NA, False], dtype="boolean"),
+            "location_score": pd.Series(["Indoor", "Outdoor", np.nan], dtype="str"),
+            "location_confidence": [0.8, 0.6, 0.0],
+        }
+    )
     targets = build_targets(table)
     assert len(targets) == 20
     np.testing.assert_array_equal(targets["peoplecount"], np.array([4, -1, 0]))

@@ -18,7 +18,10 @@ ROOT = Path(__file__).parent.parent  # the repo root (tests/..); not resolved, s
 def run_clean(*args, cwd):
     return subprocess.run(
         [sys.executable, "-m", "datasets.clean_annotations", *map(str, args)],
-        cwd=cwd, capture_output=True, text=True, timeout=120,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -34,17 +37,40 @@ def question_files(folder):
     """Raw files as the annotation script wrote them: one per question, messy values included."""
     files = []
     for f in SCORE_FEATURES:
-        header = ["video_name", "model", "question_name", f"model_{f}_explanation",
-                  f"model_{f}_confidence", f"model_{f}_score"]
-        rows = [["a.mp4", "gpt", f, "why", "0.9", "0.75"], ["b.mp4", "gpt", f, "I'm sorry, I can't assist with that.", "", ""]]
+        header = [
+            "video_name",
+            "model",
+            "question_name",
+            f"model_{f}_explanation",
+            f"model_{f}_confidence",
+            f"model_{f}_score",
+        ]
+        rows = [
+            ["a.mp4", "gpt", f, "why", "0.9", "0.75"],
+            ["b.mp4", "gpt", f, "I'm sorry, I can't assist with that.", "", ""],
+        ]
         files.append(write_csv(folder / f"{f}.csv", header, rows))
-    scene = ["video_name", "model", "question_name", "model_peoplecount_certain", "model_peoplecount",
-             "model_location_explanation", "model_location_confidence", "model_location"]
-    files.append(write_csv(folder / "scene.csv", scene, [
-        ["a.mp4", "gpt", "scene_analysis", "False", "2.0", "a room", "0.9", "indoors"],
-        ["b.mp4", "gpt", "scene_analysis", "False", "numerous", "a beach", "0.8", "Outdoors"],
-        ["c.mp4", "gpt", "scene_analysis", "", "uncertain, likely many", "?", "0.4", "underwater"],
-    ]))
+    scene = [
+        "video_name",
+        "model",
+        "question_name",
+        "model_peoplecount_certain",
+        "model_peoplecount",
+        "model_location_explanation",
+        "model_location_confidence",
+        "model_location",
+    ]
+    files.append(
+        write_csv(
+            folder / "scene.csv",
+            scene,
+            [
+                ["a.mp4", "gpt", "scene_analysis", "False", "2.0", "a room", "0.9", "indoors"],
+                ["b.mp4", "gpt", "scene_analysis", "False", "numerous", "a beach", "0.8", "Outdoors"],
+                ["c.mp4", "gpt", "scene_analysis", "", "uncertain, likely many", "?", "0.4", "underwater"],
+            ],
+        )
+    )
     return files
 
 
@@ -67,7 +93,11 @@ def test_clean_command_merges_raw_files_and_prints_summary(tmp_path):
     assert "rows: 3" in stdout
     assert "values that could not be mapped (set to unknown): 2" in stdout
     assert "peoplecount: 'uncertain, likely many' x1" in stdout and "location_score: 'underwater' x1" in stdout
-    lines = {line.split()[0]: line.split()[-1] for line in stdout.splitlines() if line.startswith("  ") and len(line.split()) == 2}
+    lines = {
+        line.split()[0]: line.split()[-1]
+        for line in stdout.splitlines()
+        if line.startswith("  ") and len(line.split()) == 2
+    }
     assert lines["distance_score"] == "1" and lines["video_name"] == "3" and lines["location_score"] == "2"
 
     # cleaning the cleaned table again changes nothing
@@ -79,8 +109,11 @@ def test_clean_command_merges_raw_files_and_prints_summary(tmp_path):
 def test_clean_command_error_exits_nonzero_and_writes_nothing(tmp_path):
     files = question_files(tmp_path)
     out = tmp_path / "clean.csv"
-    duplicate = write_csv(tmp_path / "distance_rerun.csv", ["video_name", "model_distance_score", "model_distance_confidence"],
-                          [["c.mp4", "0.1", "0.2"], ["a.mp4", "0.3", "0.4"]])
+    duplicate = write_csv(
+        tmp_path / "distance_rerun.csv",
+        ["video_name", "model_distance_score", "model_distance_confidence"],
+        [["c.mp4", "0.1", "0.2"], ["a.mp4", "0.3", "0.4"]],
+    )
     result = run_clean(*files, duplicate, "--out", out, cwd=ROOT)
     assert result.returncode == 1
     assert "distance.csv" in result.stderr and "distance_rerun.csv" in result.stderr and "'a.mp4'" in result.stderr
@@ -89,8 +122,11 @@ def test_clean_command_error_exits_nonzero_and_writes_nothing(tmp_path):
 
 def test_on_duplicate_last(tmp_path, capsys):
     files = question_files(tmp_path)
-    duplicate = write_csv(tmp_path / "distance_rerun.csv", ["video_name", "model_distance_score", "model_distance_confidence"],
-                          [["c.mp4", "0.1", "0.2"], ["a.mp4", "0.3", "0.4"]])
+    duplicate = write_csv(
+        tmp_path / "distance_rerun.csv",
+        ["video_name", "model_distance_score", "model_distance_confidence"],
+        [["c.mp4", "0.1", "0.2"], ["a.mp4", "0.3", "0.4"]],
+    )
     out = tmp_path / "clean.csv"
     assert main([*map(str, files), str(duplicate), "--out", str(out), "--on-duplicate", "last"]) == 0
     assert pd.read_csv(out)["distance_score"].tolist()[0] == 0.3
@@ -98,15 +134,21 @@ def test_on_duplicate_last(tmp_path, capsys):
 
 
 def test_bad_tables_exit_1_naming_file_row_column(tmp_path, capsys):
-    bad = write_csv(tmp_path / "bad.csv", ["video_name", "model_distance_score", "model_distance_confidence"],
-                    [["x.mp4", "0.1", "0.2"], ["y.mp4", "lots", "0.2"]])
+    bad = write_csv(
+        tmp_path / "bad.csv",
+        ["video_name", "model_distance_score", "model_distance_confidence"],
+        [["x.mp4", "0.1", "0.2"], ["y.mp4", "lots", "0.2"]],
+    )
     assert main([str(bad), "--out", str(tmp_path / "bad_out.csv"), "--tasks", "distance"]) == 1
     err = capsys.readouterr().err
     assert "bad.csv" in err and "'model_distance_score'" in err and "data row 2" in err
     assert not (tmp_path / "bad_out.csv").exists()
 
-    partial = write_csv(tmp_path / "partial.csv", ["video_name", "model_distance_score", "model_distance_confidence"],
-                        [["x.mp4", "0.1", "0.2"]])
+    partial = write_csv(
+        tmp_path / "partial.csv",
+        ["video_name", "model_distance_score", "model_distance_confidence"],
+        [["x.mp4", "0.1", "0.2"]],
+    )
     assert main([str(partial), "--out", str(tmp_path / "partial_out.csv")]) == 1  # only distance columns
     assert "missing required column(s)" in capsys.readouterr().err
     assert main([str(bad), "--out", str(bad)]) == 1

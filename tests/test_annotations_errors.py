@@ -1,24 +1,26 @@
 """Bad annotation tables fail with a message naming the file, the (1-based data) row and the column."""
 
-
 import pytest
 from fixture_files import write_csv
 
 from datasets.annotations import AnnotationError, load_annotation_table
 from utils.tasks import SCORE_FEATURES
 
-HEADER = ["video_name"] + [f"model_{f}_{k}" for f in SCORE_FEATURES for k in ("score", "confidence")] + [
-    "model_peoplecount", "model_peoplecount_certain", "model_location", "model_location_confidence"]
+HEADER = (
+    ["video_name"]
+    + [f"model_{f}_{k}" for f in SCORE_FEATURES for k in ("score", "confidence")]
+    + ["model_peoplecount", "model_peoplecount_certain", "model_location", "model_location_confidence"]
+)
 
 
 def good_row(name):
     return [name] + ["0.5"] * (2 * len(SCORE_FEATURES)) + ["2", "True", "Indoor", "0.9"]
 
 
-
 def test_duplicate_video_names_in_one_file(tmp_path):
-    path = write_csv(tmp_path / "dups.csv", HEADER, [good_row("a.mp4"), good_row("b.mp4"), good_row("c.mp4"),
-                                                      good_row("b.mp4")])
+    path = write_csv(
+        tmp_path / "dups.csv", HEADER, [good_row("a.mp4"), good_row("b.mp4"), good_row("c.mp4"), good_row("b.mp4")]
+    )
     with pytest.raises(AnnotationError) as error:
         load_annotation_table(path)
     message = str(error.value)
@@ -79,7 +81,9 @@ def test_two_columns_for_one_field(tmp_path):
 
 def test_repeated_header_column(tmp_path):
     path = write_csv(tmp_path / "repeat.csv", HEADER + ["model_distance_score"], [good_row("a.mp4") + ["0.1"]])
-    with pytest.raises(AnnotationError, match=r"repeat.csv: column\(s\) \['model_distance_score'\] appear more than once"):
+    with pytest.raises(
+        AnnotationError, match=r"repeat.csv: column\(s\) \['model_distance_score'\] appear more than once"
+    ):
         load_annotation_table(path)
 
 

@@ -28,8 +28,16 @@ def square_video(tmp_path_factory):
     """One 40 x 40 clip of 8 frames: the cache stores it as it is (K = 8 frames, S = 40)."""
     root = tmp_path_factory.mktemp("videos")
     write_video(root / "square.mp4", texture(8, 40, 40, seed=5), 8)
-    cache = prepare_cache(root.parent / "cache", ["square.mp4"], str(root), frames=8, stored_size=40,
-                          workers=0, progress=False, log=lambda m: None)
+    cache = prepare_cache(
+        root.parent / "cache",
+        ["square.mp4"],
+        str(root),
+        frames=8,
+        stored_size=40,
+        workers=0,
+        progress=False,
+        log=lambda m: None,
+    )
     assert cache is not None
     return root, root.parent / "cache"
 
@@ -69,7 +77,7 @@ def test_one_box_for_the_whole_batch_equals_per_clip_boxes():
     clips = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (4, 3, 2, 40, 40), dtype=np.uint8)).float()
     box = (3, 4, 30, 33)
     together = resized_crop_flip(clips, [box] * 4, [False, True, False, True], 16)
-    one_by_one = torch.cat([resized_crop_flip(clips[i:i + 1], [box], [i % 2 == 1], 16) for i in range(4)])
+    one_by_one = torch.cat([resized_crop_flip(clips[i : i + 1], [box], [i % 2 == 1], 16) for i in range(4)])
     torch.testing.assert_close(together, one_by_one)
 
 

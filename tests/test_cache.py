@@ -109,9 +109,15 @@ def test_jpeg_cache_decodes_close_to_raw(raw_cache, jpeg_cache):
 
 def test_params_recorded(raw_cache, jpeg_cache):
     doc = json.loads((raw_cache / "cache.json").read_text())
-    assert doc["params"] == {"frames": K, "stored_size": S, "storage": "raw", "jpeg_quality": None,
-                             "sampling": "segment-centres", "fit": "short-side-bilinear-antialias+centre-crop",
-                             "version": 1}
+    assert doc["params"] == {
+        "frames": K,
+        "stored_size": S,
+        "storage": "raw",
+        "jpeg_quality": None,
+        "sampling": "segment-centres",
+        "fit": "short-side-bilinear-antialias+centre-crop",
+        "version": 1,
+    }
     assert json.loads((jpeg_cache / "cache.json").read_text())["params"]["storage"] == "jpeg"
 
 
@@ -191,8 +197,15 @@ def test_collate_and_workers_match_single_process(raw_cache):
     assert batch["video_ids"] == NAMES and batch["indices"].tolist() == [0, 1, 2]
     assert [b[0] for b in batch["bad"]] == ["absent.mp4"] and batch["out_size"] == 24
     assert batch["targets"]["valence_score"].shape == (3,)
-    loader = DataLoader(ds, batch_size=4, sampler=keys, num_workers=2, collate_fn=collate_cached,
-                        persistent_workers=True, prefetch_factor=2)
+    loader = DataLoader(
+        ds,
+        batch_size=4,
+        sampler=keys,
+        num_workers=2,
+        collate_fn=collate_cached,
+        persistent_workers=True,
+        prefetch_factor=2,
+    )
     from_workers = next(iter(loader))
     assert torch.equal(from_workers["video"], batch["video"])
     assert torch.equal(from_workers["crop_boxes"], batch["crop_boxes"])

@@ -37,8 +37,9 @@ def videos(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cache(videos, tmp_path_factory):
     out = tmp_path_factory.mktemp("cache") / "cache"
-    prepare_cache(out, NAMES, str(videos), frames=K, stored_size=S, workers=0, progress=False, log=lambda m: None,
-                  shard_size=4)  # 3 shards
+    prepare_cache(
+        out, NAMES, str(videos), frames=K, stored_size=S, workers=0, progress=False, log=lambda m: None, shard_size=4
+    )  # 3 shards
     return out
 
 
@@ -210,8 +211,18 @@ def test_jpeg_caches_and_the_dataloader_flag_get_a_dataloader(cache, videos, tmp
     with pytest.raises(ValueError, match="cache_loader must be one of"):
         make_loader(dataset, [0], 1, cache_loader="threads", **options)
     jpeg = tmp_path / "jpeg"
-    prepare_cache(jpeg, NAMES[:2], str(videos), frames=K, stored_size=S, storage="jpeg", jpeg_quality=90,
-                  workers=0, progress=False, log=lambda m: None)
+    prepare_cache(
+        jpeg,
+        NAMES[:2],
+        str(videos),
+        frames=K,
+        stored_size=S,
+        storage="jpeg",
+        jpeg_quality=90,
+        workers=0,
+        progress=False,
+        log=lambda m: None,
+    )
     jpeg_set = train_set(jpeg, names=NAMES[:2])
     assert not serves(jpeg_set) and isinstance(make_loader(jpeg_set, [0], 1, **options), DataLoader)
     with pytest.raises(ValueError, match="reads raw frame caches; got CachedClipDataset over a jpeg cache"):
@@ -240,8 +251,9 @@ def test_with_pinned_memory_a_buffer_is_refilled_only_after_the_copies_queued_fr
     monkeypatch.setattr(torch.cuda, "Event", Event)
     monkeypatch.setattr(torch, "empty", empty_unpinned)
     dataset = train_set(cache, names=NAMES)
-    loader = CacheLoader(dataset, [(e, i) for e in range(2) for i in range(10)], 2, readers=1, prefetch=1,
-                         pin_memory=True)
+    loader = CacheLoader(
+        dataset, [(e, i) for e in range(2) for i in range(10)], 2, readers=1, prefetch=1, pin_memory=True
+    )
     assert sum(len(batch["indices"]) for batch in loader) == 20  # batches dropped as they come
     loader.close()
     assert pinned == [True] * loader.buffers_allocated and loader.buffers_allocated <= 3  # and reused
@@ -250,4 +262,4 @@ def test_with_pinned_memory_a_buffer_is_refilled_only_after_the_copies_queued_fr
     assert len(records) == len(waits) == 10 - loader.buffers_allocated
     assert set(records) == {threading.main_thread().name} and all(w.startswith(READER_THREAD_PREFIX) for w in waits)
     recorded = [what for what, _ in log]
-    assert all(recorded[:i].count("record") >= recorded[:i + 1].count("wait") for i in range(len(log)))
+    assert all(recorded[:i].count("record") >= recorded[: i + 1].count("wait") for i in range(len(log)))

@@ -23,8 +23,11 @@ def test_all_good_exits_zero(tmp_path):
 
 def test_web_faults_are_reported_as_ok_partial_or_skipped(web_faults, capsys):
     assert main([str(web_faults), "--frames", "8", "--size", "32"]) == 0  # skips are not failures
-    lines = {line.split()[1].rsplit("/", 1)[-1].rstrip(":"): line for line in capsys.readouterr().out.splitlines()
-             if line.split()[0] in ("ok", "partial", "SKIPPED", "FAILED")}
+    lines = {
+        line.split()[1].rsplit("/", 1)[-1].rstrip(":"): line
+        for line in capsys.readouterr().out.splitlines()
+        if line.split()[0] in ("ok", "partial", "SKIPPED", "FAILED")
+    }
     assert lines["over_count.avi"].startswith("ok ") and "30 frames" in lines["over_count.avi"]
     assert lines["over_count.avi"].endswith("[header declares 444 frames, the file holds 30]")
     assert lines["under_count.avi"].endswith("[header declares 12 frames, the file holds 30]")

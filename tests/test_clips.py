@@ -18,7 +18,6 @@ from datasets.video import BadVideoError, write_video
 T, SIZE = 4, 16
 
 
-
 @pytest.fixture(scope="module")
 def video_root(tmp_path_factory):
     """A Moments-in-Time-like tree: clips in class sub-folders, plus broken files."""
@@ -134,8 +133,12 @@ def test_negative_and_out_of_range_keys(video_root):
 
 @pytest.mark.parametrize(
     "index,fragment",
-    [(2, "corrupt.mp4: InvalidDataError"), (3, "empty.mp4: InvalidDataError"),
-     (4, "truncated.mp4: InvalidDataError"), (5, "missing file")],
+    [
+        (2, "corrupt.mp4: InvalidDataError"),
+        (3, "empty.mp4: InvalidDataError"),
+        (4, "truncated.mp4: InvalidDataError"),
+        (5, "missing file"),
+    ],
 )
 def test_bad_files_become_failed_samples(video_root, index, fragment):
     item = make_dataset(video_root)[index]
@@ -199,7 +202,12 @@ def test_dataloader_with_two_workers_survives_bad_files(video_root):
     loader = DataLoader(ds, batch_size=3, sampler=keys, num_workers=2, collate_fn=collate_clips)
     batches = list(loader)
     assert [b["video_ids"] for b in batches] == [["good_a.mp4", "good_b.mp4"], []]
-    assert sorted(v for b in batches for v, _ in b["bad"]) == ["corrupt.mp4", "empty.mp4", "missing.mp4", "truncated.mp4"]
+    assert sorted(v for b in batches for v, _ in b["bad"]) == [
+        "corrupt.mp4",
+        "empty.mp4",
+        "missing.mp4",
+        "truncated.mp4",
+    ]
     # same clips as in the main process: augmentation does not depend on the worker
     assert torch.equal(batches[0]["video"][0], ds[(1, 0)]["video"])
 
@@ -227,6 +235,7 @@ def test_web_faults_through_the_dataset(web_faults):
     batch = collate_clips(list(items.values()))
     assert batch["video"].shape[0] == 5 and [v for v, _ in batch["notes"]] == ["partial.mp4"]
     assert sorted(v for v, _ in batch["bad"]) == ["huge.mp4", "long.mp4"]
-    strict = VideoClipDataset(["partial.mp4"], {}, web_faults, num_frames=T, size=SIZE, train=True,
-                              decode_policy=DecodePolicy(partial="skip"))
+    strict = VideoClipDataset(
+        ["partial.mp4"], {}, web_faults, num_frames=T, size=SIZE, train=True, decode_policy=DecodePolicy(partial="skip")
+    )
     assert "PartialVideoError: partial file" in strict[(0, 0)]["error"]

@@ -29,7 +29,8 @@ def test_the_earlier_recipe_trains_only_layer4_2_and_the_head():
     assert (cfg.patience, cfg.split, cfg.frames, cfg.size, cfg.dropout) == (4, "random42", 16, 224, 0.5)
     model = build_model(depth=50, dropout=cfg.dropout)
     freeze(model, cfg.freeze.split(","))
-    trainable = {name.split(".")[0] + "." + name.split(".")[1] for name, p in model.named_parameters()
-                 if p.requires_grad}
+    trainable = {
+        name.split(".")[0] + "." + name.split(".")[1] for name, p in model.named_parameters() if p.requires_grad
+    }
     assert trainable == {"layer4.2"} | {n for n in trainable if n.startswith("last_linear.")}
     assert any(n.startswith("last_linear.") for n in trainable)

@@ -11,18 +11,56 @@ from datasets.video import decode_clip, write_video
 
 def test_tiny_run_prints_every_table(tmp_path, capsys):
     out = tmp_path / "figures.json"
-    rc = bench.main(["--clips", "3", "--seconds", "1", "--fps", "8", "--frames", "4", "--size", "32",
-                     "--stored-size", "40", "--batch-size", "2", "--max-workers", "1", "--min-time", "0.01",
-                     "--loader-time", "0.01", "--loader-formats", "pt,raw,jpeg-device", "--json", str(out)])
+    rc = bench.main(
+        [
+            "--clips",
+            "3",
+            "--seconds",
+            "1",
+            "--fps",
+            "8",
+            "--frames",
+            "4",
+            "--size",
+            "32",
+            "--stored-size",
+            "40",
+            "--batch-size",
+            "2",
+            "--max-workers",
+            "1",
+            "--min-time",
+            "0.01",
+            "--loader-time",
+            "0.01",
+            "--loader-formats",
+            "pt,raw,jpeg-device",
+            "--json",
+            str(out),
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
-    for heading in ("Machine:", "Reading, per worker core", "Preparation, per core", "Loaders -> the same consumer",
-                    "Loaders -> augmentation on"):
+    for heading in (
+        "Machine:",
+        "Reading, per worker core",
+        "Preparation, per core",
+        "Loaders -> the same consumer",
+        "Loaders -> augmentation on",
+    ):
         assert heading in printed
-    for row in ("| mp4 on the fly", "| earlier float32 .pt", "| cache raw uint8 (40x40)", "| cache jpeg, decoded",
-                "| `prepare` raw", "| earlier: seek to each of 4 frames", "| raw-read | cache raw uint8 (40x40) | 1 |",
-                "| cache-loader | cache raw uint8 (40x40) | 1 |", "| dataloader | earlier float32 .pt",
-                "| cache-loader | 1 |"):
+    for row in (
+        "| mp4 on the fly",
+        "| earlier float32 .pt",
+        "| cache raw uint8 (40x40)",
+        "| cache jpeg, decoded",
+        "| `prepare` raw",
+        "| earlier: seek to each of 4 frames",
+        "| raw-read | cache raw uint8 (40x40) | 1 |",
+        "| cache-loader | cache raw uint8 (40x40) | 1 |",
+        "| dataloader | earlier float32 .pt",
+        "| cache-loader | 1 |",
+    ):
         assert row in printed, row
     assert "seek and one-pass frames identical: yes" in printed
     assert "cache-loader at 1 reader(s):" in printed and "the DataLoader (target >= 4x)" in printed
@@ -31,9 +69,15 @@ def test_tiny_run_prints_every_table(tmp_path, capsys):
     assert set(figures["read_per_core"]) == {"mp4", "pt", "raw", "jpeg", "jpeg-device"}
     assert figures["read_per_core"]["pt"]["bytes_per_clip"] > figures["read_per_core"]["raw"]["bytes_per_clip"]
     rows = {(r["name"], r["input"], r["readers"]) for r in figures["loader"]}
-    assert rows == {("raw-read", "raw", 1), ("raw-read-mmap", "raw", 1), ("cache-loader", "raw", 1),
-                    ("cache-loader-pread", "raw", 1), ("dataloader", "raw", 1), ("dataloader", "pt", 1),
-                    ("dataloader", "jpeg-device", 1)}
+    assert rows == {
+        ("raw-read", "raw", 1),
+        ("raw-read-mmap", "raw", 1),
+        ("cache-loader", "raw", 1),
+        ("cache-loader-pread", "raw", 1),
+        ("dataloader", "raw", 1),
+        ("dataloader", "pt", 1),
+        ("dataloader", "jpeg-device", 1),
+    }
     for r in figures["loader"] + figures["loader_augment"]:
         assert r["clips_per_cpu_s"] > 0 and r["clips_per_s"] > 0, r
     assert [r["name"] for r in figures["loader_augment"]] == ["cache-loader", "dataloader"]
@@ -57,9 +101,32 @@ def test_hd_rows_run_at_a_tiny_size(tmp_path, capsys):
     from benchmarks.hd_decoding import OPTIONS
 
     out = tmp_path / "hd.json"
-    assert bench.main(["--hd-only", "--hd-sizes", "96x64", "--hd-clips", "1", "--seconds", "1", "--fps", "8",
-                       "--frames", "4", "--size", "32", "--stored-size", "24", "--min-time", "0.01",
-                       "--json", str(out)]) == 0
+    assert (
+        bench.main(
+            [
+                "--hd-only",
+                "--hd-sizes",
+                "96x64",
+                "--hd-clips",
+                "1",
+                "--seconds",
+                "1",
+                "--fps",
+                "8",
+                "--frames",
+                "4",
+                "--size",
+                "32",
+                "--stored-size",
+                "24",
+                "--min-time",
+                "0.01",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "HD footage (1 generated 1 s 8 fps H.264 clip(s) per size" in printed
     assert "| 96x64 | `prepare` (4 frames, one pass, 24x24 uint8) |" in printed

@@ -20,8 +20,20 @@ from utils.tracking import RunTracker
 
 def base_args(tiny_demo, checkpoint, out, *extra):
     videos, annotations = tiny_demo
-    return ["--checkpoint", str(checkpoint), "--videos", str(videos), "--annotations", str(annotations),
-            "--output-dir", str(out), "--num-workers", "0", "--no-progress", *extra]
+    return [
+        "--checkpoint",
+        str(checkpoint),
+        "--videos",
+        str(videos),
+        "--annotations",
+        str(annotations),
+        "--output-dir",
+        str(out),
+        "--num-workers",
+        "0",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def human_table(names, path, seed=0):
@@ -34,7 +46,9 @@ def human_table(names, path, seed=0):
             rows.append((f"rater{s}", name, "valence", int(np.clip(t + rng.integers(-1, 2), 1, 5))))
             rows.append((f"rater{s}", name, "Indoor", int(rng.integers(1, 6))))
             rows.append((f"rater{s}", name, "cooperation", 3))
-    pd.DataFrame(rows, columns=["subjectID", "video_name", "question_name", "likert_response"]).to_csv(path, index=False)
+    pd.DataFrame(rows, columns=["subjectID", "video_name", "question_name", "likert_response"]).to_csv(
+        path, index=False
+    )
     return path
 
 
@@ -47,8 +61,14 @@ def checkpoint(tmp_path_factory):
     for step in range(1, 7):
         tracker.log_metrics({"train/loss": 2.0 / step, "train/distance/loss": 1.0 / step, "train/lr": 1e-3}, step)
         if step % 3 == 0:
-            tracker.log_metrics({"val/distance/spearman": 0.1 * step, "val/distance/loss": 1.0 / step,
-                                 "val/mean_spearman": 0.05 * step}, step)
+            tracker.log_metrics(
+                {
+                    "val/distance/spearman": 0.1 * step,
+                    "val/distance/loss": 1.0 / step,
+                    "val/mean_spearman": 0.05 * step,
+                },
+                step,
+            )
     tracker.end("FINISHED")
     return path
 
@@ -58,8 +78,9 @@ def test_end_to_end_outputs_metrics_humans_plots_and_mlflow(tiny_demo, checkpoin
     table, _ = load_annotation_table(annotations)
     human = human_table(table["video_name"][:30].tolist(), tmp_path / "human.csv")
     out = tmp_path / "eval"
-    rc = evaluate.main(base_args(tiny_demo, checkpoint, out, "--split", "all", "--human-ratings", str(human),
-                                 "--ceiling-splits", "20"))
+    rc = evaluate.main(
+        base_args(tiny_demo, checkpoint, out, "--split", "all", "--human-ratings", str(human), "--ceiling-splits", "20")
+    )
     assert rc == 0
     # -- the predictions CSV: annotation schema, one row per video
     frame = pd.read_csv(out / "predictions_all.csv", keep_default_na=False, na_values=[""])
@@ -75,8 +96,11 @@ def test_end_to_end_outputs_metrics_humans_plots_and_mlflow(tiny_demo, checkpoin
     # -- the metrics JSON equals metrics recomputed from the CSV (6 decimals there)
     result = json.loads((out / "metrics_all.json").read_text())
     targets = build_targets(table)
-    probs = {c: frame[c].to_numpy(float) for c in frame.columns if c.endswith(("_score", "_confidence"))
-             and not c.startswith("annotated_") and c != "location_score"}
+    probs = {
+        c: frame[c].to_numpy(float)
+        for c in frame.columns
+        if c.endswith(("_score", "_confidence")) and not c.startswith("annotated_") and c != "location_score"
+    }
     probs["location_score"] = frame["location_p_outdoor"].to_numpy(float)
     probs["peoplecount"] = frame[[f"peoplecount_p{c}" for c in PEOPLECOUNT_CLASSES]].to_numpy(float)
     again = evaluation_metrics(probs, targets, TASKS)
@@ -90,8 +114,16 @@ def test_end_to_end_outputs_metrics_humans_plots_and_mlflow(tiny_demo, checkpoin
     assert h["summary"]["compared_videos"] == 30 and h["summary"]["raters"] == 5
     val = h["features"]["valence"]
     assert val["n_videos"] == 30 and val["n_raters"] == 5
-    for key in ("model_vs_mean_human", "gpt_vs_mean_human", "noise_ceiling", "split_half_reliability",
-                "model_fraction_of_ceiling", "human_pairwise", "model_to_individual", "gpt_fraction_of_ceiling"):
+    for key in (
+        "model_vs_mean_human",
+        "gpt_vs_mean_human",
+        "noise_ceiling",
+        "split_half_reliability",
+        "model_fraction_of_ceiling",
+        "human_pairwise",
+        "model_to_individual",
+        "gpt_fraction_of_ceiling",
+    ):
         assert key in val and val[key] is not None, key
     assert val["split_half_reliability"] > 0.5  # the ratings share a strong hidden value
     assert h["features"]["location"]["compared_as"] == "1 - model output"
@@ -99,8 +131,14 @@ def test_end_to_end_outputs_metrics_humans_plots_and_mlflow(tiny_demo, checkpoin
     assert set(human_csv["feature"]) == {"valence", "location"}
     # -- plots
     plots = {p.name for p in (out / "plots_all").iterdir()}
-    assert {"pred_vs_target_distance.png", "pred_vs_target_peoplecount.png", "pred_vs_target_location.png",
-            "metrics_spearman.png", "human_comparison.png", "training_curves.png"} <= plots
+    assert {
+        "pred_vs_target_distance.png",
+        "pred_vs_target_peoplecount.png",
+        "pred_vs_target_location.png",
+        "metrics_spearman.png",
+        "human_comparison.png",
+        "training_curves.png",
+    } <= plots
     # -- MLflow: a new run in the default store under the output dir, artifacts beside it
     client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     exp = client.get_experiment_by_name("social-vision-eval")
@@ -123,10 +161,13 @@ def test_split_comes_from_the_checkpoint_and_empty_split_is_an_error(tiny_demo, 
     expected = table["video_name"][(assign_splits(table, method="hash") == "test").to_numpy()].tolist()
     out = tmp_path / "eval"
     wide = tmp_path / "wide.csv"  # the public study's layout: means only, Likert 1-5
-    pd.DataFrame({"video_name": expected, "arousal": np.linspace(1, 5, len(expected)),
-                  "intimacy": 3.0}).to_csv(wide, index=False)
-    assert evaluate.main(base_args(tiny_demo, checkpoint, out, "--no-mlflow", "--no-plots",
-                                   "--human-ratings", str(wide))) == 0
+    pd.DataFrame({"video_name": expected, "arousal": np.linspace(1, 5, len(expected)), "intimacy": 3.0}).to_csv(
+        wide, index=False
+    )
+    assert (
+        evaluate.main(base_args(tiny_demo, checkpoint, out, "--no-mlflow", "--no-plots", "--human-ratings", str(wide)))
+        == 0
+    )
     frame = pd.read_csv(out / "predictions_test.csv")
     assert frame["video_name"].tolist() == expected and set(frame["split"]) == {"test"}
     human = json.loads((out / "metrics_test.json").read_text())["human"]
@@ -176,8 +217,9 @@ def test_unreachable_mlflow_costs_a_warning_not_the_evaluation(tiny_demo, checkp
     out = tmp_path / "eval"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        rc = evaluate.main(base_args(tiny_demo, checkpoint, out, "--no-plots",
-                                     "--tracking-uri", f"http://127.0.0.1:{port}"))
+        rc = evaluate.main(
+            base_args(tiny_demo, checkpoint, out, "--no-plots", "--tracking-uri", f"http://127.0.0.1:{port}")
+        )
     assert rc == 0
     assert any("evaluation continues without MLflow" in str(w.message) for w in caught)
     assert (out / "metrics_test.json").exists() and (out / "predictions_test.csv").exists()

@@ -57,22 +57,72 @@ def test_what_the_cache_cannot_serve_is_refused(cache8):
 def test_evaluate_with_cache_reproduces_the_training_validation_on_the_cache(cache8, tmp_path):
     cache_dir, annotations, videos = cache8
     out = tmp_path / "run"
-    res = run_train(["--cache", str(cache_dir), "--annotations", str(annotations), "--output-dir", str(out),
-                     "--epochs", "2", "--batch-size", "8", *TINY], nproc=1, timeout=600)
+    res = run_train(
+        [
+            "--cache",
+            str(cache_dir),
+            "--annotations",
+            str(annotations),
+            "--output-dir",
+            str(out),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            *TINY,
+        ],
+        nproc=1,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stdout[-4000:]
     best = out / "checkpoints" / "best.pt"
-    rc = evaluate.main(["--checkpoint", str(best), "--cache", str(cache_dir), "--annotations", str(annotations),
-                        "--split", "val", "--output-dir", str(tmp_path / "eval"), "--num-workers", "0",
-                        "--no-progress", "--run-id", "checkpoint", "--no-plots"])
+    rc = evaluate.main(
+        [
+            "--checkpoint",
+            str(best),
+            "--cache",
+            str(cache_dir),
+            "--annotations",
+            str(annotations),
+            "--split",
+            "val",
+            "--output-dir",
+            str(tmp_path / "eval"),
+            "--num-workers",
+            "0",
+            "--no-progress",
+            "--run-id",
+            "checkpoint",
+            "--no-plots",
+        ]
+    )
     assert rc == 0
     client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.data.params["cache"] == str(cache_dir)
     assert compare_eval_with_training_validation(client, run) == 10  # 8 score Spearmans + 2 accuracies
     # two temporal views of the same videos: different inputs, still one row per video
-    rc = evaluate.main(["--checkpoint", str(best), "--cache", str(cache_dir), "--annotations", str(annotations),
-                        "--split", "val", "--output-dir", str(tmp_path / "eval2"), "--num-workers", "0",
-                        "--no-progress", "--no-mlflow", "--no-plots", "--views", "2x1"])
+    rc = evaluate.main(
+        [
+            "--checkpoint",
+            str(best),
+            "--cache",
+            str(cache_dir),
+            "--annotations",
+            str(annotations),
+            "--split",
+            "val",
+            "--output-dir",
+            str(tmp_path / "eval2"),
+            "--num-workers",
+            "0",
+            "--no-progress",
+            "--no-mlflow",
+            "--no-plots",
+            "--views",
+            "2x1",
+        ]
+    )
     assert rc == 0
     one = pd.read_csv(tmp_path / "eval" / "predictions_val.csv")
     two = pd.read_csv(tmp_path / "eval2" / "predictions_val.csv")
@@ -83,10 +133,38 @@ def test_evaluate_with_cache_reproduces_the_training_validation_on_the_cache(cac
 def test_evaluate_refuses_spatial_views_from_a_cache_with_a_clear_message(cache8, tmp_path):
     cache_dir, annotations, videos = cache8
     out = tmp_path / "run"
-    res = run_train(["--cache", str(cache_dir), "--annotations", str(annotations), "--output-dir", str(out),
-                     "--max-steps", "1", "--batch-size", "4", *TINY], nproc=1, timeout=600)
+    res = run_train(
+        [
+            "--cache",
+            str(cache_dir),
+            "--annotations",
+            str(annotations),
+            "--output-dir",
+            str(out),
+            "--max-steps",
+            "1",
+            "--batch-size",
+            "4",
+            *TINY,
+        ],
+        nproc=1,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stdout[-4000:]
     with pytest.raises(SystemExit, match="--cache: .*keeps only the centre square.*use --views 1x1"):
-        evaluate.main(["--checkpoint", str(out / "checkpoints" / "last.pt"), "--cache", str(cache_dir),
-                       "--annotations", str(annotations), "--output-dir", str(tmp_path / "eval"),
-                       "--no-progress", "--no-mlflow", "--views", "1x3"])
+        evaluate.main(
+            [
+                "--checkpoint",
+                str(out / "checkpoints" / "last.pt"),
+                "--cache",
+                str(cache_dir),
+                "--annotations",
+                str(annotations),
+                "--output-dir",
+                str(tmp_path / "eval"),
+                "--no-progress",
+                "--no-mlflow",
+                "--views",
+                "1x3",
+            ]
+        )

@@ -17,8 +17,15 @@ N_VIDEOS = 13  # neither 2 nor 3 divides it: a padded sampler would count some v
 def evaluate_command(args, nproc):
     if nproc == 1:
         return [sys.executable, str(REPO / "evaluate.py"), *args]  # no process group at all
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-            f"--master_port={free_port()}", str(REPO / "evaluate.py"), *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        f"--master_port={free_port()}",
+        str(REPO / "evaluate.py"),
+        *args,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +38,15 @@ def small_set(tiny_demo, tmp_path_factory):
     table = pd.concat([table, ghost], ignore_index=True)
     table.to_csv(root / "annotations.csv", index=False)
     rng = np.random.default_rng(0)
-    rows = [(f"p{s}", name, q, int(rng.integers(1, 6)))
-            for s in range(5) for name in table["video_name"][:10] for q in ("valence", "agent distance", "indoor")]
+    rows = [
+        (f"p{s}", name, q, int(rng.integers(1, 6)))
+        for s in range(5)
+        for name in table["video_name"][:10]
+        for q in ("valence", "agent distance", "indoor")
+    ]
     pd.DataFrame(rows, columns=["subjectID", "video_name", "question_name", "likert_response"]).to_csv(
-        root / "human.csv", index=False)
+        root / "human.csv", index=False
+    )
     checkpoint = save_tiny_checkpoint(root / "train")
     return videos, root / "annotations.csv", root / "human.csv", checkpoint, root
 
@@ -46,10 +58,31 @@ def test_metrics_identical_for_one_two_and_three_ranks(small_set):
         out = root / f"eval_{nproc}"
         # batch size 1: a clip's result then does not depend on which clips share its batch
         # (batched CPU convolutions differ in the 7th digit), so files can be compared byte for byte
-        args = ["--checkpoint", str(checkpoint), "--videos", str(videos), "--annotations", str(annotations),
-                "--split", "all", "--output-dir", str(out), "--batch-size", "1", "--num-workers", "0",
-                "--human-ratings", str(human), "--ceiling-splits", "20",
-                "--no-mlflow", "--no-plots", "--no-progress", "--device", "cpu"]
+        args = [
+            "--checkpoint",
+            str(checkpoint),
+            "--videos",
+            str(videos),
+            "--annotations",
+            str(annotations),
+            "--split",
+            "all",
+            "--output-dir",
+            str(out),
+            "--batch-size",
+            "1",
+            "--num-workers",
+            "0",
+            "--human-ratings",
+            str(human),
+            "--ceiling-splits",
+            "20",
+            "--no-mlflow",
+            "--no-plots",
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
         res = run(evaluate_command(args, nproc), timeout=300)
         assert res.returncode == 0, res.stdout[-4000:]
         outputs[nproc] = out

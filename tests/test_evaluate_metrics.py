@@ -18,7 +18,7 @@ def test_weighted_metrics_hand_computed():
     wn = np.array(w) / 4
     p, t = np.array(pred), np.array(target)
     dp, dt = p - (wn * p).sum(), t - (wn * t).sum()
-    expected = (wn * dp * dt).sum() / math.sqrt((wn * dp ** 2).sum() * (wn * dt ** 2).sum())
+    expected = (wn * dp * dt).sum() / math.sqrt((wn * dp**2).sum() * (wn * dt**2).sum())
     assert M.weighted_pearson(pred, target, w) == pytest.approx(expected)
 
 
@@ -89,9 +89,10 @@ def test_macro_f1_and_confusion_matrix_hand_computed():
 def test_evaluation_metrics_report_and_failed_rows():
     nan = np.nan
     probs = {
-        "distance_score": np.array([0.1, 0.6, 0.8, 0.3, nan]),      # last video failed to load
-        "peoplecount": np.array([[.9, .1, 0, 0, 0], [0, .8, .2, 0, 0], [0, .6, .4, 0, 0],
-                                 [0, 0, 0, 0, 1.], [nan] * 5]),
+        "distance_score": np.array([0.1, 0.6, 0.8, 0.3, nan]),  # last video failed to load
+        "peoplecount": np.array(
+            [[0.9, 0.1, 0, 0, 0], [0, 0.8, 0.2, 0, 0], [0, 0.6, 0.4, 0, 0], [0, 0, 0, 0, 1.0], [nan] * 5]
+        ),
         "location_score": np.array([0.9, 0.2, 0.7, 0.4, nan]),
     }
     targets = {

@@ -16,12 +16,45 @@ def test_evaluating_best_pt_on_val_reproduces_the_training_validation(tiny_demo,
     running statistics; validation and best.pt must both describe rank 0's (the saved) model."""
     videos, annotations = tiny_demo
     out = tmp_path / "run"
-    res = run_train(["--videos", str(videos), "--annotations", str(annotations), "--output-dir", str(out),
-                     "--epochs", "2", "--batch-size", "8", "--bn", "train", *TINY], nproc=nproc, timeout=600)
+    res = run_train(
+        [
+            "--videos",
+            str(videos),
+            "--annotations",
+            str(annotations),
+            "--output-dir",
+            str(out),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--bn",
+            "train",
+            *TINY,
+        ],
+        nproc=nproc,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stdout[-4000:]
-    rc = evaluate.main(["--checkpoint", str(out / "checkpoints" / "best.pt"), "--videos", str(videos),
-                        "--annotations", str(annotations), "--split", "val", "--output-dir", str(tmp_path / "eval"),
-                        "--num-workers", "0", "--no-progress", "--run-id", "checkpoint"])
+    rc = evaluate.main(
+        [
+            "--checkpoint",
+            str(out / "checkpoints" / "best.pt"),
+            "--videos",
+            str(videos),
+            "--annotations",
+            str(annotations),
+            "--split",
+            "val",
+            "--output-dir",
+            str(tmp_path / "eval"),
+            "--num-workers",
+            "0",
+            "--no-progress",
+            "--run-id",
+            "checkpoint",
+        ]
+    )
     assert rc == 0
     client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])

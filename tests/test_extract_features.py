@@ -48,8 +48,16 @@ def load_outputs(out):
 
 
 def video_views(paths, temporal, spatial):
-    dataset = MultiViewClipDataset([str(p) for p in paths], {}, os.sep, num_frames=FRAMES, size=SIZE,
-                                   temporal_views=temporal, spatial_views=spatial, index=VideoIndex(root=os.sep))
+    dataset = MultiViewClipDataset(
+        [str(p) for p in paths],
+        {},
+        os.sep,
+        num_frames=FRAMES,
+        size=SIZE,
+        temporal_views=temporal,
+        spatial_views=spatial,
+        index=VideoIndex(root=os.sep),
+    )
     return [normalize_on_device(dataset[i]["video"]) for i in range(len(dataset))]
 
 
@@ -59,12 +67,34 @@ LAYERS = ["conv1", "bn1", "layer2.1", "layer4", "avgpool", "last_linear"]
 def test_features_equal_an_explicit_forward_and_keep_the_contract(clips, tmp_path):
     root, videos, checkpoint = clips
     out = tmp_path / "out"
-    assert run("--checkpoint", checkpoint, videos, root / "gone.mp4", "--layers", ",".join(LAYERS),
-               "--views", "2x3", "--batch-size", "2", "--output", out) == 0
+    assert (
+        run(
+            "--checkpoint",
+            checkpoint,
+            videos,
+            root / "gone.mp4",
+            "--layers",
+            ",".join(LAYERS),
+            "--views",
+            "2x3",
+            "--batch-size",
+            "2",
+            "--output",
+            out,
+        )
+        == 0
+    )
     manifest, index, arrays = load_outputs(out)
 
-    order = [videos / "a.mp4", videos / "b.mp4", videos / "c_portrait.mp4", videos / "corrupt.mp4",
-             videos / "d.mp4", videos / "e.mp4", root / "gone.mp4"]
+    order = [
+        videos / "a.mp4",
+        videos / "b.mp4",
+        videos / "c_portrait.mp4",
+        videos / "corrupt.mp4",
+        videos / "d.mp4",
+        videos / "e.mp4",
+        root / "gone.mp4",
+    ]
     assert list(index.columns) == ["row", "video_name", "path", "status", "error"]
     assert index["row"].tolist() == list(range(7)) and index["path"].tolist() == [str(p) for p in order]
     assert index["video_name"].tolist() == [p.name for p in order]
@@ -88,8 +118,9 @@ def test_features_equal_an_explicit_forward_and_keep_the_contract(clips, tmp_pat
             entry = manifest["layers"][name]
             assert entry["file"] == f"{name}.npy" and entry["dtype"] == "float32"
             assert arrays[name].shape == tuple(entry["shape"]) == (7, expected[name].shape[0])
-            np.testing.assert_allclose(arrays[name][row], expected[name].numpy(), rtol=1e-4, atol=1e-5,
-                                       err_msg=f"{name}, row {row}")
+            np.testing.assert_allclose(
+                arrays[name][row], expected[name].numpy(), rtol=1e-4, atol=1e-5, err_msg=f"{name}, row {row}"
+            )
     for name in LAYERS:
         assert np.isnan(arrays[name][[3, 6]]).all() and not np.isnan(arrays[name][good]).any()
     assert manifest["layers"]["last_linear"]["columns"][:2] == ["distance_score", "distance_confidence"]
@@ -101,15 +132,31 @@ def test_time_and_unpooled_layers_stored_as_float16(clips, tmp_path):
     paths = [videos / "a.mp4", videos / "d.mp4"]
     model, _ = load_inference_model(str(checkpoint))
     views = video_views(paths, 1, 1)
-    for mode, shapes in (("time", {"maxpool": (64, 2), "layer3": (256, 1)}),
-                         ("none", {"maxpool": (64, 2, 8, 8), "layer3": (256, 1, 2, 2)})):
+    for mode, shapes in (
+        ("time", {"maxpool": (64, 2), "layer3": (256, 1)}),
+        ("none", {"maxpool": (64, 2, 8, 8), "layer3": (256, 1, 2, 2)}),
+    ):
         out = tmp_path / mode
-        assert run("--checkpoint", checkpoint, *paths, "--layers", "maxpool,layer3", "--pool", mode,
-                   "--dtype", "float16", "--output", out) == 0
+        assert (
+            run(
+                "--checkpoint",
+                checkpoint,
+                *paths,
+                "--layers",
+                "maxpool,layer3",
+                "--pool",
+                mode,
+                "--dtype",
+                "float16",
+                "--output",
+                out,
+            )
+            == 0
+        )
         manifest, _, arrays = load_outputs(out)
         for name, shape in shapes.items():
             assert arrays[name].dtype == np.float16 and arrays[name].shape == (2, *shape)
-            assert manifest["layers"][name]["axes"] == ["video", "channel", "time", "height", "width"][:len(shape) + 1]
+            assert manifest["layers"][name]["axes"] == ["video", "channel", "time", "height", "width"][: len(shape) + 1]
             for row, clip in enumerate(views):
                 expected = reference_features(model, clip, [name], mode)[name].numpy()
                 np.testing.assert_allclose(arrays[name][row].astype(np.float32), expected, rtol=2e-3, atol=2e-3)
@@ -153,8 +200,22 @@ def test_mit_weights_give_backbone_layers_and_no_head(clips, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "  avgpool " in printed and "last_linear is not offered" in printed
     out = tmp_path / "mit"
-    assert run("--checkpoint", mit, videos / "a.mp4", "--layers", "avgpool", "--frames", FRAMES, "--size", SIZE,
-               "--output", out) == 0
+    assert (
+        run(
+            "--checkpoint",
+            mit,
+            videos / "a.mp4",
+            "--layers",
+            "avgpool",
+            "--frames",
+            FRAMES,
+            "--size",
+            SIZE,
+            "--output",
+            out,
+        )
+        == 0
+    )
     manifest, _, arrays = load_outputs(out)
     assert manifest["checkpoint"]["kind"] == "mit"
     expected = reference_features(source, video_views([videos / "a.mp4"], 1, 1)[0], ["avgpool"], "mean")
@@ -163,8 +224,19 @@ def test_mit_weights_give_backbone_layers_and_no_head(clips, tmp_path, capsys):
 
 def test_random_init_is_a_seeded_control_without_a_head(clips, tmp_path):
     _, videos, _ = clips
-    common = ["--random-init", "--depth", "18", "--frames", FRAMES, "--size", SIZE, videos / "a.mp4", videos / "b.mp4",
-              "--layers", "layer3"]
+    common = [
+        "--random-init",
+        "--depth",
+        "18",
+        "--frames",
+        FRAMES,
+        "--size",
+        SIZE,
+        videos / "a.mp4",
+        videos / "b.mp4",
+        "--layers",
+        "layer3",
+    ]
     with pytest.raises(SystemExit, match="a --random-init network has no trained head"):
         run(*common[:-1], "last_linear", "--output", tmp_path / "x")
     for name, seed in (("s0", 0), ("s0_again", 0), ("s1", 1)):
@@ -173,8 +245,16 @@ def test_random_init_is_a_seeded_control_without_a_head(clips, tmp_path):
     assert np.array_equal(arrays["s0"], arrays["s0_again"])
     assert not np.allclose(arrays["s0"], arrays["s1"])
     manifest = load_outputs(tmp_path / "s1")[0]
-    assert manifest["checkpoint"] == {"path": None, "kind": "random_init", "depth": 18, "sha256": None, "step": None,
-                                      "training_run_id": None, "tasks": [], "seed": 1}
+    assert manifest["checkpoint"] == {
+        "path": None,
+        "kind": "random_init",
+        "depth": 18,
+        "sha256": None,
+        "step": None,
+        "training_run_id": None,
+        "tasks": [],
+        "seed": 1,
+    }
 
 
 def test_annotation_split_from_videos_and_from_the_frame_cache(clips, tmp_path):
@@ -183,8 +263,25 @@ def test_annotation_split_from_videos_and_from_the_frame_cache(clips, tmp_path):
     splits = ["test", "train", "test", "test", "val", "test"]
     pd.DataFrame({"video_name": [*GOOD, "ghost.mp4"], "split": splits}).to_csv(table, index=False)
     out = tmp_path / "from_videos"
-    assert run("--checkpoint", checkpoint, "--annotations", table, "--split", "test", "--videos", videos,
-               "--split-method", "column", "--layers", "layer1", "--output", out) == 0
+    assert (
+        run(
+            "--checkpoint",
+            checkpoint,
+            "--annotations",
+            table,
+            "--split",
+            "test",
+            "--videos",
+            videos,
+            "--split-method",
+            "column",
+            "--layers",
+            "layer1",
+            "--output",
+            out,
+        )
+        == 0
+    )
     manifest, index, _ = load_outputs(out)
     assert index["video_name"].tolist() == ["a.mp4", "c_portrait.mp4", "d.mp4", "ghost.mp4"]
     assert index["status"].tolist() == ["ok", "ok", "ok", "error"] and "no 'ghost.mp4'" in index["error"][3]
@@ -195,8 +292,25 @@ def test_annotation_split_from_videos_and_from_the_frame_cache(clips, tmp_path):
     pd.DataFrame({"video_name": GOOD[:3]}).to_csv(listed, index=False)
     prepare_demo_cache((videos, listed), cache, frames=2 * FRAMES)
     out = tmp_path / "from_cache"
-    assert run("--checkpoint", checkpoint, "--annotations", table, "--split", "all", "--cache", cache,
-               "--views", "2x1", "--layers", "layer1,avgpool", "--output", out) == 0
+    assert (
+        run(
+            "--checkpoint",
+            checkpoint,
+            "--annotations",
+            table,
+            "--split",
+            "all",
+            "--cache",
+            cache,
+            "--views",
+            "2x1",
+            "--layers",
+            "layer1,avgpool",
+            "--output",
+            out,
+        )
+        == 0
+    )
     manifest, index, arrays = load_outputs(out)
     assert index["status"].tolist() == ["ok", "ok", "ok", "error", "error", "error"]
     assert "no clip in frame cache" in index["error"][3] and manifest["source"]["kind"] == "cache"
@@ -252,9 +366,9 @@ def test_the_readme_example_loads_the_outputs_and_correlates_two_layers_rdms(cli
     out = tmp_path / "feats"
     assert run("--checkpoint", checkpoint, videos, "--output", out) == 0  # default layers: layer1..layer4
     text = (Path(extract_features.__file__).parent / "README.md").read_text()
-    section = text[text.index("## Feature extraction"):]
-    code = section[section.index("```python\n") + 10:]
-    code = code[:code.index("```")]
+    section = text[text.index("## Feature extraction") :]
+    code = section[section.index("```python\n") + 10 :]
+    code = code[: code.index("```")]
     assert 'out = "feats"' in code
     capsys.readouterr()
     exec(compile(code.replace('out = "feats"', f"out = {str(out)!r}"), "README example", "exec"), {})

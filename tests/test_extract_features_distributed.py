@@ -27,8 +27,15 @@ LAYERS = "layer1,layer3.1,last_linear"
 def command(args, nproc):
     if nproc == 1:
         return [sys.executable, str(REPO / "extract_features.py"), *map(str, args)]  # no process group at all
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
-            str(REPO / "extract_features.py"), *map(str, args)]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        f"--master_port={free_port()}",
+        str(REPO / "extract_features.py"),
+        *map(str, args),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +55,28 @@ def inputs(tmp_path_factory):
 
 
 def extraction_args(root, checkpoint, out, batch_size):
-    return ["--checkpoint", checkpoint, root / "list.txt", "--layers", LAYERS, "--pool", "time", "--views", "2x1",
-            "--project-dim", 200, "--output", out, "--batch-size", batch_size, "--num-workers", "0", "--no-progress",
-            "--device", "cpu"]
+    return [
+        "--checkpoint",
+        checkpoint,
+        root / "list.txt",
+        "--layers",
+        LAYERS,
+        "--pool",
+        "time",
+        "--views",
+        "2x1",
+        "--project-dim",
+        200,
+        "--output",
+        out,
+        "--batch-size",
+        batch_size,
+        "--num-workers",
+        "0",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
 
 
 def outputs(out):
@@ -106,8 +132,15 @@ def status_counts(out):
 def test_a_killed_extraction_resumes_to_the_files_of_an_uninterrupted_one(inputs, reference, capsys):
     root, checkpoint = inputs
     out = root / "killed"
-    proc = subprocess.Popen(command(extraction_args(root, checkpoint, out, 1), 1), cwd=REPO, env=child_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        command(extraction_args(root, checkpoint, out, 1), 1),
+        cwd=REPO,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 240
         while status_counts(out)[0] < 10 and proc.poll() is None and time.monotonic() < deadline:
@@ -154,13 +187,30 @@ def test_memory_does_not_grow_with_the_rows_written(inputs, tmp_path):
     for videos in (2, 13):
         listed = tmp_path / f"list{videos}.txt"
         listed.write_text("\n".join(str(root / "clips" / f"v{i:02d}.mp4") for i in range(videos)) + "\n")
-        runs.append(["--random-init", "--depth", "18", str(listed), "--layers", "conv1", "--pool", "none",
-                     "--output", str(tmp_path / f"out{videos}"), "--batch-size", "1", "--num-workers", "0",
-                     "--no-progress"])
+        runs.append(
+            [
+                "--random-init",
+                "--depth",
+                "18",
+                str(listed),
+                "--layers",
+                "conv1",
+                "--pool",
+                "none",
+                "--output",
+                str(tmp_path / f"out{videos}"),
+                "--batch-size",
+                "1",
+                "--num-workers",
+                "0",
+                "--no-progress",
+            ]
+        )
     res = run([sys.executable, "-c", PEAKS_DRIVER, json.dumps(runs)], timeout=300)
     assert res.returncode == 0, res.stdout[-4000:]
     small, large = json.loads(res.stdout.split("PEAKS", 1)[1])
     layer_mib = (tmp_path / "out13" / "conv1.npy").stat().st_size / 2**20
     assert layer_mib >= 4 * bound_mib
-    assert large - small <= bound_mib, (f"11 more videos ({layer_mib:.0f} MiB layer in all) raised the peak RSS "
-                                        f"from {small:.0f} to {large:.0f} MiB")
+    assert large - small <= bound_mib, (
+        f"11 more videos ({layer_mib:.0f} MiB layer in all) raised the peak RSS from {small:.0f} to {large:.0f} MiB"
+    )

@@ -34,9 +34,11 @@ def randomized(model):
 @pytest.fixture(scope="module")
 def models():
     torch.manual_seed(0)
-    return {"backbone-18": randomized(ResNet3D(depth=18)),
-            "heads-18": randomized(build_model(depth=18, dropout=0.0)),
-            "backbone-50": randomized(ResNet3D(depth=50))}
+    return {
+        "backbone-18": randomized(ResNet3D(depth=18)),
+        "heads-18": randomized(build_model(depth=18, dropout=0.0)),
+        "backbone-50": randomized(ResNet3D(depth=50)),
+    }
 
 
 @pytest.mark.parametrize("which", ["backbone-18", "heads-18", "backbone-50"])
@@ -101,7 +103,7 @@ def test_projection_is_a_fixed_sparse_linear_map():
     nonzero = dense != 0
     assert nonzero.sum(dim=1).tolist() == [4] * 300  # 4 outputs per input ...
     for block in range(4):  # ... one in each quarter of the outputs
-        assert nonzero[:, block * 16:(block + 1) * 16].sum(dim=1).tolist() == [1] * 300
+        assert nonzero[:, block * 16 : (block + 1) * 16].sum(dim=1).tolist() == [1] * 300
     assert set(dense[nonzero].abs().tolist()) == {0.5}
     x = torch.randn(5, 300)
     torch.testing.assert_close(proj(x), x @ dense, rtol=1e-5, atol=1e-5)
@@ -131,15 +133,23 @@ def test_projection_keeps_pairwise_distances_within_the_jl_tolerance():
     projected = SparseRandomProjection(d, k, seed=0)(points)
     # JL (Dasgupta & Gupta): k >= 4 ln n / (eps^2/2 - eps^3/3) keeps every squared distance within 1 +- eps
     eps = next(e for e in np.arange(0.01, 1.0, 0.001) if k >= 4 * math.log(n) / (e**2 / 2 - e**3 / 3))
-    ratios = [float(((projected[i] - projected[j]) ** 2).sum() / ((points[i] - points[j]) ** 2).sum())
-              for i, j in itertools.combinations(range(n), 2)]
+    ratios = [
+        float(((projected[i] - projected[j]) ** 2).sum() / ((points[i] - points[j]) ** 2).sum())
+        for i, j in itertools.combinations(range(n), 2)
+    ]
     assert 1 - eps <= min(ratios) and max(ratios) <= 1 + eps, (eps, min(ratios), max(ratios))
 
 
 def manifest_for(n, layers):
-    return {"format_version": 1, "complete": False, "num_videos": n, "pool": "mean",
-            "layers": {name: {"file": f"{name}.npy", "shape": [n, *shape], "dtype": "float32"}
-                       for name, shape in layers.items()}}
+    return {
+        "format_version": 1,
+        "complete": False,
+        "num_videos": n,
+        "pool": "mean",
+        "layers": {
+            name: {"file": f"{name}.npy", "shape": [n, *shape], "dtype": "float32"} for name, shape in layers.items()
+        },
+    }
 
 
 def inputs_for(n):

@@ -14,22 +14,34 @@ pytestmark = pytest.mark.slow
 
 
 def torchrun(*args):
-    return run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-                *args], timeout=300)
+    return run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", *args],
+        timeout=300,
+    )
 
 
 def test_a_mistyped_flag_under_torchrun_is_reported_once_with_a_suggestion():
     res = torchrun(str(REPO / "train_ddp.py"), "--batchsize", "8")
     assert res.returncode != 0
-    assert res.stdout.count("error: unrecognized arguments: --batchsize 8; --batchsize: did you mean --batch-size?") == 1
+    assert (
+        res.stdout.count("error: unrecognized arguments: --batchsize 8; --batchsize: did you mean --batch-size?") == 1
+    )
     assert res.stdout.count("usage: train_ddp.py [options]") == 1
     assert "--cache-decode" not in res.stdout  # not the 50-line usage block
 
 
 def test_a_missing_video_folder_is_one_line_on_rank_zero(tiny_demo, tmp_path):
     _, annotations = tiny_demo
-    res = torchrun(str(REPO / "train_ddp.py"), "--videos", str(tmp_path / "nowhere"), "--annotations",
-                   str(annotations), "--output-dir", str(tmp_path / "run"), *TINY)
+    res = torchrun(
+        str(REPO / "train_ddp.py"),
+        "--videos",
+        str(tmp_path / "nowhere"),
+        "--annotations",
+        str(annotations),
+        "--output-dir",
+        str(tmp_path / "run"),
+        *TINY,
+    )
     assert res.returncode != 0
     assert res.stdout.count(f"error: --videos {tmp_path / 'nowhere'}: no such directory") == 1
     assert 'train_ddp.py", line' not in res.stdout  # no traceback from our code
@@ -39,18 +51,36 @@ def test_a_table_without_a_column_advises_the_tasks_flag(tiny_demo, tmp_path):
     videos, annotations = tiny_demo
     table = pd.read_csv(annotations).drop(columns=["joint_score"])
     table.to_csv(tmp_path / "table.csv", index=False)
-    res = run_train(["--videos", str(videos), "--annotations", str(tmp_path / "table.csv"),
-                     "--output-dir", str(tmp_path / "run"), *TINY])
+    res = run_train(
+        [
+            "--videos",
+            str(videos),
+            "--annotations",
+            str(tmp_path / "table.csv"),
+            "--output-dir",
+            str(tmp_path / "run"),
+            *TINY,
+        ]
+    )
     assert res.returncode == 1
     assert "missing required column(s) ['joint_score']" in res.stdout
-    assert "with --tasks distance,object,expanse,facingness,communicating,valence,arousal,peoplecount,location" in res.stdout
+    assert (
+        "with --tasks distance,object,expanse,facingness,communicating,valence,arousal,peoplecount,location"
+        in res.stdout
+    )
     assert "tasks=..." not in res.stdout and "Traceback" not in res.stdout
 
 
 def test_help_texts_show_each_default_once():
     for script in ("predict.py", "evaluate.py", "train_ddp.py", "extract_features.py"):
-        out = subprocess.run([sys.executable, str(REPO / script), "--help"], capture_output=True, text=True,
-                             cwd=REPO, env=child_env(), timeout=120).stdout
+        out = subprocess.run(
+            [sys.executable, str(REPO / script), "--help"],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=child_env(),
+            timeout=120,
+        ).stdout
         assert "(default: None)" not in out, script
         entries = out.split("\n  -")  # one option's help each
         doubled = [e.split()[0] for e in entries if e.count("default") > 1]
@@ -60,14 +90,40 @@ def test_help_texts_show_each_default_once():
 def test_evaluate_logs_into_the_training_runs_store_and_says_so(tiny_demo, tmp_path):
     videos, annotations = tiny_demo
     out = tmp_path / "run"
-    res = run_train(["--videos", str(videos), "--annotations", str(annotations), "--output-dir", str(out),
-                     "--max-steps", "2", "--batch-size", "4", *TINY])
+    res = run_train(
+        [
+            "--videos",
+            str(videos),
+            "--annotations",
+            str(annotations),
+            "--output-dir",
+            str(out),
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "4",
+            *TINY,
+        ]
+    )
     assert res.returncode == 0, res.stdout[-3000:]
     best = out / "checkpoints" / "best.pt"
     assert best.exists()  # --max-steps ended before an epoch's validation: the final validation made it
-    args = [sys.executable, str(REPO / "evaluate.py"), "--checkpoint", str(best), "--videos", str(videos),
-            "--annotations", str(annotations), "--split", "val", "--num-workers", "0", "--no-progress",
-            "--no-plots"]
+    args = [
+        sys.executable,
+        str(REPO / "evaluate.py"),
+        "--checkpoint",
+        str(best),
+        "--videos",
+        str(videos),
+        "--annotations",
+        str(annotations),
+        "--split",
+        "val",
+        "--num-workers",
+        "0",
+        "--no-progress",
+        "--no-plots",
+    ]
     res = run([*args, "--output-dir", str(tmp_path / "eval")], timeout=300)
     assert res.returncode == 0, res.stdout[-3000:]
     store = f"sqlite:///{out / 'mlflow.db'}"
@@ -90,11 +146,24 @@ def test_a_missing_checkpoint_is_one_line_with_a_hint(tiny_demo, tmp_path):
     videos, annotations = tiny_demo
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.pt").write_bytes(b"")
-    res = run([sys.executable, str(REPO / "evaluate.py"), "--checkpoint", str(tmp_path / "checkpoints" / "best.pt"),
-               "--videos", str(videos), "--annotations", str(annotations), "--output-dir", str(tmp_path / "e")],
-              timeout=120)
+    res = run(
+        [
+            sys.executable,
+            str(REPO / "evaluate.py"),
+            "--checkpoint",
+            str(tmp_path / "checkpoints" / "best.pt"),
+            "--videos",
+            str(videos),
+            "--annotations",
+            str(annotations),
+            "--output-dir",
+            str(tmp_path / "e"),
+        ],
+        timeout=120,
+    )
     assert res.returncode == 1
     assert res.stdout.strip().splitlines()[-1] == (
         f"error: --checkpoint {tmp_path / 'checkpoints' / 'best.pt'}: no such checkpoint file (its run wrote no "
-        f"best.pt: no validation ran there; {tmp_path / 'checkpoints' / 'last.pt'} exists)")
+        f"best.pt: no validation ran there; {tmp_path / 'checkpoints' / 'last.pt'} exists)"
+    )
     assert "Traceback" not in res.stdout

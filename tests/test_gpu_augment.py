@@ -78,15 +78,21 @@ def test_augment_on_device_from_a_batch_and_from_jpeg():
     from torchvision.io import encode_jpeg
 
     video = clips(4)
-    batch = {"video": video, "indices": torch.arange(N), "crop_boxes": torch.tensor([[0, 0, S, S]] * N),
-             "flips": torch.tensor([False, True, False]), "out_size": 32}
+    batch = {
+        "video": video,
+        "indices": torch.arange(N),
+        "crop_boxes": torch.tensor([[0, 0, S, S]] * N),
+        "flips": torch.tensor([False, True, False]),
+        "out_size": 32,
+    }
     out = augment_on_device(batch, "cpu")
     torch.testing.assert_close(out, reference(video, batch["crop_boxes"], batch["flips"], 32), atol=1e-4, rtol=0)
     # JPEG frames (clip-major, frame order) decode into the same layout
     frames = [video[i, :, t].contiguous() for i in range(N) for t in range(T)]
     encoded = encode_jpeg(frames, quality=95)
-    jpeg_batch = dict(batch, video=None, jpeg_data=torch.cat(encoded),
-                      jpeg_lengths=torch.tensor([len(e) for e in encoded]))
+    jpeg_batch = dict(
+        batch, video=None, jpeg_data=torch.cat(encoded), jpeg_lengths=torch.tensor([len(e) for e in encoded])
+    )
     decoded = decode_jpeg_batch(jpeg_batch["jpeg_data"], jpeg_batch["jpeg_lengths"], N, "cpu")
     assert decoded.shape == (N, C, T, S, S)
     from torchvision.io import decode_jpeg
@@ -98,9 +104,12 @@ def test_augment_on_device_from_a_batch_and_from_jpeg():
 def test_bad_inputs_are_refused():
     video = clips()
     with pytest.raises(ValueError, match="outside its 40x40 frames"):
-        resized_crop_flip_normalize(video, torch.tensor([[0, 0, 40, 40], [20, 0, 30, 10], [0, 0, 1, 1]]),
-                                    torch.zeros(N, dtype=torch.bool), 32)
+        resized_crop_flip_normalize(
+            video, torch.tensor([[0, 0, 40, 40], [20, 0, 30, 10], [0, 0, 1, 1]]), torch.zeros(N, dtype=torch.bool), 32
+        )
     with pytest.raises(ValueError, match="3 clips but 2 crop boxes"):
         resized_crop_flip_normalize(video, torch.tensor([[0, 0, 4, 4]] * 2), torch.zeros(N, dtype=torch.bool), 8)
     with pytest.raises(ValueError, match="expected uint8 clips"):
-        resized_crop_flip_normalize(video.float(), torch.tensor([[0, 0, 4, 4]] * N), torch.zeros(N, dtype=torch.bool), 8)
+        resized_crop_flip_normalize(
+            video.float(), torch.tensor([[0, 0, 4, 4]] * N), torch.zeros(N, dtype=torch.bool), 8
+        )

@@ -40,26 +40,38 @@ def test_long_form_mapping_likert_and_reports(tmp_path):
     assert "no model output for: cooperation" in text and "'how funny'" in text and "1 - p(Outdoor)" in text
 
 
-@pytest.mark.parametrize("value, message", [
-    ("6", "row 2, column 'likert_response': 6 is outside the Likert range 1-5"),
-    ("0", "row 2, column 'likert_response': 0 is outside the Likert range 1-5"),
-    ("five", "row 2, column 'likert_response': 'five' is not a number"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("6", "row 2, column 'likert_response': 6 is outside the Likert range 1-5"),
+        ("0", "row 2, column 'likert_response': 0 is outside the Likert range 1-5"),
+        ("five", "row 2, column 'likert_response': 'five' is not a number"),
+    ],
+)
 def test_long_form_bad_values_name_file_row_column(tmp_path, value, message):
-    path = write(tmp_path, "bad.csv", f"subjectID,video_name,question_name,likert_response\n"
-                                      f"s1,a.mp4,valence,3\ns1,b.mp4,valence,{value}\n")
+    path = write(
+        tmp_path,
+        "bad.csv",
+        f"subjectID,video_name,question_name,likert_response\ns1,a.mp4,valence,3\ns1,b.mp4,valence,{value}\n",
+    )
     with pytest.raises(HumanRatingsError) as err:
         load_human_ratings(path)
     assert str(path) in str(err.value) and message in str(err.value)
 
 
 def test_long_form_empty_names_and_clashing_questions(tmp_path):
-    path = write(tmp_path, "empty.csv", "subjectID,video_name,question_name,likert_response\n"
-                                        "s1,a.mp4,valence,3\n,b.mp4,valence,2\n")
+    path = write(
+        tmp_path,
+        "empty.csv",
+        "subjectID,video_name,question_name,likert_response\ns1,a.mp4,valence,3\n,b.mp4,valence,2\n",
+    )
     with pytest.raises(HumanRatingsError, match=r"row 2, column 'subjectID' is empty"):
         load_human_ratings(path)
-    path = write(tmp_path, "clash.csv", "subjectID,video_name,question_name,likert_response\n"
-                                        "s1,a.mp4,distance,3\ns1,b.mp4,agent distance,2\n")
+    path = write(
+        tmp_path,
+        "clash.csv",
+        "subjectID,video_name,question_name,likert_response\ns1,a.mp4,distance,3\ns1,b.mp4,agent distance,2\n",
+    )
     with pytest.raises(HumanRatingsError, match="'distance' and 'agent distance' both map"):
         load_human_ratings(path)
     with pytest.raises(HumanRatingsError, match=r"missing \['likert_response'\]"):
@@ -76,14 +88,23 @@ def test_wide_form_study_columns(tmp_path):
     r = load_human_ratings(write(tmp_path, "wide.csv", WIDE))
     assert r.form == "wide" and set(r.ratings["subject"]) == {"mean"}
     df = r.ratings.set_index(["video_key", "task"])["rating"]
-    assert df[("a", "expanse")] == pytest.approx(0.375)   # Likert mean 2.5 -> (2.5 - 1) / 4
+    assert df[("a", "expanse")] == pytest.approx(0.375)  # Likert mean 2.5 -> (2.5 - 1) / 4
     assert df[("b", "distance")] == pytest.approx(1.0)
-    assert df[("a", "location")] == pytest.approx(1.0)    # 0/1 column: already in [0, 1]
+    assert df[("a", "location")] == pytest.approx(1.0)  # 0/1 column: already in [0, 1]
     assert r.scales["indoor"] == "unit" and r.scales["expanse"] == "likert"
-    assert ("b", "joint") not in df.index                 # empty cell = not rated
+    assert ("b", "joint") not in df.index  # empty cell = not rated
     assert set(r.unmatched) == {"cooperation", "dominance", "intimacy"}
-    assert set(r.tasks) == {"location", "expanse", "object", "distance", "facingness", "joint",
-                            "communicating", "valence", "arousal"}
+    assert set(r.tasks) == {
+        "location",
+        "expanse",
+        "object",
+        "distance",
+        "facingness",
+        "joint",
+        "communicating",
+        "valence",
+        "arousal",
+    }
 
 
 def test_wide_form_errors_and_forced_scale(tmp_path):

@@ -39,8 +39,9 @@ def violations() -> list[str]:
     for package in PACKAGES:
         for path in sorted((REPO / package).rglob("*.py")):
             for line, name in imported_top_levels(path, package):
-                if name == "<outside the package>" or (name in OURS and name != package
-                                                        and name not in ALLOWED[package]):
+                if name == "<outside the package>" or (
+                    name in OURS and name != package and name not in ALLOWED[package]
+                ):
                     bad.append(f"{path.relative_to(REPO)}:{line} imports {name}")
     return bad
 

@@ -92,7 +92,12 @@ def test_location_bce_plus_confidence_term(include_confidence):
 
 
 def test_peoplecount_cross_entropy_plus_beta_certain():
-    logits = [[0.1, 0.2, 1.0, -0.5, 0.0], [2.0, 0.0, 0.0, 0.0, 0.0], [0.3, -1.0, 0.5, 0.2, 1.5], [1.0, 1.0, 1.0, 1.0, 1.0]]
+    logits = [
+        [0.1, 0.2, 1.0, -0.5, 0.0],
+        [2.0, 0.0, 0.0, 0.0, 0.0],
+        [0.3, -1.0, 0.5, 0.2, 1.5],
+        [1.0, 1.0, 1.0, 1.0, 1.0],
+    ]
     certain_logit = [0.5, -0.2, 1.2, 0.0]
     cls = [2, -1, 4, 0]
     certain = [1.0, 0.0, 1.0, NAN]  # sample 1: unknown class; sample 3: unknown certainty
@@ -101,8 +106,10 @@ def test_peoplecount_cross_entropy_plus_beta_certain():
     targets = {"peoplecount": t(cls, dtype=torch.int64), "peoplecount_certain": t(certain)}
     result = MultiTaskLoss("peoplecount", beta=beta)(outputs, targets)
     expected = (
-        cross_entropy(logits[0], 2) + beta * bce(certain_logit[0], 1.0)
-        + cross_entropy(logits[2], 4) + beta * bce(certain_logit[2], 1.0)
+        cross_entropy(logits[0], 2)
+        + beta * bce(certain_logit[0], 1.0)
+        + cross_entropy(logits[2], 4)
+        + beta * bce(certain_logit[2], 1.0)
         + cross_entropy(logits[3], 0)  # no certainty term: certain is NaN
     )
     assert result.counts["peoplecount"].item() == 3
@@ -173,10 +180,13 @@ def test_denominators_make_rank_average_equal_union_batch():
     local_counts = [loss.valid_counts({k: v[p] for k, v in targets.items()}) for p in parts]
     global_counts = {task: sum(c[task] for c in local_counts) for task in loss.tasks}
     denominators = {task: global_counts[task].float() / 2 for task in loss.tasks}
-    averaged = sum(
-        loss({k: v[p] for k, v in halves.items()}, {k: v[p] for k, v in targets.items()}, denominators).total
-        for p in parts
-    ) / 2
+    averaged = (
+        sum(
+            loss({k: v[p] for k, v in halves.items()}, {k: v[p] for k, v in targets.items()}, denominators).total
+            for p in parts
+        )
+        / 2
+    )
     averaged.backward()
     for k in outputs:
         torch.testing.assert_close(halves[k].grad, full[k].grad, rtol=1e-5, atol=1e-7)
@@ -214,7 +224,10 @@ def test_valid_counts():
     targets["peoplecount"] = t([-1, 4, 0], dtype=torch.int64)
     counts = MultiTaskLoss().valid_counts(targets)
     assert {k: v.item() for k, v in counts.items()} == {
-        **{f: 2 for f in SCORE_FEATURES}, "distance": 0, "location": 2, "peoplecount": 2,
+        **{f: 2 for f in SCORE_FEATURES},
+        "distance": 0,
+        "location": 2,
+        "peoplecount": 2,
     }
     assert all(v.dtype == torch.int64 and v.dim() == 0 for v in counts.values())
 
@@ -236,7 +249,10 @@ def test_bf16_autocast_inputs_give_float32_results():
 
 def test_gradients_finite_for_extreme_logits_on_all_tasks():
     n = 5
-    outputs = {k: (torch.full((n, v), 80.0) if v > 1 else torch.tensor([100.0, -100.0, 0.0, 50.0, -50.0])) for k, v in ALL_OUTPUTS.items()}
+    outputs = {
+        k: (torch.full((n, v), 80.0) if v > 1 else torch.tensor([100.0, -100.0, 0.0, 50.0, -50.0]))
+        for k, v in ALL_OUTPUTS.items()
+    }
     outputs = {k: v.requires_grad_() for k, v in outputs.items()}
     targets = {k: t([0.0, 1.0, NAN, 1.0, 0.0]) for k in ALL_OUTPUTS if k != "peoplecount"}
     targets["peoplecount"] = t([4, 0, -1, 2, 1], dtype=torch.int64)

@@ -31,8 +31,8 @@ def inputs(tmp_path_factory):
     (clips / "c_truncated.mp4").write_bytes(whole[: len(whole) // 2])  # index at the end, cut off: unreadable
     write_partial_mp4(clips / "c_partial.mp4", texture(20, 32, 48, 4), 10)  # index first: partial, predicted
     (clips / "corrupt.mp4").write_bytes(np.random.default_rng(3).bytes(3000))
-    (clips / "notes.json").write_text("{}")          # not a video: not taken from the folder
-    (clips / ".hidden.mp4").write_bytes(b"")           # hidden: skipped
+    (clips / "notes.json").write_text("{}")  # not a video: not taken from the folder
+    (clips / ".hidden.mp4").write_bytes(b"")  # hidden: skipped
     (root / "list.txt").write_text("# clips to score\nclips/a.mp4\n\nwhole.mp4\nmissing.mp4\n")
     checkpoint = save_tiny_checkpoint(root / "train")
     return root, checkpoint
@@ -40,14 +40,33 @@ def inputs(tmp_path_factory):
 
 def expected_order(root):
     clips = root / "clips"
-    return [str(clips / "a.mp4"), str(clips / "c_partial.mp4"), str(clips / "c_truncated.mp4"), str(clips / "corrupt.mp4"),
-            str(clips / "nested" / "b.mp4"), str(root / "clips/a.mp4"), str(root / "whole.mp4"),
-            str(root / "missing.mp4"), str(root / "gone.avi")]
+    return [
+        str(clips / "a.mp4"),
+        str(clips / "c_partial.mp4"),
+        str(clips / "c_truncated.mp4"),
+        str(clips / "corrupt.mp4"),
+        str(clips / "nested" / "b.mp4"),
+        str(root / "clips/a.mp4"),
+        str(root / "whole.mp4"),
+        str(root / "missing.mp4"),
+        str(root / "gone.avi"),
+    ]
 
 
 def predict_args(root, checkpoint, output, *extra):
-    return ["--checkpoint", str(checkpoint), str(root / "clips"), str(root / "list.txt"), str(root / "gone.avi"),
-            "--output", str(output), "--num-workers", "0", "--no-progress", *extra]
+    return [
+        "--checkpoint",
+        str(checkpoint),
+        str(root / "clips"),
+        str(root / "list.txt"),
+        str(root / "gone.avi"),
+        "--output",
+        str(output),
+        "--num-workers",
+        "0",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_folder_with_corrupt_video_keeps_every_row(inputs, tmp_path):
@@ -57,8 +76,12 @@ def test_folder_with_corrupt_video_keeps_every_row(inputs, tmp_path):
     frame = pd.read_csv(out, keep_default_na=False, na_values=[""])
     assert list(frame.columns) == ["video", "video_name", *prediction_columns_for_csv(TASKS), "error"]
     assert frame["video"].tolist() == expected_order(root)
-    bad = {"c_truncated.mp4": "InvalidDataError", "corrupt.mp4": "InvalidDataError", "missing.mp4": "no such file",
-           "gone.avi": "no such file"}
+    bad = {
+        "c_truncated.mp4": "InvalidDataError",
+        "corrupt.mp4": "InvalidDataError",
+        "missing.mp4": "no such file",
+        "gone.avi": "no such file",
+    }
     predicted = prediction_columns_for_csv(TASKS)
     for _, row in frame.iterrows():
         if row["video_name"] in bad:
@@ -81,8 +104,15 @@ def test_two_processes_write_the_same_csv(inputs, tmp_path):
     root, checkpoint = inputs
     one, two = tmp_path / "one.csv", tmp_path / "two.csv"
     assert predict.main(predict_args(root, checkpoint, one, "--batch-size", "1", "--device", "cpu")) == 0
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           str(REPO / "predict.py"), *predict_args(root, checkpoint, two, "--batch-size", "1", "--device", "cpu")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        str(REPO / "predict.py"),
+        *predict_args(root, checkpoint, two, "--batch-size", "1", "--device", "cpu"),
+    ]
     res = run(cmd, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:]
     assert one.read_text() == two.read_text()
@@ -91,12 +121,27 @@ def test_two_processes_write_the_same_csv(inputs, tmp_path):
 def test_every_video_failing_is_exit_code_one(inputs, tmp_path):
     root, checkpoint = inputs
     out = tmp_path / "bad.csv"
-    assert predict.main(["--checkpoint", str(checkpoint), str(root / "clips" / "corrupt.mp4"),
-                         str(root / "nope.mp4"), "--output", str(out), "--num-workers", "0", "--no-progress"]) == 1
+    assert (
+        predict.main(
+            [
+                "--checkpoint",
+                str(checkpoint),
+                str(root / "clips" / "corrupt.mp4"),
+                str(root / "nope.mp4"),
+                "--output",
+                str(out),
+                "--num-workers",
+                "0",
+                "--no-progress",
+            ]
+        )
+        == 1
+    )
     assert pd.read_csv(out)["error"].notna().all()
     with pytest.raises(SystemExit, match="no videos found"):
-        predict.main(["--checkpoint", str(checkpoint), str(root / "clips"), "--extensions", ".webm",
-                      "--output", str(out)])
+        predict.main(
+            ["--checkpoint", str(checkpoint), str(root / "clips"), "--extensions", ".webm", "--output", str(out)]
+        )
 
 
 def test_earlier_lightning_checkpoint_predicts_like_the_same_weights(inputs, tmp_path):
@@ -109,12 +154,31 @@ def test_earlier_lightning_checkpoint_predicts_like_the_same_weights(inputs, tmp
     model, spec = load_inference_model(str(path), frames=FRAMES, size=SIZE)
     assert spec.kind == "lightning" and spec.depth == DEPTH and spec.tasks == TASKS and not spec.notes
     _, spec_default = load_inference_model(str(path))
-    assert (spec_default.frames, spec_default.size) == (16, 224) and "does not record the clip shape" in spec_default.notes[0]
+    assert (spec_default.frames, spec_default.size) == (
+        16,
+        224,
+    ) and "does not record the clip shape" in spec_default.notes[0]
     a, b = tmp_path / "a.csv", tmp_path / "b.csv"
     video = str(root / "clips" / "a.mp4")
     assert predict.main(["--checkpoint", str(checkpoint), video, "--output", str(a), "--num-workers", "0"]) == 0
-    assert predict.main(["--checkpoint", str(path), video, "--output", str(b), "--num-workers", "0",
-                         "--frames", str(FRAMES), "--size", str(SIZE)]) == 0
+    assert (
+        predict.main(
+            [
+                "--checkpoint",
+                str(path),
+                video,
+                "--output",
+                str(b),
+                "--num-workers",
+                "0",
+                "--frames",
+                str(FRAMES),
+                "--size",
+                str(SIZE),
+            ]
+        )
+        == 0
+    )
     assert a.read_text() == b.read_text()
 
 
@@ -131,8 +195,13 @@ def test_checkpoints_that_cannot_predict_are_refused_clearly(tmp_path):
         load_inference_model(str(subset), tasks="distance")
     model, spec = load_inference_model(str(subset))
     assert spec.tasks == ("valence", "location") and (spec.frames, spec.size) == (FRAMES, SIZE)
-    assert prediction_columns_for_csv(spec.tasks) == ["valence_score", "valence_confidence", "location_score",
-                                                      "location_confidence", "location_p_outdoor"]
+    assert prediction_columns_for_csv(spec.tasks) == [
+        "valence_score",
+        "valence_confidence",
+        "location_score",
+        "location_confidence",
+        "location_p_outdoor",
+    ]
 
 
 def test_web_faults_are_predicted_or_get_the_reason_in_their_row(inputs, web_faults, tmp_path):

@@ -24,7 +24,6 @@ REPO = Path(__file__).resolve().parents[1]
 K, S = 6, 24
 
 
-
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
     """Good clips, a too-short one, and broken files."""
@@ -79,16 +78,33 @@ def run_prepare(*args):
 def test_failure_report_for_corrupt_empty_truncated_short_partial_and_missing(videos, tmp_path, capsys):
     out = tmp_path / "cache"
     names = GOOD + ["short.mp4", "partial.mp4"] + BROKEN
-    rc = run_prepare("--videos", videos, "--annotations", table(tmp_path / "t.csv", names), "--out", out,
-                     "--frames", K, "--stored-size", S, "--workers", 0)
+    rc = run_prepare(
+        "--videos",
+        videos,
+        "--annotations",
+        table(tmp_path / "t.csv", names),
+        "--out",
+        out,
+        "--frames",
+        K,
+        "--stored-size",
+        S,
+        "--workers",
+        0,
+    )
     assert rc == 0
     rows = manifest(out)
     assert set(rows) == set(names)
     assert {n for n, r in rows.items() if r["status"] == "ok"} == set(GOOD)
     good = rows["good_3.mp4"]
     assert good["source"] == str(videos / "sub" / "good_3.mp4")
-    assert (good["total_frames"], good["fps"], good["height"], good["width"], good["frames_kept"]) == \
-        ("15", "10.0", "32", "48", str(K))
+    assert (good["total_frames"], good["fps"], good["height"], good["width"], good["frames_kept"]) == (
+        "15",
+        "10.0",
+        "32",
+        "48",
+        str(K),
+    )
     assert good["frame_indices"] == " ".join(map(str, decode_clip(videos / "sub" / "good_3.mp4", K)[1]["indices"]))
     assert rows["short.mp4"]["status"] == "short" and "only 3 frames for 6: frames repeat" in rows["short.mp4"]["error"]
     for name in ("corrupt.mp4", "empty.mp4", "truncated.mp4"):
@@ -117,12 +133,18 @@ def test_failure_report_for_corrupt_empty_truncated_short_partial_and_missing(vi
 def test_rerun_with_other_parameters_is_refused(videos, tmp_path, capsys):
     out = tmp_path / "cache"
     t = table(tmp_path / "t.csv", GOOD[:2])
-    assert run_prepare("--videos", videos, "--annotations", t, "--out", out, "--frames", K, "--stored-size", S,
-                       "--workers", 0) == 0
+    assert (
+        run_prepare(
+            "--videos", videos, "--annotations", t, "--out", out, "--frames", K, "--stored-size", S, "--workers", 0
+        )
+        == 0
+    )
     before = clip_bytes(out)
-    for extra, what in ((["--frames", K + 2, "--stored-size", S], "frames: cache has 6, asked for 8"),
-                        (["--frames", K, "--stored-size", S + 8], "stored_size: cache has 24, asked for 32"),
-                        (["--frames", K, "--stored-size", S, "--format", "jpeg"], "storage: cache has 'raw'")):
+    for extra, what in (
+        (["--frames", K + 2, "--stored-size", S], "frames: cache has 6, asked for 8"),
+        (["--frames", K, "--stored-size", S + 8], "stored_size: cache has 24, asked for 32"),
+        (["--frames", K, "--stored-size", S, "--format", "jpeg"], "storage: cache has 'raw'"),
+    ):
         capsys.readouterr()
         assert run_prepare("--videos", videos, "--annotations", t, "--out", out, "--workers", 0, *extra) == 2
         err = capsys.readouterr().err
@@ -164,8 +186,14 @@ def test_resume_after_a_kill_mid_run(videos, tmp_path):
                                "--frames", "{K}", "--stored-size", "{S}", "--workers", "1", "--shard-size", "1",
                                "--no-progress"]))
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.time() + 120
         while not (out / "shards" / "shard-000002.json").exists() or not list((out / "shards").glob(".shard-000003*")):
@@ -180,16 +208,22 @@ def test_resume_after_a_kill_mid_run(videos, tmp_path):
     assert not (out / "shards" / "shard-000003.json").exists() and not (out / "manifest.csv").exists()
     with pytest.raises(FileNotFoundError, match="has not finished"):
         FrameCache(out)
-    done = {r["video_name"] for i in range(3) for r in json.loads((out / "shards" / f"shard-00000{i}.json").read_text())["records"]}
+    done = {
+        r["video_name"]
+        for i in range(3)
+        for r in json.loads((out / "shards" / f"shard-00000{i}.json").read_text())["records"]
+    }
     assert done == {"good_0.mp4", "good_1.mp4", "good_2.mp4"}
 
-    summary = prepare.prepare_cache(out, GOOD, str(videos), frames=K, stored_size=S, workers=0, progress=False,
-                                    log=lambda m: None)
+    summary = prepare.prepare_cache(
+        out, GOOD, str(videos), frames=K, stored_size=S, workers=0, progress=False, log=lambda m: None
+    )
     assert summary["skipped"] == 3 and summary["processed"] == 3
     assert not [p for p in (out / "shards").iterdir() if p.name.startswith(".")]  # debris removed
     fresh = tmp_path / "fresh"
-    prepare.prepare_cache(fresh, GOOD, str(videos), frames=K, stored_size=S, workers=0, progress=False,
-                          log=lambda m: None)
+    prepare.prepare_cache(
+        fresh, GOOD, str(videos), frames=K, stored_size=S, workers=0, progress=False, log=lambda m: None
+    )
     assert clip_bytes(out) == clip_bytes(fresh)
     assert len(FrameCache(out)) == 6
 
@@ -220,16 +254,19 @@ def test_resume_ignores_leftovers_and_damaged_shards(videos, tmp_path):
 def test_worker_pool_writes_the_same_clips_and_resumes_failures(videos, tmp_path):
     names = GOOD + ["corrupt.mp4"]
     inline, pooled = tmp_path / "inline", tmp_path / "pooled"
-    prepare.prepare_cache(inline, names, str(videos), frames=K, stored_size=S, workers=0, progress=False,
-                          log=lambda m: None)
-    summary = prepare.prepare_cache(pooled, names, str(videos), frames=K, stored_size=S, workers=2,
-                                    shard_size=2, progress=True, log=lambda m: None)
+    prepare.prepare_cache(
+        inline, names, str(videos), frames=K, stored_size=S, workers=0, progress=False, log=lambda m: None
+    )
+    summary = prepare.prepare_cache(
+        pooled, names, str(videos), frames=K, stored_size=S, workers=2, shard_size=2, progress=True, log=lambda m: None
+    )
     assert summary["counts"] == {"ok": 6, "short": 0, "partial": 0, "skipped": 0, "failed": 1, "missing": 0}
     assert len(list((pooled / "shards").glob("*.json"))) == 4
     assert clip_bytes(inline) == clip_bytes(pooled)
     # a rerun skips what is stored and tries the failed video again
-    again = prepare.prepare_cache(pooled, names, str(videos), frames=K, stored_size=S, workers=2,
-                                  progress=False, log=lambda m: None)
+    again = prepare.prepare_cache(
+        pooled, names, str(videos), frames=K, stored_size=S, workers=2, progress=False, log=lambda m: None
+    )
     assert again["skipped"] == 6 and again["processed"] == 1 and again["counts"]["failed"] == 1
 
 
@@ -241,8 +278,9 @@ def test_a_second_prepare_on_the_same_cache_is_refused(videos, tmp_path):
     with open(out / ".prepare.lock", "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         with pytest.raises(SystemExit, match="another `datasets.prepare` is writing"):
-            prepare.prepare_cache(out, GOOD[:1], str(videos), frames=K, stored_size=S, workers=0,
-                                  progress=False, log=lambda m: None)
+            prepare.prepare_cache(
+                out, GOOD[:1], str(videos), frames=K, stored_size=S, workers=0, progress=False, log=lambda m: None
+            )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -270,8 +308,9 @@ def test_pt_migration_recovers_the_uint8_frames(tmp_path, capsys):
     torch.save(legacy_clip(5, t=2)[1], pt_dir / "other_shape.pt")
     names = list(originals) + ["not_imagenet.mp4", "other_shape.mp4", "absent.mp4"]
     out = tmp_path / "cache"
-    rc = run_prepare("--from-pt", pt_dir, "--annotations", table(tmp_path / "t.csv", names), "--out", out,
-                     "--workers", 0)
+    rc = run_prepare(
+        "--from-pt", pt_dir, "--annotations", table(tmp_path / "t.csv", names), "--out", out, "--workers", 0
+    )
     assert rc == 0
     cache = FrameCache(out)
     assert (cache.params.frames, cache.params.stored_size, cache.params.sampling) == (4, 16, "legacy-pt")
@@ -279,7 +318,10 @@ def test_pt_migration_recovers_the_uint8_frames(tmp_path, capsys):
         stored = cache.read_raw(cache.row(name), range(4))
         assert torch.equal(stored.permute(1, 0, 2, 3), u8), name
     rows = manifest(out)
-    assert rows["not_imagenet.mp4"]["status"] == "failed" and "not an ImageNet-normalized clip" in rows["not_imagenet.mp4"]["error"]
+    assert (
+        rows["not_imagenet.mp4"]["status"] == "failed"
+        and "not an ImageNet-normalized clip" in rows["not_imagenet.mp4"]["error"]
+    )
     assert rows["other_shape.mp4"]["status"] == "failed" and "clip is 2x16x16" in rows["other_shape.mp4"]["error"]
     assert rows["absent.mp4"]["status"] == "missing"
     # trains like any cache; evaluation at the stored size returns the original frames
@@ -287,18 +329,51 @@ def test_pt_migration_recovers_the_uint8_frames(tmp_path, capsys):
     assert torch.equal(ds[1]["video"], originals["clip_1.mp4"])
     # frames and size come from the clips
     with pytest.raises(SystemExit, match="--stored-size 32: the .pt clips have 16"):
-        run_prepare("--from-pt", pt_dir, "--annotations", tmp_path / "t.csv", "--out", tmp_path / "c2",
-                    "--stored-size", 32, "--workers", 0)
+        run_prepare(
+            "--from-pt",
+            pt_dir,
+            "--annotations",
+            tmp_path / "t.csv",
+            "--out",
+            tmp_path / "c2",
+            "--stored-size",
+            32,
+            "--workers",
+            0,
+        )
 
 
 def test_command_line_entry_point(videos, tmp_path):
     """The documented command, as a process (covers `python -m` wiring and the progress bar)."""
     out = tmp_path / "cache"
     t = table(tmp_path / "t.csv", GOOD[:2])
-    res = subprocess.run([sys.executable, "-m", "datasets.prepare", "--videos", str(videos), "--annotations",
-                          str(t), "--out", str(out), "--frames", str(K), "--stored-size", str(S), "--workers", "2",
-                          "--format", "jpeg", "--jpeg-quality", "80"],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "datasets.prepare",
+            "--videos",
+            str(videos),
+            "--annotations",
+            str(t),
+            "--out",
+            str(out),
+            "--frames",
+            str(K),
+            "--stored-size",
+            str(S),
+            "--workers",
+            "2",
+            "--format",
+            "jpeg",
+            "--jpeg-quality",
+            "80",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "done: 2 processed" in res.stdout and "2/2" in res.stderr  # tqdm writes to stderr
     assert FrameCache(out).params.jpeg_quality == 80
@@ -310,12 +385,23 @@ def test_web_faults_stored_noted_or_skipped(web_faults, tmp_path, capsys):
     a rerun with higher limits stores.  ``--partial-videos skip`` turns the partial one away."""
     t = table(tmp_path / "t.csv", FAULTS)
     out = tmp_path / "cache"
-    assert run_prepare("--videos", web_faults, "--annotations", t, "--out", out, "--frames", K, "--stored-size", S,
-                       "--workers", 0) == 0
+    assert (
+        run_prepare(
+            "--videos", web_faults, "--annotations", t, "--out", out, "--frames", K, "--stored-size", S, "--workers", 0
+        )
+        == 0
+    )
     rows = manifest(out)
     status = {n: r["status"] for n, r in rows.items()}
-    assert status == {"over_count.avi": "ok", "under_count.avi": "ok", "vfr.mp4": "ok", "portrait.mp4": "ok",
-                      "partial.mp4": "partial", "long.mp4": "skipped", "huge.mp4": "skipped"}
+    assert status == {
+        "over_count.avi": "ok",
+        "under_count.avi": "ok",
+        "vfr.mp4": "ok",
+        "portrait.mp4": "ok",
+        "partial.mp4": "partial",
+        "long.mp4": "skipped",
+        "huge.mp4": "skipped",
+    }
     assert (rows["over_count.avi"]["declared_frames"], rows["over_count.avi"]["total_frames"]) == ("444", "30")
     assert rows["over_count.avi"]["note"] == "header declares 444 frames, the file holds 30"
     assert rows["under_count.avi"]["note"] == "header declares 12 frames, the file holds 30"
@@ -331,12 +417,48 @@ def test_web_faults_stored_noted_or_skipped(web_faults, tmp_path, capsys):
     assert torch.equal(cache[0]["video"].permute(1, 0, 2, 3), torch.from_numpy(prepare.fit_clip(frames, S)))
     assert rows["vfr.mp4"]["frame_indices"] == " ".join(map(str, decode_clip(web_faults / "vfr.mp4", K)[1]["indices"]))
     # a rerun with higher limits stores the skipped ones
-    assert run_prepare("--videos", web_faults, "--annotations", t, "--out", out, "--frames", K, "--stored-size", S,
-                       "--workers", 0, "--max-video-seconds", 60, "--max-video-pixels", 3840 * 2160) == 0
+    assert (
+        run_prepare(
+            "--videos",
+            web_faults,
+            "--annotations",
+            t,
+            "--out",
+            out,
+            "--frames",
+            K,
+            "--stored-size",
+            S,
+            "--workers",
+            0,
+            "--max-video-seconds",
+            60,
+            "--max-video-pixels",
+            3840 * 2160,
+        )
+        == 0
+    )
     assert {n: manifest(out)[n]["status"] for n in ("long.mp4", "huge.mp4")} == {"long.mp4": "ok", "huge.mp4": "short"}
     # --partial-videos skip: the partial download is a counted skip
     strict = tmp_path / "strict"
-    assert run_prepare("--videos", web_faults, "--annotations", t, "--out", strict, "--frames", K, "--stored-size", S,
-                       "--workers", 0, "--partial-videos", "skip") == 0
+    assert (
+        run_prepare(
+            "--videos",
+            web_faults,
+            "--annotations",
+            t,
+            "--out",
+            strict,
+            "--frames",
+            K,
+            "--stored-size",
+            S,
+            "--workers",
+            0,
+            "--partial-videos",
+            "skip",
+        )
+        == 0
+    )
     assert manifest(strict)["partial.mp4"]["status"] == "skipped"
     assert "PartialVideoError: partial file" in manifest(strict)["partial.mp4"]["error"]

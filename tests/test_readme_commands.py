@@ -12,8 +12,29 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SKIP = ("pip", "python3", "mlflow", "pytest", "ruff", "sbatch", "scancel", "kill", "bash", "source", "echo",
-        "git", "srun", "cd", "export", "ls", "cat", "CI=true", "launch/local.sh", "apt-get", "issues")
+SKIP = (
+    "pip",
+    "python3",
+    "mlflow",
+    "pytest",
+    "ruff",
+    "sbatch",
+    "scancel",
+    "kill",
+    "bash",
+    "source",
+    "echo",
+    "git",
+    "srun",
+    "cd",
+    "export",
+    "ls",
+    "cat",
+    "CI=true",
+    "launch/local.sh",
+    "apt-get",
+    "issues",
+)
 
 
 class Parsed(Exception):
@@ -66,8 +87,17 @@ COMMANDS = [c for c in readme_commands() if entry_point(shlex.split(c)) is not N
 
 def test_the_readme_has_the_commands_of_every_entry_point():
     modules = {entry_point(shlex.split(c))[0] for c in COMMANDS}
-    for expected in ("train_ddp", "evaluate", "predict", "extract_features", "align_features", "datasets.prepare",
-                     "datasets.clean_annotations", "datasets.check_videos", "benchmarks.train_throughput"):
+    for expected in (
+        "train_ddp",
+        "evaluate",
+        "predict",
+        "extract_features",
+        "align_features",
+        "datasets.prepare",
+        "datasets.clean_annotations",
+        "datasets.check_videos",
+        "benchmarks.train_throughput",
+    ):
         assert expected in modules, expected
 
 

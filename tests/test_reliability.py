@@ -47,7 +47,7 @@ def test_split_half_reliability_matches_the_analytic_value(panel):
     half = (RATERS / 2) * SIGNAL_VAR / ((RATERS / 2) * SIGNAL_VAR + NOISE_VAR)
     full_pearson = RATERS * SIGNAL_VAR / (RATERS * SIGNAL_VAR + NOISE_VAR)
     assert spearman_brown(half) == pytest.approx(full_pearson)  # the correction is exact for Pearson
-    expected = spearman_brown(spearman_of_normal(half))          # ranks of normal data: slightly lower
+    expected = spearman_brown(spearman_of_normal(half))  # ranks of normal data: slightly lower
     got = split_half_reliability(matrix, n_splits=100, seed=0)
     assert got["split_half_splits"] == 100
     assert got["split_half_r"] == pytest.approx(spearman_of_normal(half), abs=0.03)
@@ -112,18 +112,21 @@ def test_compare_with_humans_long_form_hand_checked(tmp_path):
             rows.append(f"{s},{v}.mp4,valence,{x}")
             rows.append(f"{s},{v}.mp4,indoor,{x}")
     human = load_human_ratings(write(tmp_path, "long.csv", "\n".join(rows) + "\n"))
-    model = pd.DataFrame({"valence": [0.1, 0.2, 0.3, 0.4], "location": [0.9, 0.8, 0.7, 0.6]},
-                         index=["a", "b", "c", "d", "e"][:4])
+    model = pd.DataFrame(
+        {"valence": [0.1, 0.2, 0.3, 0.4], "location": [0.9, 0.8, 0.7, 0.6]}, index=["a", "b", "c", "d", "e"][:4]
+    )
     gpt = pd.DataFrame({"valence": [0.4, 0.3, 0.2, 0.1]}, index=["a", "b", "c", "d"])
     report = compare_with_humans(human.ratings, True, model, gpt, n_splits=10)
     v = report["valence"]
     # mean ratings a..d: 1.5, 1.5, 4.5, 4.5 (Likert) -> ranks 1.5, 1.5, 3.5, 3.5 vs model 1..4
-    rp, rm = np.array([1, 2, 3, 4.]), np.array([1.5, 1.5, 3.5, 3.5])
+    rp, rm = np.array([1, 2, 3, 4.0]), np.array([1.5, 1.5, 3.5, 3.5])
     expected = np.corrcoef(rp, rm)[0, 1]
     assert v["model_vs_mean_human"] == pytest.approx(expected)
     assert v["gpt_vs_mean_human"] == pytest.approx(-expected)
-    assert v["model_to_individual"] == pytest.approx(0.8)  # rater 1 in model order (1.0), rater 2 two pairs swapped (0.6)
-    assert v["human_pairwise"] == pytest.approx(0.6)       # r1 vs r2 ranks (1,2,3,4) vs (2,1,4,3)
+    assert v["model_to_individual"] == pytest.approx(
+        0.8
+    )  # rater 1 in model order (1.0), rater 2 two pairs swapped (0.6)
+    assert v["human_pairwise"] == pytest.approx(0.6)  # r1 vs r2 ranks (1,2,3,4) vs (2,1,4,3)
     assert v["model_vs_gpt"] == pytest.approx(-1.0)
     assert v["n_videos"] == 4 and v["n_raters"] == 2
     loc = report["location"]

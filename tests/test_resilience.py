@@ -30,8 +30,22 @@ from launch_helpers import REPO, TINY, child_env, free_port, run_train, train_co
 pytestmark = pytest.mark.slow
 
 # 36 training clips -> 2 ranks x 4 steps of 4 clips per epoch; checkpoints every 2 steps.
-RUN = [*TINY, "--num-workers", "1", "--epochs", "2", "--batch-size", "4", "--dropout", "0.2",
-       "--deterministic", "--seed", "1", "--checkpoint-every", "2"]
+RUN = [
+    *TINY,
+    "--num-workers",
+    "1",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "4",
+    "--dropout",
+    "0.2",
+    "--deterministic",
+    "--seed",
+    "1",
+    "--checkpoint-every",
+    "2",
+]
 FINAL_STEP = 8
 
 
@@ -52,8 +66,9 @@ class TrainRun:
         self.log_path = self.out.with_suffix(".log")
         cmd = train_command([*args, "--output-dir", str(self.out)], nproc)
         with open(self.log_path, "a") as log:
-            self.proc = subprocess.Popen(cmd, cwd=REPO, env=env or child_env(), stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd, cwd=REPO, env=env or child_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     @property
     def log(self) -> str:
@@ -211,8 +226,11 @@ def test_sigterm_to_every_process_with_data_workers_still_checkpoints(tiny_demo,
     """SLURM signals every process of a job on cancel/preempt/requeue, DataLoader workers
     included; they must not die before the training process has saved (exit 75, marker)."""
     out = tmp_path / "run"
-    run = TrainRun([*data_args(tiny_demo), *TINY, "--num-workers", "1", "--batch-size", "4",
-                    "--epochs", "1", "--val-every", "0"], out, nproc=1)
+    run = TrainRun(
+        [*data_args(tiny_demo), *TINY, "--num-workers", "1", "--batch-size", "4", "--epochs", "1", "--val-every", "0"],
+        out,
+        nproc=1,
+    )
     try:
         run.wait_for_step(1)
         os.killpg(run.proc.pid, signal.SIGTERM)  # the process and its data worker
@@ -230,8 +248,11 @@ def test_world_size_change_allowed_restarts_the_epoch(tiny_demo, tmp_path, refer
     shutil.copytree(reference, out)
     for p in (out / "checkpoints").glob("step-0000000[78].pt"):
         p.unlink()  # newest left: step 6, mid-epoch 2
-    res = run_train([*data_args(tiny_demo), *RUN, "--output-dir", str(out), "--allow-world-size-change",
-                     "--max-steps", "7"], nproc=1, timeout=300)
+    res = run_train(
+        [*data_args(tiny_demo), *RUN, "--output-dir", str(out), "--allow-world-size-change", "--max-steps", "7"],
+        nproc=1,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stdout[-4000:]
     assert "world size changed 2 -> 1: epoch 1 restarts from its first batch" in res.stdout
     assert "step 6, epoch 1, batch 0 of the epoch" in res.stdout
@@ -285,8 +306,9 @@ def test_sigkill_of_a_rank_reading_the_cache_leaves_nothing_and_relaunch_resumes
     dataloader), the killed run and its relaunch with reader threads (the default): the same
     batches, so bitwise the same weights."""
     reference = tmp_path / "reference"
-    res = run_train([*demo_cache_args, *RUN, "--cache-loader", "dataloader", "--output-dir", str(reference)], nproc=2,
-                    timeout=600)
+    res = run_train(
+        [*demo_cache_args, *RUN, "--cache-loader", "dataloader", "--output-dir", str(reference)], nproc=2, timeout=600
+    )
     assert res.returncode == 0, res.stdout[-4000:]
     out = tmp_path / "run"
     run = TrainRun([*demo_cache_args, *RUN, "--dist-timeout", "60"], out)
@@ -313,12 +335,25 @@ def test_local_sh_closes_the_run_when_rank0_is_killed(tiny_demo, tmp_path):
     """Rank 0 holds the MLflow run; when it is the one that dies, launch/local.sh (like the
     SLURM scripts) marks the run FAILED instead of leaving it RUNNING."""
     out = tmp_path / "run"
-    env = child_env({"NPROC_PER_NODE": "2", "DEVICE": "cpu", "OUTPUT_DIR": str(out), "PYTHON": sys.executable,
-                     "TRAIN_ARGS": " ".join([*data_args(tiny_demo), *TINY, "--batch-size", "4", "--epochs", "1"])})
+    env = child_env(
+        {
+            "NPROC_PER_NODE": "2",
+            "DEVICE": "cpu",
+            "OUTPUT_DIR": str(out),
+            "PYTHON": sys.executable,
+            "TRAIN_ARGS": " ".join([*data_args(tiny_demo), *TINY, "--batch-size", "4", "--epochs", "1"]),
+        }
+    )
     log_path = tmp_path / "local.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(["bash", str(REPO / "launch" / "local.sh")], cwd=tmp_path, env=env,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            ["bash", str(REPO / "launch" / "local.sh")],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 300
         while logged_step(out) < 2:
@@ -363,8 +398,26 @@ def test_dead_tracking_server_never_stops_training(tiny_demo, tmp_path):
     out = tmp_path / "run"
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     t0 = time.monotonic()
-    res = run_train([*data_args(tiny_demo), *TINY, "--epochs", "1", "--max-steps", "3", "--batch-size", "4",
-                     "--val-every", "0", "--tracking-uri", dead, "--output-dir", str(out)], nproc=1, timeout=300)
+    res = run_train(
+        [
+            *data_args(tiny_demo),
+            *TINY,
+            "--epochs",
+            "1",
+            "--max-steps",
+            "3",
+            "--batch-size",
+            "4",
+            "--val-every",
+            "0",
+            "--tracking-uri",
+            dead,
+            "--output-dir",
+            str(out),
+        ],
+        nproc=1,
+        timeout=300,
+    )
     took = time.monotonic() - t0
     assert res.returncode == 0, res.stdout[-4000:]
     assert res.stdout.count("training continues, metrics are kept in") == 1, res.stdout[-4000:]
@@ -400,8 +453,9 @@ def first_clip_of_rank(tiny_demo, rank: int, world_size: int, seed: int) -> str:
     from datasets import ResumableShardSampler, assign_splits, load_annotation_table
 
     table, _ = load_annotation_table(tiny_demo[1])
-    train_names = table["video_name"][(assign_splits(table, method="hash", val_fraction=0.1,
-                                                     test_fraction=0.1) == "train").to_numpy()].tolist()
+    train_names = table["video_name"][
+        (assign_splits(table, method="hash", val_fraction=0.1, test_fraction=0.1) == "train").to_numpy()
+    ].tolist()
     sampler = ResumableShardSampler(len(train_names), rank, world_size, seed=seed, multiple_of=4)
     return train_names[next(iter(sampler))[1]]
 
@@ -410,8 +464,11 @@ def test_nan_clip_is_skipped_on_all_ranks_and_reported(tiny_demo, tmp_path):
     bad = first_clip_of_rank(tiny_demo, rank=1, world_size=2, seed=1)  # in rank 1's first batch
     legacy_clip_root(tiny_demo, tmp_path / "clips", {bad})
     out = tmp_path / "run"
-    res = run_train(["--videos", str(tmp_path / "clips"), "--annotations", str(tiny_demo[1]), *RUN,
-                     "--output-dir", str(out)], nproc=2, timeout=600)
+    res = run_train(
+        ["--videos", str(tmp_path / "clips"), "--annotations", str(tiny_demo[1]), *RUN, "--output-dir", str(out)],
+        nproc=2,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stdout[-4000:]
     assert "step 0: non-finite loss/gradients, step skipped (rank 1: " in res.stdout
     rows = [line.split("\t") for line in (out / "nonfinite.tsv").read_text().splitlines()]
@@ -431,9 +488,27 @@ def test_nan_clip_with_nonfinite_stop_checkpoints_and_exits(tiny_demo, tmp_path)
     bad = first_clip_of_rank(tiny_demo, rank=0, world_size=1, seed=0)
     legacy_clip_root(tiny_demo, tmp_path / "clips", {bad})
     out = tmp_path / "run"
-    res = run_train(["--videos", str(tmp_path / "clips"), "--annotations", str(tiny_demo[1]), *TINY,
-                     "--batch-size", "4", "--epochs", "1", "--val-every", "0", "--nonfinite", "stop",
-                     "--output-dir", str(out)], nproc=1, timeout=300)
+    res = run_train(
+        [
+            "--videos",
+            str(tmp_path / "clips"),
+            "--annotations",
+            str(tiny_demo[1]),
+            *TINY,
+            "--batch-size",
+            "4",
+            "--epochs",
+            "1",
+            "--val-every",
+            "0",
+            "--nonfinite",
+            "stop",
+            "--output-dir",
+            str(out),
+        ],
+        nproc=1,
+        timeout=300,
+    )
     assert res.returncode == 3, res.stdout[-4000:]
     assert "stopping: non-finite loss/gradients at step 0" in res.stdout
     assert bad in (out / "nonfinite.tsv").read_text()
@@ -446,9 +521,29 @@ def test_nan_clip_with_nonfinite_stop_checkpoints_and_exits(tiny_demo, tmp_path)
 def test_consecutive_nonfinite_skips_are_limited(tiny_demo, tmp_path):
     legacy_clip_root(tiny_demo, tmp_path / "clips", None)  # every clip is NaN
     out = tmp_path / "run"
-    res = run_train(["--videos", str(tmp_path / "clips"), "--annotations", str(tiny_demo[1]), *TINY,
-                     "--batch-size", "4", "--epochs", "1", "--val-every", "0", "--nonfinite", "skip",
-                     "--max-nonfinite-skips", "2", "--output-dir", str(out)], nproc=1, timeout=300)
+    res = run_train(
+        [
+            "--videos",
+            str(tmp_path / "clips"),
+            "--annotations",
+            str(tiny_demo[1]),
+            *TINY,
+            "--batch-size",
+            "4",
+            "--epochs",
+            "1",
+            "--val-every",
+            "0",
+            "--nonfinite",
+            "skip",
+            "--max-nonfinite-skips",
+            "2",
+            "--output-dir",
+            str(out),
+        ],
+        nproc=1,
+        timeout=300,
+    )
     assert res.returncode == 3, res.stdout[-4000:]
     assert "(3 consecutive; --nonfinite skip)" in res.stdout
     assert [row.split("\t")[0] for row in (out / "nonfinite.tsv").read_text().splitlines()] == ["0", "1", "2"]

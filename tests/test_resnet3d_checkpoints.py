@@ -37,18 +37,25 @@ def source():
 
 def mit_checkpoint(model, with_num_batches_tracked=True, classes=305):
     """Exactly the official layout: {'state_dict': {'module.<name>': ...}} with a K-class last_linear."""
-    state = {f"module.{n}": t.clone() for n, t in model.state_dict().items()
-             if not n.startswith("last_linear.")
-             and (with_num_batches_tracked or not n.endswith("num_batches_tracked"))}
+    state = {
+        f"module.{n}": t.clone()
+        for n, t in model.state_dict().items()
+        if not n.startswith("last_linear.") and (with_num_batches_tracked or not n.endswith("num_batches_tracked"))
+    }
     state["module.last_linear.weight"] = torch.randn(classes, 2048)
     state["module.last_linear.bias"] = torch.randn(classes)
     return {"epoch": 30, "arch": "resnet3d50", "best_prec1": 28.5, "state_dict": state}
 
 
 def lightning_checkpoint(model):
-    return {"epoch": 4, "global_step": 1000, "pytorch-lightning_version": "1.9.5",
-            "state_dict": {f"model.{n}": t.clone() for n, t in model.state_dict().items()},
-            "optimizer_states": [], "lr_schedulers": []}
+    return {
+        "epoch": 4,
+        "global_step": 1000,
+        "pytorch-lightning_version": "1.9.5",
+        "state_dict": {f"model.{n}": t.clone() for n, t in model.state_dict().items()},
+        "optimizer_states": [],
+        "lr_schedulers": [],
+    }
 
 
 def features_of(model):
@@ -170,8 +177,10 @@ def test_head_of_a_different_width_is_skipped_not_forced(source):
 def test_own_training_checkpoint_and_bare_state_dict_with_any_wrapper_prefix(source, prefix):
     model_src, _, outputs = source
     state = {prefix + n: t.clone() for n, t in model_src.state_dict().items()}
-    for checkpoint, kind in (({"model": state, "optimizer": {"state": {}}, "config": {"depth": 50}}, "training"),
-                             (state, "state_dict")):
+    for checkpoint, kind in (
+        ({"model": state, "optimizer": {"state": {}}, "config": {"depth": 50}}, "training"),
+        (state, "state_dict"),
+    ):
         model = build_model(depth=50)
         report = load_pretrained(model, checkpoint, require_heads=True)
         assert report.kind == kind and report.prefix == prefix

@@ -65,8 +65,13 @@ def test_counting_leaves_the_model_untouched_and_scales_with_the_input():
 
 
 def test_command_line_prints_the_figures():
-    done = subprocess.run([sys.executable, "-m", "resnet3d.flops", "--depth", "50", "--frames", "16",
-                           "--size", "224"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "resnet3d.flops", "--depth", "50", "--frames", "16", "--size", "224"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "parameters: 46,248,152 = 46,198,976 backbone + 49,176 head" in done.stdout
     assert "forward: 79.69 GFLOPs" in done.stdout

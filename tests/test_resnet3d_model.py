@@ -50,8 +50,7 @@ def test_task_subset_builds_only_those_heads_in_canonical_order():
     model = build_model(depth=18, tasks="peoplecount,valence", dropout=0.0)
     assert model.tasks == ("valence", "peoplecount")
     assert model.output_sizes == output_sizes(["valence", "peoplecount"])
-    assert list(model.last_linear) == ["valence_score", "valence_confidence", "peoplecount",
-                                      "peoplecount_certain"]
+    assert list(model.last_linear) == ["valence_score", "valence_confidence", "peoplecount", "peoplecount_certain"]
     assert isinstance(model.last_linear, nn.ModuleDict)
     assert model.last_linear["peoplecount"].weight.shape == (5, 512)
     with pytest.raises(ValueError, match="unknown task"):
@@ -103,8 +102,9 @@ def test_backbone_names_and_shapes_equal_the_official_mit_checkpoint():
     layout = json.loads(MIT_LAYOUT.read_text())
     for key in ("resnet3d50", "multi_resnet3d50"):
         expected = {n: s for n, s in layout[key]["tensors"].items() if not n.startswith("last_linear.")}
-        ours = {n: list(t.shape) for n, t in build_model(depth=50).state_dict().items()
-                if not n.startswith("last_linear.")}
+        ours = {
+            n: list(t.shape) for n, t in build_model(depth=50).state_dict().items() if not n.startswith("last_linear.")
+        }
         assert ours == expected, key
         assert layout[key]["tensors"]["last_linear.weight"] == [layout[key]["num_classes"], 2048]
 

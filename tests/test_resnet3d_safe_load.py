@@ -42,8 +42,9 @@ def test_checkpoint_with_a_custom_object_is_refused_with_the_conversion_command(
     assert str(path) in message and "refused to load" in message
     assert "weights_only=True" in message
     assert "TrainingArgs" in message  # the underlying reason: which class it would have to import
-    expected_command = (f"python -m resnet3d.convert_checkpoint '{path}' "
-                        f"'{tmp_path / 'old run.tensors.pt'}' --trust-this-file")
+    expected_command = (
+        f"python -m resnet3d.convert_checkpoint '{path}' '{tmp_path / 'old run.tensors.pt'}' --trust-this-file"
+    )
     assert expected_command in message
 
 
@@ -69,8 +70,14 @@ def test_conversion_round_trip_keeps_the_weights_and_loads_safely(tmp_path):
     torch.manual_seed(5)
     source = build_model(depth=50).eval()
     unsafe = tmp_path / "lightning.ckpt"
-    torch.save({"state_dict": {f"model.{n}": t for n, t in source.state_dict().items()},
-                "hyper_parameters": TrainingArgs(0.01), "epoch": 3}, unsafe)
+    torch.save(
+        {
+            "state_dict": {f"model.{n}": t for n, t in source.state_dict().items()},
+            "hyper_parameters": TrainingArgs(0.01),
+            "epoch": 3,
+        },
+        unsafe,
+    )
     with pytest.raises(UnsafeCheckpointError):
         read_checkpoint(unsafe)
     with pytest.raises(PermissionError, match="trust_this_file"):
@@ -95,8 +102,16 @@ def test_conversion_turns_namespaces_modules_and_numpy_into_plain_values(tmp_pat
 
     linear = torch.nn.Linear(2, 3)
     unsafe = tmp_path / "mixed.pt"
-    torch.save({"args": argparse.Namespace(lr=0.1, tasks=["a"]), "net": linear,
-                "hist": np.arange(3), "step": np.int64(7), "fn": len}, unsafe)
+    torch.save(
+        {
+            "args": argparse.Namespace(lr=0.1, tasks=["a"]),
+            "net": linear,
+            "hist": np.arange(3),
+            "step": np.int64(7),
+            "fn": len,
+        },
+        unsafe,
+    )
     notes = convert_checkpoint(unsafe, tmp_path / "out.pt", trust_this_file=True)
     out = torch.load(tmp_path / "out.pt", weights_only=True)
     assert out["args"] == {"lr": 0.1, "tasks": ["a"]}
@@ -114,9 +129,14 @@ def test_command_line_requires_the_trust_flag_and_converts(tmp_path, capsys):
     assert info.value.code == 2 and "--trust-this-file" in capsys.readouterr().err
     assert not out.exists()
 
-    done = subprocess.run([sys.executable, "-m", "resnet3d.convert_checkpoint", str(unsafe), str(out),
-                           "--trust-this-file"], cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONWARNINGS": "error::RuntimeWarning"})
+    done = subprocess.run(
+        [sys.executable, "-m", "resnet3d.convert_checkpoint", str(unsafe), str(out), "--trust-this-file"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONWARNINGS": "error::RuntimeWarning"},
+    )
     assert done.returncode == 0, done.stderr
     assert "argparse.Namespace -> dict" in done.stdout and "weights_only=True" in done.stdout
     converted = read_checkpoint(out)

@@ -47,18 +47,42 @@ class Job:
     """One sbatch submission of a launch script (the tiny run in CPU mode) and its output dir:
     OUTPUT_ROOT/<job name>-<job id>, kept across requeues, or OUTPUT_DIR where extra_env sets it."""
 
-    def __init__(self, cluster: LocalSlurm, script: str, tmp: Path, tiny_demo, extra_env: dict | None = None,
-                 nodes: int = 1, nproc_per_node: int = 2, train_args: tuple = ()):
+    def __init__(
+        self,
+        cluster: LocalSlurm,
+        script: str,
+        tmp: Path,
+        tiny_demo,
+        extra_env: dict | None = None,
+        nodes: int = 1,
+        nproc_per_node: int = 2,
+        train_args: tuple = (),
+    ):
         self.cluster = cluster
         self.log_dir = tmp
-        env = child_env({
-            "NPROC_PER_NODE": str(nproc_per_node), "DEVICE": "cpu", "PYTHON": sys.executable,
-            "OUTPUT_ROOT": str(tmp / "runs"), "TRAIN_ARGS": " ".join([*data_args(tiny_demo), *RUN, *train_args]),
-            **(extra_env or {}),
-        })
-        self.id = cluster.sbatch(["--gpus-per-node=0", f"--nodes={nodes}", f"--cpus-per-task={nproc_per_node}",
-                                  "--time=20", "--job-name=sv", f"--output={tmp}/%x-%j.out",
-                                  str(REPO / "launch" / script)], env=env, cwd=REPO)
+        env = child_env(
+            {
+                "NPROC_PER_NODE": str(nproc_per_node),
+                "DEVICE": "cpu",
+                "PYTHON": sys.executable,
+                "OUTPUT_ROOT": str(tmp / "runs"),
+                "TRAIN_ARGS": " ".join([*data_args(tiny_demo), *RUN, *train_args]),
+                **(extra_env or {}),
+            }
+        )
+        self.id = cluster.sbatch(
+            [
+                "--gpus-per-node=0",
+                f"--nodes={nodes}",
+                f"--cpus-per-task={nproc_per_node}",
+                "--time=20",
+                "--job-name=sv",
+                f"--output={tmp}/%x-%j.out",
+                str(REPO / "launch" / script),
+            ],
+            env=env,
+            cwd=REPO,
+        )
         self.out = Path(env["OUTPUT_DIR"]) if "OUTPUT_DIR" in env else tmp / "runs" / f"sv-{self.id}"
 
     @property
@@ -76,16 +100,24 @@ class Job:
             if ready(info):
                 return info
             state = info.get("JobState")
-            if state in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY") or (
-                    state == "COMPLETED" and what != "completed") or time.monotonic() > deadline:
-                raise AssertionError(f"waiting for {what}: job {self.id} is {info}\n--- job log\n"
-                                     f"{self.log[-5000:]}\n{self.cluster.logs()}")
+            if (
+                state in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
+                or (state == "COMPLETED" and what != "completed")
+                or time.monotonic() > deadline
+            ):
+                raise AssertionError(
+                    f"waiting for {what}: job {self.id} is {info}\n--- job log\n"
+                    f"{self.log[-5000:]}\n{self.cluster.logs()}"
+                )
             time.sleep(0.2)
 
     def wait_for_step(self, step: int, restarts: int) -> None:
-        self.wait_until(f"step {step} after {restarts} restarts",
-                        lambda i: i.get("JobState") == "RUNNING" and i.get("Restarts") == str(restarts)
-                        and logged_step(self.out) >= step)
+        self.wait_until(
+            f"step {step} after {restarts} restarts",
+            lambda i: (
+                i.get("JobState") == "RUNNING" and i.get("Restarts") == str(restarts) and logged_step(self.out) >= step
+            ),
+        )
 
     def wait_completed(self) -> dict:
         return self.wait_until("completed", lambda i: i.get("JobState") == "COMPLETED", timeout=400)
@@ -95,8 +127,9 @@ def resumed_steps(log: str) -> list[int]:
     return [int(s) for s in re.findall(r"resumed from \S+: step (\d+)", log)]
 
 
-def test_single_node_script_requeues_on_usr1_and_on_requeue_and_resumes_exactly(cluster, tiny_demo, tmp_path,
-                                                                               reference):
+def test_single_node_script_requeues_on_usr1_and_on_requeue_and_resumes_exactly(
+    cluster, tiny_demo, tmp_path, reference
+):
     job = Job(cluster, "slurm_single_node.sbatch", tmp_path, tiny_demo)
     # What SLURM does 90 s before the time limit (--signal=B:USR1@90): USR1 to the batch shell.
     job.wait_for_step(3, restarts=0)
@@ -119,8 +152,7 @@ def test_single_node_script_requeues_on_usr1_and_on_requeue_and_resumes_exactly(
     assert not (job.out / "PREEMPTED").exists()
 
 
-def test_multi_node_script_on_one_node_requeues_on_usr1_and_resumes_exactly(cluster, tiny_demo, tmp_path,
-                                                                            reference):
+def test_multi_node_script_on_one_node_requeues_on_usr1_and_resumes_exactly(cluster, tiny_demo, tmp_path, reference):
     from launch_helpers import free_port
 
     job = Job(cluster, "slurm_multi_node.sbatch", tmp_path, tiny_demo, {"RDZV_PORT": str(free_port())})

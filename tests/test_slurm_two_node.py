@@ -69,8 +69,16 @@ def reference(tiny_demo, tmp_path_factory) -> Path:
 
 def two_node_job(cluster, tmp: Path, tiny_demo, train_args=(), extra_env=None) -> Job:
     env = {"RDZV_PORT": str(free_port()), **(extra_env or {})}
-    return Job(cluster, "slurm_multi_node.sbatch", tmp, tiny_demo, env, nodes=2, nproc_per_node=1,
-               train_args=(*KEEP_ONE, *train_args))
+    return Job(
+        cluster,
+        "slurm_multi_node.sbatch",
+        tmp,
+        tiny_demo,
+        env,
+        nodes=2,
+        nproc_per_node=1,
+        train_args=(*KEEP_ONE, *train_args),
+    )
 
 
 def gradient_bytes() -> int:
@@ -81,8 +89,10 @@ def gradient_bytes() -> int:
 
 
 def rank_records(out: Path) -> dict[int, list[dict]]:
-    return {int(p.stem.split("-")[1]): [json.loads(line) for line in p.read_text().splitlines()]
-            for p in sorted((out / "ranks").glob("rank-*.jsonl"))}
+    return {
+        int(p.stem.split("-")[1]): [json.loads(line) for line in p.read_text().splitlines()]
+        for p in sorted((out / "ranks").glob("rank-*.jsonl"))
+    }
 
 
 def wait_ended(job: Job, timeout: float) -> dict:
@@ -109,7 +119,8 @@ def training_pids(network: NamespaceNetwork, node: str) -> list[int]:
 
 
 def test_two_node_job_crosses_the_network_survives_usr1_and_matches_one_node_torchrun(
-        cluster, network, tiny_demo, tmp_path, reference):
+    cluster, network, tiny_demo, tmp_path, reference
+):
     before = {node: network.traffic(node) for node in NODES}
     job = two_node_job(cluster, tmp_path, tiny_demo)
     job.wait_for_step(3, restarts=0)
@@ -147,7 +158,8 @@ def test_two_node_job_crosses_the_network_survives_usr1_and_matches_one_node_tor
 
 
 def test_two_node_job_with_a_dead_node_fails_within_the_timeout_and_resubmission_resumes(
-        cluster, network, tiny_demo, tmp_path, reference):
+    cluster, network, tiny_demo, tmp_path, reference
+):
     job = two_node_job(cluster, tmp_path, tiny_demo, train_args=("--dist-timeout", str(DIST_TIMEOUT)))
     job.wait_for_step(3, restarts=0)
     victims = training_pids(network, "n2")
@@ -165,8 +177,13 @@ def test_two_node_job_with_a_dead_node_fails_within_the_timeout_and_resubmission
     assert 2 <= stopped["step"] < FINAL_STEP
     assert run_status(job.out, stopped["mlflow_run_id"]) == "FAILED"
 
-    again = two_node_job(cluster, tmp_path, tiny_demo, train_args=("--dist-timeout", str(DIST_TIMEOUT)),
-                         extra_env={"OUTPUT_DIR": str(job.out)})
+    again = two_node_job(
+        cluster,
+        tmp_path,
+        tiny_demo,
+        train_args=("--dist-timeout", str(DIST_TIMEOUT)),
+        extra_env={"OUTPUT_DIR": str(job.out)},
+    )
     again.wait_completed()
     assert resumed_steps(again.log) == [stopped["step"]], again.log[-5000:]
     final = checkpoint(job.out)
@@ -189,10 +206,26 @@ def test_two_node_separate_worlds_are_refused_right_after_init(cluster, tiny_dem
     script = tmp_path / "split.sbatch"
     script.write_text(SPLIT_WORLD_SCRIPT)
     out = tmp_path / "out"
-    env = child_env({"REPO": str(REPO), "PYTHON": sys.executable, "OUT": str(out),
-                     "TRAIN_ARGS": " ".join([*data_args(tiny_demo), *RUN, "--device", "cpu"])})
-    job_id = cluster.sbatch(["--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1", "--time=5",
-                             f"--output={tmp_path}/split-%j.out", str(script)], env=env, cwd=REPO)
+    env = child_env(
+        {
+            "REPO": str(REPO),
+            "PYTHON": sys.executable,
+            "OUT": str(out),
+            "TRAIN_ARGS": " ".join([*data_args(tiny_demo), *RUN, "--device", "cpu"]),
+        }
+    )
+    job_id = cluster.sbatch(
+        [
+            "--nodes=2",
+            "--ntasks-per-node=1",
+            "--cpus-per-task=1",
+            "--time=5",
+            f"--output={tmp_path}/split-%j.out",
+            str(script),
+        ],
+        env=env,
+        cwd=REPO,
+    )
     deadline = time.monotonic() + 180
     while cluster.job(job_id).get("JobState") in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", None):
         assert time.monotonic() < deadline, cluster.job(job_id)
@@ -200,7 +233,9 @@ def test_two_node_separate_worlds_are_refused_right_after_init(cluster, tiny_dem
     log = (tmp_path / f"split-{job_id}.out").read_text(errors="replace")
     assert cluster.job(job_id)["JobState"] == "FAILED", log[-3000:]
     for node in NODES:  # both nodes refused, each naming itself
-        assert (f"rank 0 on {node}: the process group has 1 ranks but SLURM started 2 "
-                "(SLURM_STEP_NUM_TASKS=2 torchruns x LOCAL_WORLD_SIZE=1)") in log, log[-3000:]
+        assert (
+            f"rank 0 on {node}: the process group has 1 ranks but SLURM started 2 "
+            "(SLURM_STEP_NUM_TASKS=2 torchruns x LOCAL_WORLD_SIZE=1)"
+        ) in log, log[-3000:]
     # refused before anything was written: no rank records, checkpoints or MLflow run
     assert not (out / "ranks").exists() and not (out / "checkpoints").exists() and not (out / "mlflow.db").exists()

@@ -12,9 +12,27 @@ pytestmark = pytest.mark.slow
 
 def _run(tiny_demo, out, amp, steps, extra=()):
     videos, annotations = tiny_demo
-    res = run_train(["--videos", str(videos), "--annotations", str(annotations), "--output-dir", str(out),
-                     "--batch-size", "2", "--max-steps", str(steps), "--val-every", "0", "--amp", amp,
-                     *TINY, *extra], timeout=600)
+    res = run_train(
+        [
+            "--videos",
+            str(videos),
+            "--annotations",
+            str(annotations),
+            "--output-dir",
+            str(out),
+            "--batch-size",
+            "2",
+            "--max-steps",
+            str(steps),
+            "--val-every",
+            "0",
+            "--amp",
+            amp,
+            *TINY,
+            *extra,
+        ],
+        timeout=600,
+    )
     assert res.returncode == 0, res.stdout[-4000:]
     ckpt = torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -24,7 +42,7 @@ def _run(tiny_demo, out, amp, steps, extra=()):
 def test_fp16_with_grad_scaler(tiny_demo, tmp_path):
     ckpt, logged = _run(tiny_demo, tmp_path, "fp16", steps=14)
     # GradScaler starts at 2**16: the first steps overflow, are skipped, and the scale backs off
-    assert ckpt["scaler"]["scale"] < 2.0 ** 16
+    assert ckpt["scaler"]["scale"] < 2.0**16
     assert 0 < ckpt["counters"]["fp16_overflows"] < 14
     assert ckpt["counters"]["nonfinite_skips"] == 0  # overflows are not data problems
     assert ckpt["optimizer"]["state"], "no optimizer step was ever taken"

@@ -19,10 +19,40 @@ TOLERANCE = {"bf16": 0.01, "fp16": 0.0025}
 
 def _args(tiny_demo, out, steps=STEPS, extra=()):
     videos, annotations = tiny_demo
-    return ["--videos", str(videos), "--annotations", str(annotations), "--output-dir", str(out),
-            "--batch-size", "4", "--max-steps", str(steps), "--epochs", "5", "--dropout", "0", "--bn", "eval",
-            "--val-every", "0", "--optimizer", "sgd", "--lr", "0.1", "--schedule", "constant",
-            "--warmup-steps", "0", "--seed", "3", "--keep-last", "1", *TINY, *extra]
+    return [
+        "--videos",
+        str(videos),
+        "--annotations",
+        str(annotations),
+        "--output-dir",
+        str(out),
+        "--batch-size",
+        "4",
+        "--max-steps",
+        str(steps),
+        "--epochs",
+        "5",
+        "--dropout",
+        "0",
+        "--bn",
+        "eval",
+        "--val-every",
+        "0",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.1",
+        "--schedule",
+        "constant",
+        "--warmup-steps",
+        "0",
+        "--seed",
+        "3",
+        "--keep-last",
+        "1",
+        *TINY,
+        *extra,
+    ]
 
 
 def _train(tiny_demo, out, steps=STEPS, extra=()) -> dict:
@@ -69,15 +99,18 @@ def test_bf16_compression_trains_close_to_fp32_and_resumes(tiny_demo, tmp_path, 
 
 
 def test_fp16_compression_with_small_buckets_as_views_trains_close_and_refuses_other_options_on_resume(
-        tiny_demo, tmp_path, fp32_update):
+    tiny_demo, tmp_path, fp32_update
+):
     out = tmp_path / "run"
     comm = ["--grad-compression", "fp16", "--ddp-bucket-mb", "1", "--gradient-as-bucket-view"]
     run = _train(tiny_demo, out, extra=comm)
     error = _relative_error(run, fp32_update)
     assert 0 < error < TOLERANCE["fp16"], error
     # resuming this run with other communication options is refused before anything trains
-    res = run_train(_args(tiny_demo, out, steps=STEPS + 2, extra=[*comm[:-1], "--no-gradient-as-bucket-view"]),
-                    nproc=1, timeout=300)
+    res = run_train(
+        _args(tiny_demo, out, steps=STEPS + 2, extra=[*comm[:-1], "--no-gradient-as-bucket-view"]), nproc=1, timeout=300
+    )
     assert res.returncode != 0, res.stdout[-3000:]
-    assert "was trained with other gradient-communication options (--gradient-as-bucket-view True -> False)" \
-        in res.stdout, res.stdout[-3000:]
+    assert (
+        "was trained with other gradient-communication options (--gradient-as-bucket-view True -> False)" in res.stdout
+    ), res.stdout[-3000:]

@@ -31,9 +31,28 @@ def damaged_demo(tiny_demo, tmp_path):
 def test_bad_videos_are_skipped_counted_and_reported(damaged_demo, tmp_path):
     root, annotations, bad = damaged_demo
     out = tmp_path / "run"
-    res = run_train(["--videos", str(root), "--annotations", str(annotations), "--output-dir", str(out),
-                     "--batch-size", "4", "--epochs", "1", "--split", "hash", "--val-fraction", "0.0",
-                     "--test-fraction", "0.0", *TINY], timeout=600)
+    res = run_train(
+        [
+            "--videos",
+            str(root),
+            "--annotations",
+            str(annotations),
+            "--output-dir",
+            str(out),
+            "--batch-size",
+            "4",
+            "--epochs",
+            "1",
+            "--split",
+            "hash",
+            "--val-fraction",
+            "0.0",
+            "--test-fraction",
+            "0.0",
+            *TINY,
+        ],
+        timeout=600,
+    )
     assert res.returncode == 0, res.stdout[-4000:]
     rows = [line.split("\t") for line in (out / "bad_videos.tsv").read_text().splitlines()]
     reported = {video for _, video, _ in rows}
@@ -46,9 +65,28 @@ def test_bad_videos_are_skipped_counted_and_reported(damaged_demo, tmp_path):
 
 def test_bad_video_error_mode_stops_naming_the_file(damaged_demo, tmp_path):
     root, annotations, bad = damaged_demo
-    res = run_train(["--videos", str(root), "--annotations", str(annotations), "--output-dir", str(tmp_path / "run"),
-                     "--batch-size", "4", "--epochs", "1", "--bad-video", "error", "--val-fraction", "0.0",
-                     "--test-fraction", "0.0", *TINY], timeout=600)
+    res = run_train(
+        [
+            "--videos",
+            str(root),
+            "--annotations",
+            str(annotations),
+            "--output-dir",
+            str(tmp_path / "run"),
+            "--batch-size",
+            "4",
+            "--epochs",
+            "1",
+            "--bad-video",
+            "error",
+            "--val-fraction",
+            "0.0",
+            "--test-fraction",
+            "0.0",
+            *TINY,
+        ],
+        timeout=600,
+    )
     assert res.returncode != 0
     assert any(name in res.stdout for name in bad), res.stdout[-3000:]
 
@@ -57,16 +95,41 @@ def test_early_stopping_on_a_metric_that_stops_improving(tiny_demo, tmp_path):
     videos, annotations = tiny_demo
     out = tmp_path / "run"
     # val/clips is the same every epoch: the first validation sets the best, the second does not improve
-    res = run_train(["--videos", str(videos), "--annotations", str(annotations), "--output-dir", str(out),
-                     "--batch-size", "4", "--epochs", "5", "--val-fraction", "0.25", "--test-fraction", "0",
-                     "--early-stop-metric", "val/clips", "--patience", "1", *TINY], timeout=600)
+    res = run_train(
+        [
+            "--videos",
+            str(videos),
+            "--annotations",
+            str(annotations),
+            "--output-dir",
+            str(out),
+            "--batch-size",
+            "4",
+            "--epochs",
+            "5",
+            "--val-fraction",
+            "0.25",
+            "--test-fraction",
+            "0",
+            "--early-stop-metric",
+            "val/clips",
+            "--patience",
+            "1",
+            *TINY,
+        ],
+        timeout=600,
+    )
     assert res.returncode == 0, res.stdout[-4000:]
     assert "early stopping: val/clips did not improve for 1 validations" in res.stdout
     last = torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     best = torch.load(out / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
     assert last["epoch"] == 2 and best["epoch"] == 1
     assert {k: last["early_stopping"][k] for k in ("best", "bad_validations", "best_epoch", "last_step")} == {
-        "best": best["early_stopping"]["best"], "bad_validations": 1, "best_epoch": 1, "last_step": last["step"]}
+        "best": best["early_stopping"]["best"],
+        "bad_validations": 1,
+        "best_epoch": 1,
+        "last_step": last["step"],
+    }
 
 
 @pytest.fixture
@@ -86,8 +149,25 @@ def test_micro_batches_shrunk_to_one_clip_are_skipped_on_every_rank(demo_with_mi
     missing file would crash training-mode BatchNorm.  Both ranks skip that step instead."""
     root, annotations, missing = demo_with_missing_files
     out = tmp_path / "run"
-    res = run_train(["--videos", str(root), "--annotations", str(annotations), "--output-dir", str(out),
-                     "--batch-size", "2", "--epochs", "1", "--bn", "train", *TINY], nproc=2, timeout=600)
+    res = run_train(
+        [
+            "--videos",
+            str(root),
+            "--annotations",
+            str(annotations),
+            "--output-dir",
+            str(out),
+            "--batch-size",
+            "2",
+            "--epochs",
+            "1",
+            "--bn",
+            "train",
+            *TINY,
+        ],
+        nproc=2,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stdout[-4000:]
     # counted up front, before training, and listed in the output dir (the test split is not read)
     table = pd.read_csv(annotations)
@@ -105,9 +185,28 @@ def test_micro_batches_shrunk_to_one_clip_are_skipped_on_every_rank(demo_with_mi
 
 def test_batch_size_one_trains_at_normal_sizes_and_is_refused_where_batchnorm_cannot(tiny_demo, tmp_path):
     videos, annotations = tiny_demo
-    common = ["--videos", str(videos), "--annotations", str(annotations), "--batch-size", "1", "--bn", "train",
-              "--max-steps", "2", "--val-every", "0", "--depth", "18", "--num-workers", "0", "--no-progress",
-              "--no-system-metrics", "--no-log-model", "--no-log-checkpoints"]
+    common = [
+        "--videos",
+        str(videos),
+        "--annotations",
+        str(annotations),
+        "--batch-size",
+        "1",
+        "--bn",
+        "train",
+        "--max-steps",
+        "2",
+        "--val-every",
+        "0",
+        "--depth",
+        "18",
+        "--num-workers",
+        "0",
+        "--no-progress",
+        "--no-system-metrics",
+        "--no-log-model",
+        "--no-log-checkpoints",
+    ]
     refused = run_train([*common, "--output-dir", str(tmp_path / "tiny"), "--frames", "4", "--size", "32"])
     assert refused.returncode != 0
     assert "training-mode BatchNorm needs more than one" in refused.stdout, refused.stdout[-3000:]
@@ -121,8 +220,19 @@ def test_batch_size_one_trains_at_normal_sizes_and_is_refused_where_batchnorm_ca
 def test_a_video_root_holding_none_of_the_table_is_refused(tiny_demo, tmp_path):
     _, annotations = tiny_demo
     (tmp_path / "empty").mkdir()
-    res = run_train(["--videos", str(tmp_path / "empty"), "--annotations", str(annotations),
-                     "--output-dir", str(tmp_path / "run"), "--epochs", "1", *TINY])
+    res = run_train(
+        [
+            "--videos",
+            str(tmp_path / "empty"),
+            "--annotations",
+            str(annotations),
+            "--output-dir",
+            str(tmp_path / "run"),
+            "--epochs",
+            "1",
+            *TINY,
+        ]
+    )
     assert res.returncode != 0
     assert "none of the" in res.stdout and f"--videos {tmp_path / 'empty'}" in res.stdout, res.stdout[-3000:]
 
@@ -132,9 +242,26 @@ def test_the_decoding_limits_reach_training(tiny_demo, tmp_path):
     bad video, every step is skipped as empty, and the run still ends normally."""
     videos, annotations = tiny_demo
     out = tmp_path / "run"
-    res = run_train(["--videos", str(videos), "--annotations", str(annotations), "--output-dir", str(out),
-                     "--batch-size", "4", "--epochs", "1", "--val-every", "0", "--max-video-pixels", "100",
-                     *TINY], timeout=600)
+    res = run_train(
+        [
+            "--videos",
+            str(videos),
+            "--annotations",
+            str(annotations),
+            "--output-dir",
+            str(out),
+            "--batch-size",
+            "4",
+            "--epochs",
+            "1",
+            "--val-every",
+            "0",
+            "--max-video-pixels",
+            "100",
+            *TINY,
+        ],
+        timeout=600,
+    )
     assert res.returncode == 0, res.stdout[-4000:]
     rows = [line.split("\t") for line in (out / "bad_videos.tsv").read_text().splitlines()]
     assert rows and all("--max-video-pixels" in error for _, _, error in rows)

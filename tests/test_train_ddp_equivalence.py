@@ -14,10 +14,41 @@ STEPS = 3
 
 def _train(tiny_demo, out, nproc, batch, accum):
     videos, annotations = tiny_demo
-    res = run_train(["--videos", str(videos), "--annotations", str(annotations), "--output-dir", str(out),
-                     "--batch-size", str(batch), "--accum-steps", str(accum), "--max-steps", str(STEPS),
-                     "--epochs", "5", "--dropout", "0", "--bn", "eval", "--val-every", "0", "--optimizer", "sgd", "--lr", "0.1",
-                     "--warmup-steps", "0", "--seed", "3", *TINY], nproc=nproc, timeout=600)
+    res = run_train(
+        [
+            "--videos",
+            str(videos),
+            "--annotations",
+            str(annotations),
+            "--output-dir",
+            str(out),
+            "--batch-size",
+            str(batch),
+            "--accum-steps",
+            str(accum),
+            "--max-steps",
+            str(STEPS),
+            "--epochs",
+            "5",
+            "--dropout",
+            "0",
+            "--bn",
+            "eval",
+            "--val-every",
+            "0",
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "0.1",
+            "--warmup-steps",
+            "0",
+            "--seed",
+            "3",
+            *TINY,
+        ],
+        nproc=nproc,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stdout[-4000:]
     state = torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     assert state["step"] == STEPS

@@ -42,12 +42,29 @@ runpy.run_path({train!r}, run_name="__main__")
 def test_final_checkpoint_write_failure_fails_the_run(tiny_demo, tmp_path):
     videos, annotations = tiny_demo
     wrapper = tmp_path / "full_disk.py"
-    wrapper.write_text(textwrap.dedent(WRAPPER.format(repo=str(REPO), train=str(REPO / "train_ddp.py"),
-                                                      fail_from=2)))
+    wrapper.write_text(textwrap.dedent(WRAPPER.format(repo=str(REPO), train=str(REPO / "train_ddp.py"), fail_from=2)))
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           str(wrapper), "--videos", str(videos), "--annotations", str(annotations), "--output-dir", str(out),
-           "--batch-size", "4", "--max-steps", "3", "--checkpoint-every", "1", *TINY]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        str(wrapper),
+        "--videos",
+        str(videos),
+        "--annotations",
+        str(annotations),
+        "--output-dir",
+        str(out),
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "3",
+        "--checkpoint-every",
+        "1",
+        *TINY,
+    ]
     res = run(cmd, timeout=600)
     log = res.stdout
     assert res.returncode != 0, log[-4000:]

@@ -21,9 +21,28 @@ def _runs(db):
 def test_torchrun_two_processes_end_to_end(tiny_demo, tmp_path):
     videos, annotations = tiny_demo
     out = tmp_path / "run"
-    res = run_train(["--videos", str(videos), "--annotations", str(annotations), "--output-dir", str(out),
-                     "--epochs", "2", "--batch-size", "4", "--checkpoint-every", "3", *TINY,
-                     "--log-model", "--log-checkpoints", "--plots"], nproc=2, timeout=900)
+    res = run_train(
+        [
+            "--videos",
+            str(videos),
+            "--annotations",
+            str(annotations),
+            "--output-dir",
+            str(out),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--checkpoint-every",
+            "3",
+            *TINY,
+            "--log-model",
+            "--log-checkpoints",
+            "--plots",
+        ],
+        nproc=2,
+        timeout=900,
+    )
     assert res.returncode == 0, res.stdout[-4000:]
     client, runs = _runs(out / "mlflow.db")
     assert len(runs) == 1
@@ -55,20 +74,40 @@ def test_torchrun_two_processes_end_to_end(tiny_demo, tmp_path):
     assert {"plots/pred_vs_target_valence.png", "plots/metrics_spearman.png", "plots/training_curves.png"} <= plots
     assert (out / "plots" / "pred_vs_target_peoplecount.png").stat().st_size > 0
     # the end of the run says what happened and where things are, once
-    summary = res.stdout[res.stdout.index("run ended:"):]
+    summary = res.stdout[res.stdout.index("run ended:") :]
     steps = last["step"]
     assert res.stdout.count("run ended:") == 1 and f"after {steps} steps, 2 of 2 epochs" in summary
     assert "best: val/mean_spearman = " in summary and f"best.pt: {ckdir / 'best.pt'}" in summary
-    assert f"MLflow run {run.info.run_id}; to look at it: mlflow ui --backend-store-uri sqlite:///{out / 'mlflow.db'}" in summary
+    assert (
+        f"MLflow run {run.info.run_id}; to look at it: mlflow ui --backend-store-uri sqlite:///{out / 'mlflow.db'}"
+        in summary
+    )
     assert f"clips/s over the {steps} steps of this launch (4 x 1 x 2 clips per step)" in summary
     # a second launch with the same output dir finds nothing to do and changes nothing
     before = {p.name: p.stat().st_mtime_ns for p in (out / "checkpoints").iterdir()}
     jsonl = (out / "metrics.jsonl").read_text()
-    res2 = run_train(["--videos", str(videos), "--annotations", str(annotations), "--output-dir", str(out),
-                      "--epochs", "2", "--batch-size", "4", *TINY], nproc=2, timeout=600)
+    res2 = run_train(
+        [
+            "--videos",
+            str(videos),
+            "--annotations",
+            str(annotations),
+            "--output-dir",
+            str(out),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            *TINY,
+        ],
+        nproc=2,
+        timeout=600,
+    )
     assert res2.returncode == 0, res2.stdout[-4000:]
-    assert (f"{out} already finished at step {steps} (2 of --epochs 2 done); nothing to do -- use a new --output-dir, "
-            "--resume none, or a larger --epochs/--max-steps") in res2.stdout
+    assert (
+        f"{out} already finished at step {steps} (2 of --epochs 2 done); nothing to do -- use a new --output-dir, "
+        "--resume none, or a larger --epochs/--max-steps"
+    ) in res2.stdout
     assert res2.stdout.count("already finished") == 1 and "MLflow run" not in res2.stdout
     assert {p.name: p.stat().st_mtime_ns for p in (out / "checkpoints").iterdir()} == before
     assert (out / "metrics.jsonl").read_text() == jsonl
@@ -80,14 +119,25 @@ def test_init_from_an_earlier_mlflow_run(tiny_demo, tmp_path):
     """--init-from-run RUN_ID starts a new run from the earlier run's logged checkpoint."""
     videos, annotations = tiny_demo
     first = tmp_path / "first"
-    common = ["--videos", str(videos), "--annotations", str(annotations), "--batch-size", "4",
-              "--tracking-uri", f"sqlite:///{tmp_path / 'shared.db'}", *TINY]
+    common = [
+        "--videos",
+        str(videos),
+        "--annotations",
+        str(annotations),
+        "--batch-size",
+        "4",
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'shared.db'}",
+        *TINY,
+    ]
     res = run_train([*common, "--output-dir", str(first), "--max-steps", "2", "--log-checkpoints"], timeout=600)
     assert res.returncode == 0, res.stdout[-4000:]
     client, runs = _runs(tmp_path / "shared.db")
     (run,) = runs
-    res2 = run_train([*common, "--output-dir", str(tmp_path / "second"), "--max-steps", "1",
-                      "--init-from-run", run.info.run_id], timeout=600)
+    res2 = run_train(
+        [*common, "--output-dir", str(tmp_path / "second"), "--max-steps", "1", "--init-from-run", run.info.run_id],
+        timeout=600,
+    )
     assert res2.returncode == 0, res2.stdout[-4000:]
     # max-steps 2 ends before the first epoch's validation: a final validation makes best.pt
     assert re.search(r"initial weights from \S+init_from_run\S+best\.pt", res2.stdout), res2.stdout[-3000:]

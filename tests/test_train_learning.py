@@ -16,10 +16,33 @@ pytestmark = pytest.mark.slow
 
 def test_demo_training_learns(tmp_path):
     out = tmp_path / "run"
-    res = run_train(["--demo-dir", str(tmp_path / "demo"), "--demo-videos", "320", "--output-dir", str(out),
-                     "--val-fraction", "0.25", "--test-fraction", "0", "--size", "48", "--epochs", "5",
-                     "--num-workers", "1", "--seed", "0", "--no-progress", "--no-log-model",
-                     "--no-log-checkpoints", "--no-system-metrics"], timeout=1200)
+    res = run_train(
+        [
+            "--demo-dir",
+            str(tmp_path / "demo"),
+            "--demo-videos",
+            "320",
+            "--output-dir",
+            str(out),
+            "--val-fraction",
+            "0.25",
+            "--test-fraction",
+            "0",
+            "--size",
+            "48",
+            "--epochs",
+            "5",
+            "--num-workers",
+            "1",
+            "--seed",
+            "0",
+            "--no-progress",
+            "--no-log-model",
+            "--no-log-checkpoints",
+            "--no-system-metrics",
+        ],
+        timeout=1200,
+    )
     assert res.returncode == 0, res.stdout[-4000:]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     val = [r["metrics"] for r in records if "metrics" in r and "val/mean_spearman" in r["metrics"]]
@@ -27,7 +50,10 @@ def test_demo_training_learns(tmp_path):
     final = val[-1]
     assert final["val/clips"] >= 60
     assert final["val/mean_spearman"] >= 0.25, final
-    learned = [t for t in ("distance", "expanse", "valence", "arousal", "facingness", "object")
-               if final.get(f"val/{t}/spearman", 0) >= 0.4]
+    learned = [
+        t
+        for t in ("distance", "expanse", "valence", "arousal", "facingness", "object")
+        if final.get(f"val/{t}/spearman", 0) >= 0.4
+    ]
     assert len(learned) >= 3, final
     assert final["val/mean_spearman"] > val[0]["val/mean_spearman"] - 0.05  # not degrading

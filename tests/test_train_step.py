@@ -27,8 +27,9 @@ SIZE = dict(depth=18, frames=4, size=32, batch_size=2)
 def tiny_training(tmp_path, **options):
     cfg = TrainConfig(output_dir=str(tmp_path), dropout=0.0, **SIZE, **options)
     torch.manual_seed(0)
-    t = train_ddp.build_training(cfg, parse_tasks(cfg.tasks), total_steps=10, steps_per_epoch=10, info=CPU,
-                                 amp_dtype=None, channels_last=False)
+    t = train_ddp.build_training(
+        cfg, parse_tasks(cfg.tasks), total_steps=10, steps_per_epoch=10, info=CPU, amp_dtype=None, channels_last=False
+    )
     state = TrainState()
     train_ddp.start_epoch(t, state, cfg, CPU)
     return t, state, cfg
@@ -40,8 +41,13 @@ def float_batch(seed, nan=False):
     if nan:
         video[1, 0, 0, 0, 0] = float("nan")
     targets = synthetic_targets(2, "all", seed)
-    return {"video": video, "targets": {k: torch.from_numpy(v) for k, v in targets.items()},
-            "indices": torch.arange(2), "video_ids": [f"clip{seed}_a", f"clip{seed}_b"], "bad": []}
+    return {
+        "video": video,
+        "targets": {k: torch.from_numpy(v) for k, v in targets.items()},
+        "indices": torch.arange(2),
+        "video_ids": [f"clip{seed}_a", f"clip{seed}_b"],
+        "bad": [],
+    }
 
 
 def step(t, state, micro):
@@ -88,14 +94,27 @@ def checkpoint_with_todays_keys(out_dir, cfg):
     optimizer.step()
     scheduler.step()
     state = {
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "scaler": torch.amp.GradScaler("cpu", enabled=False).state_dict(), "epoch": 1, "batch_in_epoch": 4,
-        "config": asdict(cfg), "tasks": list(tasks), "depth": cfg.depth, "world_size": 1,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": torch.amp.GradScaler("cpu", enabled=False).state_dict(),
+        "epoch": 1,
+        "batch_in_epoch": 4,
+        "config": asdict(cfg),
+        "tasks": list(tasks),
+        "depth": cfg.depth,
+        "world_size": 1,
         "rng": [capture_rng_state(torch.device("cpu"))],
         "early_stopping": {"best": 0.25, "bad_validations": 1},
-        "counters": {"nonfinite_skips": 2, "consecutive_nonfinite": 0, "fp16_overflows": 0, "empty_steps": 1,
-                     "bad_videos": 3},
-        "unfreeze": UnfreezeSchedule({}).state_dict(), "mlflow_run_id": "0123abcd",
+        "counters": {
+            "nonfinite_skips": 2,
+            "consecutive_nonfinite": 0,
+            "fp16_overflows": 0,
+            "empty_steps": 1,
+            "bad_videos": 3,
+        },
+        "unfreeze": UnfreezeSchedule({}).state_dict(),
+        "mlflow_run_id": "0123abcd",
     }
     return CheckpointManager(out_dir / "checkpoints").save(state, step=5), state
 
@@ -125,10 +144,43 @@ def test_a_checkpoint_with_todays_keys_loads_for_resume_pretrained_evaluate_and_
     assert all(torch.equal(v, saved["model"][k]) for k, v in model.state_dict().items())
 
     # evaluate.py and predict.py
-    assert evaluate.main(["--checkpoint", str(path), "--videos", str(videos), "--annotations", str(annotations),
-                          "--split", "val", "--output-dir", str(tmp_path / "eval"), "--num-workers", "0",
-                          "--no-progress", "--no-plots", "--tracking-uri", f"sqlite:///{tmp_path / 'eval.db'}"]) == 0
+    assert (
+        evaluate.main(
+            [
+                "--checkpoint",
+                str(path),
+                "--videos",
+                str(videos),
+                "--annotations",
+                str(annotations),
+                "--split",
+                "val",
+                "--output-dir",
+                str(tmp_path / "eval"),
+                "--num-workers",
+                "0",
+                "--no-progress",
+                "--no-plots",
+                "--tracking-uri",
+                f"sqlite:///{tmp_path / 'eval.db'}",
+            ]
+        )
+        == 0
+    )
     some = sorted(videos.rglob("*.mp4"))[:3]
-    assert predict.main([*map(str, some), "--checkpoint", str(path), "--output", str(tmp_path / "p.csv"),
-                         "--num-workers", "0", "--no-progress"]) == 0
+    assert (
+        predict.main(
+            [
+                *map(str, some),
+                "--checkpoint",
+                str(path),
+                "--output",
+                str(tmp_path / "p.csv"),
+                "--num-workers",
+                "0",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert len(pd.read_csv(tmp_path / "p.csv")) == 3

@@ -18,10 +18,23 @@ SCRIPT = ROOT / "benchmarks" / "train_throughput.py"
 def run_benchmark(tmp_path, *extra):
     out_json, out_md = tmp_path / "tp.json", tmp_path / "tp.md"
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--tiny", "--json", str(out_json), "--markdown", str(out_md),
-         "--video-dir", str(tmp_path / "videos"), *extra],
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--tiny",
+            "--json",
+            str(out_json),
+            "--markdown",
+            str(out_md),
+            "--video-dir",
+            str(tmp_path / "videos"),
+            *extra,
+        ],
         cwd=tmp_path,  # not the repo root: the script must find its packages by itself
-        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout, json.loads(out_json.read_text()), out_md.read_text()
@@ -32,7 +45,7 @@ def table_rows(stdout):
     lines = stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("variant") and "clips/s" in line)
     rows = {}
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.strip():
             break
         cells = re.split(r"\s{2,}", line.strip())
@@ -79,8 +92,13 @@ def test_a_variant_runs_in_a_child_process_and_reports_back(tmp_path):
 
     from benchmarks.train_throughput import TINY, Settings, Variant, run_isolated
 
-    settings = Settings(device="cpu", **{k: v for k, v in TINY.items() if k != "steps"}, steps=1,
-                        conv_check=False, video_dir=str(tmp_path))
+    settings = Settings(
+        device="cpu",
+        **{k: v for k, v in TINY.items() if k != "steps"},
+        steps=1,
+        conv_check=False,
+        video_dir=str(tmp_path),
+    )
     spec, out = tmp_path / "spec.json", tmp_path / "out.json"
     spec.write_text(json.dumps({"variant": asdict(Variant(channels_last=True)), "settings": asdict(settings)}))
     result, error = run_isolated([sys.executable, str(SCRIPT), "--child", str(spec), str(out)], timeout=240)

@@ -33,8 +33,7 @@ from utils.tasks import output_sizes
 # ---- variant names ---------------------------------------------------------------------------
 def test_variant_names_parse_and_print_canonically():
     v = parse_variant("bf16+bench+cl+s2d+compile@32")
-    assert v == Variant(dtype="bf16", channels_last=True, cudnn_benchmark=True, stem="s2d", compile=True,
-                        batch_size=32)
+    assert v == Variant(dtype="bf16", channels_last=True, cudnn_benchmark=True, stem="s2d", compile=True, batch_size=32)
     assert v.name == "bf16+cl+bench+s2d+compile@32"
     assert parse_variant(v.name) == v
     assert parse_variant("fp32") == Variant()
@@ -48,8 +47,15 @@ def test_best_takes_the_given_variant_and_adds_flags():
     assert parse_variant("best+loader", best=None) is None
 
 
-@pytest.mark.parametrize("spec, message", [("fp8", "must start with"), ("bf16+fast", "unknown flag"),
-                                           ("bf16@x", "batch size"), ("bf16+loader+cache", "exclude")])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("fp8", "must start with"),
+        ("bf16+fast", "unknown flag"),
+        ("bf16@x", "batch size"),
+        ("bf16+loader+cache", "exclude"),
+    ],
+)
 def test_bad_variant_names_are_refused_with_the_reason(spec, message):
     with pytest.raises(ValueError, match=message):
         parse_variant(spec)
@@ -170,11 +176,18 @@ def test_conv_check_catches_a_kernel_that_is_off(monkeypatch):
 
 
 # ---- peaks, MFU, report ---------------------------------------------------------------------------
-@pytest.mark.parametrize("name, label", [
-    ("NVIDIA H100 80GB HBM3", "H100 SXM"), ("NVIDIA H100 PCIe", "H100 PCIe"), ("NVIDIA H100 NVL", "H100 NVL"),
-    ("NVIDIA H200", "H200 SXM"), ("NVIDIA H200 NVL", "H200 NVL"), ("NVIDIA A100-SXM4-80GB", "A100"),
-    ("NVIDIA GH200 480GB", "GH200"),
-])
+@pytest.mark.parametrize(
+    "name, label",
+    [
+        ("NVIDIA H100 80GB HBM3", "H100 SXM"),
+        ("NVIDIA H100 PCIe", "H100 PCIe"),
+        ("NVIDIA H100 NVL", "H100 NVL"),
+        ("NVIDIA H200", "H200 SXM"),
+        ("NVIDIA H200 NVL", "H200 NVL"),
+        ("NVIDIA A100-SXM4-80GB", "A100"),
+        ("NVIDIA GH200 480GB", "GH200"),
+    ],
+)
 def test_gpu_peak_lookup(name, label):
     found_label, peaks = lookup_peaks(name)
     assert found_label == label
@@ -189,8 +202,13 @@ def test_unknown_gpu_has_no_peak_and_precisions_follow_tf32():
 
 def _row(name, clips, status="OK", **fields):
     variant = parse_variant(name)
-    row = {"clips_per_s": clips, "step_ms": 1000.0, "first_step_s": 2.0, "status": status,
-           "conv_check": {"max_rel_error": 1e-3, "tolerance": 4e-2}}
+    row = {
+        "clips_per_s": clips,
+        "step_ms": 1000.0,
+        "first_step_s": 2.0,
+        "status": status,
+        "conv_check": {"max_rel_error": 1e-3, "tolerance": 4e-2},
+    }
     row.update(fields)
     env = {"peaks": {"label": "H100 SXM", "tflops": lookup_peaks("NVIDIA H100 80GB HBM3")[1]}}
     return finish_row(row, variant, None, {"training_gflops_per_clip": 212.64}, env, True, None, 16)
@@ -207,9 +225,15 @@ def test_mfu_uses_the_precisions_peak():
 def test_a_conv_check_failure_marks_the_row_wrong_and_recommend_skips_it():
     wrong = _row("bf16+cl+bench", 3000.0, conv_check={"max_rel_error": 0.7, "tolerance": 4e-2})
     assert wrong["status"] == "WRONG"
-    rows = [_row("fp32", 500.0), wrong, _row("bf16+cl", 2000.0), _row("bf16+cl+s2d", 2500.0),
-            _row("bf16+cl+loader", 2600.0), _row("bf16+cl+compile", 2200.0),
-            _row("bf16+cl+cache", 1900.0, data_wait_fraction=0.03, input="frame cache X")]
+    rows = [
+        _row("fp32", 500.0),
+        wrong,
+        _row("bf16+cl", 2000.0),
+        _row("bf16+cl+s2d", 2500.0),
+        _row("bf16+cl+loader", 2600.0),
+        _row("bf16+cl+compile", 2200.0),
+        _row("bf16+cl+cache", 1900.0, data_wait_fraction=0.03, input="frame cache X"),
+    ]
     rec = recommend(rows)
     assert rec["fastest"] == "bf16+cl+s2d"  # WRONG and loader rows never win
     assert any("bf16+cl+s2d is 13.6% faster" in n and "worth" in n for n in rec["notes"])

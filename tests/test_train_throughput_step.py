@@ -21,11 +21,40 @@ def test_one_benchmark_step_equals_one_step_of_the_loop(tiny_demo, tmp_path):
     # the loop: a real train_ddp.py process, one optimizer step, the benchmark's settings
     # (dropout 0, constant LR without warmup, the loop's default optimizer, loss and clipping)
     out = tmp_path / "run"
-    res = run_train(["--videos", str(videos), "--annotations", str(annotations), "--output-dir", str(out),
-                     "--depth", "18", "--frames", "4", "--size", "32", "--batch-size", "2", "--dropout", "0",
-                     "--schedule", "constant", "--warmup-steps", "0", "--max-steps", "1", "--val-every", "0",
-                     "--num-workers", "0", "--no-progress", "--no-system-metrics", "--no-log-model",
-                     "--no-log-checkpoints"])
+    res = run_train(
+        [
+            "--videos",
+            str(videos),
+            "--annotations",
+            str(annotations),
+            "--output-dir",
+            str(out),
+            "--depth",
+            "18",
+            "--frames",
+            "4",
+            "--size",
+            "32",
+            "--batch-size",
+            "2",
+            "--dropout",
+            "0",
+            "--schedule",
+            "constant",
+            "--warmup-steps",
+            "0",
+            "--max-steps",
+            "1",
+            "--val-every",
+            "0",
+            "--num-workers",
+            "0",
+            "--no-progress",
+            "--no-system-metrics",
+            "--no-log-model",
+            "--no-log-checkpoints",
+        ]
+    )
     assert res.returncode == 0, res.stdout[-4000:]
     loop = torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     assert loop["step"] == 1
@@ -34,8 +63,9 @@ def test_one_benchmark_step_equals_one_step_of_the_loop(tiny_demo, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the training process (OMP_NUM_THREADS=1): same CPU kernels
     try:
-        cfg = TrainConfig(videos=str(videos), annotations=str(annotations), output_dir=str(tmp_path / "data"),
-                          num_workers=0, **SIZE)
+        cfg = TrainConfig(
+            videos=str(videos), annotations=str(annotations), output_dir=str(tmp_path / "data"), num_workers=0, **SIZE
+        )
         info = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"), backend=None)
         data = train_ddp.build_data(cfg, parse_tasks(cfg.tasks), info)
         data.train_sampler.set_position(0, 0)

@@ -10,15 +10,40 @@ pytestmark = pytest.mark.slow
 
 
 def _param_names(state, prefix):
-    return [k for k in state["model"] if k.startswith(prefix) and not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    return [
+        k
+        for k in state["model"]
+        if k.startswith(prefix) and not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    ]
 
 
 def test_unfreeze_schedule_low_lr_and_resume_guard(tiny_demo, tmp_path):
     videos, annotations = tiny_demo
-    args = ["--videos", str(videos), "--annotations", str(annotations), "--output-dir", str(tmp_path),
-            "--batch-size", "4", "--epochs", "2", "--val-every", "0", "--freeze", "conv1",
-            "--unfreeze", "layer4:1", "--unfreeze-low-lr-factor", "0.1", "--unfreeze-low-lr-epochs", "1",
-            "--keep-last", "5", *TINY]
+    args = [
+        "--videos",
+        str(videos),
+        "--annotations",
+        str(annotations),
+        "--output-dir",
+        str(tmp_path),
+        "--batch-size",
+        "4",
+        "--epochs",
+        "2",
+        "--val-every",
+        "0",
+        "--freeze",
+        "conv1",
+        "--unfreeze",
+        "layer4:1",
+        "--unfreeze-low-lr-factor",
+        "0.1",
+        "--unfreeze-low-lr-epochs",
+        "1",
+        "--keep-last",
+        "5",
+        *TINY,
+    ]
     res = run_train(args, nproc=2, timeout=600)
     assert res.returncode == 0, res.stdout[-4000:]
     assert "epoch 1: unfroze layer4" in res.stdout
@@ -41,8 +66,11 @@ def test_unfreeze_schedule_low_lr_and_resume_guard(tiny_demo, tmp_path):
     # the LR each step used (logged per parameter group): layer4 gets 0 while frozen (epoch 0),
     # 0.1 x the schedule's LR in its low-LR epoch (epoch 1)
     logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    lrs = [(r["metrics"]["epoch"], r["metrics"]["train/lr/layer4/decay"], r["metrics"]["train/lr/base/decay"])
-           for r in logged if "metrics" in r and "train/lr/base/decay" in r["metrics"]]
+    lrs = [
+        (r["metrics"]["epoch"], r["metrics"]["train/lr/layer4/decay"], r["metrics"]["train/lr/base/decay"])
+        for r in logged
+        if "metrics" in r and "train/lr/base/decay" in r["metrics"]
+    ]
     assert {e for e, _, _ in lrs} == {0, 1}
     for epoch, layer4, base in lrs:
         assert base > 0 and layer4 == pytest.approx((0.0 if epoch == 0 else 0.1) * base)

@@ -19,10 +19,32 @@ def test_flag_equal_to_default_still_counts_as_explicit():
 
 def test_required_issue_flags_exist():
     flags = {a for action in build_parser()._actions for a in action.option_strings}
-    for flag in ["--videos", "--annotations", "--output-dir", "--epochs", "--max-steps", "--batch-size",
-                 "--lr", "--seed", "--depth", "--frames", "--size", "--pretrained", "--tasks", "--amp",
-                 "--accum-steps", "--clip-grad", "--checkpoint-every", "--resume", "--tracking-uri",
-                 "--experiment", "--run-name", "--num-workers", "--bad-video", "--config"]:
+    for flag in [
+        "--videos",
+        "--annotations",
+        "--output-dir",
+        "--epochs",
+        "--max-steps",
+        "--batch-size",
+        "--lr",
+        "--seed",
+        "--depth",
+        "--frames",
+        "--size",
+        "--pretrained",
+        "--tasks",
+        "--amp",
+        "--accum-steps",
+        "--clip-grad",
+        "--checkpoint-every",
+        "--resume",
+        "--tracking-uri",
+        "--experiment",
+        "--run-name",
+        "--num-workers",
+        "--bad-video",
+        "--config",
+    ]:
         assert flag in flags, flag
 
 
@@ -84,12 +106,16 @@ def test_comm_options_mismatch_names_each_changed_option():
 
     saved = TrainConfig(grad_compression="bf16", ddp_bucket_mb=4.0).to_dict()
     assert comm_options_mismatch(saved, TrainConfig(grad_compression="bf16", ddp_bucket_mb=4.0)) is None
-    msg = comm_options_mismatch(saved, TrainConfig(grad_compression="fp16", ddp_bucket_mb=4.0,
-                                                   gradient_as_bucket_view=True))
+    msg = comm_options_mismatch(
+        saved, TrainConfig(grad_compression="fp16", ddp_bucket_mb=4.0, gradient_as_bucket_view=True)
+    )
     assert "--grad-compression bf16 -> fp16" in msg and "--gradient-as-bucket-view False -> True" in msg
     assert "--ddp-bucket-mb" not in msg
     # a checkpoint from before these options existed was trained with the defaults
-    old = {k: v for k, v in TrainConfig().to_dict().items()
-           if k not in ("grad_compression", "ddp_bucket_mb", "gradient_as_bucket_view")}
+    old = {
+        k: v
+        for k, v in TrainConfig().to_dict().items()
+        if k not in ("grad_compression", "ddp_bucket_mb", "gradient_as_bucket_view")
+    }
     assert comm_options_mismatch(old, TrainConfig()) is None
     assert "--grad-compression none -> bf16" in comm_options_mismatch(old, TrainConfig(grad_compression="bf16"))

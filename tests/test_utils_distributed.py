@@ -47,11 +47,17 @@ def test_a_world_smaller_than_slurms_is_refused_right_after_init(tiny_demo, tmp_
     """2 ranks where SLURM (as srun would tell each torchrun) started 2 torchruns x 2 = 4."""
     videos, annotations = tiny_demo
     env = child_env({"SLURM_STEP_NUM_TASKS": "2"})
-    res = run_train(["--videos", str(videos), "--annotations", str(annotations), "--output-dir", str(tmp_path),
-                     *TINY], nproc=2, timeout=300, env=env)
+    res = run_train(
+        ["--videos", str(videos), "--annotations", str(annotations), "--output-dir", str(tmp_path), *TINY],
+        nproc=2,
+        timeout=300,
+        env=env,
+    )
     assert res.returncode != 0
-    assert ("the process group has 2 ranks but SLURM started 4 (SLURM_STEP_NUM_TASKS=2 torchruns x "
-            "LOCAL_WORLD_SIZE=2); the nodes formed separate worlds") in res.stdout, res.stdout[-3000:]
+    assert (
+        "the process group has 2 ranks but SLURM started 4 (SLURM_STEP_NUM_TASKS=2 torchruns x "
+        "LOCAL_WORLD_SIZE=2); the nodes formed separate worlds"
+    ) in res.stdout, res.stdout[-3000:]
     assert not (tmp_path / "ranks").exists() and not (tmp_path / "checkpoints").exists()
 
 

@@ -11,7 +11,9 @@ def test_spearman_with_ties_matches_hand_ranks():
     target = [1.0, 2.0, 3.0, 4.0]
     # ranks of pred: 1, 2.5, 2.5, 4 ; target ranks 1..4 -> pearson of those
     rp, rt = np.array([1, 2.5, 2.5, 4]), np.array([1, 2, 3, 4])
-    expected = np.sum((rp - rp.mean()) * (rt - rt.mean())) / np.sqrt(np.sum((rp - rp.mean()) ** 2) * np.sum((rt - rt.mean()) ** 2))
+    expected = np.sum((rp - rp.mean()) * (rt - rt.mean())) / np.sqrt(
+        np.sum((rp - rp.mean()) ** 2) * np.sum((rt - rt.mean()) ** 2)
+    )
     assert M.spearman(pred, target) == pytest.approx(expected)
 
 
@@ -23,12 +25,16 @@ def test_nan_targets_ignored_and_undefined_is_nan():
 
 
 def test_task_metrics_names_and_values():
-    logits = {"distance_score": np.array([-2.0, 0.0, 2.0, 1.0]),
-              "peoplecount": np.array([[5, 0, 0, 0, 0], [0, 5, 0, 0, 0], [0, 0, 5, 0, 0], [0, 0, 0, 0, 5.]]),
-              "location_score": np.array([3.0, -3.0, 3.0, 0.1])}
-    targets = {"distance_score": np.array([0.1, 0.5, 0.9, np.nan]),
-               "peoplecount": np.array([0, 1, 3, -1]),
-               "location_score": np.array([1.0, 0.0, 0.0, np.nan])}
+    logits = {
+        "distance_score": np.array([-2.0, 0.0, 2.0, 1.0]),
+        "peoplecount": np.array([[5, 0, 0, 0, 0], [0, 5, 0, 0, 0], [0, 0, 5, 0, 0], [0, 0, 0, 0, 5.0]]),
+        "location_score": np.array([3.0, -3.0, 3.0, 0.1]),
+    }
+    targets = {
+        "distance_score": np.array([0.1, 0.5, 0.9, np.nan]),
+        "peoplecount": np.array([0, 1, 3, -1]),
+        "location_score": np.array([1.0, 0.0, 0.0, np.nan]),
+    }
     m = M.task_metrics(logits, targets, ["distance", "peoplecount", "location"])
     assert m["distance/spearman"] == pytest.approx(1.0)
     assert m["distance/n"] == 3

@@ -12,8 +12,8 @@ def test_union_of_ranks_equals_single_process_batches():
     one = [i for _, i in single]
     per_rank = [[i for _, i in s] for s in ranks]
     for k in range(len(per_rank[0]) // b):
-        union = set(per_rank[0][k * b:(k + 1) * b]) | set(per_rank[1][k * b:(k + 1) * b])
-        assert union == set(one[k * 2 * b:(k + 1) * 2 * b])
+        union = set(per_rank[0][k * b : (k + 1) * b]) | set(per_rank[1][k * b : (k + 1) * b])
+        assert union == set(one[k * 2 * b : (k + 1) * 2 * b])
 
 
 def test_epoch_changes_order_and_keys_carry_epoch():

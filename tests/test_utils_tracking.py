@@ -30,8 +30,12 @@ def test_local_sqlite_run_lifecycle(tmp_path):
     t.log_params({"lr": 0.1})
     t.log_metrics({"train/loss": 1.5}, step=1)
     t.log_metrics({"train/loss": 1.0}, step=2)
-    t.log_input_table(pd.DataFrame({"video_name": ["a.mp4"], "distance_score": [0.5]}),
-                      source="ann.csv", name="ann.csv", context="training")
+    t.log_input_table(
+        pd.DataFrame({"video_name": ["a.mp4"], "distance_score": [0.5]}),
+        source="ann.csv",
+        name="ann.csv",
+        context="training",
+    )
     t.end("KILLED")
     run = _client(uri).get_run(run_id)
     assert run.info.status == "KILLED"
@@ -97,9 +101,9 @@ def test_backlog_is_replayed_after_an_outage(tmp_path, monkeypatch):
 
     monkeypatch.setattr(mlflow, "log_metrics", flaky)
     with pytest.warns(UserWarning, match="backend down"):
-        t.log_metrics({"loss": 1.0}, 1)   # fails, kept in backlog
-        t.log_metrics({"loss": 2.0}, 2)   # fails again
-    t.log_metrics({"loss": 3.0}, 3)       # succeeds: backlog 1, 2 replayed first
+        t.log_metrics({"loss": 1.0}, 1)  # fails, kept in backlog
+        t.log_metrics({"loss": 2.0}, 2)  # fails again
+    t.log_metrics({"loss": 3.0}, 3)  # succeeds: backlog 1, 2 replayed first
     t.end("FINISHED")
     hist = _client(uri).get_metric_history(run_id, "loss")
     assert sorted((m.step, m.value) for m in hist) == [(1, 1.0), (2, 2.0), (3, 3.0)]

@@ -17,9 +17,10 @@ from datasets.video import decode_clip, sample_clip_indices, write_video
 def moving(count, height, width, seed=0, block=8):
     """A blocky texture panning across the frame: libx264 codes most of it as B-frames."""
     rng = np.random.default_rng(seed)
-    base = np.kron(rng.integers(0, 256, (height // block + 1, (width + 2 * count) // block + 1, 3)),
-                   np.ones((block, block, 1)))
-    return np.stack([base[:height, 2 * t: 2 * t + width] for t in range(count)]).astype(np.uint8)
+    base = np.kron(
+        rng.integers(0, 256, (height // block + 1, (width + 2 * count) // block + 1, 3)), np.ones((block, block, 1))
+    )
+    return np.stack([base[:height, 2 * t : 2 * t + width] for t in range(count)]).astype(np.uint8)
 
 
 # ----------------------------------------------------------------- frame counts that lie
@@ -85,12 +86,15 @@ def test_constant_rate_with_millisecond_timestamps_keeps_the_indices(tmp_path):
 
 
 # ----------------------------------------------------------------- rotation
-@pytest.mark.parametrize("degrees,hflip,turn", [
-    (90, False, lambda f: np.rot90(f, 1, axes=(1, 2))),     # counter-clockwise quarter turn
-    (-90, False, lambda f: np.rot90(f, -1, axes=(1, 2))),
-    (180, False, lambda f: f[:, ::-1, ::-1]),
-    (90, True, lambda f: np.rot90(f, 1, axes=(1, 2))[:, :, ::-1]),  # then mirrored left-right
-])
+@pytest.mark.parametrize(
+    "degrees,hflip,turn",
+    [
+        (90, False, lambda f: np.rot90(f, 1, axes=(1, 2))),  # counter-clockwise quarter turn
+        (-90, False, lambda f: np.rot90(f, -1, axes=(1, 2))),
+        (180, False, lambda f: f[:, ::-1, ::-1]),
+        (90, True, lambda f: np.rot90(f, 1, axes=(1, 2))[:, :, ::-1]),  # then mirrored left-right
+    ],
+)
 def test_display_matrix_turns_frames_upright(tmp_path, degrees, hflip, turn):
     path = write_rotated(tmp_path / "phone.mp4", texture(10, 32, 48, 6), 10, degrees, hflip)
     stored = np.stack(reference_frames(path))  # as stored: 32 high, 48 wide
@@ -105,8 +109,7 @@ def test_display_matrix_turns_frames_upright(tmp_path, degrees, hflip, turn):
 def test_frames_over_the_pixel_limit_are_skipped_before_decoding(web_faults):
     with pytest.raises(VideoTooLargeError, match="3840x2160 exceed the limit of 2088960 pixels"):
         decode_clip(web_faults / "huge.mp4", 16)
-    frames, _ = decode_clip(web_faults / "huge.mp4", 2, policy=DecodePolicy(max_pixels=3840 * 2160),
-                            short_side=112)
+    frames, _ = decode_clip(web_faults / "huge.mp4", 2, policy=DecodePolicy(max_pixels=3840 * 2160), short_side=112)
     assert frames.shape == (2, 224, 398, 3)  # allowed explicitly, and converted at twice 112
 
 
@@ -172,9 +175,13 @@ def test_training_config_and_command_flags_carry_the_policy_defaults():
     cfg = TrainConfig()
     parser = argparse.ArgumentParser()
     add_decode_arguments(parser)
-    assert DecodePolicy(cfg.partial_videos, cfg.max_video_seconds, cfg.max_video_pixels) == DecodePolicy() \
+    assert (
+        DecodePolicy(cfg.partial_videos, cfg.max_video_seconds, cfg.max_video_pixels)
+        == DecodePolicy()
         == decode_policy_from_args(parser.parse_args([]))
-    assert decode_policy_from_args(parser.parse_args(["--partial-videos", "skip", "--max-video-seconds", "5"])) \
-        == DecodePolicy("skip", 5.0)
+    )
+    assert decode_policy_from_args(
+        parser.parse_args(["--partial-videos", "skip", "--max-video-seconds", "5"])
+    ) == DecodePolicy("skip", 5.0)
     with pytest.raises(SystemExit, match="max_seconds and max_pixels must be positive"):
         decode_policy_from_args(parser.parse_args(["--max-video-seconds", "0"]))

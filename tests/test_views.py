@@ -21,7 +21,6 @@ from inference import average_view_probabilities
 T, SIZE = 4, 16
 
 
-
 def numbered_frames(count, height, width):
     """Frame k is flat grey 8k: which frames a view holds survives lossy coding."""
     return np.stack([np.full((height, width, 3), 8 * k, dtype=np.uint8) for k in range(count)])
@@ -88,12 +87,21 @@ def test_spatial_crops_left_centre_right_and_top_centre_bottom():
     portrait = multi_view_clips(texture(T, 48, 32, 6), T, 1, 3, SIZE)
     tall = TF.resize(frames_to_tensor(texture(T, 48, 32, 6)), [SIZE], antialias=True).permute(1, 0, 2, 3)
     assert torch.equal(portrait[0], tall[..., 0:16, :]) and torch.equal(portrait[2], tall[..., 8:24, :])
-    assert torch.equal(portrait[1], resize_center_crop(frames_to_tensor(texture(T, 48, 32, 6)), SIZE).permute(1, 0, 2, 3))
+    assert torch.equal(
+        portrait[1], resize_center_crop(frames_to_tensor(texture(T, 48, 32, 6)), SIZE).permute(1, 0, 2, 3)
+    )
 
 
 def test_views_order_is_temporal_major_and_collate_keeps_failed_indices(root):
-    ds = MultiViewClipDataset(["numbered.mp4", "corrupt.mp4", "legacy.mp4"], {}, root, num_frames=T, size=SIZE,
-                              temporal_views=2, spatial_views=3)
+    ds = MultiViewClipDataset(
+        ["numbered.mp4", "corrupt.mp4", "legacy.mp4"],
+        {},
+        root,
+        num_frames=T,
+        size=SIZE,
+        temporal_views=2,
+        spatial_views=3,
+    )
     good = ds[0]["video"]
     assert good.shape == (6, 3, T, SIZE, SIZE)
     # views 0-2 share temporal view 0 (same frames, square video -> identical crops)
@@ -107,8 +115,16 @@ def test_views_order_is_temporal_major_and_collate_keeps_failed_indices(root):
 def test_average_view_probabilities_in_probability_space():
     # two videos x three views, views adjacent
     scores = torch.tensor([0.9, 0.5, 0.1, 0.2, 0.2, 0.8])
-    counts = torch.tensor([[1.0, 0, 0, 0, 0], [0, 1.0, 0, 0, 0], [0, 1.0, 0, 0, 0],
-                           [0.2, 0.2, 0.2, 0.2, 0.2], [0, 0, 0, 0, 1.0], [0, 0, 0, 0, 1.0]])
+    counts = torch.tensor(
+        [
+            [1.0, 0, 0, 0, 0],
+            [0, 1.0, 0, 0, 0],
+            [0, 1.0, 0, 0, 0],
+            [0.2, 0.2, 0.2, 0.2, 0.2],
+            [0, 0, 0, 0, 1.0],
+            [0, 0, 0, 0, 1.0],
+        ]
+    )
     out = average_view_probabilities({"distance_score": scores, "peoplecount": counts}, 3)
     assert torch.allclose(out["distance_score"], torch.tensor([0.5, 0.4]))
     assert torch.allclose(out["peoplecount"][0], torch.tensor([1 / 3, 2 / 3, 0, 0, 0]))
@@ -116,6 +132,7 @@ def test_average_view_probabilities_in_probability_space():
     # probability space differs from logit space: the mean of sigmoids is not sigmoid of the mean
     logits = torch.tensor([4.0, -1.0])
     assert average_view_probabilities({"s": torch.sigmoid(logits)}, 2)["s"].item() == pytest.approx(
-        (torch.sigmoid(torch.tensor(4.0)) + torch.sigmoid(torch.tensor(-1.0))).item() / 2)
+        (torch.sigmoid(torch.tensor(4.0)) + torch.sigmoid(torch.tensor(-1.0))).item() / 2
+    )
     with pytest.raises(ValueError, match="multiple of 4 views"):
         average_view_probabilities({"s": torch.zeros(6)}, 4)

@@ -123,10 +123,9 @@ class CheckpointManager:
                 atomic_link(path, self.best_path)
         except Exception as exc:
             raise CheckpointSaveError(
-                f"writing checkpoint {path} failed ({type(exc).__name__}: {exc}); "
-                f"the previous checkpoint is intact"
+                f"writing checkpoint {path} failed ({type(exc).__name__}: {exc}); the previous checkpoint is intact"
             ) from exc
-        for old in self.step_checkpoints()[self.keep_last:]:
+        for old in self.step_checkpoints()[self.keep_last :]:
             old.unlink(missing_ok=True)
         return path
 

@@ -25,58 +25,87 @@ def _f(default: Any, help: str, choices: tuple | None = None) -> Any:
 @dataclass
 class TrainConfig:
     # --- data ---------------------------------------------------------------------------------
-    videos: str | None = _f(None, "video root (searched recursively for the table's video_name); "
-                               "unset = the built-in demo dataset")
+    videos: str | None = _f(
+        None, "video root (searched recursively for the table's video_name); unset = the built-in demo dataset"
+    )
     annotations: str | None = _f(None, "annotation CSV (cleaned or raw `model_` schema)")
-    cache: str | None = _f(None, "frame cache directory made by `python -m datasets.prepare` "
-                              "(used instead of decoding --videos)")
-    cache_decode: str = _f("auto", "JPEG frame caches: decode in the DataLoader workers (worker) or batched "
-                           "on the GPU (device); auto = device when training on CUDA",
-                           ("auto", "worker", "device"))
+    cache: str | None = _f(
+        None, "frame cache directory made by `python -m datasets.prepare` (used instead of decoding --videos)"
+    )
+    cache_decode: str = _f(
+        "auto",
+        "JPEG frame caches: decode in the DataLoader workers (worker) or batched "
+        "on the GPU (device); auto = device when training on CUDA",
+        ("auto", "worker", "device"),
+    )
     demo_dir: str = _f(".cache/demo", "where the demo dataset is generated when --videos is unset")
     demo_videos: int = _f(600, "number of demo clips to generate")
-    split: str = _f("hash", "train/val split: hash (stable hash of video_name), column (a `split` "
-                    "column), random42 (the earlier version's 90/10 random split, seed 42)",
-                    ("hash", "column", "random42"))
+    split: str = _f(
+        "hash",
+        "train/val split: hash (stable hash of video_name), column (a `split` "
+        "column), random42 (the earlier version's 90/10 random split, seed 42)",
+        ("hash", "column", "random42"),
+    )
     val_fraction: float = _f(0.1, "validation fraction for --split hash")
     test_fraction: float = _f(0.1, "test fraction for --split hash (held out, never trained on)")
     frames: int = _f(16, "frames per clip (T)")
     size: int = _f(224, "spatial input size (H = W)")
     num_workers: int = _f(4, "DataLoader worker processes per rank; reader threads with a raw --cache")
     prefetch_factor: int = _f(2, "batches prefetched per worker (or reader thread)")
-    cache_loader: str = _f("mmap", "raw frame caches: reader threads copying each clip out of the memory-mapped "
-                           "shards (mmap), reader threads reading with preadv (pread: an I/O error fails that "
-                           "clip rather than the process), or DataLoader worker processes (dataloader)",
-                           ("mmap", "pread", "dataloader"))
-    bad_video: str = _f("skip", "unreadable/missing videos: skip (drop, count, report) or error (stop)",
-                        ("skip", "error"))
+    cache_loader: str = _f(
+        "mmap",
+        "raw frame caches: reader threads copying each clip out of the memory-mapped "
+        "shards (mmap), reader threads reading with preadv (pread: an I/O error fails that "
+        "clip rather than the process), or DataLoader worker processes (dataloader)",
+        ("mmap", "pread", "dataloader"),
+    )
+    bad_video: str = _f(
+        "skip", "unreadable/missing videos: skip (drop, count, report) or error (stop)", ("skip", "error")
+    )
     # the decoding policy (datasets.decode_policy.DecodePolicy; the same flags as prepare/evaluate/predict)
-    partial_videos: str = _f("use", "videos that end early (partial downloads): use the frames that decode "
-                             "(reported) or skip them (as bad videos)", ("use", "skip"))
+    partial_videos: str = _f(
+        "use",
+        "videos that end early (partial downloads): use the frames that decode (reported) or skip them (as bad videos)",
+        ("use", "skip"),
+    )
     max_video_seconds: float = _f(30.0, "videos longer than this (by their timestamps) are skipped as bad videos")
     max_video_pixels: int = _f(1920 * 1088, "videos with larger frames (width x height) are skipped as bad videos")
     # --- model ----------------------------------------------------------------------------------
     depth: int = _f(50, "ResNet3D depth", (18, 34, 50, 101, 152))
-    pretrained: str | None = _f(None, "initial weights: MiT .pth.tar, earlier Lightning .ckpt, or "
-                                   "one of this project's checkpoints")
-    init_from_run: str | None = _f(None, "initialise from the best (else last) checkpoint of an "
-                                      "earlier MLflow run, by run id")
-    tasks: str = _f("all", "tasks to train: all, or a comma list of distance,object,expanse,"
-                    "facingness,communicating,joint,valence,arousal,peoplecount,location")
+    pretrained: str | None = _f(
+        None, "initial weights: MiT .pth.tar, earlier Lightning .ckpt, or one of this project's checkpoints"
+    )
+    init_from_run: str | None = _f(
+        None, "initialise from the best (else last) checkpoint of an earlier MLflow run, by run id"
+    )
+    tasks: str = _f(
+        "all",
+        "tasks to train: all, or a comma list of distance,object,expanse,"
+        "facingness,communicating,joint,valence,arousal,peoplecount,location",
+    )
     dropout: float = _f(0.5, "dropout before the multi-task head")
     freeze: str = _f("", "comma list of module-name prefixes kept frozen (e.g. conv1,bn1,layer1)")
-    unfreeze: str = _f("", "progressive unfreezing, prefix:epoch list (e.g. layer3:2,layer2:4); "
-                       "those modules start frozen and unfreeze at that epoch")
+    unfreeze: str = _f(
+        "",
+        "progressive unfreezing, prefix:epoch list (e.g. layer3:2,layer2:4); "
+        "those modules start frozen and unfreeze at that epoch",
+    )
     unfreeze_low_lr_factor: float = _f(1.0, "LR multiplier for freshly unfrozen modules")
     unfreeze_low_lr_epochs: int = _f(0, "epochs the low LR lasts after an unfreeze")
-    bn: str = _f("train", "BatchNorm: train (per-rank batch stats), sync (SyncBatchNorm), "
-                 "eval (running stats, not updated)", ("train", "sync", "eval"))
+    bn: str = _f(
+        "train",
+        "BatchNorm: train (per-rank batch stats), sync (SyncBatchNorm), eval (running stats, not updated)",
+        ("train", "sync", "eval"),
+    )
     # --- loss -----------------------------------------------------------------------------------
     include_confidence: bool = _f(False, "weight score errors by the annotated confidence")
     alpha: float = _f(1.0, "weight of the confidence-prediction terms")
     beta: float = _f(1.0, "weight of the peoplecount_certain term")
-    task_weights: str = _f("", "per-task weight overrides, e.g. location=0.1,peoplecount=0.04 "
-                           "(defaults: scores 1.0, location 0.1, peoplecount 0.04)")
+    task_weights: str = _f(
+        "",
+        "per-task weight overrides, e.g. location=0.1,peoplecount=0.04 "
+        "(defaults: scores 1.0, location 0.1, peoplecount 0.04)",
+    )
     # --- optimisation ---------------------------------------------------------------------------
     epochs: int = _f(10, "epochs")
     max_steps: int = _f(0, "stop after this many optimizer steps (0 = no limit)")
@@ -86,16 +115,21 @@ class TrainConfig:
     lr: float = _f(3e-4, "peak learning rate")
     weight_decay: float = _f(0.05, "weight decay (never applied to norms and biases)")
     momentum: float = _f(0.9, "SGD momentum")
-    schedule: str = _f("cosine", "LR schedule: cosine (linear warmup + cosine), restarts "
-                       "(the earlier CosineAnnealingWarmRestarts), constant",
-                       ("cosine", "restarts", "constant"))
+    schedule: str = _f(
+        "cosine",
+        "LR schedule: cosine (linear warmup + cosine), restarts (the earlier CosineAnnealingWarmRestarts), constant",
+        ("cosine", "restarts", "constant"),
+    )
     warmup_steps: int = _f(-1, "warmup steps (-1 = 5% of the total steps)")
     min_lr_ratio: float = _f(0.01, "final LR as a fraction of --lr (cosine)")
     restart_epochs: int = _f(1, "first restart period in epochs (restarts)")
     restart_mult: int = _f(2, "period multiplier after each restart (restarts)")
     clip_grad: float = _f(1.0, "clip the global gradient norm (0 = off)")
-    amp: str = _f("auto", "mixed precision: auto (bf16 on GPUs that support it, off on CPU), "
-                  "bf16, fp16 (with GradScaler), off", ("auto", "bf16", "fp16", "off"))
+    amp: str = _f(
+        "auto",
+        "mixed precision: auto (bf16 on GPUs that support it, off on CPU), bf16, fp16 (with GradScaler), off",
+        ("auto", "bf16", "fp16", "off"),
+    )
     channels_last: str = _f("auto", "channels_last_3d memory format (auto = on GPU)", ("auto", "on", "off"))
     compile: bool = _f(False, "torch.compile the model")
     cudnn_benchmark: bool = _f(True, "cudnn.benchmark on GPU")
@@ -118,23 +152,34 @@ class TrainConfig:
     max_nonfinite_skips: int = _f(20, "consecutive skipped steps before giving up")
     dist_timeout: float = _f(600.0, "seconds any collective may wait for a peer")
     # --- gradient communication (DDP; README: Scaling out) --------------------------------------
-    grad_compression: str = _f("none", "all-reduce gradients in fp32 (none) or cast to bf16/fp16 for the "
-                               "all-reduce by PyTorch's DDP comm hook (half the bytes on the wire)",
-                               ("none", "bf16", "fp16"))
-    ddp_bucket_mb: float = _f(25.0, "DDP gradient bucket size in MiB (PyTorch's default); bigger buckets "
-                              "mean fewer, larger all-reduces, smaller ones start overlapping earlier")
-    gradient_as_bucket_view: bool = _f(False, "gradients are views into DDP's all-reduce buckets (saves "
-                                       "one gradient-sized copy and its memory)")
+    grad_compression: str = _f(
+        "none",
+        "all-reduce gradients in fp32 (none) or cast to bf16/fp16 for the "
+        "all-reduce by PyTorch's DDP comm hook (half the bytes on the wire)",
+        ("none", "bf16", "fp16"),
+    )
+    ddp_bucket_mb: float = _f(
+        25.0,
+        "DDP gradient bucket size in MiB (PyTorch's default); bigger buckets "
+        "mean fewer, larger all-reduces, smaller ones start overlapping earlier",
+    )
+    gradient_as_bucket_view: bool = _f(
+        False, "gradients are views into DDP's all-reduce buckets (saves one gradient-sized copy and its memory)"
+    )
     # --- tracking -------------------------------------------------------------------------------
-    tracking_uri: str | None = _f(None, "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
-                                     "sqlite:///<output-dir>/mlflow.db)")
+    tracking_uri: str | None = _f(
+        None, "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<output-dir>/mlflow.db)"
+    )
     experiment: str = _f("social-vision", "MLflow experiment name")
     run_name: str | None = _f(None, "MLflow run name")
     log_every: int = _f(10, "log train metrics every N optimizer steps")
     log_model: bool = _f(True, "log the final model with mlflow.pytorch.log_model")
     log_checkpoints: bool = _f(True, "log best.pt and last.pt as MLflow artifacts at the end")
-    plots: bool = _f(True, "at the end, plot the best validation's predictions, its metrics and the training "
-                     "curves (OUTPUT_DIR/plots, and MLflow)")
+    plots: bool = _f(
+        True,
+        "at the end, plot the best validation's predictions, its metrics and the training "
+        "curves (OUTPUT_DIR/plots, and MLflow)",
+    )
     system_metrics: bool = _f(True, "MLflow system metrics (CPU, memory, GPU)")
     progress: bool = _f(True, "tqdm progress bar on rank 0")
 
@@ -205,8 +250,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     """The flags; with ``suppress_defaults`` only options given on the command line appear."""
-    parser = CommandLineParser(
-        description="Multi-task ResNet3D training with torchrun DDP (no arguments = the demo).")
+    parser = CommandLineParser(description="Multi-task ResNet3D training with torchrun DDP (no arguments = the demo).")
     parser.add_argument("--config", default=None, help="YAML or JSON file of options (flags override it)")
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -282,9 +326,14 @@ def comm_options_mismatch(saved_config: dict[str, Any], cfg: TrainConfig) -> str
     """Why a checkpoint written with ``saved_config`` must not resume under ``cfg`` (None if it
     may).  Checkpoints from before these options existed were written with the defaults."""
     defaults = {f.name: f.default for f in fields(TrainConfig)}
-    changed = [f"--{name.replace('_', '-')} {saved_config.get(name, defaults[name])} -> {getattr(cfg, name)}"
-               for name in COMM_OPTIONS if saved_config.get(name, defaults[name]) != getattr(cfg, name)]
+    changed = [
+        f"--{name.replace('_', '-')} {saved_config.get(name, defaults[name])} -> {getattr(cfg, name)}"
+        for name in COMM_OPTIONS
+        if saved_config.get(name, defaults[name]) != getattr(cfg, name)
+    ]
     if not changed:
         return None
-    return ("was trained with other gradient-communication options (" + ", ".join(changed) + "); resume "
-            "with the options it was trained with or start a new --output-dir")
+    return (
+        "was trained with other gradient-communication options (" + ", ".join(changed) + "); resume "
+        "with the options it was trained with or start a new --output-dir"
+    )

@@ -103,8 +103,9 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return tensor
 
 
-def gather_rows(indices, rows: dict[str, np.ndarray], num_items: int, info: DistInfo
-                ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def gather_rows(
+    indices, rows: dict[str, np.ndarray], num_items: int, info: DistInfo
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Every rank's rows put at their dataset index, on every rank (an exactly-once gather).
 
     ``indices``: this rank's dataset indices; ``rows``: arrays whose first axis follows them.
@@ -143,7 +144,7 @@ def broadcast_buffers(module: torch.nn.Module, info: DistInfo, src: int = 0) -> 
         dist.broadcast(flat, src=src)
         offset = 0
         for b in bufs:
-            b.data.copy_(flat[offset:offset + b.numel()].view_as(b))
+            b.data.copy_(flat[offset : offset + b.numel()].view_as(b))
             offset += b.numel()
 
 
@@ -188,13 +189,17 @@ def refuse_split_world(world_size: int, rank: int, env=os.environ) -> None:
         return
     dist.destroy_process_group()
     if world_size < expected[0]:
-        why = ("the nodes formed separate worlds instead of meeting at one rendezvous. Launch one torchrun "
-               "per node with the same --rdzv-endpoint on the first node (launch/slurm_multi_node.sbatch "
-               "does), not a one-node command (--standalone, --nnodes=1) on every node")
+        why = (
+            "the nodes formed separate worlds instead of meeting at one rendezvous. Launch one torchrun "
+            "per node with the same --rdzv-endpoint on the first node (launch/slurm_multi_node.sbatch "
+            "does), not a one-node command (--standalone, --nnodes=1) on every node"
+        )
     else:
         why = "processes from outside this job step joined its rendezvous (another job with the same endpoint and id?)"
-    raise SystemExit(f"rank {rank} on {socket.gethostname()}: the process group has {world_size} ranks but SLURM "
-                     f"started {expected[0]} ({expected[1]}); {why}. Refusing to train.")
+    raise SystemExit(
+        f"rank {rank} on {socket.gethostname()}: the process group has {world_size} ranks but SLURM "
+        f"started {expected[0]} ({expected[1]}); {why}. Refusing to train."
+    )
 
 
 def record_rank(info: DistInfo, directory: Path) -> None:
@@ -205,11 +210,26 @@ def record_rank(info: DistInfo, directory: Path) -> None:
         return
     master = (os.environ.get("MASTER_ADDR", ""), _env_int("MASTER_PORT", 0))
     record = {
-        "time": time.time(), "rank": info.rank, "local_rank": info.local_rank, "world_size": info.world_size,
-        "node_rank": _env_int("GROUP_RANK", -1), "hostname": socket.gethostname(), "pid": os.getpid(),
-        "master_addr": master[0], "master_port": master[1], "local_addr": _route_source(*master),
-        **{name.lower(): os.environ.get(name) for name in
-           ("SLURMD_NODENAME", "SLURM_JOB_ID", "SLURM_RESTART_COUNT", "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")},
+        "time": time.time(),
+        "rank": info.rank,
+        "local_rank": info.local_rank,
+        "world_size": info.world_size,
+        "node_rank": _env_int("GROUP_RANK", -1),
+        "hostname": socket.gethostname(),
+        "pid": os.getpid(),
+        "master_addr": master[0],
+        "master_port": master[1],
+        "local_addr": _route_source(*master),
+        **{
+            name.lower(): os.environ.get(name)
+            for name in (
+                "SLURMD_NODENAME",
+                "SLURM_JOB_ID",
+                "SLURM_RESTART_COUNT",
+                "GLOO_SOCKET_IFNAME",
+                "NCCL_SOCKET_IFNAME",
+            )
+        },
     }
     path = directory / f"rank-{info.rank}.jsonl"
     try:

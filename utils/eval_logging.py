@@ -25,8 +25,15 @@ shorten_mlflow_retries()  # a dead server must cost seconds (users' own values w
 
 
 class EvalLogger:
-    def __init__(self, enabled: bool, tracking_uri: str, experiment: str, run_id: str | None = None,
-                 run_name: str | None = None, artifact_location: str | None = None):
+    def __init__(
+        self,
+        enabled: bool,
+        tracking_uri: str,
+        experiment: str,
+        run_id: str | None = None,
+        run_name: str | None = None,
+        artifact_location: str | None = None,
+    ):
         self.enabled = enabled
         self.artifact_location = artifact_location  # for a new experiment only
         self.tracking_uri = tracking_uri
@@ -44,8 +51,7 @@ class EvalLogger:
             return fn()
         except Exception as exc:  # any backend failure: keep the evaluation, keep the files
             self.error = f"MLflow {what} failed ({type(exc).__name__}: {exc})"
-            warnings.warn(f"{self.error}; evaluation continues without MLflow (all outputs are on disk)",
-                          stacklevel=3)
+            warnings.warn(f"{self.error}; evaluation continues without MLflow (all outputs are on disk)", stacklevel=3)
             self.enabled = False
             return None
 
@@ -58,8 +64,11 @@ class EvalLogger:
                 self.client.get_run(self.run_id)  # fails clearly if the run is not in this store
             else:
                 exp = self.client.get_experiment_by_name(self.experiment)
-                exp_id = (exp.experiment_id if exp is not None else
-                          self.client.create_experiment(self.experiment, artifact_location=self.artifact_location))
+                exp_id = (
+                    exp.experiment_id
+                    if exp is not None
+                    else self.client.create_experiment(self.experiment, artifact_location=self.artifact_location)
+                )
                 self.run_id = self.client.create_run(exp_id, run_name=self.run_name, tags=tags).info.run_id
                 return self.run_id
             self.set_tags(tags)
@@ -74,13 +83,14 @@ class EvalLogger:
             now = int(time.time() * 1000)
             items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
             for i in range(0, len(items), 1000):  # log_batch accepts at most 1000 metrics
-                self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
+                self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
 
         self._call("log_metrics", _log)
 
     def log_params(self, params: dict[str, Any]) -> None:
         if not self.new_run:
             return  # a training run's params are its config; they cannot be changed
+
         def _log():
             from mlflow.entities import Param
 

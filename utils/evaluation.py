@@ -52,8 +52,9 @@ def prediction_columns_for_csv(tasks) -> list[str]:
     return cols
 
 
-def prediction_frame(keys: Mapping[str, Sequence], probs: Mapping[str, np.ndarray], tasks,
-                     errors: Sequence[str | None]) -> pd.DataFrame:
+def prediction_frame(
+    keys: Mapping[str, Sequence], probs: Mapping[str, np.ndarray], tasks, errors: Sequence[str | None]
+) -> pd.DataFrame:
     """One row per item: ``keys`` columns first, then the predictions, then ``error``.
 
     ``probs``: output name -> per-item probabilities (NaN rows for failed items).

@@ -31,9 +31,9 @@ RELATIVE_SD_FLOOR = 1e-6
 @dataclass
 class LayerGrams:
     fold_kernels: np.ndarray  # (folds, N, N) float64
-    raw: np.ndarray           # (N, N) float64
-    row_sums: np.ndarray      # (N,) float64
-    num_columns: int          # D
+    raw: np.ndarray  # (N, N) float64
+    row_sums: np.ndarray  # (N,) float64
+    num_columns: int  # D
     kept_columns: np.ndarray  # (folds,) columns with a usable training standard deviation
 
 
@@ -71,5 +71,4 @@ def accumulate_grams(chunks: Iterable[np.ndarray], folds: np.ndarray, device: st
             kernels[f].addmm_(z, z.T)
             del z  # before the next fold's copy: at most two chunk-sized float64 copies at a time
             kept[f] += (scale > 0).sum()
-    return LayerGrams(kernels.cpu().numpy(), raw.cpu().numpy(), row_sums.cpu().numpy(), columns,
-                      kept.cpu().numpy())
+    return LayerGrams(kernels.cpu().numpy(), raw.cpu().numpy(), row_sums.cpu().numpy(), columns, kept.cpu().numpy())

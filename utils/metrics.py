@@ -72,8 +72,7 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
 
 
-def task_metrics(logits: Mapping[str, np.ndarray], targets: Mapping[str, np.ndarray],
-                 tasks) -> dict[str, float]:
+def task_metrics(logits: Mapping[str, np.ndarray], targets: Mapping[str, np.ndarray], tasks) -> dict[str, float]:
     """Validation metrics from whole-set logits and targets, named ``<task>/<metric>``.
 
     Scores: Spearman, Pearson, MAE of sigmoid(score logit); ``n`` valid targets.
@@ -244,20 +243,21 @@ def score_metrics(pred, target, confidence=None) -> dict[str, float]:
     }
     if confidence is not None:
         _, _, w = _valid_weighted(pred, target, confidence)
-        out.update({
-            "weighted_n": float(len(w)),
-            "weight_sum": float(w.sum()),
-            "weighted_spearman": weighted_spearman(pred, target, confidence),
-            "weighted_pearson": weighted_pearson(pred, target, confidence),
-            "weighted_mae": weighted_mae(pred, target, confidence),
-            "weighted_rmse": weighted_rmse(pred, target, confidence),
-            "weighted_r2": weighted_r2(pred, target, confidence),
-        })
+        out.update(
+            {
+                "weighted_n": float(len(w)),
+                "weight_sum": float(w.sum()),
+                "weighted_spearman": weighted_spearman(pred, target, confidence),
+                "weighted_pearson": weighted_pearson(pred, target, confidence),
+                "weighted_mae": weighted_mae(pred, target, confidence),
+                "weighted_rmse": weighted_rmse(pred, target, confidence),
+                "weighted_r2": weighted_r2(pred, target, confidence),
+            }
+        )
     return out
 
 
-def evaluation_metrics(probs: Mapping[str, np.ndarray], targets: Mapping[str, np.ndarray],
-                       tasks) -> dict[str, dict]:
+def evaluation_metrics(probs: Mapping[str, np.ndarray], targets: Mapping[str, np.ndarray], tasks) -> dict[str, dict]:
     """The evaluation report from whole-set per-video *probabilities* (not logits).
 
     ``probs``: output name -> probabilities (sigmoid / softmax already applied, views already
@@ -299,8 +299,9 @@ def evaluation_metrics(probs: Mapping[str, np.ndarray], targets: Mapping[str, np
         else:
             raise ValueError(f"unknown task {task!r} (known: {SCORE_FEATURES + CATEGORICAL_TASKS})")
     spearmans = [report[t]["spearman"] for t in tasks if t in SCORE_FEATURES]
-    weighted = [report[t]["weighted_spearman"] for t in tasks
-                if t in SCORE_FEATURES and "weighted_spearman" in report[t]]
+    weighted = [
+        report[t]["weighted_spearman"] for t in tasks if t in SCORE_FEATURES and "weighted_spearman" in report[t]
+    ]
     report["overall"] = {
         "mean_spearman": _nanmean(spearmans),
         "mean_weighted_spearman": _nanmean(weighted),

@@ -45,9 +45,16 @@ def _title_value(value) -> str:
 JITTER = 0.02  # annotations sit on a 0.1 grid: a little horizontal jitter shows how many points overlap
 
 
-def plot_evaluation(probs: Mapping[str, np.ndarray] | None, targets: Mapping[str, np.ndarray] | None,
-                    tasks: Sequence[str], out_dir: str | Path, title: str, report: Mapping | None = None,
-                    history: Mapping | None = None, human: Mapping | None = None) -> list[Path]:
+def plot_evaluation(
+    probs: Mapping[str, np.ndarray] | None,
+    targets: Mapping[str, np.ndarray] | None,
+    tasks: Sequence[str],
+    out_dir: str | Path,
+    title: str,
+    report: Mapping | None = None,
+    history: Mapping | None = None,
+    human: Mapping | None = None,
+) -> list[Path]:
     """Predicted vs annotated per task and the metric bars (when predictions are given), the human
     comparison (``human``), the training curves (``history``); ``title`` names what was evaluated."""
     out_dir = Path(out_dir)
@@ -63,9 +70,14 @@ def plot_evaluation(probs: Mapping[str, np.ndarray] | None, targets: Mapping[str
     return [p for p in paths if p is not None]
 
 
-def plot_predicted_vs_target(probs: Mapping[str, np.ndarray], targets: Mapping[str, np.ndarray],
-                             tasks: Sequence[str], report: Mapping[str, Mapping], out_dir: str | Path,
-                             title: str = "") -> list[Path]:
+def plot_predicted_vs_target(
+    probs: Mapping[str, np.ndarray],
+    targets: Mapping[str, np.ndarray],
+    tasks: Sequence[str],
+    report: Mapping[str, Mapping],
+    out_dir: str | Path,
+    title: str = "",
+) -> list[Path]:
     """``pred_vs_target_<task>.png`` for each task; returns the paths."""
     out_dir = Path(out_dir)
     paths = []
@@ -81,13 +93,26 @@ def plot_predicted_vs_target(probs: Mapping[str, np.ndarray], targets: Mapping[s
             conf = targets.get(f"{task}_confidence")
             colour = np.asarray(conf, dtype=np.float64)[ok] if conf is not None else None
             # clipped, so a score of 0 or 1 stays inside [0, 1]
-            points = ax.scatter(np.clip(target[ok] + jitter, 0, 1), pred[ok], s=8, c=colour, cmap="viridis",
-                                vmin=0, vmax=1, alpha=0.6, linewidths=0)
+            points = ax.scatter(
+                np.clip(target[ok] + jitter, 0, 1),
+                pred[ok],
+                s=8,
+                c=colour,
+                cmap="viridis",
+                vmin=0,
+                vmax=1,
+                alpha=0.6,
+                linewidths=0,
+            )
             if colour is not None:
                 fig.colorbar(points, ax=ax, label="annotated confidence", shrink=0.8)
             ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
-            ax.set(xlim=(-0.05, 1.05), ylim=(-0.05, 1.05), ylabel="predicted score",
-                   xlabel=f"annotated score (jittered by up to ±{JITTER} to show overlaps)")
+            ax.set(
+                xlim=(-0.05, 1.05),
+                ylim=(-0.05, 1.05),
+                ylabel="predicted score",
+                xlabel=f"annotated score (jittered by up to ±{JITTER} to show overlaps)",
+            )
             ax.set_title(f"{task}: Spearman {_title_value(m.get('spearman'))}, n {int(m.get('n', 0))}", fontsize=10)
         elif task == "peoplecount":
             cm = np.asarray(m.get("confusion_matrix", np.zeros((5, 5))), dtype=np.float64)
@@ -96,33 +121,48 @@ def plot_predicted_vs_target(probs: Mapping[str, np.ndarray], targets: Mapping[s
             ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
             for i in range(cm.shape[0]):
                 for j in range(cm.shape[1]):
-                    ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=8,
-                            color="white" if share[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{int(cm[i, j])}",
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="white" if share[i, j] > 0.5 else "black",
+                    )
             labels = list(PEOPLECOUNT_CLASSES)[: cm.shape[0]]
             ax.set_xticks(range(len(labels)), labels)
             ax.set_yticks(range(len(labels)), labels)
             ax.set(xlabel="predicted", ylabel="annotated")
-            ax.set_title(f"people count: accuracy {_title_value(m.get('accuracy'))}, "
-                         f"macro-F1 {_title_value(m.get('macro_f1'))}", fontsize=10)
+            ax.set_title(
+                f"people count: accuracy {_title_value(m.get('accuracy'))}, macro-F1 {_title_value(m.get('macro_f1'))}",
+                fontsize=10,
+            )
         elif task == "location":
             p_out = np.asarray(probs["location_score"], dtype=np.float64)
             target = np.asarray(targets["location_score"], dtype=np.float64)
             bins = np.linspace(0, 1, 21)
-            for value, label, colour in ((0.0, "annotated Indoor", "tab:orange"), (1.0, "annotated Outdoor", "tab:blue")):
+            for value, label, colour in (
+                (0.0, "annotated Indoor", "tab:orange"),
+                (1.0, "annotated Outdoor", "tab:blue"),
+            ):
                 sel = np.isfinite(p_out) & (target == value)
                 ax.hist(p_out[sel], bins=bins, alpha=0.6, label=f"{label} ({int(sel.sum())})", color=colour)
             ax.set(xlabel="predicted p(Outdoor)", ylabel="videos")
             ax.legend(fontsize=8)
-            ax.set_title(f"location: accuracy {_title_value(m.get('accuracy'))}, "
-                         f"ROC AUC {_title_value(m.get('roc_auc'))}", fontsize=10)
+            ax.set_title(
+                f"location: accuracy {_title_value(m.get('accuracy'))}, ROC AUC {_title_value(m.get('roc_auc'))}",
+                fontsize=10,
+            )
         if title:
             fig.suptitle(title, fontsize=9)
         paths.append(_save(fig, out_dir / f"pred_vs_target_{task}.png"))
     return paths
 
 
-def plot_metric_bars(report: Mapping[str, Mapping], tasks: Sequence[str], path: str | Path,
-                     title: str = "") -> Path | None:
+def plot_metric_bars(
+    report: Mapping[str, Mapping], tasks: Sequence[str], path: str | Path, title: str = ""
+) -> Path | None:
     """Spearman (and confidence-weighted Spearman) per score task against the annotations."""
     scores = [t for t in tasks if t in SCORE_FEATURES]
     if not scores:
@@ -172,8 +212,13 @@ def plot_human_comparison(human: Mapping[str, Mapping], path: str | Path) -> Pat
     return _save(fig, Path(path))
 
 
-def plot_alignment_heatmaps(panels: Mapping[str, np.ndarray], layers: Sequence[str], features: Sequence[str],
-                            path: str | Path, notes: Mapping[str, np.ndarray] | None = None) -> Path:
+def plot_alignment_heatmaps(
+    panels: Mapping[str, np.ndarray],
+    layers: Sequence[str],
+    features: Sequence[str],
+    path: str | Path,
+    notes: Mapping[str, np.ndarray] | None = None,
+) -> Path:
     """One layers x features heat map per panel (title -> (layers, features) values; NaN grey),
     each cell printed with its value and, where ``notes`` has the panel, a second line."""
     notes = notes or {}
@@ -224,12 +269,12 @@ def read_metrics_jsonl(path: str | Path) -> dict[str, list[tuple[int, float]]]:
 def mlflow_history(client, run_id: str) -> dict[str, list[tuple[int, float]]]:
     """The same from MLflow: every metric of the run with its full history."""
     run = client.get_run(run_id)
-    return {key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
-            for key in run.data.metrics}
+    return {key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key)) for key in run.data.metrics}
 
 
 def plot_training_curves(history: Mapping[str, Sequence[tuple[int, float]]], path: str | Path) -> Path | None:
     """Three panels: losses (train and val), validation Spearman per task, learning rate."""
+
     def series(key):
         points = history.get(key) or []
         return [p[0] for p in points], [p[1] for p in points]
@@ -278,8 +323,16 @@ def _robust_upper_limit(ax, values: Sequence[float]) -> None:
     above = int((finite > cap).sum())
     if above and finite.max() > cap:
         ax.set_ylim(top=cap)
-        ax.text(0.98, 0.98, f"{above} point(s) above the axis", transform=ax.transAxes, ha="right", va="top",
-                fontsize=7, color="grey")
+        ax.text(
+            0.98,
+            0.98,
+            f"{above} point(s) above the axis",
+            transform=ax.transAxes,
+            ha="right",
+            va="top",
+            fontsize=7,
+            color="grey",
+        )
 
 
 def _nan(value) -> float:

@@ -33,8 +33,12 @@ def resolve_amp(amp: str, device: torch.device, quiet: bool = False) -> torch.dt
     if dtype == torch.bfloat16 and device.type != "cuda" and torch.backends.mkldnn.enabled:
         torch.backends.mkldnn.enabled = False
         if not quiet:
-            print("--amp bf16 on CPU: oneDNN disabled (its bf16 conv3d backward is broken in this PyTorch "
-                  "build); expect slow steps", file=sys.stdout, flush=True)
+            print(
+                "--amp bf16 on CPU: oneDNN disabled (its bf16 conv3d backward is broken in this PyTorch "
+                "build); expect slow steps",
+                file=sys.stdout,
+                flush=True,
+            )
     return dtype
 
 

@@ -65,20 +65,25 @@ def spearman_brown(r: float, factor: float = 2.0) -> float:
     return factor * r / (1 + (factor - 1) * r)
 
 
-def split_half_reliability(matrix: pd.DataFrame, n_splits: int = 100, seed: int = 0,
-                           min_videos: int = 3) -> dict[str, float]:
+def split_half_reliability(
+    matrix: pd.DataFrame, n_splits: int = 100, seed: int = 0, min_videos: int = 3
+) -> dict[str, float]:
     """Mean Spearman-Brown corrected split-half correlation over ``n_splits`` random splits."""
     values = matrix.to_numpy(dtype=np.float64)
     n_raters = values.shape[1]
-    nan = {"split_half_r": math.nan, "split_half_reliability": math.nan, "split_half_sd": math.nan,
-           "split_half_splits": 0}
+    nan = {
+        "split_half_r": math.nan,
+        "split_half_reliability": math.nan,
+        "split_half_sd": math.nan,
+        "split_half_splits": 0,
+    }
     if n_raters < 2:
         return nan
     rng = np.random.default_rng(seed)
     raw, corrected = [], []
     for _ in range(n_splits):
         order = rng.permutation(n_raters)
-        half_a, half_b = order[: n_raters // 2], order[n_raters // 2:]
+        half_a, half_b = order[: n_raters // 2], order[n_raters // 2 :]
         with np.errstate(invalid="ignore"), _quiet_nanmean():
             mean_a = np.nanmean(values[:, half_a], axis=1)
             mean_b = np.nanmean(values[:, half_b], axis=1)
@@ -91,8 +96,12 @@ def split_half_reliability(matrix: pd.DataFrame, n_splits: int = 100, seed: int 
             corrected.append(spearman_brown(r))
     if not corrected:
         return nan
-    return {"split_half_r": float(np.mean(raw)), "split_half_reliability": float(np.nanmean(corrected)),
-            "split_half_sd": float(np.nanstd(corrected)), "split_half_splits": len(corrected)}
+    return {
+        "split_half_r": float(np.mean(raw)),
+        "split_half_reliability": float(np.nanmean(corrected)),
+        "split_half_sd": float(np.nanstd(corrected)),
+        "split_half_splits": len(corrected),
+    }
 
 
 def pairwise_rater_correlation(matrix: pd.DataFrame, min_videos: int = 3) -> tuple[float, int]:
@@ -143,8 +152,14 @@ def fraction_of_ceiling(r: float, ceiling: float) -> float:
     return r / ceiling if math.isfinite(ceiling) and ceiling > 0 else math.nan
 
 
-def compare_feature(matrix: pd.DataFrame, individual: bool, predictors: Mapping[str, pd.Series],
-                    n_splits: int = 100, seed: int = 0, min_videos: int = 3) -> dict:
+def compare_feature(
+    matrix: pd.DataFrame,
+    individual: bool,
+    predictors: Mapping[str, pd.Series],
+    n_splits: int = 100,
+    seed: int = 0,
+    min_videos: int = 3,
+) -> dict:
     """Human agreement and each predictor's agreement with people, for one feature.
 
     ``matrix``: videos x raters (or one column of means when ``individual`` is False), already
@@ -173,14 +188,22 @@ def compare_feature(matrix: pd.DataFrame, individual: bool, predictors: Mapping[
             out[f"{name}_to_individual"], _ = correlation_to_individuals(p, matrix, min_videos)
             out[f"{name}_fraction_of_ceiling"] = fraction_of_ceiling(r, out["noise_ceiling"])
     if "model" in predictors and "gpt" in predictors:
-        out["model_vs_gpt"] = spearman(predictors["model"].reindex(mean_rating.index).to_numpy(dtype=np.float64),
-                                       predictors["gpt"].reindex(mean_rating.index).to_numpy(dtype=np.float64))
+        out["model_vs_gpt"] = spearman(
+            predictors["model"].reindex(mean_rating.index).to_numpy(dtype=np.float64),
+            predictors["gpt"].reindex(mean_rating.index).to_numpy(dtype=np.float64),
+        )
     return out
 
 
-def compare_with_humans(ratings: pd.DataFrame, individual: bool, model: pd.DataFrame,
-                        gpt: pd.DataFrame | None = None, n_splits: int = 100, seed: int = 0,
-                        min_videos: int = 3) -> dict[str, dict]:
+def compare_with_humans(
+    ratings: pd.DataFrame,
+    individual: bool,
+    model: pd.DataFrame,
+    gpt: pd.DataFrame | None = None,
+    n_splits: int = 100,
+    seed: int = 0,
+    min_videos: int = 3,
+) -> dict[str, dict]:
     """Per feature: the human and model (and GPT) agreement numbers of :func:`compare_feature`.
 
     ``ratings``: long table with ``subject, video_key, task, direction, rating`` (as
@@ -202,9 +225,11 @@ def compare_with_humans(ratings: pd.DataFrame, individual: bool, model: pd.DataF
         predictors = {"model": _orient(model_values, direction)}
         if gpt is not None and task in gpt.columns:
             predictors["gpt"] = _orient(gpt[task].dropna(), direction)
-        entry = {"question": str(rows["question"].iloc[0]),
-                 "compared_as": "1 - model output" if direction < 0 else "model output",
-                 "human_rated_videos": int(rows["video_key"].nunique())}
+        entry = {
+            "question": str(rows["question"].iloc[0]),
+            "compared_as": "1 - model output" if direction < 0 else "model output",
+            "human_rated_videos": int(rows["video_key"].nunique()),
+        }
         entry.update(compare_feature(matrix, individual, predictors, n_splits, seed, min_videos))
         report[task] = entry
     return report

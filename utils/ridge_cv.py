@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-DEFAULT_ALPHAS: tuple[float, ...] = tuple(float(10.0 ** e) for e in np.arange(-4.0, 4.01, 0.5))
+DEFAULT_ALPHAS: tuple[float, ...] = tuple(float(10.0**e) for e in np.arange(-4.0, 4.01, 0.5))
 MIN_TRAIN = 3
 
 
@@ -53,14 +53,14 @@ def loo_mse(eigvals: np.ndarray, eigvecs: np.ndarray, yc: np.ndarray, alphas: np
     """(len(alphas), targets) mean squared leave-one-out residual of centred targets ``yc``."""
     m = len(eigvals)
     proj = eigvecs.T @ yc
-    squared = eigvecs ** 2
+    squared = eigvecs**2
     out = np.empty((len(alphas), yc.shape[1]))
     for i, alpha in enumerate(alphas):
         shrink = eigvals / (eigvals + alpha)
         fitted = eigvecs @ (shrink[:, None] * proj)
         leverage = squared @ shrink + 1.0 / m
         residual = (yc - fitted) / np.maximum(1.0 - leverage, 1e-12)[:, None]
-        out[i] = (residual ** 2).mean(axis=0)
+        out[i] = (residual**2).mean(axis=0)
     return out
 
 
@@ -77,8 +77,9 @@ def select_alpha(k_train: np.ndarray, y_train: np.ndarray, alphas) -> tuple[np.n
     return relative[np.argmin(errors, axis=0)], eigvals, eigvecs, scale
 
 
-def fit_predict_fold(kernel: np.ndarray, train: np.ndarray, test: np.ndarray, targets: np.ndarray,
-                     alphas=DEFAULT_ALPHAS) -> tuple[np.ndarray, np.ndarray]:
+def fit_predict_fold(
+    kernel: np.ndarray, train: np.ndarray, test: np.ndarray, targets: np.ndarray, alphas=DEFAULT_ALPHAS
+) -> tuple[np.ndarray, np.ndarray]:
     """Predictions (len(test), t) for the test videos and the relative α chosen per target.
 
     ``targets``: (N, t), finite for every video in ``train`` and ``test``."""
@@ -93,8 +94,9 @@ def fit_predict_fold(kernel: np.ndarray, train: np.ndarray, test: np.ndarray, ta
     return mean + k_test @ coef, chosen
 
 
-def cross_validated_ridge(fold_kernels: np.ndarray, folds: np.ndarray, targets: np.ndarray,
-                          alphas=DEFAULT_ALPHAS, min_train: int = MIN_TRAIN) -> tuple[np.ndarray, np.ndarray]:
+def cross_validated_ridge(
+    fold_kernels: np.ndarray, folds: np.ndarray, targets: np.ndarray, alphas=DEFAULT_ALPHAS, min_train: int = MIN_TRAIN
+) -> tuple[np.ndarray, np.ndarray]:
     """Held-out predictions (N, t) (NaN where a video has no target) and the relative α per fold
     and target (folds, t) (NaN where a fold was skipped: no test video or < ``min_train`` training videos).
 
@@ -120,8 +122,9 @@ def cross_validated_ridge(fold_kernels: np.ndarray, folds: np.ndarray, targets: 
     return predictions, chosen
 
 
-def fold_mean_correlation(predictions: np.ndarray, targets: np.ndarray, folds: np.ndarray, correlation,
-                          min_videos: int = 3) -> tuple[float, list[float]]:
+def fold_mean_correlation(
+    predictions: np.ndarray, targets: np.ndarray, folds: np.ndarray, correlation, min_videos: int = 3
+) -> tuple[float, list[float]]:
     """(mean over folds, per fold) of ``correlation(prediction, target)`` within each fold's test videos.
 
     Why not one correlation over all held-out predictions pooled: each fold's predictions carry

@@ -37,8 +37,15 @@ class WarmupCosine:
         return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_lr_scheduler(optimizer: torch.optim.Optimizer, kind: str, total_steps: int, warmup_steps: int,
-                       min_lr_ratio: float = 0.01, restart_steps: int = 1, restart_mult: int = 2) -> LRScheduler:
+def build_lr_scheduler(
+    optimizer: torch.optim.Optimizer,
+    kind: str,
+    total_steps: int,
+    warmup_steps: int,
+    min_lr_ratio: float = 0.01,
+    restart_steps: int = 1,
+    restart_mult: int = 2,
+) -> LRScheduler:
     if kind == "cosine":
         return LambdaLR(optimizer, WarmupCosine(warmup_steps, total_steps, min_lr_ratio))
     if kind == "constant":

@@ -60,8 +60,9 @@ def ignore_preemption_in_data_worker(worker_id: int) -> None:
     # Blocked here, SIGTERM stays blocked in every thread started later (decoders, OpenMP); one
     # thread takes it with the sender's pid.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    threading.Thread(target=_exit_on_sigterm_from, args=(os.getppid(),), daemon=True,
-                     name="sigterm-from-parent").start()
+    threading.Thread(
+        target=_exit_on_sigterm_from, args=(os.getppid(),), daemon=True, name="sigterm-from-parent"
+    ).start()
 
 
 def _exit_on_sigterm_from(parent: int) -> None:

@@ -41,7 +41,7 @@ def local_artifact_location(tracking_uri: str) -> str | None:
     Remote servers decide for themselves (None)."""
     if not tracking_uri.startswith("sqlite:///"):
         return None
-    db = Path(tracking_uri[len("sqlite:///"):])
+    db = Path(tracking_uri[len("sqlite:///") :])
     return (db.parent / "mlartifacts").resolve().as_uri()
 
 
@@ -49,7 +49,7 @@ def absolute_tracking_uri(uri: str) -> str:
     """A relative sqlite path made absolute (so the URI stored in checkpoints works from any
     directory); other URIs unchanged."""
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+        return f"sqlite:///{Path(uri[len('sqlite:///') :]).resolve()}"
     return uri
 
 
@@ -64,7 +64,7 @@ def store_unreachable(uri: str, timeout_s: float = 5.0) -> str | None:
     """Why the tracking store at ``uri`` cannot be used now (None if it can): a sqlite file that is
     gone, a server that does not answer."""
     if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):])
+        path = Path(uri[len("sqlite:///") :])
         return None if path.exists() else f"{path} does not exist"
     if uri.startswith(("http://", "https://")):
         import urllib.request
@@ -146,8 +146,12 @@ class RunTracker:
         return result
 
     # -- run lifecycle -------------------------------------------------------------------------
-    def start(self, resume_run_id: str | None = None, tags: dict[str, str] | None = None,
-              experiment_tags: dict[str, str] | None = None) -> str | None:
+    def start(
+        self,
+        resume_run_id: str | None = None,
+        tags: dict[str, str] | None = None,
+        experiment_tags: dict[str, str] | None = None,
+    ) -> str | None:
         """Start a new run, or continue ``resume_run_id``; returns the run id (None if MLflow is down).
         ``experiment_tags`` are set on the experiment when a new run starts."""
         if not self.enabled:
@@ -160,8 +164,9 @@ class RunTracker:
                 run = mlflow.start_run(run_id=resume_run_id, log_system_metrics=self.system_metrics)
             else:
                 if mlflow.get_experiment_by_name(self.experiment) is None:
-                    mlflow.create_experiment(self.experiment,
-                                             artifact_location=local_artifact_location(self.tracking_uri))
+                    mlflow.create_experiment(
+                        self.experiment, artifact_location=local_artifact_location(self.tracking_uri)
+                    )
                 mlflow.set_experiment(self.experiment)
                 for key, value in (experiment_tags or {}).items():
                     mlflow.set_experiment_tag(key, value)

@@ -56,12 +56,21 @@ class TrainState:
 
     def state_dict(self) -> dict[str, Any]:
         """Top-level checkpoint keys (the same names checkpoints have always used)."""
-        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                "counters": asdict(self.counters), "mlflow_run_id": self.mlflow_run_id,
-                "mlflow_tracking_uri": self.mlflow_tracking_uri}
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "counters": asdict(self.counters),
+            "mlflow_run_id": self.mlflow_run_id,
+            "mlflow_tracking_uri": self.mlflow_tracking_uri,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.step, self.epoch, self.batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
+        self.step, self.epoch, self.batch_in_epoch = (
+            int(state["step"]),
+            int(state["epoch"]),
+            int(state["batch_in_epoch"]),
+        )
         known = {f.name for f in fields(Counters)}  # older checkpoints lack newer counters: they start at 0
         self.counters = Counters(**{k: int(v) for k, v in state["counters"].items() if k in known})
         self.mlflow_run_id = state.get("mlflow_run_id") or None
@@ -86,7 +95,8 @@ class EarlyStopping:
         """Record the validation at ``step`` (after ``epoch`` epochs); True if it is the best so far."""
         value = metrics.get(self.metric, math.nan)
         better = not math.isnan(value) and (
-            self.best is None or (value > self.best if self.mode == "max" else value < self.best))
+            self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+        )
         if better:
             self.best, self.bad_validations, self.best_step, self.best_epoch = value, 0, step, epoch
         else:
@@ -99,8 +109,13 @@ class EarlyStopping:
         return bool(self.patience) and self.bad_validations >= self.patience
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "bad_validations": self.bad_validations, "best_step": self.best_step,
-                "best_epoch": self.best_epoch, "last_step": self.last_step}
+        return {
+            "best": self.best,
+            "bad_validations": self.bad_validations,
+            "best_step": self.best_step,
+            "best_epoch": self.best_epoch,
+            "last_step": self.last_step,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.best, self.bad_validations = state["best"], int(state["bad_validations"])
@@ -125,8 +140,14 @@ class NonFiniteGuard:
         self.mode, self.max_consecutive_skips, self.fp16 = mode, max_consecutive_skips, fp16
         self.info, self.out_dir = info, Path(out_dir)
 
-    def should_stop(self, finite: bool, loss_finite: torch.Tensor, micro_batches: list[dict],
-                    state: TrainState, scaler: torch.amp.GradScaler) -> bool:
+    def should_stop(
+        self,
+        finite: bool,
+        loss_finite: torch.Tensor,
+        micro_batches: list[dict],
+        state: TrainState,
+        scaler: torch.amp.GradScaler,
+    ) -> bool:
         """``finite``: the step's gradient norm; ``loss_finite``: this rank's losses (a device
         tensor, read only when the step was not finite)."""
         counters = state.counters
@@ -167,8 +188,16 @@ class LogWindow:
     data (in :meth:`fetch`) and computing is measured here, not in the step.
     """
 
-    def __init__(self, tasks, task_weights: Mapping[str, float], device: torch.device, log_every: int,
-                 total_steps: int, tracker=None, progress=None):
+    def __init__(
+        self,
+        tasks,
+        task_weights: Mapping[str, float],
+        device: torch.device,
+        log_every: int,
+        total_steps: int,
+        tracker=None,
+        progress=None,
+    ):
         self.tasks, self.task_weights = tuple(tasks), dict(task_weights)
         self.log_every, self.total_steps = log_every, total_steps
         self.tracker, self.progress = tracker, progress  # a utils.tracking.RunTracker, a tqdm bar
@@ -192,8 +221,9 @@ class LogWindow:
         self.data_s += self._t_data_ready - start
         return micro
 
-    def add_step(self, loss_sums: torch.Tensor, loss_counts: torch.Tensor, grad_norm: torch.Tensor,
-                 applied: bool, clips: int) -> None:
+    def add_step(
+        self, loss_sums: torch.Tensor, loss_counts: torch.Tensor, grad_norm: torch.Tensor, applied: bool, clips: int
+    ) -> None:
         """One optimizer step (its losses count only if it was applied, not skipped)."""
         if applied:
             self.sums += loss_sums
@@ -214,7 +244,7 @@ class LogWindow:
         stats = torch.cat([self.sums, self.counts, self.sums.new_tensor([self.clips])])
         all_reduce_sum(stats, info)
         n = len(self.tasks)
-        sums, counts, clips = stats[:n].cpu(), stats[n:2 * n].cpu(), stats[2 * n].item()
+        sums, counts, clips = stats[:n].cpu(), stats[n : 2 * n].cpu(), stats[2 * n].item()
         metrics: dict[str, float] = {}
         total = 0.0
         for i, task in enumerate(self.tasks):
@@ -224,20 +254,22 @@ class LogWindow:
         if counts.sum() > 0:  # every step of the window may have been skipped
             metrics["train/loss"] = total
         busy = self.data_s + self.compute_s
-        metrics.update({
-            "train/lr": max(self.lrs.values()),
-            **{f"train/lr/{name}": lr for name, lr in self.lrs.items()},
-            "train/grad_norm": float(self.grad_norm),
-            "perf/clips_per_s": clips / elapsed if elapsed > 0 else 0.0,
-            "perf/step_s": elapsed / max(self.steps, 1),
-            "perf/data_wait_fraction": self.data_s / busy if busy > 0 else 0.0,
-            "data/bad_videos": counters.bad_videos,
-            "train/nonfinite_skips": counters.nonfinite_skips,
-            "train/fp16_overflow_skips": counters.fp16_overflows,
-            "train/empty_steps": counters.empty_steps,
-            "train/too_small_steps": counters.too_small_steps,
-            "epoch": epoch,
-        })
+        metrics.update(
+            {
+                "train/lr": max(self.lrs.values()),
+                **{f"train/lr/{name}": lr for name, lr in self.lrs.items()},
+                "train/grad_norm": float(self.grad_norm),
+                "perf/clips_per_s": clips / elapsed if elapsed > 0 else 0.0,
+                "perf/step_s": elapsed / max(self.steps, 1),
+                "perf/data_wait_fraction": self.data_s / busy if busy > 0 else 0.0,
+                "data/bad_videos": counters.bad_videos,
+                "train/nonfinite_skips": counters.nonfinite_skips,
+                "train/fp16_overflow_skips": counters.fp16_overflows,
+                "train/empty_steps": counters.empty_steps,
+                "train/too_small_steps": counters.too_small_steps,
+                "epoch": epoch,
+            }
+        )
         self._reset()
         return metrics
 
@@ -248,7 +280,9 @@ class LogWindow:
             self.tracker.log_metrics(metrics, state.step)
         if self.progress is not None:
             loss = metrics.get("train/loss")
-            self.progress.set_postfix(loss=f"{loss:.4f}" if loss is not None else "skipped",
-                                      clips_s=f"{metrics['perf/clips_per_s']:.1f}",
-                                      wait=f"{metrics['perf/data_wait_fraction']:.0%}")
+            self.progress.set_postfix(
+                loss=f"{loss:.4f}" if loss is not None else "skipped",
+                clips_s=f"{metrics['perf/clips_per_s']:.1f}",
+                wait=f"{metrics['perf/data_wait_fraction']:.0%}",
+            )
         return metrics
