@@ -12,7 +12,8 @@ utils/evaluation.py: scores and confidences in [0, 1], people count class and
 probabilities, Indoor/Outdoor with p(Outdoor)), then ``error``.  A video that cannot be read
 (missing, corrupt, no frames) or that the decoding flags turn away (longer than
 ``--max-video-seconds``, frames larger than ``--max-video-pixels``, a partial download under
-``--partial-videos skip``) gets a row with its error and empty predictions; the others go on.  Batched; on the GPU when there is one (one process per GPU under torchrun, each video
+``--partial-videos skip``) gets a row with its error and empty predictions; the others go on.
+Batched; on the GPU when there is one (one process per GPU under torchrun, each video
 predicted exactly once), else on the CPU.
 """
 

@@ -23,8 +23,8 @@ Both go through the same value normalization (clean values pass through unchange
 
 * scores and confidences: parsed as numbers, clipped to [0, 1], rounded to one decimal
   (half-to-even, as pandas' ``round(1)``); an empty score stays NaN, an empty confidence
-  becomes 0 (so does one of a video that the file of that question lacks). A non-empty value that is not a number is an error (a broken table, not a
-  judgement call).
+  becomes 0 (so does one of a video that the file of that question lacks). A non-empty value
+  that is not a number is an error (a broken table, not a judgement call).
 * ``location_score``: ``indoor``/``indoors`` (any case) -> ``Indoor``, ``outdoor``/``outdoors``
   -> ``Outdoor``; anything else (``underwater``, ``both``, ``Mixed``, ``Unknown``,
   ``Indoor/Outdoor``, ...) -> unknown (NaN), counted in the report.
@@ -434,7 +434,8 @@ def load_annotation_table(
     where present; rows in first-seen order, one per video) and what normalization did.
     The columns of ``tasks`` must be present after merging (with ``require_targets=False`` none
     is: a plain list of video names will do); other tasks' columns are normalized when present.
-    Duplicate video names inside one file are always an error; across files ``on_duplicate`` decides (see :func:`_merge_files`).
+    Duplicate video names inside one file are always an error; across files ``on_duplicate``
+    decides (see :func:`_merge_files`).
     Raises :class:`AnnotationError` naming the file, data row and column.
     """
     if on_duplicate not in ON_DUPLICATE_CHOICES:

@@ -498,9 +498,8 @@ def _scores(scene: Scene) -> tuple[dict[str, float], dict[str, float], dict[str,
 
     s["valence"] = scene.valence
     c["valence"] = 0.95 - 0.8 * (0.5 - abs(scene.valence - 0.5))  # grey is ambiguous
-    e["valence"] = (
-        f"Mood colour {'warm' if scene.valence > 0.5 else 'cold' if scene.valence < 0.5 else 'neutral'} ({scene.valence:.1f})."
-    )
+    mood = "warm" if scene.valence > 0.5 else "cold" if scene.valence < 0.5 else "neutral"
+    e["valence"] = f"Mood colour {mood} ({scene.valence:.1f})."
 
     if n:
         s["arousal"], c["arousal"] = scene.arousal, 0.7 + 0.4 * abs(scene.arousal - 0.5)

@@ -465,7 +465,8 @@ def prepare_cache(
         "failures": str(root / FAILURES_FILE),
     }
     log(
-        f"done: {done} processed in {elapsed:.1f} s ({summary['videos_per_s']:.1f} videos/s), {skipped} already cached; "
+        f"done: {done} processed in {elapsed:.1f} s ({summary['videos_per_s']:.1f} videos/s), "
+        f"{skipped} already cached; "
         f"ok {counts['ok']}, short (frames repeated) {counts['short']}, partial (used) {counts['partial']}, "
         f"skipped {counts['skipped']}, failed {counts['failed']}, missing {counts['missing']}; "
         f"manifest {summary['manifest']}, failure report {summary['failures']}"

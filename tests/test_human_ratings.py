@@ -78,10 +78,16 @@ def test_long_form_empty_names_and_clashing_questions(tmp_path):
         load_human_ratings(write(tmp_path, "cols.csv", "subjectID,video_name,question_name\ns,a,b\n"), form="long")
 
 
-WIDE = """video_name,indoor,expanse,transitivity,agent distance,facingness,joint action,communication,cooperation,dominance,intimacy,valence,arousal
-a.mp4,1,2.5,3,1,5,2,1.5,3,3,3,4,2
+WIDE_HEADER = (
+    "video_name,indoor,expanse,transitivity,agent distance,facingness,joint action,communication,"
+    "cooperation,dominance,intimacy,valence,arousal\n"
+)
+WIDE = (
+    WIDE_HEADER
+    + """a.mp4,1,2.5,3,1,5,2,1.5,3,3,3,4,2
 b.mp4,0,4,1,5,1,,5,2,2,2,1,5
 """
+)
 
 
 def test_wide_form_study_columns(tmp_path):

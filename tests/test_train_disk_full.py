@@ -23,7 +23,8 @@ import torch
 real_save, calls = torch.save, [0]
 
 def full_disk_save(obj, f, *args, **kwargs):
-    if ".tmp" not in str(getattr(f, "name", "")):  # utils.atomic's temporary file; torch.save also pickles in collectives
+    # only utils.atomic's temporary file (torch.save also pickles in the collectives)
+    if ".tmp" not in str(getattr(f, "name", "")):
         return real_save(obj, f, *args, **kwargs)
     calls[0] += 1
     if calls[0] >= {fail_from}:

@@ -149,7 +149,7 @@ def test_skipping_non_reference_frames_gives_the_same_frames(tmp_path):
     reference = reference_frames(path)
     for threads, thread_type in ((1, "AUTO"), (2, "FRAME"), (2, "SLICE")):
         for seed in (None, 0, 1):
-            rng = lambda: None if seed is None else np.random.default_rng(seed)  # noqa: E731
+            rng = lambda seed=seed: None if seed is None else np.random.default_rng(seed)  # noqa: E731
             fast, info = decode_clip(path, 16, rng(), threads=threads, thread_type=thread_type)
             plain, _ = decode_clip(path, 16, rng(), threads=threads, thread_type=thread_type, skip_nonref=False)
             np.testing.assert_array_equal(fast, plain)

@@ -131,7 +131,8 @@ def fold_mean_correlation(
     its own training mean, which is low where the fold's held-out targets are high, so pooled
     predictions of a strongly shrunk (uninformative) model correlate *negatively* with the
     targets: -0.14 on average over 200 simulated null data sets of 80 videos in 5 folds, where
-    this per-fold mean gave 0.000 (± 0.012).  Within a fold that mean is one constant and drops out.  Folds with fewer than ``min_videos`` predicted videos give NaN."""
+    this per-fold mean gave 0.000 (± 0.012).  Within a fold that mean is one constant and drops
+    out.  Folds with fewer than ``min_videos`` predicted videos give NaN."""
     per_fold = []
     for f in range(int(folds.max()) + 1):
         ok = (folds == f) & np.isfinite(predictions) & np.isfinite(targets)
