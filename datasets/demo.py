@@ -87,6 +87,7 @@ from pathlib import Path
 import numpy as np
 
 from utils.atomic import fsync_dir, fsync_tree
+from utils.cli import progress_bar
 
 from .video import write_video
 
@@ -528,9 +529,8 @@ def _scores(scene: Scene) -> tuple[dict[str, float], dict[str, float], dict[str,
 
     s["valence"] = scene.valence
     c["valence"] = 0.95 - 0.8 * (0.5 - abs(scene.valence - 0.5))  # grey is ambiguous
-    e["valence"] = (
-        f"Mood colour {'warm' if scene.valence > 0.5 else 'cold' if scene.valence < 0.5 else 'neutral'} ({scene.valence:.1f})."
-    )
+    mood = "warm" if scene.valence > 0.5 else "cold" if scene.valence < 0.5 else "neutral"
+    e["valence"] = f"Mood colour {mood} ({scene.valence:.1f})."
 
     if n:
         s["arousal"], c["arousal"] = scene.arousal, 0.7 + 0.4 * abs(scene.arousal - 0.5)
@@ -596,10 +596,14 @@ def clip_name(index: int) -> str:
 
 
 def generate_demo_dataset(
-    out_dir: str | os.PathLike, num_videos: int = DEFAULT_NUM_VIDEOS, seed: int = 0, static: bool = False
+    out_dir: str | os.PathLike,
+    num_videos: int = DEFAULT_NUM_VIDEOS,
+    seed: int = 0,
+    static: bool = False,
+    progress: bool = False,
 ) -> tuple[Path, Path]:
     """Render the dataset into ``out_dir`` (created; not atomic — see ensure_demo_dataset);
-    ``static``: see render_demo_clip.
+    ``static``: see render_demo_clip; ``progress``: a progress bar on stderr.
 
     Returns (videos_dir, annotations_csv).  The marker file is written last.
     """
@@ -608,13 +612,16 @@ def generate_demo_dataset(
     out = Path(out_dir)
     videos = out / "videos"
     rows = []
+    bar = progress_bar(total=num_videos, unit="clip", desc="rendering demo clips", disable=not progress)
     for index in range(num_videos):
+        bar.update()
         frames, fps, row = render_demo_clip(seed, index, static)
         shard = videos / f"{index // CLIPS_PER_SHARD:03d}"
         shard.mkdir(parents=True, exist_ok=True)
         # One x264 thread: tiny frames gain nothing from threads, and it keeps bytes reproducible.
         write_video(shard / clip_name(index), frames, fps, options=X264_OPTIONS, container_format="mp4")
         rows.append({"video_name": clip_name(index), **row})
+    bar.close()
     csv_path = out / "annotations.csv"
     with open(csv_path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
@@ -669,6 +676,7 @@ def ensure_demo_dataset(
     *,
     force: bool = False,
     static: bool = False,
+    progress: bool = False,
 ) -> tuple[Path, Path]:
     """Return (videos_dir, annotations_csv) of a complete demo dataset in ``out_dir``.
 
@@ -677,7 +685,7 @@ def ensure_demo_dataset(
     so a reader never sees a half-written dataset.  Concurrent callers (e.g. two ranks on
     one machine) serialize on a lock file next to ``out_dir``: one generates, the others
     wait and then reuse it.  A non-empty ``out_dir`` that is not a demo dataset is never
-    deleted (error instead).  ``static``: see render_demo_clip.
+    deleted (error instead).  ``static``, ``progress``: see generate_demo_dataset.
     """
     out = Path(out_dir).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -692,7 +700,7 @@ def ensure_demo_dataset(
             )
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         try:
-            generate_demo_dataset(tmp, num_videos, seed, static)
+            generate_demo_dataset(tmp, num_videos, seed, static, progress)
             fsync_tree(tmp)  # every clip on disk before the folder (and its completion marker) appears
             if out.exists():
                 stale = out.parent / f".{out.name}.stale-{uuid.uuid4().hex}"
@@ -719,7 +727,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    videos, csv_path = ensure_demo_dataset(args.out, args.num_videos, args.seed, force=args.force, static=args.static)
+    videos, csv_path = ensure_demo_dataset(
+        args.out, args.num_videos, args.seed, force=args.force, static=args.static, progress=True
+    )
     elapsed = time.perf_counter() - start
     kind = ", static" if args.static else ""
     print(f"demo dataset: {videos} and {csv_path} ({args.num_videos} clips, seed {args.seed}{kind}, {elapsed:.1f} s)")
