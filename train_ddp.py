@@ -679,7 +679,13 @@ def configure_device(cfg: TrainConfig, info: DistInfo) -> tuple[torch.dtype | No
 def use_demo_dataset(cfg: TrainConfig, info: DistInfo) -> None:
     """Render the built-in demo clips once per node (the other ranks wait) and train on them."""
     if info.local_rank == 0:
-        ensure_demo_dataset(cfg.demo_dir, num_videos=cfg.demo_videos, seed=cfg.seed)
+        ensure_demo_dataset(
+            cfg.demo_dir,
+            num_videos=cfg.demo_videos,
+            seed=cfg.seed,
+            static=cfg.demo_static,
+            progress=info.is_main and cfg.progress,
+        )
     barrier(info)
     cfg.videos = str(Path(cfg.demo_dir) / "videos")
     cfg.annotations = str(Path(cfg.demo_dir) / "annotations.csv")

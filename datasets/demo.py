@@ -33,18 +33,23 @@ Label rules (scores on the 0.1 grid; "bh" = agent height in pixels):
   (dialogue) -> 0.7 + 0.1 (k - 1), at most 1.  Any single frame shows at most one bubble,
   so monologue vs dialogue needs motion across frames.
 - joint: every agent does one periodic movement, "bob" (up and down) or "sway" (side to
-  side), at the same frequency.  Neighbours doing the same movement in phase -> 1.0, a
-  quarter cycle apart -> 0.7, half a cycle apart -> 0.4; neighbours doing different
-  movements -> 0.1.  Feet stand at slightly different heights, so one frame cannot tell
-  the phases apart: motion-only (and relational: the hardest label to learn).
-  NaN with fewer than 2 agents.
+  side), at the same frequency; the score says how in step neighbours move.  The same
+  movement in phase -> 1.0, an eighth of a cycle apart -> 0.7, a quarter cycle apart ->
+  0.4; different movements, a quarter cycle apart -> 0.1.  So the more in step, the more
+  the agents' speeds peak together and the whole clip's motion swells and fades (in
+  version 3, "half a cycle apart" scored 0.4 but swells exactly like "in phase": that cue
+  ordered the levels wrongly, and joint was never learned).  Feet stand at slightly
+  different heights, so one frame cannot tell the phases apart: motion-only (and
+  relational: the hardest label to learn).  NaN with fewer than 2 agents.
 - arousal: speed of the movement: amplitude 5-15 % of the frame height and frequency
-  0.4-1.0 Hz both grow linearly with arousal.  Motion-only.  0 with no agents (a still
-  scene).
+  0.3-0.7 Hz both grow linearly with arousal (slow enough that 8 frames from 2-3 s see
+  each cycle at several points).  Motion-only.  0 with no agents (a still scene).
 - valence: the mood colour of the agents' bodies and of the sun/lamp, from blue (0)
   through grey to warm yellow (1).
 - object: no box -> 0; box lying on the ground away from agents -> 0.3; box carried in
-  front of an agent (moving with it) -> 0.9.
+  front of an agent (moving with it) -> 0.9.  The box (0.4 bh) always lies inside the
+  centre square, and a carried box and the speech bubble are drawn over the agents, so
+  what the label says is in the model's view.
 - expanse: the visible area: horizon at 55 % of the height (0) up to 25 % (1) and 2-10
   perspective stripes on the floor/ground; agents also tend to be smaller in wide scenes.
 - location: Indoor = ceiling band, plain wall, wood/tile floor and a hanging lamp;
@@ -57,15 +62,9 @@ confidence 0 (as in the cleaned table).  Confidences are 0.3-0.95 depending on h
 the cue is (e.g. valence near grey, slow motion for joint, crowds for facingness), minus
 0.2 in fog, plus a little noise.  Explanations are short generated sentences.
 
-Learnability (checked once by hand, not a test): a small 6-layer 3D CNN trained from
-scratch on 640 clips (8 frames, 64x64), one label at a time for 8 epochs on CPU, reached
-Spearman on 160 held-out clips of: valence 0.99, expanse 0.99, distance 0.96, object 0.93,
-arousal 0.93, facingness 0.82, communicating 0.70, joint 0.15 (peoplecount 99 % and
-location 100 % accuracy in a multi-task run of an earlier version).  Fed 8 copies of the
-first frame instead, arousal fell to 0.33 (motion-only); communicating stayed at 0.78
-(bubble presence is visible in one frame; only monologue vs dialogue needs motion) and
-joint to 0.09, i.e. joint was not really learned: it is relational (do the neighbours move
-alike?) and needs a bigger model, more data or more steps than this check had.
+``static=True`` renders every clip as its first frame repeated (same labels): the control
+that shows which labels a model can only read from motion.  What ResNet3D-18 learns of each
+label, with and without motion, and why: docs/demo_learning.md.
 """
 
 from __future__ import annotations
@@ -88,6 +87,7 @@ from pathlib import Path
 import numpy as np
 
 from utils.atomic import fsync_dir, fsync_tree
+from utils.cli import progress_bar
 
 from .video import write_video
 
@@ -103,14 +103,18 @@ __all__ = [
     "render_demo_clip",
 ]
 
-GENERATOR_VERSION = 3  # bump when rendering or labels change: existing demo dirs regenerate
+GENERATOR_VERSION = 4  # bump when rendering or labels change: existing demo dirs regenerate
 DEFAULT_NUM_VIDEOS = 800
 MARKER_NAME = "DEMO_COMPLETE.json"
 CLIPS_PER_SHARD = 100
 JOINT_MOVES = ("bob", "sway")
 # joint score -> (do neighbours do the same movement?, phase offset between neighbours in cycles)
-JOINT_LEVELS = {1.0: (True, 0.0), 0.7: (True, 0.25), 0.4: (True, 0.5), 0.1: (False, 0.0)}
+JOINT_LEVELS = {1.0: (True, 0.0), 0.7: (True, 0.125), 0.4: (True, 0.25), 0.1: (False, 0.25)}
 X264_OPTIONS = {"crf": "18", "preset": "veryfast", "threads": "1"}
+# Sizes in body heights, chosen so the small cues stay several pixels wide at the demo's 64 px
+# model input (version 3's 0.3 box and 0.22 head were barely learned there; docs/demo_learning.md).
+BOX_SIDE = 0.4
+HEAD_RADIUS = 0.25
 
 FEATURES = ("distance", "object", "expanse", "facingness", "communicating", "joint", "valence", "arousal")
 COLUMNS: tuple[str, ...] = (
@@ -220,7 +224,7 @@ def _sample_scene(rng: np.random.Generator) -> Scene:
         fog=float(rng.uniform(0.35, 0.5)) if rng.random() < 0.15 else 0.0,
         valence=int(rng.integers(0, 11)) / 10,
         arousal=arousal,
-        move_freq=0.4 + 0.6 * arousal,
+        move_freq=0.3 + 0.4 * arousal,
         move_amp=height * (0.05 + 0.10 * arousal),
         body_h=0.0,
     )
@@ -262,8 +266,8 @@ def _place_agents(scene: Scene, n: int, rng: np.random.Generator) -> None:
         scene.moves = [str(rng.choice(JOINT_MOVES))]
         scene.phases = [base_phase]
         return
-    # Joint action levels: the same movement in phase (1.0), a quarter cycle apart (0.7),
-    # half a cycle apart (0.4), or every other agent doing a different movement (0.1).
+    # Joint action levels (JOINT_LEVELS): the same movement in phase (1.0), an eighth (0.7) or a
+    # quarter (0.4) of a cycle apart, or every other agent a different movement (0.1).
     scene.joint = float(rng.choice(list(JOINT_LEVELS)))
     same, offset = JOINT_LEVELS[scene.joint]
     move = str(rng.choice(JOINT_MOVES))
@@ -293,14 +297,23 @@ def _choose_talk(scene: Scene, rng: np.random.Generator) -> None:
 
 def _choose_box(scene: Scene, rng: np.random.Generator) -> None:
     mode = str(rng.choice(["none", "idle", "carried"], p=[0.3, 0.3, 0.4] if scene.n else [0.5, 0.5, 0.0]))
+    # The model sees the centre square: a box must stay inside it, or the label would be unseen.
+    side = min(scene.width, scene.height)
+    half_box = 0.5 * BOX_SIDE * scene.body_h + 1
+    lo, hi = (scene.width - side) / 2 + half_box + 2, (scene.width + side) / 2 - half_box - 2
     if mode == "carried":
-        scene.box_owner = int(rng.integers(scene.n))
+        # Only an agent whose front has room for the box (also at the far end of a sway) carries it.
+        offset = 0.2 * scene.body_h + half_box
+        sway = 0.5 * scene.move_amp
+        room = [i for i, (x, h) in enumerate(zip(scene.xs, scene.headings)) if lo + sway <= x + h * offset <= hi - sway]
+        if room:
+            scene.box_owner = int(room[rng.integers(len(room))])
+        else:
+            mode = "none"
     elif mode == "idle":
         # On the ground, clear of every agent; if the crowd leaves no room, no box.
-        side = min(scene.width, scene.height)
-        lo, hi = (scene.width - side) / 2 + 4, (scene.width + side) / 2 - 4
         # agent half width + box half width + a gap, plus how far a swaying agent moves
-        reach = 0.5 * scene.body_h + 0.5 * scene.move_amp
+        reach = 0.2 * scene.body_h + half_box + 2 + 0.5 * scene.move_amp
         free = [x for x in np.linspace(lo, hi, 24) if all(abs(x - a) > reach for a in scene.xs)]
         if not free:
             mode = "none"
@@ -369,12 +382,12 @@ def _render_frame(scene: Scene, background: np.ndarray, t: float) -> np.ndarray:
     img = background.copy()
     bh = scene.body_h
     body = mood_colour(scene.valence).round().astype(np.uint8)
-    box_side = 0.3 * bh
+    box_side = BOX_SIDE * bh
     if scene.box_mode == "idle":
         gy = scene.height * 0.93
-        _rect(img, gy - box_side - 1, gy + 1, scene.box_x - box_side / 2 - 1, scene.box_x + box_side / 2 + 1, BLACK)
-        _rect(img, gy - box_side, gy, scene.box_x - box_side / 2, scene.box_x + box_side / 2, BOX)
+        _box(img, gy - box_side / 2, scene.box_x, box_side)
     speaker = _current_speaker(scene, t)
+    on_top = []  # a carried box and the speech bubble: drawn last, so a neighbour never hides them
     for i, (x, feet, heading, phase, move) in enumerate(
         zip(scene.xs, scene.feet_y, scene.headings, scene.phases, scene.moves)
     ):
@@ -386,19 +399,30 @@ def _render_frame(scene: Scene, background: np.ndarray, t: float) -> np.ndarray:
         else:
             y, x = feet, x + 0.5 * scene.move_amp * wave
         _ellipse(img, y - 0.3 * bh, x, 0.3 * bh, 0.2 * bh, body, outline=1.0)
-        _head(img, y - 0.78 * bh, x, 0.22 * bh, heading)
+        _head(img, y - 0.78 * bh, x, HEAD_RADIUS * bh, heading)
         if scene.box_mode == "carried" and i == scene.box_owner:
-            bx = x + heading * (0.2 * bh + box_side / 2 + 1)
-            by = y - 0.4 * bh
-            _rect(
-                img, by - box_side / 2 - 1, by + box_side / 2 + 1, bx - box_side / 2 - 1, bx + box_side / 2 + 1, BLACK
+            on_top.append(
+                lambda x=x, y=y, heading=heading: _box(
+                    img, y - 0.4 * bh, x + heading * (0.2 * bh + box_side / 2 + 1), box_side
+                )
             )
-            _rect(img, by - box_side / 2, by + box_side / 2, bx - box_side / 2, bx + box_side / 2, BOX)
         if i == speaker:
-            _ellipse(img, y - 1.15 * bh, x + heading * 0.25 * bh, 0.16 * bh, 0.22 * bh, WHITE, outline=1.0)
+            on_top.append(
+                lambda x=x, y=y, heading=heading: _ellipse(
+                    img, y - 1.22 * bh, x + heading * 0.25 * bh, 0.2 * bh, 0.28 * bh, WHITE, outline=1.5
+                )
+            )
+    for draw in on_top:
+        draw()
     if scene.fog:
         img = (img * (1 - scene.fog) + 150 * scene.fog).round().astype(np.uint8)
     return img
+
+
+def _box(img: np.ndarray, cy: float, cx: float, side: float) -> None:
+    """The magenta box with a black rim, centred at (cy, cx)."""
+    _rect(img, cy - side / 2 - 1, cy + side / 2 + 1, cx - side / 2 - 1, cx + side / 2 + 1, BLACK)
+    _rect(img, cy - side / 2, cy + side / 2, cx - side / 2, cx + side / 2, BOX)
 
 
 def _current_speaker(scene: Scene, t: float) -> int:
@@ -411,12 +435,19 @@ def _current_speaker(scene: Scene, t: float) -> int:
     return scene.talkers[turn % len(scene.talkers)]
 
 
-def render_demo_clip(seed: int, index: int) -> tuple[list[np.ndarray], int, dict[str, object]]:
-    """Frames (list of (H, W, 3) uint8), fps and the annotation row of demo clip ``index``."""
+def render_demo_clip(seed: int, index: int, static: bool = False) -> tuple[list[np.ndarray], int, dict[str, object]]:
+    """Frames (list of (H, W, 3) uint8), fps and the annotation row of demo clip ``index``.
+
+    ``static``: every frame is the clip's first frame (same scene, length and labels, no
+    motion) -- the control that shows which labels a model reads from motion.
+    """
     rng = np.random.default_rng([seed, index])
     scene = _sample_scene(rng)
     background = _background(scene)
-    frames = [_render_frame(scene, background, k / scene.fps) for k in range(scene.num_frames)]
+    if static:
+        frames = [_render_frame(scene, background, 0.0)] * scene.num_frames
+    else:
+        frames = [_render_frame(scene, background, k / scene.fps) for k in range(scene.num_frames)]
     return frames, scene.fps, _annotation_row(scene, rng)
 
 
@@ -565,9 +596,14 @@ def clip_name(index: int) -> str:
 
 
 def generate_demo_dataset(
-    out_dir: str | os.PathLike, num_videos: int = DEFAULT_NUM_VIDEOS, seed: int = 0
+    out_dir: str | os.PathLike,
+    num_videos: int = DEFAULT_NUM_VIDEOS,
+    seed: int = 0,
+    static: bool = False,
+    progress: bool = False,
 ) -> tuple[Path, Path]:
-    """Render the dataset into ``out_dir`` (created; not atomic — see ensure_demo_dataset).
+    """Render the dataset into ``out_dir`` (created; not atomic — see ensure_demo_dataset);
+    ``static``: see render_demo_clip; ``progress``: a progress bar on stderr.
 
     Returns (videos_dir, annotations_csv).  The marker file is written last.
     """
@@ -576,33 +612,46 @@ def generate_demo_dataset(
     out = Path(out_dir)
     videos = out / "videos"
     rows = []
+    bar = progress_bar(total=num_videos, unit="clip", desc="rendering demo clips", disable=not progress)
     for index in range(num_videos):
-        frames, fps, row = render_demo_clip(seed, index)
+        bar.update()
+        frames, fps, row = render_demo_clip(seed, index, static)
         shard = videos / f"{index // CLIPS_PER_SHARD:03d}"
         shard.mkdir(parents=True, exist_ok=True)
         # One x264 thread: tiny frames gain nothing from threads, and it keeps bytes reproducible.
         write_video(shard / clip_name(index), frames, fps, options=X264_OPTIONS, container_format="mp4")
         rows.append({"video_name": clip_name(index), **row})
+    bar.close()
     csv_path = out / "annotations.csv"
     with open(csv_path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         for row in rows:
             writer.writerow({k: _format_cell(row[k]) for k in COLUMNS})
-    (out / MARKER_NAME).write_text(json.dumps(_marker(num_videos, seed), indent=1) + "\n")
+    (out / MARKER_NAME).write_text(json.dumps(_marker(num_videos, seed, static), indent=1) + "\n")
     return videos, csv_path
 
 
-def _marker(num_videos: int, seed: int) -> dict[str, object]:
-    return {"generator": "datasets.demo", "version": GENERATOR_VERSION, "num_videos": num_videos, "seed": seed}
+def _marker(num_videos: int, seed: int, static: bool) -> dict[str, object]:
+    return {
+        "generator": "datasets.demo",
+        "version": GENERATOR_VERSION,
+        "num_videos": num_videos,
+        "seed": seed,
+        "static": static,
+    }
 
 
-def _is_complete(out: Path, num_videos: int, seed: int) -> bool:
+def _is_complete(out: Path, num_videos: int, seed: int, static: bool) -> bool:
     try:
         marker = json.loads((out / MARKER_NAME).read_text())
     except (OSError, ValueError):
         return False
-    return marker == _marker(num_videos, seed) and (out / "annotations.csv").is_file() and (out / "videos").is_dir()
+    return (
+        marker == _marker(num_videos, seed, static)
+        and (out / "annotations.csv").is_file()
+        and (out / "videos").is_dir()
+    )
 
 
 def _is_demo_dir(out: Path) -> bool:
@@ -621,7 +670,13 @@ def _exclusive_lock(path: Path):
 
 
 def ensure_demo_dataset(
-    out_dir: str | os.PathLike, num_videos: int = DEFAULT_NUM_VIDEOS, seed: int = 0, *, force: bool = False
+    out_dir: str | os.PathLike,
+    num_videos: int = DEFAULT_NUM_VIDEOS,
+    seed: int = 0,
+    *,
+    force: bool = False,
+    static: bool = False,
+    progress: bool = False,
 ) -> tuple[Path, Path]:
     """Return (videos_dir, annotations_csv) of a complete demo dataset in ``out_dir``.
 
@@ -630,13 +685,13 @@ def ensure_demo_dataset(
     so a reader never sees a half-written dataset.  Concurrent callers (e.g. two ranks on
     one machine) serialize on a lock file next to ``out_dir``: one generates, the others
     wait and then reuse it.  A non-empty ``out_dir`` that is not a demo dataset is never
-    deleted (error instead).
+    deleted (error instead).  ``static``, ``progress``: see generate_demo_dataset.
     """
     out = Path(out_dir).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     result = (out / "videos", out / "annotations.csv")
     with _exclusive_lock(out.parent / f".{out.name}.lock"):
-        if not force and _is_complete(out, num_videos, seed):
+        if not force and _is_complete(out, num_videos, seed, static):
             return result
         if out.exists() and not _is_demo_dir(out):
             raise FileExistsError(
@@ -645,7 +700,7 @@ def ensure_demo_dataset(
             )
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         try:
-            generate_demo_dataset(tmp, num_videos, seed)
+            generate_demo_dataset(tmp, num_videos, seed, static, progress)
             fsync_tree(tmp)  # every clip on disk before the folder (and its completion marker) appears
             if out.exists():
                 stale = out.parent / f".{out.name}.stale-{uuid.uuid4().hex}"
@@ -665,11 +720,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-videos", type=int, default=DEFAULT_NUM_VIDEOS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="regenerate even if a matching dataset exists")
+    parser.add_argument(
+        "--static",
+        action="store_true",
+        help="every clip shows its first frame throughout (same labels): the no-motion control",
+    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    videos, csv_path = ensure_demo_dataset(args.out, args.num_videos, args.seed, force=args.force)
+    videos, csv_path = ensure_demo_dataset(
+        args.out, args.num_videos, args.seed, force=args.force, static=args.static, progress=True
+    )
     elapsed = time.perf_counter() - start
-    print(f"demo dataset: {videos} and {csv_path} ({args.num_videos} clips, seed {args.seed}, {elapsed:.1f} s)")
+    kind = ", static" if args.static else ""
+    print(f"demo dataset: {videos} and {csv_path} ({args.num_videos} clips, seed {args.seed}{kind}, {elapsed:.1f} s)")
     return 0
 
 

@@ -1,5 +1,6 @@
 """The built-in demo dataset: schema, label ranges and NaNs, determinism, reuse, atomicity."""
 
+import json
 import math
 import multiprocessing
 import os
@@ -10,6 +11,7 @@ import pytest
 
 from datasets.clips import scan_video_root
 from datasets.demo import (
+    BOX_SIDE,
     COLUMNS,
     MARKER_NAME,
     demo_annotation,
@@ -120,12 +122,66 @@ def test_joint_is_invisible_in_one_frame_and_follows_the_movements():
             assert len({round(p, 6) for p in s.phases}) == 1
 
 
+def test_joint_orders_clips_by_how_in_step_the_neighbours_move():
+    # In step, every agent's speed peaks at once, so the motion between the sampled frames swells and
+    # fades (high variation over time); a quarter cycle apart their speeds take turns (flat).
+    # Version 3 scored half a cycle apart as 0.4, which swells like 1.0: this statistic ordered its
+    # levels 0.7 < 0.1, 0.4, 1.0 (Spearman -0.12 on seed 1000), docs/demo_learning.md.
+    scenes = [demo_scene(3, i) for i in range(400)]
+    for s in (s for s in scenes if s.n >= 2):
+        offset = abs(s.phases[1] - s.phases[0]) / (2 * math.pi)
+        assert offset == pytest.approx({1.0: 0.0, 0.7: 0.125, 0.4: 0.25, 0.1: 0.25}[s.joint])
+    joint, variation = [], []
+    for i in range(160):
+        frames, _, row = render_demo_clip(3, i)
+        if math.isnan(row["joint_score"]) or row["communicating_score"] != 0:
+            continue  # (bubbles blinking would count as motion)
+        clip = np.stack(frames)[sample_clip_indices(len(frames), 8)].astype(np.int16)
+        energy = np.abs(np.diff(clip, axis=0)).sum(axis=(1, 2, 3))
+        variation.append(energy.std() / energy.mean())
+        joint.append(row["joint_score"])
+    assert len(joint) > 25
+    assert pd.Series(joint).corr(pd.Series(variation), method="spearman") > 0.5
+
+
+def test_static_clip_is_its_first_frame_with_the_same_labels():
+    for i in range(6):
+        moving, fps, row = render_demo_clip(4, i)
+        still, still_fps, still_row = render_demo_clip(4, i, static=True)
+        assert len(still) == len(moving) and still_fps == fps
+        assert all(np.array_equal(f, moving[0]) for f in still)
+        assert pd.Series(still_row).equals(pd.Series(row))
+    assert any(not np.array_equal(moving[0], f) for f in moving)  # the moving clip moves
+
+
+def test_a_box_stays_inside_the_centre_square_the_model_sees():
+    for i in range(300):
+        s = demo_scene(5, i)
+        if s.box_mode == "none":
+            continue
+        if s.box_mode == "carried":
+            centre = s.xs[s.box_owner] + s.headings[s.box_owner] * (0.2 + BOX_SIDE / 2) * s.body_h
+            reach = BOX_SIDE / 2 * s.body_h + 0.5 * s.move_amp
+        else:
+            centre, reach = s.box_x, BOX_SIDE / 2 * s.body_h
+        side = min(s.width, s.height)
+        assert (s.width - side) / 2 <= centre - reach and centre + reach <= (s.width + side) / 2, (i, s.box_mode)
+
+
 def test_same_seed_same_annotations_other_seed_differs(demo_dir, tmp_path):
     _, _, csv_path = demo_dir
     _, again = ensure_demo_dataset(tmp_path / "again", num_videos=NUM, seed=5)
     assert again.read_bytes() == csv_path.read_bytes()
     _, other = ensure_demo_dataset(tmp_path / "other", num_videos=NUM, seed=6)
     assert other.read_bytes() != csv_path.read_bytes()
+
+
+def test_a_static_dataset_is_not_reused_as_a_moving_one(tmp_path):
+    root = tmp_path / "demo"
+    videos, _ = ensure_demo_dataset(root, num_videos=2, seed=1, static=True)
+    assert json.loads((root / MARKER_NAME).read_text())["static"] is True
+    ensure_demo_dataset(root, num_videos=2, seed=1)
+    assert json.loads((root / MARKER_NAME).read_text())["static"] is False
 
 
 def test_reuse_and_regenerate(tmp_path, monkeypatch):

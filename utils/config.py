@@ -40,6 +40,7 @@ class TrainConfig:
     )
     demo_dir: str = _f(".cache/demo", "where the demo dataset is generated when --videos is unset")
     demo_videos: int = _f(600, "number of demo clips to generate")
+    demo_static: bool = _f(False, "demo clips show their first frame throughout (same labels): the no-motion control")
     split: str = _f(
         "hash",
         "train/val split: hash (stable hash of video_name), column (a `split` "
