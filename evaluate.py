@@ -43,7 +43,6 @@ import numpy as np
 import pandas as pd
 
 from datasets import (
-    MultiViewCachedDataset,
     MultiViewClipDataset,
     add_decode_arguments,
     build_targets,
@@ -55,8 +54,14 @@ from datasets import (
 )
 from datasets.human_ratings import video_key
 from datasets.splits import select_split
-from inference import CHECKPOINT_ERRORS, infer_dataset, load_inference_model
-from utils.cli import CommandLineParser, default_workers, run_entry_point
+from inference import (
+    CHECKPOINT_ERRORS,
+    add_inference_arguments,
+    infer_dataset,
+    load_inference_model,
+    open_cached_views,
+)
+from utils.cli import CommandLineParser, run_entry_point
 from utils.distributed import destroy_distributed, init_distributed
 from utils.eval_logging import EvalLogger
 from utils.evaluation import (
@@ -98,20 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the predictions, metrics, info and plots are written (and the fallback MLflow store)",
     )
     p.add_argument("--views", default="1x1", help="N temporal clips x M spatial crops per video, e.g. 4x3")
-    p.add_argument("--batch-size", type=int, default=8, help="videos per batch per process (x views clips)")
-    p.add_argument(
-        "--num-workers",
-        type=int,
-        default=default_workers(),
-        help="DataLoader workers per process (default: 4, at most the cores available)",
-    )
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument(
-        "--amp",
-        default="auto",
-        choices=("auto", "bf16", "fp16", "off"),
-        help="autocast on GPU (auto = bf16 where supported); probabilities are float32 either way",
-    )
+    add_inference_arguments(p, amp_note="probabilities are float32 either way")
     p.add_argument("--depth", type=int, default=None, help="only for checkpoints that do not record it")
     p.add_argument("--tasks", default=None, help="only for checkpoints that do not record them")
     p.add_argument("--frames", type=int, default=None, help="clip length (default: as trained, else 16)")
@@ -351,17 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         targets = {k: v[rows] for k, v in all_targets.items()}
         names = table["video_name"].to_numpy()[rows].tolist()
         if args.cache:
-            try:
-                dataset = MultiViewCachedDataset(
-                    args.cache,
-                    names,
-                    num_frames=spec.frames,
-                    size=spec.size,
-                    temporal_views=temporal,
-                    spatial_views=spatial,
-                )
-            except (OSError, ValueError) as exc:
-                raise SystemExit(f"--cache: {exc}") from exc
+            dataset = open_cached_views(args.cache, names, spec, temporal, spatial)
             if dataset.missing:
                 log0(
                     info,

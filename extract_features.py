@@ -46,7 +46,6 @@ import pandas as pd
 import torch
 
 from datasets import (
-    MultiViewCachedDataset,
     MultiViewClipDataset,
     VideoIndex,
     load_annotation_table,
@@ -63,13 +62,15 @@ from features.provenance import peak_rss_mib, rss_mib, sha256_file, sha256_rows,
 from features.store import FORMAT_VERSION, PENDING, FeatureStore, FeatureStoreError
 from inference import (
     CHECKPOINT_ERRORS,
+    add_inference_arguments,
     clips_to_model_input,
     load_inference_model,
+    open_cached_views,
     place_model,
     random_init_model,
     shard_loader,
 )
-from utils.cli import CommandLineParser, default_workers, progress_bar, run_entry_point
+from utils.cli import CommandLineParser, progress_bar, run_entry_point
 from utils.distributed import all_gather_objects, broadcast_object, destroy_distributed, init_distributed
 from utils.precision import resolve_amp
 
@@ -121,20 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="delete an earlier extraction in --output first")
     p.add_argument("--frames", type=int, default=None, help="clip length (default: as trained, else 16)")
     p.add_argument("--size", type=int, default=None, help="clip size (default: as trained, else 224)")
-    p.add_argument("--batch-size", type=int, default=8, help="videos per batch per process (x views clips)")
-    p.add_argument(
-        "--num-workers",
-        type=int,
-        default=default_workers(),
-        help="DataLoader workers per process (default: 4, at most the cores available)",
-    )
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument(
-        "--amp",
-        default="auto",
-        choices=("auto", "bf16", "fp16", "off"),
-        help="autocast on GPU (auto = bf16 where supported); features are stored as --dtype",
-    )
+    add_inference_arguments(p, amp_note="features are stored as --dtype")
     p.add_argument("--extensions", default=",".join(VIDEO_EXTENSIONS), help="file endings taken from folders")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--dist-timeout", type=float, default=1800.0, help="seconds a collective may wait")
@@ -267,17 +255,7 @@ def clip_dataset(args, spec, names: list[str], temporal: int, spatial: int, sour
     """The multi-view dataset of ``names`` (evaluate.py's), each row's path, and the rows whose
     failure is known without decoding (a missing file, a video the cache lacks)."""
     if args.cache:
-        try:
-            dataset = MultiViewCachedDataset(
-                args.cache,
-                names,
-                num_frames=spec.frames,
-                size=spec.size,
-                temporal_views=temporal,
-                spatial_views=spatial,
-            )
-        except (OSError, ValueError) as exc:
-            raise SystemExit(f"--cache: {exc}") from exc
+        dataset = open_cached_views(args.cache, names, spec, temporal, spatial)
         source["cache"] = os.path.abspath(args.cache)
         failed = {
             i: f"{n}: LookupError: {dataset.cache.why_missing(n)}" for i, n in enumerate(names) if dataset.rows[i] < 0

@@ -29,8 +29,8 @@ import torch
 
 from datasets import MultiViewClipDataset, VideoIndex, add_decode_arguments, decode_policy_from_args, parse_views
 from datasets.video_paths import VIDEO_EXTENSIONS, collect_video_paths, parse_extensions
-from inference import CHECKPOINT_ERRORS, infer_dataset, load_inference_model
-from utils.cli import CommandLineParser, default_workers, run_entry_point
+from inference import CHECKPOINT_ERRORS, add_inference_arguments, infer_dataset, load_inference_model
+from utils.cli import CommandLineParser, run_entry_point
 from utils.distributed import destroy_distributed, init_distributed
 from utils.evaluation import prediction_frame, write_csv
 
@@ -41,15 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="this project's checkpoint, or an earlier Lightning one")
     p.add_argument("--output", required=True, help="CSV to write")
     p.add_argument("--views", default="1x1", help="N temporal clips x M spatial crops per video, averaged")
-    p.add_argument("--batch-size", type=int, default=8, help="videos per batch per process")
-    p.add_argument(
-        "--num-workers",
-        type=int,
-        default=default_workers(),
-        help="DataLoader workers per process (default: 4, at most the cores available)",
-    )
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"))
+    add_inference_arguments(p)
     p.add_argument("--depth", type=int, default=None, help="only for checkpoints that do not record it")
     p.add_argument("--tasks", default=None, help="only for checkpoints that do not record them")
     p.add_argument("--frames", type=int, default=None, help="clip length (default: as trained, else 16)")

@@ -18,13 +18,43 @@ import numpy as np
 import torch
 from torch import nn
 
-from datasets import ExactShardSampler, collate_views, make_loader, normalize_on_device
+from datasets import ExactShardSampler, MultiViewCachedDataset, collate_views, make_loader, normalize_on_device
 from datasets.gpu_augment import resized_crop_flip_normalize
-from utils.cli import progress_bar
+from utils.cli import default_workers, progress_bar
 from utils.distributed import DistInfo, gather_rows
 from utils.precision import resolve_amp
 from utils.predictions import logits_to_probabilities
 from utils.tasks import output_sizes
+
+
+def open_cached_views(cache: str, names: list[str], spec, temporal: int, spatial: int) -> MultiViewCachedDataset:
+    """The frame cache's multi-view dataset of ``names`` at the model's clip shape (``spec``); a
+    cache that cannot be opened ends the command with one line naming ``--cache``."""
+    try:
+        return MultiViewCachedDataset(
+            cache, names, num_frames=spec.frames, size=spec.size, temporal_views=temporal, spatial_views=spatial
+        )
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"--cache: {exc}") from exc
+
+
+def add_inference_arguments(parser, amp_note: str = "") -> None:
+    """The options of every entry point that runs a trained network over videos (what
+    :func:`infer_dataset` takes): --batch-size, --num-workers, --device, --amp."""
+    parser.add_argument("--batch-size", type=int, default=8, help="videos per batch per process (x views clips)")
+    parser.add_argument(
+        "--num-workers",
+        type=int,
+        default=default_workers(),
+        help="DataLoader workers per process (default: 4, at most the cores available)",
+    )
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument(
+        "--amp",
+        default="auto",
+        choices=("auto", "bf16", "fp16", "off"),
+        help="autocast on GPU (auto = bf16 where supported)" + (f"; {amp_note}" if amp_note else ""),
+    )
 
 
 def average_view_probabilities(probs: dict[str, torch.Tensor], num_views: int) -> dict[str, torch.Tensor]:
