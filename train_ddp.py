@@ -103,7 +103,7 @@ BEST_PREDICTIONS = "best_validation.npz"  # the best validation's logits and tar
 CHECKPOINT_FAILED_EXIT_CODE = 4  # training ended but its final checkpoint could not be written
 
 # With no --videos/--cache the demo runs: a model and clip size that learn on 2 CPU cores in
-# minutes (ResNet3D-18 at half width: 4x fewer FLOPs than width 64, so twice the steps in
+# minutes (ResNet3D-18 at half width: 2.9x fewer FLOPs than width 64, so twice the steps in
 # less time, docs/demo_learning.md).  Options you set yourself win over these.
 DEMO_PRESET = dict(
     depth=18,
@@ -634,6 +634,12 @@ class Checkpointer:
             )
         if comm_mismatch := comm_options_mismatch(ckpt["config"], cfg):
             raise SystemExit(f"{path} {comm_mismatch}")
+        saved = (int(ckpt["depth"]), int(ckpt.get("width", 64)))  # checkpoints before --width: 64
+        if saved != (cfg.depth, cfg.width):
+            raise SystemExit(
+                f"{path} holds a ResNet3D-{saved[0]} of width {saved[1]}, this run builds ResNet3D-{cfg.depth} "
+                f"of width {cfg.width}; resume with the same --depth/--width or start a new --output-dir"
+            )
         for key, part in self.parts.items():
             part.load_state_dict(ckpt[key])
         self.state.load_state_dict(ckpt)

@@ -147,3 +147,11 @@ def test_width_scales_every_stage_and_a_narrow_training_checkpoint_loads_for_inf
         expected, got = narrow.eval()(x), loaded(x)
     for name in expected:
         assert torch.equal(expected[name], got[name]), name
+
+
+def test_weights_of_another_width_are_refused_with_the_width_to_use():
+    from resnet3d.checkpoints import CheckpointMismatchError, load_pretrained
+
+    narrow = build_model(depth=18, width=32).state_dict()
+    with pytest.raises(CheckpointMismatchError, match="stem has 32 channels, the model's 64: use --width 32"):
+        load_pretrained(build_model(depth=18), {"state_dict": narrow})

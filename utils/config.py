@@ -76,7 +76,7 @@ class TrainConfig:
     width: int = _f(
         64,
         "channels of the stem and the first stage (the later stages have 2x, 4x, 8x): 64 is the MiT "
-        "network that pretrained weights fit; the demo uses 32 (4x fewer FLOPs)",
+        "network that pretrained weights fit; the demo uses 32 (2.9x fewer FLOPs)",
     )
     pretrained: str | None = _f(
         None, "initial weights: MiT .pth.tar, earlier Lightning .ckpt, or one of this project's checkpoints"
