@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         log0(
             info,
-            f"evaluating {spec.path} (ResNet3D-{spec.depth}, {spec.frames}x{spec.size}px, "
+            f"evaluating {spec.path} ({spec.network}, {spec.frames}x{spec.size}px, "
             f"{temporal}x{spatial} views) on {len(rows)} {args.split} videos with {info.world_size} "
             f"process(es) on {info.device}",
         )

@@ -178,7 +178,7 @@ def choose_layers(names: str, available: list[LayerInfo], spec) -> list[LayerInf
             )
         if name not in by_name:
             raise SystemExit(
-                f"--layers: no layer {name!r} in ResNet3D-{spec.depth}; valid names: "
+                f"--layers: no layer {name!r} in {spec.network}; valid names: "
                 f"{', '.join(by_name)} (--list-layers prints their shapes)"
             )
     return [by_name[n] for n in dict.fromkeys(wanted)]
@@ -197,7 +197,7 @@ def no_head_reason(spec) -> str:
 
 def print_layers(available: list[LayerInfo], spec, pool_mode: str, project_dim: int | None) -> None:
     print(
-        f"layers of ResNet3D-{spec.depth} ({spec.kind}{': ' + spec.path if spec.path else ''}) for "
+        f"layers of {spec.network} ({spec.kind}{': ' + spec.path if spec.path else ''}) for "
         f"{spec.frames} frames x {spec.size} px; output per clip, and stored per video with --pool {pool_mode}"
         + (f" --project-dim {project_dim}" if project_dim else "")
         + ":"
@@ -468,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
             f"extracting {', '.join(layer.name for layer in layers)} (--pool {args.pool}) of "
             f"{len(pending)} of {len(inputs)} videos"
             + (" (continuing)" if outcome == "resumed" else "")
-            + f" with ResNet3D-{spec.depth} ({spec.kind}), {spec.frames}x{spec.size}px, {temporal}x{spatial} "
+            + f" with {spec.network} ({spec.kind}), {spec.frames}x{spec.size}px, {temporal}x{spatial} "
             f"views, on {info.world_size} process(es), {info.device}",
         )
         if not info.distributed and torch.cuda.device_count() > 1:

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
             print(
-                f"predicting {len(inputs)} videos with {spec.path} (ResNet3D-{spec.depth}, "
+                f"predicting {len(inputs)} videos with {spec.path} ({spec.network}, "
                 f"{spec.frames}x{spec.size}px, {temporal}x{spatial} views) on {info.world_size} "
                 f"process(es), {info.device}",
                 flush=True,

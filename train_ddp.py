@@ -103,13 +103,15 @@ BEST_PREDICTIONS = "best_validation.npz"  # the best validation's logits and tar
 CHECKPOINT_FAILED_EXIT_CODE = 4  # training ended but its final checkpoint could not be written
 
 # With no --videos/--cache the demo runs: a model and clip size that learn on 2 CPU cores in
-# minutes.  Options you set yourself win over these.
+# minutes (ResNet3D-18 at half width: 2.9x fewer FLOPs than width 64, so twice the steps in
+# less time, docs/demo_learning.md).  Options you set yourself win over these.
 DEMO_PRESET = dict(
     depth=18,
+    width=32,
     frames=8,
     size=64,
     batch_size=16,
-    epochs=6,
+    epochs=11,
     lr=2e-3,
     weight_decay=0.01,
     dropout=0.2,
@@ -583,6 +585,7 @@ class Checkpointer:
             "config": asdict(self.cfg),
             "tasks": list(self.t.loss_fn.tasks),
             "depth": self.cfg.depth,
+            "width": self.cfg.width,
             "world_size": self.info.world_size,
         }
 
@@ -631,6 +634,12 @@ class Checkpointer:
             )
         if comm_mismatch := comm_options_mismatch(ckpt["config"], cfg):
             raise SystemExit(f"{path} {comm_mismatch}")
+        saved = (int(ckpt["depth"]), int(ckpt.get("width", 64)))  # checkpoints before --width: 64
+        if saved != (cfg.depth, cfg.width):
+            raise SystemExit(
+                f"{path} holds a ResNet3D-{saved[0]} of width {saved[1]}, this run builds ResNet3D-{cfg.depth} "
+                f"of width {cfg.width}; resume with the same --depth/--width or start a new --output-dir"
+            )
         for key, part in self.parts.items():
             part.load_state_dict(ckpt[key])
         self.state.load_state_dict(ckpt)
@@ -842,7 +851,7 @@ def build_training(
 ) -> Training:
     """The model (initial weights, freezing, BatchNorm mode, memory format), loss, optimizer, LR
     schedule, GradScaler (enabled only for fp16, so bf16 and fp32 share its no-op path)."""
-    model = build_model(depth=cfg.depth, tasks=tasks, dropout=cfg.dropout)
+    model = build_model(depth=cfg.depth, tasks=tasks, dropout=cfg.dropout, width=cfg.width)
     init_path = download_run_checkpoint(cfg.init_from_run, cfg, info) if cfg.init_from_run else cfg.pretrained
     if init_path:
         log0(info, f"initial weights from {init_path}: {load_pretrained(model, init_path)}")

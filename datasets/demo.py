@@ -32,14 +32,15 @@ Label rules (scores on the 0.1 grid; "bh" = agent height in pixels):
   (monologue) -> 0.3; k >= 2 neighbouring agents taking turns, one bubble at a time
   (dialogue) -> 0.7 + 0.1 (k - 1), at most 1.  Any single frame shows at most one bubble,
   so monologue vs dialogue needs motion across frames.
-- joint: every agent does one periodic movement, "bob" (up and down) or "sway" (side to
-  side), at the same frequency; the score says how in step neighbours move.  The same
-  movement in phase -> 1.0, an eighth of a cycle apart -> 0.7, a quarter cycle apart ->
-  0.4; different movements, a quarter cycle apart -> 0.1.  So the more in step, the more
-  the agents' speeds peak together and the whole clip's motion swells and fades (in
-  version 3, "half a cycle apart" scored 0.4 but swells exactly like "in phase": that cue
-  ordered the levels wrongly, and joint was never learned).  Feet stand at slightly
-  different heights, so one frame cannot tell the phases apart: motion-only (and
+- joint: all agents do the same periodic movement, "bob" (up and down) or "sway" (side to
+  side), at the same frequency; the score says how in step neighbours move.  Every other
+  agent is 0, 1/6, 1/3 or 1/2 of a cycle behind its neighbours -> 1.0, 0.7, 0.4, 0.1
+  (score = 1 - 1.8 x offset).  In step, neighbours always move the same way (the group
+  bobs or sways as one); half a cycle apart they always move opposite ways (swaying, they
+  close in and draw apart).  Version 4 scored offsets of 0, 1/8 and 1/4 and a different
+  movement, whose main cue was how the whole clip's motion swelled and faded; joint was
+  never learned from it (docs/demo_learning.md).  Feet stand at different heights and
+  agents are unevenly spaced, so one frame cannot tell the phases apart: motion-only (and
   relational: the hardest label to learn).  NaN with fewer than 2 agents.
 - arousal: speed of the movement: amplitude 5-15 % of the frame height and frequency
   0.3-0.7 Hz both grow linearly with arousal (slow enough that 8 frames from 2-3 s see
@@ -103,13 +104,14 @@ __all__ = [
     "render_demo_clip",
 ]
 
-GENERATOR_VERSION = 4  # bump when rendering or labels change: existing demo dirs regenerate
+GENERATOR_VERSION = 5  # bump when rendering or labels change: existing demo dirs regenerate
 DEFAULT_NUM_VIDEOS = 800
 MARKER_NAME = "DEMO_COMPLETE.json"
 CLIPS_PER_SHARD = 100
 JOINT_MOVES = ("bob", "sway")
-# joint score -> (do neighbours do the same movement?, phase offset between neighbours in cycles)
-JOINT_LEVELS = {1.0: (True, 0.0), 0.7: (True, 0.125), 0.4: (True, 0.25), 0.1: (False, 0.25)}
+# joint score -> phase offset between neighbours, in cycles: score = 1 - 1.8 x offset, from in
+# step (neighbours always move the same way) to half a cycle apart (always opposite ways).
+JOINT_LEVELS = {1.0: 0.0, 0.7: 1 / 6, 0.4: 1 / 3, 0.1: 1 / 2}
 X264_OPTIONS = {"crf": "18", "preset": "veryfast", "threads": "1"}
 # Sizes in body heights, chosen so the small cues stay several pixels wide at the demo's 64 px
 # model input (version 3's 0.3 box and 0.22 head were barely learned there; docs/demo_learning.md).
@@ -257,7 +259,9 @@ def _place_agents(scene: Scene, n: int, rng: np.random.Generator) -> None:
         wanted_sep = body_h * (0.5 + 1.5 * rng.uniform(0, 1))
         sep = min(wanted_sep, span / (n - 1))
         start = left_edge + rng.uniform(0, max(span - sep * (n - 1), 0.0))
-        xs = [start + i * sep + rng.uniform(-0.04, 0.04) * body_h for i in range(n)]
+        # Uneven spacing, so that one frame of agents swaying out of step (neighbours' gaps
+        # alternately narrowed and widened) does not show their phases.
+        xs = [start + i * sep + rng.uniform(-0.1, 0.1) * body_h for i in range(n)]
     scene.xs = [float(x) for x in xs]
     scene.feet_y = [scene.height * rng.uniform(0.80, 0.92) for _ in range(n)]
     scene.headings = [int(rng.choice([-1, 1])) for _ in range(n)]
@@ -266,14 +270,11 @@ def _place_agents(scene: Scene, n: int, rng: np.random.Generator) -> None:
         scene.moves = [str(rng.choice(JOINT_MOVES))]
         scene.phases = [base_phase]
         return
-    # Joint action levels (JOINT_LEVELS): the same movement in phase (1.0), an eighth (0.7) or a
-    # quarter (0.4) of a cycle apart, or every other agent a different movement (0.1).
+    # Joint action levels (JOINT_LEVELS): all agents do the same movement; every other agent is
+    # 0, 1/6, 1/3 or 1/2 of a cycle behind its neighbours.
     scene.joint = float(rng.choice(list(JOINT_LEVELS)))
-    same, offset = JOINT_LEVELS[scene.joint]
-    move = str(rng.choice(JOINT_MOVES))
-    other = move if same else JOINT_MOVES[1 - JOINT_MOVES.index(move)]
-    scene.moves = [move if i % 2 == 0 else other for i in range(n)]
-    scene.phases = [base_phase + 2 * math.pi * offset * (i % 2) for i in range(n)]
+    scene.moves = [str(rng.choice(JOINT_MOVES))] * n
+    scene.phases = [base_phase + 2 * math.pi * JOINT_LEVELS[scene.joint] * (i % 2) for i in range(n)]
 
 
 def _choose_talk(scene: Scene, rng: np.random.Generator) -> None:
@@ -517,11 +518,9 @@ def _scores(scene: Scene) -> tuple[dict[str, float], dict[str, float], dict[str,
     if n >= 2:
         s["joint"] = scene.joint
         c["joint"] = 0.5 + 0.4 * scene.arousal  # slow, small motion is hard to judge
-        same, offset = JOINT_LEVELS[scene.joint]
+        offset = JOINT_LEVELS[scene.joint]
         e["joint"] = (
-            f"Neighbours {scene.moves[0]} {offset:.2f} cycle apart."
-            if same
-            else "Neighbours do different movements (one bobs, one sways)."
+            f"Neighbours {scene.moves[0]} {offset:.2f} cycle apart." if offset else f"All {scene.moves[0]} in step."
         )
     else:
         s["joint"], c["joint"] = math.nan, 0.0

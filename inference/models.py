@@ -52,12 +52,19 @@ class ModelSpec:
     tracking_uri: str | None = None  # the store that run is in (recorded by train_ddp.py)
     config: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    width: int = 64  # channels of the stem (64: the MiT network; see resnet3d.ResNet3D)
+
+    @property
+    def network(self) -> str:
+        """E.g. "ResNet3D-50", or "ResNet3D-18 (width 32)" for a narrower one."""
+        return f"ResNet3D-{self.depth}" + (f" (width {self.width})" if self.width != 64 else "")
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "checkpoint": self.path,
             "kind": self.kind,
             "depth": self.depth,
+            "width": self.width,
             "tasks": list(self.tasks),
             "frames": self.frames,
             "size": self.size,
@@ -188,17 +195,19 @@ def _load_training_checkpoint(path, raw, depth, tasks, frames, size) -> tuple[nn
         shape[name] = int(given or trained or default)
         if given is not None and trained is not None and int(given) != int(trained):
             notes.append(f"--{name} {given} differs from the {trained} the model was trained with")
-    model = MultiTaskResNet3D(depth=ck_depth, tasks=ck_tasks, dropout=0.0)
+    width = int(raw.get("width", 64))  # checkpoints from before --width are all 64 wide
+    model = MultiTaskResNet3D(depth=ck_depth, tasks=ck_tasks, dropout=0.0, width=width)
     try:
         model.load_state_dict(raw["model"])
     except RuntimeError as exc:
         raise CheckpointMismatchError(
-            f"{path}: the weights do not fit ResNet3D-{ck_depth} with tasks {list(ck_tasks)}: {exc}"
+            f"{path}: the weights do not fit ResNet3D-{ck_depth} (width {width}) with tasks {list(ck_tasks)}: {exc}"
         ) from exc
     spec = ModelSpec(
         path=str(path),
         kind="training",
         depth=ck_depth,
+        width=width,
         tasks=ck_tasks,
         frames=shape["frames"],
         size=shape["size"],

@@ -26,24 +26,28 @@ STAGE_WIDTHS = (64, 128, 256, 512)
 class ResNet3D(nn.Module):
     """Backbone only: ``forward_features`` maps (N, 3, T, H, W) to pooled features (N, D)."""
 
-    def __init__(self, depth: int = 50, zero_init_residual: bool = False) -> None:
+    def __init__(self, depth: int = 50, zero_init_residual: bool = False, width: int = 64) -> None:
         super().__init__()
         if depth not in ARCHITECTURES:
             raise ValueError(f"unsupported ResNet3D depth {depth!r}; choose one of {sorted(ARCHITECTURES)}")
+        if width < 1:
+            raise ValueError(f"ResNet3D width must be a positive number of channels; got {width!r}")
         block, blocks_per_stage = ARCHITECTURES[depth]
         self.depth = depth
-        self.feature_dim = STAGE_WIDTHS[-1] * block.expansion
+        self.width = width
+        stage_widths = tuple(w * width // STAGE_WIDTHS[0] for w in STAGE_WIDTHS)
+        self.feature_dim = stage_widths[-1] * block.expansion
 
         # The stem keeps full temporal resolution (stride 1 in T); the max-pool then halves T too.
-        self.conv1 = nn.Conv3d(3, 64, kernel_size=7, stride=(1, 2, 2), padding=3, bias=False)
-        self.bn1 = nn.BatchNorm3d(64)
+        self.conv1 = nn.Conv3d(3, width, kernel_size=7, stride=(1, 2, 2), padding=3, bias=False)
+        self.bn1 = nn.BatchNorm3d(width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool3d(kernel_size=3, stride=2, padding=1)
 
-        in_planes = 64
-        for index, (width, n_blocks) in enumerate(zip(STAGE_WIDTHS, blocks_per_stage)):
+        in_planes = width
+        for index, (planes, n_blocks) in enumerate(zip(stage_widths, blocks_per_stage)):
             stride = 1 if index == 0 else 2
-            stage, in_planes = _make_stage(block, in_planes, width, n_blocks, stride)
+            stage, in_planes = _make_stage(block, in_planes, planes, n_blocks, stride)
             setattr(self, f"layer{index + 1}", stage)
         self.avgpool = nn.AdaptiveAvgPool3d(1)
 

@@ -135,6 +135,10 @@ def check_backbone(
     guessed = guess_depth(list(ckpt_tensors))
     if guessed is not None and guessed != model_depth:
         parts.append(f"The checkpoint looks like ResNet3D-{guessed}; build the model with depth={guessed}.")
+    stem = "conv1.weight"
+    if stem in ckpt_tensors and stem in model_tensors and ckpt_tensors[stem].shape[0] != model_tensors[stem].shape[0]:
+        width = ckpt_tensors[stem].shape[0]
+        parts.append(f"Its stem has {width} channels, the model's {model_tensors[stem].shape[0]}: use --width {width}.")
     if missing:
         parts.append(f"Missing from the checkpoint ({len(missing)}):{_listed(missing)}")
     if unexpected:

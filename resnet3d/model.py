@@ -34,8 +34,9 @@ class MultiTaskResNet3D(ResNet3D):
         tasks: Sequence[str] | str | None = "all",
         dropout: float = 0.5,
         zero_init_residual: bool = False,
+        width: int = 64,
     ) -> None:
-        super().__init__(depth=depth, zero_init_residual=zero_init_residual)
+        super().__init__(depth=depth, zero_init_residual=zero_init_residual, width=width)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1); got {dropout!r}")
         self.tasks = parse_tasks(tasks)
@@ -69,13 +70,16 @@ def build_model(
     pretrained: str | os.PathLike | None = None,
     dropout: float = 0.5,
     zero_init_residual: bool = False,
+    width: int = 64,
 ) -> MultiTaskResNet3D:
     """Build the multi-task ResNet3D; ``pretrained`` is a checkpoint path (MiT, Lightning or own).
 
     The load report (what was loaded, what skipped) is logged and kept as
     ``model.pretrained_report``.
     """
-    model = MultiTaskResNet3D(depth=depth, tasks=tasks, dropout=dropout, zero_init_residual=zero_init_residual)
+    model = MultiTaskResNet3D(
+        depth=depth, tasks=tasks, dropout=dropout, zero_init_residual=zero_init_residual, width=width
+    )
     model.pretrained_report = None
     if pretrained is not None:
         model.pretrained_report = load_pretrained(model, pretrained)

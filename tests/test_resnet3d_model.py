@@ -118,3 +118,40 @@ def test_feature_grid_is_the_shape_layer4_produces(depth):
             y = model.maxpool(model.relu(model.bn1(model.conv1(x))))
             y = model.layer4(model.layer3(model.layer2(model.layer1(y))))
         assert model.feature_grid(frames, height, width) == tuple(y.shape[2:])
+
+
+def test_width_scales_every_stage_and_a_narrow_training_checkpoint_loads_for_inference(tmp_path):
+    from dataclasses import asdict
+
+    from inference.models import load_inference_model
+    from utils.checkpoint import CheckpointManager
+    from utils.config import TrainConfig
+
+    wide, narrow = build_model(depth=18), build_model(depth=18, width=32, dropout=0.0)
+    assert narrow.conv1.out_channels == 32 and narrow.layer4[0].conv1.out_channels == 256
+    assert narrow.feature_dim == 256 and narrow.width == 32 and wide.width == 64
+    n_wide = sum(p.numel() for n, p in wide.named_parameters() if not n.startswith("last_linear"))
+    n_narrow = sum(p.numel() for n, p in narrow.named_parameters() if not n.startswith("last_linear"))
+    assert n_narrow * 4 == pytest.approx(n_wide, rel=0.01)  # convs: channels in x out
+    with pytest.raises(ValueError, match="width"):
+        build_model(depth=18, width=0)
+
+    # A training checkpoint records its width; inference rebuilds the same network from it.
+    cfg = TrainConfig(depth=18, width=32, frames=4, size=32)
+    state = {"model": narrow.state_dict(), "config": asdict(cfg), "tasks": list(narrow.tasks), "depth": 18}
+    path = CheckpointManager(tmp_path / "checkpoints").save({**state, "width": 32}, step=1)
+    loaded, spec = load_inference_model(str(path))
+    assert spec.width == 32 and spec.network == "ResNet3D-18 (width 32)" and spec.as_dict()["width"] == 32
+    x = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        expected, got = narrow.eval()(x), loaded(x)
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+
+
+def test_weights_of_another_width_are_refused_with_the_width_to_use():
+    from resnet3d.checkpoints import CheckpointMismatchError, load_pretrained
+
+    narrow = build_model(depth=18, width=32).state_dict()
+    with pytest.raises(CheckpointMismatchError, match="stem has 32 channels, the model's 64: use --width 32"):
+        load_pretrained(build_model(depth=18), {"state_dict": narrow})

@@ -1,14 +1,21 @@
-"""The model really learns the demo labels: held-out Spearman rises well above chance.
+"""The model really learns the demo labels, and arousal from motion.
 
-Measured here (2-core CPU VM, 2026-12-01, demo generator version 4): 320 demo clips, ResNet3D-18
-from scratch, 8 frames at 48 px, 5 epochs, one process, 4 min 27 s while other training shared the 2 cores ->
-held-out mean Spearman over the 8 score tasks 0.435 (distance .61, expanse .74, valence .83,
-arousal .46, object .27, facingness .25, communicating .22, joint .07).  Chance is 0 with a
-standard deviation of about 0.11 per task for 83 held-out clips, ~0.04 for the mean of 8.
+Small versions of benchmarks/demo_learning.py (docs/demo_learning.md); each run's own validation
+split measures it.  Measured here (2-core CPU VM, 2026-12-01, demo generator version 5, the demo
+preset's ResNet3D-18 at width 32, one process):
 
-The same run on the clips rendered without motion (``--demo-static``) reached arousal .37: on 83
-clips the loss of motion is not measurable at this size (docs/demo_learning.md), so the
-no-motion control is measured by benchmarks/demo_learning.py on 1000 clips, not here.
+- all tasks, 320 clips, 8 frames at 48 px, 5 epochs (75 steps), 83 validation clips, 93 s:
+  mean Spearman over the 8 score tasks 0.486 (after the first epoch 0.269): valence .80,
+  expanse .76, distance .66, object .64, arousal .41, facingness .29, communicating .21, joint .10.
+- the no-motion control, arousal alone, 480 clips at 32 px, 6 epochs (120 steps), 172 validation
+  clips: moving .79 (85 s), the same run on the clips rendered without motion (``--demo-static``:
+  each clip its first frame repeated, same labels) .18 (68 s).  At the all-task size above the
+  control is not measurable (arousal .41 vs .26 static: within the noise of 83 clips).
+
+Chance is 0 with a standard deviation of about 0.11 per task for 83 clips (0.08 for 172), ~0.04
+for the mean of 8; each threshold is the measured value minus at least 3 of those.  Joint action
+is not learned by the demo model in any setting tried (docs/demo_learning.md), so it has no
+threshold here.
 """
 
 import json
@@ -19,24 +26,21 @@ from launch_helpers import run_train
 pytestmark = pytest.mark.slow
 
 
-def test_demo_training_learns(tmp_path):
-    out = tmp_path / "run"
+def train_demo(tmp_path, name: str, videos: int, val_fraction: str, *extra: str) -> list[dict]:
+    """Train on demo clips of seed 0; returns the per-epoch validation metrics."""
+    out = tmp_path / name
     res = run_train(
         [
             "--demo-dir",
-            str(tmp_path / "demo"),
+            str(tmp_path / f"demo_{name}"),
             "--demo-videos",
-            "320",
+            str(videos),
             "--output-dir",
             str(out),
             "--val-fraction",
-            "0.25",
+            val_fraction,
             "--test-fraction",
             "0",
-            "--size",
-            "48",
-            "--epochs",
-            "5",
             "--num-workers",
             "1",
             "--seed",
@@ -45,20 +49,34 @@ def test_demo_training_learns(tmp_path):
             "--no-log-model",
             "--no-log-checkpoints",
             "--no-system-metrics",
+            *extra,
         ],
-        timeout=1200,
+        timeout=900,
     )
     assert res.returncode == 0, res.stdout[-4000:]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    val = [r["metrics"] for r in records if "metrics" in r and "val/mean_spearman" in r["metrics"]]
+    return [r["metrics"] for r in records if "metrics" in r and "val/mean_spearman" in r["metrics"]]
+
+
+def test_demo_training_learns(tmp_path):
+    val = train_demo(tmp_path, "all", 320, "0.25", "--size", "48", "--epochs", "5")
     assert len(val) == 5
     final = val[-1]
-    assert final["val/clips"] >= 60
-    assert final["val/mean_spearman"] >= 0.25, final
+    assert final["val/clips"] >= 80
+    assert final["val/mean_spearman"] >= 0.35, final  # measured 0.486
     learned = [
         t
-        for t in ("distance", "expanse", "valence", "arousal", "facingness", "object")
+        for t in ("distance", "object", "expanse", "valence", "arousal", "facingness", "communicating")
         if final.get(f"val/{t}/spearman", 0) >= 0.4
     ]
-    assert len(learned) >= 3, final
-    assert final["val/mean_spearman"] > val[0]["val/mean_spearman"] - 0.05  # not degrading
+    assert len(learned) >= 3, final  # measured 5 (arousal .41 the fifth)
+    assert final["val/mean_spearman"] > val[0]["val/mean_spearman"] + 0.1, val  # it rose
+
+
+def test_without_motion_arousal_is_not_learned(tmp_path):
+    flags = ("--tasks", "arousal", "--size", "32", "--epochs", "6")
+    moving = train_demo(tmp_path, "moving", 480, "0.34", *flags)[-1]
+    static = train_demo(tmp_path, "static", 480, "0.34", *flags, "--demo-static")[-1]
+    assert moving["val/clips"] >= 160 and static["val/clips"] == moving["val/clips"]
+    assert moving["val/arousal/spearman"] >= 0.55, moving  # measured 0.79
+    assert moving["val/arousal/spearman"] - static["val/arousal/spearman"] >= 0.3, (moving, static)  # 0.61
