@@ -13,7 +13,8 @@ preset's ResNet3D-18 at width 32, one process):
   control is not measurable (arousal .41 vs .26 static: within the noise of 83 clips).
 
 Chance is 0 with a standard deviation of about 0.11 per task for 83 clips (0.08 for 172), ~0.04
-for the mean of 8; each threshold is the measured value minus at least 3 of those.  Joint action
+for the mean of 8: the thresholds on the mean and on moving arousal are 3.4 and 3 of those below
+the measured values, the moving-minus-static one 2.8 (the difference of two runs: ~0.11).  Joint action
 is not learned by the demo model in any setting tried (docs/demo_learning.md), so it has no
 threshold here.
 """
