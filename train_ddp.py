@@ -62,7 +62,7 @@ from datasets import (
     split_indices,
 )
 from losses import MultiTaskLoss
-from resnet3d import UnfreezeSchedule, build_model, freeze, load_pretrained, no_weight_decay
+from resnet3d import UnfreezeSchedule, build_model, freeze, load_pretrained, no_weight_decay, recorded_width
 from utils.atomic import atomic_write
 from utils.checkpoint import CheckpointManager, CheckpointSaveError, load_checkpoint_file
 from utils.cli import progress_bar, run_entry_point
@@ -634,7 +634,7 @@ class Checkpointer:
             )
         if comm_mismatch := comm_options_mismatch(ckpt["config"], cfg):
             raise SystemExit(f"{path} {comm_mismatch}")
-        saved = (int(ckpt["depth"]), int(ckpt.get("width", 64)))  # checkpoints before --width: 64
+        saved = (int(ckpt["depth"]), recorded_width(ckpt))
         if saved != (cfg.depth, cfg.width):
             raise SystemExit(
                 f"{path} holds a ResNet3D-{saved[0]} of width {saved[1]}, this run builds ResNet3D-{cfg.depth} "

@@ -25,7 +25,7 @@ from resnet3d import (
     load_pretrained,
     read_checkpoint,
 )
-from resnet3d.backbone import ResNet3D
+from resnet3d.backbone import MIT_WIDTH, ResNet3D, recorded_width
 from resnet3d.checkpoints import HEAD, CheckpointMismatchError, find_network_prefix, find_state_dict, guess_depth
 from utils.checkpoint import CHECKPOINT_FORMAT
 from utils.tasks import TASKS, parse_tasks, task_outputs
@@ -52,12 +52,12 @@ class ModelSpec:
     tracking_uri: str | None = None  # the store that run is in (recorded by train_ddp.py)
     config: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    width: int = 64  # channels of the stem (64: the MiT network; see resnet3d.ResNet3D)
+    width: int = MIT_WIDTH  # channels of the stem (see resnet3d.ResNet3D)
 
     @property
     def network(self) -> str:
         """E.g. "ResNet3D-50", or "ResNet3D-18 (width 32)" for a narrower one."""
-        return f"ResNet3D-{self.depth}" + (f" (width {self.width})" if self.width != 64 else "")
+        return f"ResNet3D-{self.depth}" + (f" (width {self.width})" if self.width != MIT_WIDTH else "")
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -195,7 +195,7 @@ def _load_training_checkpoint(path, raw, depth, tasks, frames, size) -> tuple[nn
         shape[name] = int(given or trained or default)
         if given is not None and trained is not None and int(given) != int(trained):
             notes.append(f"--{name} {given} differs from the {trained} the model was trained with")
-    width = int(raw.get("width", 64))  # checkpoints from before --width are all 64 wide
+    width = recorded_width(raw)
     model = MultiTaskResNet3D(depth=ck_depth, tasks=ck_tasks, dropout=0.0, width=width)
     try:
         model.load_state_dict(raw["model"])

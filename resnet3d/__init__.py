@@ -5,6 +5,7 @@ model = build_model(depth=50, tasks="all", pretrained="moments_v2_RGB_imagenet_r
 outputs = model(clips)            # {"distance_score": (N,), ..., "peoplecount": (N, 5)}
 """
 
+from .backbone import MIT_WIDTH, recorded_width
 from .checkpoints import CheckpointMismatchError, LoadReport, load_pretrained
 from .complexity import count_parameters_and_flops
 from .freeze import freeze, unfreeze
@@ -15,6 +16,8 @@ from .unfreeze_schedule import UnfreezeSchedule
 
 __all__ = [
     "build_model",
+    "MIT_WIDTH",
+    "recorded_width",
     "MultiTaskResNet3D",
     "load_pretrained",
     "LoadReport",

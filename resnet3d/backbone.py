@@ -21,12 +21,19 @@ ARCHITECTURES: dict[int, tuple[type[nn.Module], tuple[int, int, int, int]]] = {
     152: (Bottleneck, (3, 8, 36, 3)),
 }
 STAGE_WIDTHS = (64, 128, 256, 512)
+MIT_WIDTH = STAGE_WIDTHS[0]  # the stem's channels in the MiT network (what pretrained weights fit)
+
+
+def recorded_width(checkpoint: dict) -> int:
+    """The width a training checkpoint of this project was built with (those from before
+    ``--width`` do not record it: they are all the MiT width)."""
+    return int(checkpoint.get("width", MIT_WIDTH))
 
 
 class ResNet3D(nn.Module):
     """Backbone only: ``forward_features`` maps (N, 3, T, H, W) to pooled features (N, D)."""
 
-    def __init__(self, depth: int = 50, zero_init_residual: bool = False, width: int = 64) -> None:
+    def __init__(self, depth: int = 50, zero_init_residual: bool = False, width: int = MIT_WIDTH) -> None:
         super().__init__()
         if depth not in ARCHITECTURES:
             raise ValueError(f"unsupported ResNet3D depth {depth!r}; choose one of {sorted(ARCHITECTURES)}")
@@ -35,7 +42,7 @@ class ResNet3D(nn.Module):
         block, blocks_per_stage = ARCHITECTURES[depth]
         self.depth = depth
         self.width = width
-        stage_widths = tuple(w * width // STAGE_WIDTHS[0] for w in STAGE_WIDTHS)
+        stage_widths = tuple(w * width // MIT_WIDTH for w in STAGE_WIDTHS)
         self.feature_dim = stage_widths[-1] * block.expansion
 
         # The stem keeps full temporal resolution (stride 1 in T); the max-pool then halves T too.
