@@ -21,9 +21,8 @@ def test_width_is_recorded_and_a_resume_with_another_width_is_refused(tiny_demo,
 
     other = run_train([*args, "--width", "32", "--max-steps", "2"], timeout=300)
     assert other.returncode != 0
-    assert "holds a ResNet3D-18 of width 16, this run builds ResNet3D-18 of width 32" in other.stdout, other.stdout[
-        -3000:
-    ]
+    refusal = "holds a ResNet3D-18 of width 16, this run builds ResNet3D-18 of width 32"
+    assert refusal in other.stdout, other.stdout[-3000:]
     assert "Traceback" not in other.stdout
 
     same = run_train([*args, "--width", "16", "--max-steps", "2"], timeout=300)
