@@ -14,7 +14,7 @@ same labels (and, with single-threaded x264, the same bytes).
 What a clip shows (side view): a scene (indoor room or outdoor field) and 0-5 *agents*.
 An agent is an upright figure: an elliptic body in the "mood colour" and a round head whose
 front half is black and back half white (that is its visible front).  Agents bob up and
-down or sway sideways; a white "speech bubble" can pulse above an agent's head; a magenta
+down; a white "speech bubble" can pulse above an agent's head; a magenta
 box can be lying on the ground or carried by an agent.  Frames are 64-96 px high and
 1.0-1.4x as wide (even sizes, as yuv420p H.264 needs), 10-15 fps, 2-3 s.  Agents stand in
 the centre square of the frame (so a centre crop keeps them) and are big: 27-45 % of the
@@ -32,16 +32,18 @@ Label rules (scores on the 0.1 grid; "bh" = agent height in pixels):
   (monologue) -> 0.3; k >= 2 neighbouring agents taking turns, one bubble at a time
   (dialogue) -> 0.7 + 0.1 (k - 1), at most 1.  Any single frame shows at most one bubble,
   so monologue vs dialogue needs motion across frames.
-- joint: all agents do the same periodic movement, "bob" (up and down) or "sway" (side to
-  side), at the same frequency; the score says how in step neighbours move.  Every other
-  agent is 0, 1/6, 1/3 or 1/2 of a cycle behind its neighbours -> 1.0, 0.7, 0.4, 0.1
-  (score = 1 - 1.8 x offset).  In step, neighbours always move the same way (the group
-  bobs or sways as one); half a cycle apart they always move opposite ways (swaying, they
-  close in and draw apart).  Version 4 scored offsets of 0, 1/8 and 1/4 and a different
-  movement, whose main cue was how the whole clip's motion swelled and faded; joint was
-  never learned from it (docs/demo_learning.md).  Feet stand at different heights and
-  agents are unevenly spaced, so one frame cannot tell the phases apart: motion-only (and
-  relational: the hardest label to learn).  NaN with fewer than 2 agents.
+- joint: all agents bob at the same frequency; the score says how in step neighbours move.
+  Every other agent is 0, 1/6, 1/3 or 1/2 of a cycle out of step with its neighbours ->
+  1.0, 0.7, 0.4, 0.1 (score = 1 - 1.8 x offset).  In step, neighbours always move the same
+  way (the group bobs as one); half a cycle apart they always move opposite ways.  Every
+  clip with two or more agents starts at the same point of the movement: the even-numbered
+  agents halfway up and rising.  So at the start an in-step group rises together, and each agent
+  that is out of step shows it in its own movement against the clip's start, as well as
+  against its neighbours (version 5 started each clip at a random point and left only the
+  comparison between agents, which ResNet3D-18 never learned: docs/demo_learning.md).
+  One frame does not order the levels: feet stand at different heights, and in the first
+  frame an agent 1/6 of a cycle out of step is as high as one 1/3 out, and one in step as
+  high as one half a cycle out.  Motion-only.  NaN with fewer than 2 agents.
 - arousal: speed of the movement: amplitude 5-15 % of the frame height and frequency
   0.3-0.7 Hz both grow linearly with arousal (slow enough that 8 frames from 2-3 s see
   each cycle at several points).  Motion-only.  0 with no agents (a still scene).
@@ -104,17 +106,16 @@ __all__ = [
     "render_demo_clip",
 ]
 
-GENERATOR_VERSION = 5  # bump when rendering or labels change: existing demo dirs regenerate
+GENERATOR_VERSION = 7  # bump when rendering or labels change: existing demo dirs regenerate (6: a reverted try)
 DEFAULT_NUM_VIDEOS = 800
 MARKER_NAME = "DEMO_COMPLETE.json"
 CLIPS_PER_SHARD = 100
-JOINT_MOVES = ("bob", "sway")
 # joint score -> phase offset between neighbours, in cycles: score = 1 - 1.8 x offset, from in
 # step (neighbours always move the same way) to half a cycle apart (always opposite ways).
 JOINT_LEVELS = {1.0: 0.0, 0.7: 1 / 6, 0.4: 1 / 3, 0.1: 1 / 2}
 X264_OPTIONS = {"crf": "18", "preset": "veryfast", "threads": "1"}
-# Sizes in body heights, chosen so the small cues stay several pixels wide at the demo's 64 px
-# model input (version 3's 0.3 box and 0.22 head were barely learned there; docs/demo_learning.md).
+# Sizes in body heights, chosen so the small cues stay several pixels wide at the demo's 48-64 px
+# model input (version 3's 0.3 box and 0.22 head were barely learned at 64 px; docs/demo_learning.md).
 BOX_SIDE = 0.4
 HEAD_RADIUS = 0.25
 
@@ -189,7 +190,6 @@ class Scene:
     feet_y: list = field(default_factory=list)
     headings: list = field(default_factory=list)
     phases: list = field(default_factory=list)
-    moves: list = field(default_factory=list)  # per agent: "bob" (up-down) or "sway" (sideways)
     joint: float = math.nan
     talk_mode: str = "none"  # none | monologue | dialogue
     talkers: list = field(default_factory=list)
@@ -259,22 +259,19 @@ def _place_agents(scene: Scene, n: int, rng: np.random.Generator) -> None:
         wanted_sep = body_h * (0.5 + 1.5 * rng.uniform(0, 1))
         sep = min(wanted_sep, span / (n - 1))
         start = left_edge + rng.uniform(0, max(span - sep * (n - 1), 0.0))
-        # Uneven spacing, so that one frame of agents swaying out of step (neighbours' gaps
-        # alternately narrowed and widened) does not show their phases.
+        # Unevenly spaced, as people stand.
         xs = [start + i * sep + rng.uniform(-0.1, 0.1) * body_h for i in range(n)]
     scene.xs = [float(x) for x in xs]
     scene.feet_y = [scene.height * rng.uniform(0.80, 0.92) for _ in range(n)]
     scene.headings = [int(rng.choice([-1, 1])) for _ in range(n)]
-    base_phase = rng.uniform(0, 2 * math.pi)
+    alone_phase = rng.uniform(0, 2 * math.pi)  # where a lone agent's movement starts
     if n < 2:
-        scene.moves = [str(rng.choice(JOINT_MOVES))]
-        scene.phases = [base_phase]
+        scene.phases = [alone_phase]
         return
-    # Joint action levels (JOINT_LEVELS): all agents do the same movement; every other agent is
-    # 0, 1/6, 1/3 or 1/2 of a cycle behind its neighbours.
+    # Joint action levels (JOINT_LEVELS): every other agent is 0, 1/6, 1/3 or 1/2 of a cycle
+    # ahead of its neighbours; the even-numbered ones start halfway up and rising (phase 0).
     scene.joint = float(rng.choice(list(JOINT_LEVELS)))
-    scene.moves = [str(rng.choice(JOINT_MOVES))] * n
-    scene.phases = [base_phase + 2 * math.pi * JOINT_LEVELS[scene.joint] * (i % 2) for i in range(n)]
+    scene.phases = [2 * math.pi * JOINT_LEVELS[scene.joint] * (i % 2) for i in range(n)]
 
 
 def _choose_talk(scene: Scene, rng: np.random.Generator) -> None:
@@ -303,18 +300,16 @@ def _choose_box(scene: Scene, rng: np.random.Generator) -> None:
     half_box = 0.5 * BOX_SIDE * scene.body_h + 1
     lo, hi = (scene.width - side) / 2 + half_box + 2, (scene.width + side) / 2 - half_box - 2
     if mode == "carried":
-        # Only an agent whose front has room for the box (also at the far end of a sway) carries it.
+        # Only an agent whose front has room for the box carries it.
         offset = 0.2 * scene.body_h + half_box
-        sway = 0.5 * scene.move_amp
-        room = [i for i, (x, h) in enumerate(zip(scene.xs, scene.headings)) if lo + sway <= x + h * offset <= hi - sway]
+        room = [i for i, (x, h) in enumerate(zip(scene.xs, scene.headings)) if lo <= x + h * offset <= hi]
         if room:
             scene.box_owner = int(room[rng.integers(len(room))])
         else:
             mode = "none"
     elif mode == "idle":
         # On the ground, clear of every agent; if the crowd leaves no room, no box.
-        # agent half width + box half width + a gap, plus how far a swaying agent moves
-        reach = 0.2 * scene.body_h + half_box + 2 + 0.5 * scene.move_amp
+        reach = 0.2 * scene.body_h + half_box + 2  # agent half width + box half width + a gap
         free = [x for x in np.linspace(lo, hi, 24) if all(abs(x - a) > reach for a in scene.xs)]
         if not free:
             mode = "none"
@@ -389,16 +384,9 @@ def _render_frame(scene: Scene, background: np.ndarray, t: float) -> np.ndarray:
         _box(img, gy - box_side / 2, scene.box_x, box_side)
     speaker = _current_speaker(scene, t)
     on_top = []  # a carried box and the speech bubble: drawn last, so a neighbour never hides them
-    for i, (x, feet, heading, phase, move) in enumerate(
-        zip(scene.xs, scene.feet_y, scene.headings, scene.phases, scene.moves)
-    ):
+    for i, (x, feet, heading, phase) in enumerate(zip(scene.xs, scene.feet_y, scene.headings, scene.phases)):
         wave = math.sin(2 * math.pi * scene.move_freq * t + phase)
-        # Both movements have the same peak-to-peak size and speed: arousal does not
-        # depend on which one an agent does.
-        if move == "bob":
-            y = feet - scene.move_amp * (0.5 + 0.5 * wave)
-        else:
-            y, x = feet, x + 0.5 * scene.move_amp * wave
+        y = feet - scene.move_amp * (0.5 + 0.5 * wave)  # bobbing: feet - amp at the top
         _ellipse(img, y - 0.3 * bh, x, 0.3 * bh, 0.2 * bh, body, outline=1.0)
         _head(img, y - 0.78 * bh, x, HEAD_RADIUS * bh, heading)
         if scene.box_mode == "carried" and i == scene.box_owner:
@@ -519,9 +507,7 @@ def _scores(scene: Scene) -> tuple[dict[str, float], dict[str, float], dict[str,
         s["joint"] = scene.joint
         c["joint"] = 0.5 + 0.4 * scene.arousal  # slow, small motion is hard to judge
         offset = JOINT_LEVELS[scene.joint]
-        e["joint"] = (
-            f"Neighbours {scene.moves[0]} {offset:.2f} cycle apart." if offset else f"All {scene.moves[0]} in step."
-        )
+        e["joint"] = f"Neighbours bob {offset:.2f} cycle apart." if offset else "All bob in step."
     else:
         s["joint"], c["joint"] = math.nan, 0.0
         e["joint"] = "No joint action possible with fewer than two agents."
