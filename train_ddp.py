@@ -103,15 +103,15 @@ BEST_PREDICTIONS = "best_validation.npz"  # the best validation's logits and tar
 CHECKPOINT_FAILED_EXIT_CODE = 4  # training ended but its final checkpoint could not be written
 
 # With no --videos/--cache the demo runs: a model and clip size that learn on 2 CPU cores in
-# minutes (ResNet3D-18 at half width: 2.9x fewer FLOPs than width 64, so twice the steps in
-# less time, docs/demo_learning.md).  Options you set yourself win over these.
+# minutes (ResNet3D-18 at half width, 48 px: 5x fewer FLOPs than width 64 at 64 px, so more
+# steps in less time, docs/demo_learning.md).  Options you set yourself win over these.
 DEMO_PRESET = dict(
     depth=18,
     width=32,
     frames=8,
-    size=64,
+    size=48,
     batch_size=16,
-    epochs=11,
+    epochs=16,
     lr=2e-3,
     weight_decay=0.01,
     dropout=0.2,
