@@ -105,6 +105,8 @@ CHECKPOINT_FAILED_EXIT_CODE = 4  # training ended but its final checkpoint could
 # With no --videos/--cache the demo runs: a model and clip size that learn on 2 CPU cores in
 # minutes (ResNet3D-18 at half width, 48 px: 5x fewer FLOPs than width 64 at 64 px, so more
 # steps in less time, docs/demo_learning.md).  Options you set yourself win over these.
+# Joint action and communicating are weighted up: at equal weights the single-frame tasks take
+# the shared trunk first and joint stays at chance (docs/demo_learning.md, round 4).
 DEMO_PRESET = dict(
     depth=18,
     width=32,
@@ -120,6 +122,7 @@ DEMO_PRESET = dict(
     val_every=1,
     patience=0,
     warmup_steps=20,
+    task_weights="joint=3,communicating=2",
     output_dir="runs/demo",
 )
 
