@@ -2,6 +2,7 @@
 DataLoader over the same dataset (order, augmentation draws, bad clips), resume mid-epoch, never
 overwrite a batch the consumer still holds, and leave no threads behind."""
 
+import itertools
 import shutil
 import subprocess
 import sys
@@ -170,17 +171,35 @@ def reader_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith(READER_THREAD_PREFIX)]
 
 
+def first_reads_meet(loader: CacheLoader, parties: int) -> None:
+    """Make the loader's first ``parties`` batch reads wait for one another.
+
+    A ThreadPoolExecutor starts a new thread only when none is idle, so on a busy machine a fast
+    read can finish before the next is submitted and the pool runs fewer threads than ``readers``;
+    reads that wait for each other are on ``parties`` threads at once."""
+    meeting, calls, read = threading.Barrier(parties, timeout=60), itertools.count(), loader._reader
+
+    def meeting_read(*args):
+        if next(calls) < parties:
+            meeting.wait()
+        return read(*args)
+
+    loader._reader = meeting_read
+
+
 def test_reader_threads_end_with_close_with_the_loader_and_after_an_abandoned_pass(cache):
     assert reader_threads() == []
     dataset = train_set(cache, names=NAMES)
     sampler = ResumableShardSampler(len(dataset), 0, 1, seed=0)
     loader = CacheLoader(dataset, sampler, 2, readers=3, drop_last=True)
+    first_reads_meet(loader, 3)
     next(iter(loader))  # abandoned mid-epoch, reads in flight
     assert len(reader_threads()) == 3
     assert len(list(loader)) == len(loader)  # a new pass waits for the old one's reads, then runs whole
     loader.close()
     assert reader_threads() == []
     loader = CacheLoader(dataset, sampler, 2, readers=2, drop_last=True)
+    first_reads_meet(loader, 2)
     batches = iter(loader)
     next(batches)
     del loader  # the pass still holds it
