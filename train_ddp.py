@@ -71,6 +71,7 @@ from utils.config import (
     changed_options,
     comm_options_mismatch,
     flatten_for_logging,
+    learning_options_mismatch,
     parse_config,
     parse_key_values,
 )
@@ -635,8 +636,9 @@ class Checkpointer:
                 f"for {self.t.unfreeze.state_dict()}; resume with the same --unfreeze* options or "
                 "start a new --output-dir"
             )
-        if comm_mismatch := comm_options_mismatch(ckpt["config"], cfg):
-            raise SystemExit(f"{path} {comm_mismatch}")
+        for mismatch in (comm_options_mismatch(ckpt["config"], cfg), learning_options_mismatch(ckpt["config"], cfg)):
+            if mismatch:
+                raise SystemExit(f"{path} {mismatch}")
         saved = (int(ckpt["depth"]), recorded_width(ckpt))
         if saved != (cfg.depth, cfg.width):
             raise SystemExit(

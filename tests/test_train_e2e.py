@@ -113,6 +113,32 @@ def test_torchrun_two_processes_end_to_end(tiny_demo, tmp_path):
     assert (out / "metrics.jsonl").read_text() == jsonl
     _, runs = _runs(out / "mlflow.db")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED" and len(runs[0].outputs.model_outputs) == 1
+    # continuing it with another objective is refused before anything trains (an old runs/demo
+    # under a newer demo preset would otherwise splice two experiments into one run)
+    res3 = run_train(
+        [
+            "--videos",
+            str(videos),
+            "--annotations",
+            str(annotations),
+            "--output-dir",
+            str(out),
+            "--epochs",
+            "3",
+            "--batch-size",
+            "4",
+            *TINY,
+            "--task-weights",
+            "joint=3",
+        ],
+        nproc=2,
+        timeout=600,
+    )
+    assert res3.returncode != 0, res3.stdout[-4000:]
+    refusal = "was trained on other input or with another objective (--task-weights '' -> joint=3); resume with"
+    assert f"error: {ckdir}/" in res3.stdout and refusal in res3.stdout, res3.stdout[-4000:]
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "checkpoints").iterdir()} == before
+    assert (out / "metrics.jsonl").read_text() == jsonl
 
 
 def test_init_from_an_earlier_mlflow_run(tiny_demo, tmp_path):

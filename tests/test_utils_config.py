@@ -119,3 +119,18 @@ def test_comm_options_mismatch_names_each_changed_option():
     }
     assert comm_options_mismatch(old, TrainConfig()) is None
     assert "--grad-compression none -> bf16" in comm_options_mismatch(old, TrainConfig(grad_compression="bf16"))
+
+
+def test_learning_options_mismatch_names_input_and_objective_changes():
+    from utils.config import learning_options_mismatch
+
+    saved = TrainConfig(size=48, frames=8, task_weights="joint=3").to_dict()
+    # how long a run trains may change on resume; what it learns from may not
+    assert learning_options_mismatch(saved, TrainConfig(size=48, frames=8, task_weights="joint=3", epochs=30)) is None
+    msg = learning_options_mismatch(saved, TrainConfig(size=64, frames=8, task_weights="", demo_static=True))
+    assert "--size 48 -> 64" in msg and "--task-weights joint=3 -> ''" in msg and "--demo-static False -> True" in msg
+    assert "--frames" not in msg and "start a new --output-dir" in msg
+    # a checkpoint from before an option existed was trained with its default
+    old = {k: v for k, v in TrainConfig().to_dict().items() if k != "task_weights"}
+    assert learning_options_mismatch(old, TrainConfig()) is None
+    assert "--task-weights '' -> joint=3" in learning_options_mismatch(old, TrainConfig(task_weights="joint=3"))

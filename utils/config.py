@@ -327,19 +327,49 @@ def parse_key_values(spec: str, what: str, value_type=float, sep: str = "=") -> 
 # another bucketing changes the sums (and with them the bitwise-exact resume).
 COMM_OPTIONS = ("grad_compression", "ddp_bucket_mb", "gradient_as_bucket_view")
 
+# Options that decide what a run learns: which clips train and validate, what the model sees of
+# them, and its objective.  Resumed under others, one checkpoint and one MLflow run would mix two
+# experiments (or train on clips it validated on) -- e.g. an old runs/demo continued under a newer
+# demo preset.  Epochs, max steps, patience and the like may change: they say how long, not what.
+LEARNING_OPTIONS = (
+    *("split", "val_fraction", "test_fraction", "demo_videos", "demo_static", "frames", "size"),
+    *("tasks", "task_weights", "include_confidence", "alpha", "beta"),
+)
 
-def comm_options_mismatch(saved_config: dict[str, Any], cfg: TrainConfig) -> str | None:
-    """Why a checkpoint written with ``saved_config`` must not resume under ``cfg`` (None if it
-    may).  Checkpoints from before these options existed were written with the defaults."""
+
+def _changed_on_resume(saved_config: dict[str, Any], cfg: TrainConfig, names: tuple[str, ...]) -> list[str]:
+    """``--flag saved -> now`` for each of ``names`` that differs.  Checkpoints from before an
+    option existed were written with its default."""
     defaults = {f.name: f.default for f in fields(TrainConfig)}
-    changed = [
-        f"--{name.replace('_', '-')} {saved_config.get(name, defaults[name])} -> {getattr(cfg, name)}"
-        for name in COMM_OPTIONS
+
+    def shown(value: Any) -> Any:
+        return "''" if value == "" else value  # an empty --task-weights
+
+    return [
+        f"--{name.replace('_', '-')} {shown(saved_config.get(name, defaults[name]))} -> {shown(getattr(cfg, name))}"
+        for name in names
         if saved_config.get(name, defaults[name]) != getattr(cfg, name)
     ]
-    if not changed:
-        return None
-    return (
-        "was trained with other gradient-communication options (" + ", ".join(changed) + "); resume "
-        "with the options it was trained with or start a new --output-dir"
-    )
+
+
+def comm_options_mismatch(saved_config: dict[str, Any], cfg: TrainConfig) -> str | None:
+    """Why a checkpoint written with ``saved_config`` must not resume under ``cfg``'s gradient
+    communication (None if it may)."""
+    if changed := _changed_on_resume(saved_config, cfg, COMM_OPTIONS):
+        return (
+            "was trained with other gradient-communication options (" + ", ".join(changed) + "); resume "
+            "with the options it was trained with or start a new --output-dir"
+        )
+    return None
+
+
+def learning_options_mismatch(saved_config: dict[str, Any], cfg: TrainConfig) -> str | None:
+    """Why a checkpoint written with ``saved_config`` must not resume under ``cfg``'s input and
+    objective (None if it may)."""
+    if changed := _changed_on_resume(saved_config, cfg, LEARNING_OPTIONS):
+        return (
+            "was trained on other input or with another objective (" + ", ".join(changed) + "); resume "
+            "with the options it was trained with, or start a new --output-dir (--init-from-run "
+            "starts a new run from its weights)"
+        )
+    return None
