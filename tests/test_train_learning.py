@@ -3,7 +3,8 @@
 Small versions of benchmarks/demo_learning.py (docs/demo_learning.md); each run's own validation
 split measures it.  Measured here (2-core CPU VM, 2026-12-01 night, demo generator version 7, the
 demo preset's ResNet3D-18 at width 32 with its task weights joint 3x and communicating 2x, one
-process; the three runs together 279 s, the control's two 182 s):
+single-thread process per run; the three runs side by side 165 s on 2026-12-02, with the same
+figures as one after another, 279 s, the night before):
 
 - all tasks, 320 clips, 8 frames at 48 px, 5 epochs (75 steps), 83 validation clips: mean
   Spearman over the 8 score tasks 0.488 (after the first epoch 0.254): arousal .71, expanse .66,
@@ -24,11 +25,34 @@ longer option, −.04 without motion), not at CI size (.11 above), so it has no 
 """
 
 import json
+import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from launch_helpers import run_train
 
 pytestmark = pytest.mark.slow
+
+CONTROL = ("--tasks", "arousal", "--size", "32", "--epochs", "6")
+RUNS = {  # name: clips, validation fraction, flags
+    "all": (320, "0.25", "--size", "48", "--epochs", "5"),
+    "moving": (480, "0.34", *CONTROL),
+    "static": (480, "0.34", *CONTROL, "--demo-static"),
+}
+
+
+@pytest.fixture(scope="module")
+def learning_runs(tmp_path_factory):
+    """The three runs side by side: each is one single-thread process (``OMP_NUM_THREADS=1``,
+    tests/launch_helpers.py) and runs the same alone or beside the others, so on 2 cores the
+    three take about the time of two in a row.  Their folders (checkpoints included) are removed
+    afterwards; a failed assertion shows the metrics it read."""
+    root = tmp_path_factory.mktemp("learning")
+    with ThreadPoolExecutor(len(RUNS)) as pool:
+        started = {name: pool.submit(train_demo, root, name, *args) for name, args in RUNS.items()}
+        runs = {name: future.result() for name, future in started.items()}
+    yield runs
+    shutil.rmtree(root)
 
 
 def train_demo(tmp_path, name: str, videos: int, val_fraction: str, *extra: str) -> list[dict]:
@@ -54,6 +78,7 @@ def train_demo(tmp_path, name: str, videos: int, val_fraction: str, *extra: str)
             "--no-log-model",
             "--no-log-checkpoints",
             "--no-system-metrics",
+            "--no-plots",
             *extra,
         ],
         timeout=900,
@@ -63,8 +88,8 @@ def train_demo(tmp_path, name: str, videos: int, val_fraction: str, *extra: str)
     return [r["metrics"] for r in records if "metrics" in r and "val/mean_spearman" in r["metrics"]]
 
 
-def test_demo_training_learns(tmp_path):
-    val = train_demo(tmp_path, "all", 320, "0.25", "--size", "48", "--epochs", "5")
+def test_demo_training_learns(learning_runs):
+    val = learning_runs["all"]
     assert len(val) == 5
     final = val[-1]
     assert final["val/clips"] >= 80
@@ -78,10 +103,8 @@ def test_demo_training_learns(tmp_path):
     assert final["val/mean_spearman"] > val[0]["val/mean_spearman"] + 0.1, val  # it rose
 
 
-def test_without_motion_arousal_is_not_learned(tmp_path):
-    flags = ("--tasks", "arousal", "--size", "32", "--epochs", "6")
-    moving = train_demo(tmp_path, "moving", 480, "0.34", *flags)[-1]
-    static = train_demo(tmp_path, "static", 480, "0.34", *flags, "--demo-static")[-1]
+def test_without_motion_arousal_is_not_learned(learning_runs):
+    moving, static = learning_runs["moving"][-1], learning_runs["static"][-1]
     assert moving["val/clips"] >= 160 and static["val/clips"] == moving["val/clips"]
     assert moving["val/arousal/spearman"] >= 0.55, moving  # measured 0.88
     assert moving["val/arousal/spearman"] - static["val/arousal/spearman"] >= 0.3, (moving, static)  # 0.56
