@@ -21,25 +21,9 @@ def _runs(db):
 def test_torchrun_two_processes_end_to_end(tiny_demo, tmp_path):
     videos, annotations = tiny_demo
     out = tmp_path / "run"
+    job = ["--videos", str(videos), "--annotations", str(annotations), "--output-dir", str(out), "--batch-size", "4"]
     res = run_train(
-        [
-            "--videos",
-            str(videos),
-            "--annotations",
-            str(annotations),
-            "--output-dir",
-            str(out),
-            "--epochs",
-            "2",
-            "--batch-size",
-            "4",
-            "--checkpoint-every",
-            "3",
-            *TINY,
-            "--log-model",
-            "--log-checkpoints",
-            "--plots",
-        ],
+        [*job, "--epochs", "2", "--checkpoint-every", "3", *TINY, "--log-model", "--log-checkpoints", "--plots"],
         nproc=2,
         timeout=900,
     )
@@ -86,23 +70,7 @@ def test_torchrun_two_processes_end_to_end(tiny_demo, tmp_path):
     # a second launch with the same output dir finds nothing to do and changes nothing
     before = {p.name: p.stat().st_mtime_ns for p in (out / "checkpoints").iterdir()}
     jsonl = (out / "metrics.jsonl").read_text()
-    res2 = run_train(
-        [
-            "--videos",
-            str(videos),
-            "--annotations",
-            str(annotations),
-            "--output-dir",
-            str(out),
-            "--epochs",
-            "2",
-            "--batch-size",
-            "4",
-            *TINY,
-        ],
-        nproc=2,
-        timeout=600,
-    )
+    res2 = run_train([*job, "--epochs", "2", *TINY], nproc=2, timeout=600)
     assert res2.returncode == 0, res2.stdout[-4000:]
     assert (
         f"{out} already finished at step {steps} (2 of --epochs 2 done); nothing to do -- use a new --output-dir, "
@@ -115,25 +83,7 @@ def test_torchrun_two_processes_end_to_end(tiny_demo, tmp_path):
     assert len(runs) == 1 and runs[0].info.status == "FINISHED" and len(runs[0].outputs.model_outputs) == 1
     # continuing it with another objective is refused before anything trains (an old runs/demo
     # under a newer demo preset would otherwise splice two experiments into one run)
-    res3 = run_train(
-        [
-            "--videos",
-            str(videos),
-            "--annotations",
-            str(annotations),
-            "--output-dir",
-            str(out),
-            "--epochs",
-            "3",
-            "--batch-size",
-            "4",
-            *TINY,
-            "--task-weights",
-            "joint=3",
-        ],
-        nproc=2,
-        timeout=600,
-    )
+    res3 = run_train([*job, "--epochs", "3", *TINY, "--task-weights", "joint=3"], nproc=2, timeout=600)
     assert res3.returncode != 0, res3.stdout[-4000:]
     refusal = "was trained on other input or with another objective (--task-weights '' -> joint=3); resume with"
     assert f"error: {ckdir}/" in res3.stdout and refusal in res3.stdout, res3.stdout[-4000:]
