@@ -48,6 +48,8 @@ _EXPORTS: dict[str, str] = {
     "collate_clips": "clips",
     # demo.py: synthetic demo dataset
     "ensure_demo_dataset": "demo",
+    "ensure_demo_frame_cache": "demo",
+    "demo_frame_cache_dir": "demo",
     "generate_demo_dataset": "demo",
     # annotations.py / splits.py: tables -> targets, train/val/test splits
     "AnnotationError": "annotations",

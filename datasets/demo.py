@@ -9,7 +9,8 @@ annotation schema (31 columns, see ``COLUMNS``), so the whole pipeline can learn
 writes ``DIR/videos/<shard>/demo_<i>.mp4`` (libx264, yuv420p, sub-folders like Moments in
 Time), ``DIR/annotations.csv`` and, last, the marker ``DIR/DEMO_COMPLETE.json``.  Everything
 is drawn from ``numpy.random.default_rng([seed, i])`` per clip, so the same seed gives the
-same labels (and, with single-threaded x264, the same bytes).
+same labels and scenes; the H.264 bytes can differ between renderings (decoded frames by 0.01-0.05
+grey levels, measured 2026-12-02), enough to change what a small training run reaches.
 
 What a clip shows (side view): a scene (indoor room or outdoor field) and 0-5 *agents*.
 An agent is an upright figure: an elliptic body in the "mood colour" and a round head whose
@@ -99,7 +100,9 @@ __all__ = [
     "DEFAULT_NUM_VIDEOS",
     "MARKER_NAME",
     "NAN_RATES",
+    "demo_frame_cache_dir",
     "ensure_demo_dataset",
+    "ensure_demo_frame_cache",
     "generate_demo_dataset",
     "demo_annotation",
     "demo_scene",
@@ -109,6 +112,7 @@ __all__ = [
 GENERATOR_VERSION = 7  # bump when rendering or labels change: existing demo dirs regenerate (6: a reverted try)
 DEFAULT_NUM_VIDEOS = 800
 MARKER_NAME = "DEMO_COMPLETE.json"
+FRAME_CACHE_PREFIX = "frame_cache_"  # DIR/frame_cache_<frames>x<size>: raw frame caches of DIR's clips
 CLIPS_PER_SHARD = 100
 # joint score -> phase offset between neighbours, in cycles: score = 1 - 1.8 x offset, from in
 # step (neighbours always move the same way) to half a cycle apart (always opposite ways).
@@ -640,8 +644,10 @@ def _is_complete(out: Path, num_videos: int, seed: int, static: bool) -> bool:
 
 
 def _is_demo_dir(out: Path) -> bool:
-    """True if ``out`` holds only what the generator writes (safe to replace)."""
-    return set(os.listdir(out)) <= {"videos", "annotations.csv", MARKER_NAME}
+    """True if ``out`` holds only what the generator and ``ensure_demo_frame_cache`` write (safe
+    to replace)."""
+    own = {"videos", "annotations.csv", MARKER_NAME}
+    return all(name in own or name.startswith(FRAME_CACHE_PREFIX) for name in os.listdir(out))
 
 
 @contextlib.contextmanager
@@ -697,6 +703,47 @@ def ensure_demo_dataset(
             if tmp.exists():
                 shutil.rmtree(tmp)
     return result
+
+
+def demo_frame_cache_dir(out_dir: str | os.PathLike, frames: int, size: int) -> Path:
+    """Where ``ensure_demo_frame_cache`` keeps the cache that serves ``frames`` x ``size`` training:
+    inside the demo folder, so it goes with the clips whenever they are re-rendered.  Stored at
+    ``size`` but at least 64 px, the clips' shortest side."""
+    return Path(out_dir).absolute() / f"{FRAME_CACHE_PREFIX}{frames}x{max(size, 64)}"
+
+
+def ensure_demo_frame_cache(out_dir: str | os.PathLike, frames: int, size: int) -> Path:
+    """A raw frame cache (:func:`datasets.prepare.prepare_cache`) of the complete demo dataset in
+    ``out_dir``, built once (600 clips: about 3 s on one core) and reused after; its path.
+
+    Training from it instead of decoding the same small clips every epoch gave the demo 1.28x the
+    clips/s on 2 CPU cores (docs/demo_learning.md, round 6).  It stores ``frames`` frames per clip
+    (the centre frame of each segment, so training draws no temporal jitter) at
+    ``demo_frame_cache_dir``'s size.  Holds the demo's lock, so a concurrent re-render cannot
+    swap the clips under it; a clip that does not go into the cache is an error, not a skip."""
+    from .prepare import prepare_cache, read_video_names  # the cache needs torch; the generator does not
+
+    out = Path(out_dir).absolute()
+    root = demo_frame_cache_dir(out, frames, size)
+    with _exclusive_lock(out.parent / f".{out.name}.lock"):
+        if not (out / MARKER_NAME).is_file():
+            raise FileNotFoundError(f"{out} is not a complete demo dataset (no {MARKER_NAME}); render it first")
+        summary = prepare_cache(
+            root,
+            read_video_names(out / "annotations.csv"),
+            str(out / "videos"),
+            frames=frames,
+            stored_size=max(size, 64),
+            storage="raw",
+            workers=0,  # in this process: 600 small clips take seconds
+            progress=False,
+            log=lambda message: None,
+            provenance={"demo": json.loads((out / MARKER_NAME).read_text())},
+        )
+    lost = sum(summary["counts"][status] for status in ("skipped", "failed", "missing"))  # "short" is stored
+    if lost:
+        raise RuntimeError(f"{root}: {lost} demo clip(s) did not go into the frame cache; see {summary['failures']}")
+    return root
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,6 +41,11 @@ class TrainConfig:
     demo_dir: str = _f(".cache/demo", "where the demo dataset is generated when --videos is unset")
     demo_videos: int = _f(600, "number of demo clips to generate")
     demo_static: bool = _f(False, "demo clips show their first frame throughout (same labels): the no-motion control")
+    demo_cache: bool = _f(
+        True,
+        "train the demo from a raw frame cache of its clips (DEMO_DIR/frame_cache_*, built once in seconds) "
+        "instead of decoding them every epoch: 1.28x the clips/s on 2 CPU cores",
+    )
     split: str = _f(
         "hash",
         "train/val split: hash (stable hash of video_name), column (a `split` "
@@ -332,7 +337,7 @@ COMM_OPTIONS = ("grad_compression", "ddp_bucket_mb", "gradient_as_bucket_view")
 # experiments (or train on clips it validated on) -- e.g. an old runs/demo continued under a newer
 # demo preset.  Epochs, max steps, patience and the like may change: they say how long, not what.
 LEARNING_OPTIONS = (
-    *("split", "val_fraction", "test_fraction", "demo_videos", "demo_static", "frames", "size"),
+    *("split", "val_fraction", "test_fraction", "demo_videos", "demo_static", "demo_cache", "frames", "size"),
     *("tasks", "task_weights", "include_confidence", "alpha", "beta"),
 )
 
