@@ -696,7 +696,7 @@ def configure_device(cfg: TrainConfig, info: DistInfo) -> tuple[torch.dtype | No
 def use_demo_dataset(cfg: TrainConfig, info: DistInfo) -> None:
     """Render the built-in demo clips once per node (the other ranks wait) and train on them:
     from a raw frame cache of them unless --no-demo-cache (decoding the same small clips every
-    epoch cost 2 CPU cores a fifth of their steps, docs/demo_learning.md round 6)."""
+    epoch cost 2 CPU cores 14-22 % of their steps, docs/demo_learning.md round 6)."""
     if info.local_rank == 0:
         ensure_demo_dataset(
             cfg.demo_dir,

@@ -113,6 +113,7 @@ GENERATOR_VERSION = 7  # bump when rendering or labels change: existing demo dir
 DEFAULT_NUM_VIDEOS = 800
 MARKER_NAME = "DEMO_COMPLETE.json"
 FRAME_CACHE_PREFIX = "frame_cache_"  # DIR/frame_cache_<frames>x<size>: raw frame caches of DIR's clips
+FRAME_CACHE_MIN_SIZE = 64  # the clips' shortest side: caches are stored at --size, but not below it
 CLIPS_PER_SHARD = 100
 # joint score -> phase offset between neighbours, in cycles: score = 1 - 1.8 x offset, from in
 # step (neighbours always move the same way) to half a cycle apart (always opposite ways).
@@ -708,16 +709,16 @@ def ensure_demo_dataset(
 def demo_frame_cache_dir(out_dir: str | os.PathLike, frames: int, size: int) -> Path:
     """Where ``ensure_demo_frame_cache`` keeps the cache that serves ``frames`` x ``size`` training:
     inside the demo folder, so it goes with the clips whenever they are re-rendered.  Stored at
-    ``size`` but at least 64 px, the clips' shortest side."""
-    return Path(out_dir).absolute() / f"{FRAME_CACHE_PREFIX}{frames}x{max(size, 64)}"
+    ``size`` but at least ``FRAME_CACHE_MIN_SIZE``."""
+    return Path(out_dir).absolute() / f"{FRAME_CACHE_PREFIX}{frames}x{max(size, FRAME_CACHE_MIN_SIZE)}"
 
 
 def ensure_demo_frame_cache(out_dir: str | os.PathLike, frames: int, size: int) -> Path:
     """A raw frame cache (:func:`datasets.prepare.prepare_cache`) of the complete demo dataset in
     ``out_dir``, built once (600 clips: about 3 s on one core) and reused after; its path.
 
-    Training from it instead of decoding the same small clips every epoch gave the demo 1.28x the
-    clips/s on 2 CPU cores (docs/demo_learning.md, round 6).  It stores ``frames`` frames per clip
+    Training from it instead of decoding the same small clips every epoch gave the demo 1.16-1.28x
+    the clips/s on 2 CPU cores (docs/demo_learning.md, round 6).  It stores ``frames`` frames per clip
     (the centre frame of each segment, so training draws no temporal jitter) at
     ``demo_frame_cache_dir``'s size.  Holds the demo's lock, so a concurrent re-render cannot
     swap the clips under it; a clip that does not go into the cache is an error, not a skip."""
@@ -733,7 +734,7 @@ def ensure_demo_frame_cache(out_dir: str | os.PathLike, frames: int, size: int) 
             read_video_names(out / "annotations.csv"),
             str(out / "videos"),
             frames=frames,
-            stored_size=max(size, 64),
+            stored_size=max(size, FRAME_CACHE_MIN_SIZE),
             storage="raw",
             workers=0,  # in this process: 600 small clips take seconds
             progress=False,

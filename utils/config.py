@@ -44,7 +44,7 @@ class TrainConfig:
     demo_cache: bool = _f(
         True,
         "train the demo from a raw frame cache of its clips (DEMO_DIR/frame_cache_*, built once in seconds) "
-        "instead of decoding them every epoch: 1.28x the clips/s on 2 CPU cores",
+        "instead of decoding them every epoch: 1.16-1.28x the clips/s on 2 CPU cores",
     )
     split: str = _f(
         "hash",
