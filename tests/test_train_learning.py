@@ -8,7 +8,7 @@ on the same clips rendered without motion (``--demo-static``: each clip its firs
 same labels).  Both take 50-80 s together here (2-core CPU VM, 2026-12-02, demo generator
 version 7).
 
-The demo's H.264 bytes are not the same from one rendering to the next (x264 under load; decoded
+The demo's H.264 bytes are not the same from one rendering to the next (cause not found; decoded
 frames differ by 0.01-0.05 grey levels), and at this size such differences change the outcome, so
 each CI run is one draw.  Measured in five draws of the moving run: mean Spearman over the 8 score
 tasks 0.39-0.48 (after the first epoch 0.21-0.25), arousal 0.70-0.78; in three of the static run
