@@ -9,8 +9,9 @@ annotation schema (31 columns, see ``COLUMNS``), so the whole pipeline can learn
 writes ``DIR/videos/<shard>/demo_<i>.mp4`` (libx264, yuv420p, sub-folders like Moments in
 Time), ``DIR/annotations.csv`` and, last, the marker ``DIR/DEMO_COMPLETE.json``.  Everything
 is drawn from ``numpy.random.default_rng([seed, i])`` per clip, so the same seed gives the
-same labels and scenes; the H.264 bytes can differ between renderings (decoded frames by 0.01-0.05
-grey levels, measured 2026-12-02), enough to change what a small training run reaches.
+same labels, frames and (with ``X264_OPTIONS``, generator version 8) the same H.264 bytes: version 7's
+bytes differed between renderings (decoded frames by 0.01-0.05 grey levels), enough to change what
+a small training run reaches (docs/demo_learning.md, rounds 6-8).
 
 What a clip shows (side view): a scene (indoor room or outdoor field) and 0-5 *agents*.
 An agent is an upright figure: an elliptic body in the "mood colour" and a round head whose
@@ -109,7 +110,7 @@ __all__ = [
     "render_demo_clip",
 ]
 
-GENERATOR_VERSION = 7  # bump when rendering or labels change: existing demo dirs regenerate (6: a reverted try)
+GENERATOR_VERSION = 8  # bump when rendering or labels change: existing demo dirs regenerate (6: a reverted try)
 DEFAULT_NUM_VIDEOS = 800
 MARKER_NAME = "DEMO_COMPLETE.json"
 FRAME_CACHE_PREFIX = "frame_cache_"  # DIR/frame_cache_<frames>x<size>: raw frame caches of DIR's clips
@@ -118,7 +119,13 @@ CLIPS_PER_SHARD = 100
 # joint score -> phase offset between neighbours, in cycles: score = 1 - 1.8 x offset, from in
 # step (neighbours always move the same way) to half a cycle apart (always opposite ways).
 JOINT_LEVELS = {1.0: 0.0, 0.7: 1 / 6, 0.4: 1 / 3, 0.1: 1 / 2}
-X264_OPTIONS = {"crf": "18", "preset": "veryfast", "threads": "1"}
+# x264 options of the demo clips.  One thread: tiny frames gain nothing from threads.  mbtree=0:
+# with x264's macroblock-tree rate control on, encoding the same frames twice in one process gave
+# different bytes for 7 of 30 clips (5 encodes each, even with one thread); with it off, 0 of 900
+# clips did over three seeds (measured 2026-12-02/03, PyAV 18.1; docs/demo_learning.md round 8).
+# qcomp=1.0: mbtree=0 alone lets a static clip's frames drift 0.76 grey levels from its first
+# frame (0.19 before); constant quality per frame brings that back to 0.18-0.20 at equal bytes.
+X264_OPTIONS = {"crf": "18", "preset": "veryfast", "threads": "1", "x264-params": "mbtree=0:qcomp=1.0"}
 # Sizes in body heights, chosen so the small cues stay several pixels wide at the demo's 48-64 px
 # model input (version 3's 0.3 box and 0.22 head were barely learned at 64 px; docs/demo_learning.md).
 BOX_SIDE = 0.4
@@ -608,7 +615,6 @@ def generate_demo_dataset(
         frames, fps, row = render_demo_clip(seed, index, static)
         shard = videos / f"{index // CLIPS_PER_SHARD:03d}"
         shard.mkdir(parents=True, exist_ok=True)
-        # One x264 thread: tiny frames gain nothing from threads, and it keeps bytes reproducible.
         write_video(shard / clip_name(index), frames, fps, options=X264_OPTIONS, container_format="mp4")
         rows.append({"video_name": clip_name(index), **row})
     bar.close()
