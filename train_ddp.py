@@ -111,8 +111,8 @@ CHECKPOINT_FAILED_EXIT_CODE = 4  # training ended but its final checkpoint could
 # its clips, docs/demo_learning.md round 6).  Options you set yourself win over these.
 # Joint action and communicating are weighted up: at equal weights the single-frame tasks take
 # the shared trunk first and joint stays at chance (docs/demo_learning.md, round 4).  The peak
-# LR is 7e-4: at 2e-3 seed 2's clips never learned object in 270 steps, at 7e-4 three of four
-# renderings of them did (round 7).
+# LR is 7e-4: at 2e-3 seed 2's clips never learned object in 270 steps (round 7); at 7e-4, with
+# generator version 9's larger box, seeds 0, 2, 3 and 4 all do (round 8).
 DEMO_PRESET = dict(
     depth=18,
     width=32,

@@ -5,22 +5,22 @@ split measures it.  Two runs of the demo preset (ResNet3D-18 at width 32, traine
 frame cache, peak LR 7e-4, task weights joint 3x and communicating 2x) side by side, one
 single-thread process each: 320 clips of seed 0, 8 frames at 48 px, 8 epochs (120 steps), 83
 validation clips; the second on the same clips rendered without motion (``--demo-static``: each
-clip its first frame repeated, same labels).  Both take 71-81 s together here (2-core CPU VM,
-2026-12-02 evening, demo generator version 7).
+clip its first frame repeated, same labels).  Both take 76 s together here (2-core CPU VM,
+2026-12-03, demo generator version 9).
 
-The demo's H.264 bytes are not the same from one rendering to the next (cause not found; decoded
-frames differ by 0.01-0.05 grey levels), and at this size such differences change the outcome, so
-each CI run is one draw.  Measured in five draws of the pair (docs/demo_learning.md, round 7):
-moving mean Spearman over the 8 score tasks 0.518-0.543 (after the first epoch 0.226-0.285),
-3-5 of the single-frame tasks >= 0.4 (distance, expanse and valence in every draw), arousal
-0.65-0.70; static arousal 0.31-0.44; paired differences 0.22-0.39 (the lowest moving against the
-highest static run, 0.21).  Thresholds, each below the lowest draw by the margin in its comment:
-mean >= 0.45, at least 3 single-frame tasks >= 0.4, moving arousal >= 0.55 and at least 0.15 above
-the static run's.  Five epochs (75 steps), the earlier size, separated moving from static arousal
-by only 0.17 in two of five draws at this LR.  Joint action is learned by the demo model at full
-size (round 7: .84 in the default, -.03 without motion), not at CI size (0.15-0.30), so it has no
-threshold here.  The earlier CI control, arousal alone at 32 px (480 clips, 6 epochs), ranged
-from 0.31 to 0.89 between draws, decoding or from the cache: not a usable test.
+Since generator version 8 the demo's H.264 bytes are the same on every rendering, and each run is
+one single-thread process, so on this machine the pair gives the same figures every time; before,
+renderings differed slightly and that alone moved the outcome between draws (version 7, five
+draws: moving mean 0.518-0.543, arousal 0.65-0.70, static arousal 0.31-0.44, paired differences
+0.22-0.39; docs/demo_learning.md, rounds 7-8).  Measured with version 9: moving mean Spearman over
+the 8 score tasks 0.567 (after the first epoch 0.247), 5 single-frame tasks >= 0.4 (distance
+0.55, object 0.83, expanse 0.75, communicating 0.46, valence 0.78), arousal 0.65; static arousal
+0.38, difference 0.27.  Another machine's arithmetic (a different CPU's vector paths) can still
+move a figure by about as much as a re-rendering did, so each threshold sits below the measured
+value by at least that spread, as its comment says: mean >= 0.50, at least 4 single-frame tasks
+>= 0.4, moving arousal >= 0.55 and at least 0.18 above the static run's.  Joint action is learned
+by the demo model at full size (round 8: .77-.83 in the default, -.03 without motion), not at CI
+size (0.15-0.30), so it has no threshold here.
 """
 
 import json
@@ -88,19 +88,19 @@ def test_demo_training_learns(learning_runs):
     assert len(val) == EPOCHS
     final = val[-1]
     assert final["val/clips"] >= 80
-    assert final["val/mean_spearman"] >= 0.45, final  # measured 0.518-0.543: margin 0.07
+    assert final["val/mean_spearman"] >= 0.50, final  # measured 0.567 (version 7: a 0.025 spread): margin 0.067
     learned = [
         t
         for t in ("distance", "object", "expanse", "valence", "facingness", "communicating")
         if final.get(f"val/{t}/spearman", 0) >= 0.4
     ]
-    assert len(learned) >= 3, final  # measured 3-5 (distance, expanse, valence in every draw)
+    assert len(learned) >= 4, final  # measured 5 (version 7: 3-5 between draws)
     assert final["val/mean_spearman"] > val[0]["val/mean_spearman"] + 0.1, val  # it rose (measured +0.26-0.31)
 
 
 def test_without_motion_arousal_is_not_learned(learning_runs):
     moving, static = learning_runs["moving"][-1], learning_runs["static"][-1]
     assert static["val/clips"] == moving["val/clips"]
-    assert moving["val/arousal/spearman"] >= 0.55, moving  # measured 0.65-0.70: margin 0.10
+    assert moving["val/arousal/spearman"] >= 0.55, moving  # measured 0.65 (version 7: 0.65-0.70): margin 0.10
     gap = moving["val/arousal/spearman"] - static["val/arousal/spearman"]
-    assert gap >= 0.15, (moving, static)  # measured 0.22-0.39: margin 0.07
+    assert gap >= 0.18, (moving, static)  # measured 0.27 (version 7: 0.22-0.39): margin 0.09
