@@ -121,8 +121,9 @@ CLIPS_PER_SHARD = 100
 JOINT_LEVELS = {1.0: 0.0, 0.7: 1 / 6, 0.4: 1 / 3, 0.1: 1 / 2}
 # x264 options of the demo clips.  One thread: tiny frames gain nothing from threads.  mbtree=0:
 # with x264's macroblock-tree rate control on, encoding the same frames twice in one process gave
-# different bytes for 7 of 30 clips (5 encodes each, even with one thread); with it off, 0 of 900
-# clips did over three seeds (measured 2026-12-02/03, PyAV 18.1; docs/demo_learning.md round 8).
+# different bytes for 7 of 30 clips (5 encodes each, even with one thread); with it off (and
+# qcomp=1.0), 0 of 900 clips did over three seeds (2026-12-02/03, PyAV 18.1; docs/demo_learning.md
+# round 8).
 # qcomp=1.0: mbtree=0 alone lets a static clip's frames drift 0.76 grey levels from its first
 # frame (0.19 before); constant quality per frame brings that back to 0.18-0.20 at equal bytes.
 X264_OPTIONS = {"crf": "18", "preset": "veryfast", "threads": "1", "x264-params": "mbtree=0:qcomp=1.0"}

@@ -19,7 +19,7 @@ the 8 score tasks 0.567 (after the first epoch 0.247), 5 single-frame tasks >= 0
 move a figure by about as much as a re-rendering did, so each threshold sits below the measured
 value by at least that spread, as its comment says: mean >= 0.50, at least 4 single-frame tasks
 >= 0.4, moving arousal >= 0.55 and at least 0.18 above the static run's.  Joint action is learned
-by the demo model at full size (round 8: .77-.83 in the default, -.03 without motion), not at CI
+by the demo model at full size (round 8: .73-.81 in the default, -.02 without motion), not at CI
 size (0.15-0.30), so it has no threshold here.
 """
 
@@ -95,7 +95,7 @@ def test_demo_training_learns(learning_runs):
         if final.get(f"val/{t}/spearman", 0) >= 0.4
     ]
     assert len(learned) >= 4, final  # measured 5 (version 7: 3-5 between draws)
-    assert final["val/mean_spearman"] > val[0]["val/mean_spearman"] + 0.1, val  # it rose (measured +0.26-0.31)
+    assert final["val/mean_spearman"] > val[0]["val/mean_spearman"] + 0.1, val  # it rose (measured +0.32)
 
 
 def test_without_motion_arousal_is_not_learned(learning_runs):
