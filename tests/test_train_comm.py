@@ -2,13 +2,17 @@
 
 Compressed all-reduces must train like the fp32 one: SGD (whose update is linear in the
 gradient; Adam would blow float noise in near-zero gradients up to lr-sized steps), no dropout,
-BatchNorm on running statistics, 4 steps.  The stated tolerance, on the weight update w - w0
-relative to fp32's (L2 over all weights): both within 1 % (measured on the 2-core dev machine,
-torch 2.14.1, on demo generator version 7's clips: bf16 0.21 %, fp16 0.046 %; on version 9's
-clips, 2026-12-03: bf16 0.24 %, fp16 0.25 %).  fp16 keeps 11 mantissa bits to bf16's 8 but a far
-smaller range: PyTorch's hook divides each bucket by the world size before the cast, so the
-small gradients of some clips lose bits below fp16's normal range (a likely cause, not traced),
-and the 0.25 % bound set from version 7's clips no longer held.
+BatchNorm on running statistics, no gradient clipping, 4 steps at lr 0.02.  The measure is the
+weight update w - w0 relative to fp32's (L2 over all weights).  Measured on the 2-core dev
+machine (torch 2.14.1, demo generator version 9's clips, 2026-12-03): bf16 0.17 %, fp16 0.0068 %,
+and a hook that sums instead of averaging (2x gradients) 43 %; bounds 1 % and 0.1 %.
+
+Why no clipping and a small lr: with the default --clip-grad 1.0 and lr 0.1 every step was
+clipped (gradient norms 1.6-3.4), so a 2x gradient error measured 0.00002 % -- the test could not
+see a wrong scale -- and the measure was not linear in the perturbation: a random relative
+perturbation of the gradients at step 1 alone of 1e-5 gave 0.00007 %, of 1e-4 0.15 %, of 1e-3
+0.24 %; bf16 (0.24 %) and fp16 (0.25 %, with a per-step all-reduce error of 0.03 % against bf16's
+0.23 %) both landed on that plateau, which moved between generator versions.
 """
 
 import mlflow
@@ -18,7 +22,7 @@ from launch_helpers import TINY, run_train
 
 pytestmark = pytest.mark.slow
 STEPS = 4
-TOLERANCE = {"bf16": 0.01, "fp16": 0.01}
+TOLERANCE = {"bf16": 0.01, "fp16": 0.001}
 
 
 def _args(tiny_demo, out, steps=STEPS, extra=()):
@@ -45,7 +49,9 @@ def _args(tiny_demo, out, steps=STEPS, extra=()):
         "--optimizer",
         "sgd",
         "--lr",
-        "0.1",
+        "0.02",
+        "--clip-grad",
+        "0",
         "--schedule",
         "constant",
         "--warmup-steps",
@@ -84,7 +90,7 @@ def _relative_error(run: dict, fp32: torch.Tensor) -> float:
 @pytest.fixture(scope="module")
 def fp32_update(tiny_demo, tmp_path_factory) -> torch.Tensor:
     update = _update(_train(tiny_demo, tmp_path_factory.mktemp("fp32") / "run")["state"]["model"])
-    assert update.norm() > 1.0  # the weights really moved: the comparisons below are not vacuous
+    assert update.norm() > 0.5  # the weights really moved (1.14 measured): the comparisons below are not vacuous
     return update
 
 

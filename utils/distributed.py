@@ -253,8 +253,8 @@ def _route_source(host: str, port: int) -> str | None:
 
 
 def register_grad_compression(ddp_model, compression: str) -> None:
-    """--grad-compression: PyTorch's built-in hooks cast each bucket to bf16/fp16 (after dividing
-    by the world size), all-reduce it and cast back; "none" keeps DDP's fp32 all-reduce."""
+    """--grad-compression: PyTorch's built-in hooks cast each bucket to bf16/fp16, divide it by the
+    world size in that precision, all-reduce it and cast back; "none" keeps DDP's fp32 all-reduce."""
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
     hooks = {"none": None, "bf16": default_hooks.bf16_compress_hook, "fp16": default_hooks.fp16_compress_hook}
