@@ -2,7 +2,11 @@
 without gradient accumulation (fixed data order, dropout 0, BatchNorm on running statistics,
 since per-rank batch statistics legitimately differ).  SGD, whose update is linear in the
 gradient, compares the gradients themselves; Adam would amplify float-summation noise in
-near-zero gradients into lr-sized differences."""
+near-zero gradients into lr-sized differences.  No gradient clipping: with the default
+--clip-grad 1.0 every step here was clipped, and 2 ranks whose all-reduced gradients were 2x too
+large (a hook that summed instead of averaging) matched 1 process x 2b to 6e-8 -- a wrong
+gradient scale was invisible.  Without clipping that run differs by 0.062 (the bound is 2e-5;
+the correct runs differ by 6e-8), measured 2026-12-03 on the 2-core dev machine."""
 
 import pytest
 import torch
@@ -40,6 +44,8 @@ def _train(tiny_demo, out, nproc, batch, accum):
             "sgd",
             "--lr",
             "0.1",
+            "--clip-grad",
+            "0",
             "--warmup-steps",
             "0",
             "--seed",
