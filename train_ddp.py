@@ -108,9 +108,9 @@ CHECKPOINT_FAILED_EXIT_CODE = 4  # training ended but its final checkpoint could
 # With no --videos/--cache the demo runs: a model and clip size that learn on 2 CPU cores in
 # minutes (ResNet3D-18 at half width, 48 px: 5x fewer FLOPs than width 64 at 64 px, so more
 # steps in less time; 18 epochs fit the 5 minutes of 16 since it trains from a frame cache of
-# its clips, docs/demo_learning.md round 6).  Options you set yourself win over these.
+# its clips, docs/log/demo_learning.md round 6).  Options you set yourself win over these.
 # Joint action and communicating are weighted up: at equal weights the single-frame tasks take
-# the shared trunk first and joint stays at chance (docs/demo_learning.md, round 4).  The peak
+# the shared trunk first and joint stays at chance (docs/log/demo_learning.md, round 4).  The peak
 # LR is 7e-4: at 2e-3 seed 2's clips never learned object in 270 steps (round 7); at 7e-4, with
 # generator version 9's larger box, seeds 0, 2, 3 and 4 all do (round 8).
 DEMO_PRESET = dict(
@@ -698,7 +698,7 @@ def configure_device(cfg: TrainConfig, info: DistInfo) -> tuple[torch.dtype | No
 def use_demo_dataset(cfg: TrainConfig, info: DistInfo) -> None:
     """Render the built-in demo clips once per node (the other ranks wait) and train on them:
     from a raw frame cache of them unless --no-demo-cache (decoding the same small clips every
-    epoch cost 2 CPU cores 14-22 % of their steps, docs/demo_learning.md round 6)."""
+    epoch cost 2 CPU cores 14-22 % of their steps, docs/log/demo_learning.md round 6)."""
     if info.local_rank == 0:
         ensure_demo_dataset(
             cfg.demo_dir,

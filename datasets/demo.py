@@ -11,7 +11,7 @@ Time), ``DIR/annotations.csv`` and, last, the marker ``DIR/DEMO_COMPLETE.json``.
 is drawn from ``numpy.random.default_rng([seed, i])`` per clip, so the same seed gives the
 same labels, frames and (with ``X264_OPTIONS``, since generator version 8) the same H.264 bytes: version 7's
 bytes differed between renderings (decoded frames by 0.01-0.05 grey levels), enough to change what
-a small training run reaches (docs/demo_learning.md, rounds 6-8).
+a small training run reaches (docs/log/demo_learning.md, rounds 6-8).
 
 What a clip shows (side view): a scene (indoor room or outdoor field) and 0-5 *agents*.
 An agent is an upright figure: an elliptic body in the "mood colour" and a round head whose
@@ -42,7 +42,7 @@ Label rules (scores on the 0.1 grid; "bh" = agent height in pixels):
   agents halfway up and rising.  So at the start an in-step group rises together, and each agent
   that is out of step shows it in its own movement against the clip's start, as well as
   against its neighbours (version 5 started each clip at a random point and left only the
-  comparison between agents, which ResNet3D-18 never learned: docs/demo_learning.md).
+  comparison between agents, which ResNet3D-18 never learned: docs/log/demo_learning.md).
   One frame does not order the levels: feet stand at different heights, and in the first
   frame an agent 1/6 of a cycle out of step is as high as one 1/3 out, and one in step as
   high as one half a cycle out.  Motion-only.  NaN with fewer than 2 agents.
@@ -69,7 +69,7 @@ the cue is (e.g. valence near grey, slow motion for joint, crowds for facingness
 
 ``static=True`` renders every clip as its first frame repeated (same labels): the control
 that shows which labels a model can only read from motion.  What ResNet3D-18 learns of each
-label, with and without motion, and why: docs/demo_learning.md.
+label, with and without motion, and why: docs/log/demo_learning.md.
 """
 
 from __future__ import annotations
@@ -122,13 +122,13 @@ JOINT_LEVELS = {1.0: 0.0, 0.7: 1 / 6, 0.4: 1 / 3, 0.1: 1 / 2}
 # x264 options of the demo clips.  One thread: tiny frames gain nothing from threads.  mbtree=0:
 # with x264's macroblock-tree rate control on, encoding the same frames twice in one process gave
 # different bytes for 7 of 30 clips (5 encodes each, even with one thread); with it off (and
-# qcomp=1.0), 0 of 900 clips did over three seeds (2026-12-02/03, PyAV 18.1; docs/demo_learning.md
+# qcomp=1.0), 0 of 900 clips did over three seeds (2026-12-02/03, PyAV 18.1; docs/log/demo_learning.md
 # round 8).
 # qcomp=1.0: mbtree=0 alone lets a static clip's frames drift 0.76 grey levels from its first
 # frame (0.19 before); constant quality per frame brings that back to 0.18-0.20 at equal bytes.
 X264_OPTIONS = {"crf": "18", "preset": "veryfast", "threads": "1", "x264-params": "mbtree=0:qcomp=1.0"}
 # Sizes in body heights, chosen so the small cues stay several pixels wide at the demo's 48-64 px
-# model input (version 3's 0.3 box and 0.22 head were barely learned at 64 px; docs/demo_learning.md).
+# model input (version 3's 0.3 box and 0.22 head were barely learned at 64 px; docs/log/demo_learning.md).
 # Version 9's 0.5 box (0.4 before): with the 0.4 box, object stayed unlearned (<= .45) on seed 2's
 # clips in every run at the old peak LR 2e-3 and in 2 of 5 renderings at the preset's 7e-4
 # (rounds 5-8); with 0.5 the preset learns it there (.92, round 8).
@@ -728,7 +728,7 @@ def ensure_demo_frame_cache(out_dir: str | os.PathLike, frames: int, size: int) 
     ``out_dir``, built once (600 clips: about 3 s on one core) and reused after; its path.
 
     Training from it instead of decoding the same small clips every epoch gave the demo 1.16-1.28x
-    the clips/s on 2 CPU cores (docs/demo_learning.md, round 6).  It stores ``frames`` frames per clip
+    the clips/s on 2 CPU cores (docs/log/demo_learning.md, round 6).  It stores ``frames`` frames per clip
     (the centre frame of each segment, so training draws no temporal jitter) at
     ``demo_frame_cache_dir``'s size.  Holds the demo's lock, so a concurrent re-render cannot
     swap the clips under it; a clip that does not go into the cache is an error, not a skip."""

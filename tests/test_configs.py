@@ -1,5 +1,5 @@
 """The shipped recipes (configs/*.yaml) load through the real parser, and the earlier version's
-recipe is what its README paragraph says."""
+recipe is what its paragraph in docs/training.md says."""
 
 from pathlib import Path
 

@@ -142,7 +142,7 @@ def test_joint_orders_clips_by_how_in_step_the_neighbours_move():
     # The more in step, the more the agents move the same way at once, so the centroid of all body
     # pixels moves along the movement's axis (in step as far as each agent does; half a cycle apart
     # with an even number of agents, not at all).  Version 4's levels differed in how the whole
-    # clip's motion swelled and faded instead, and were never learned (docs/demo_learning.md).
+    # clip's motion swelled and faded instead, and were never learned (docs/log/demo_learning.md).
     joint, excursion = [], []
     for i in range(400):
         scene = demo_scene(3, i)

@@ -361,17 +361,17 @@ def test_projection_of_unpooled_layers_is_seeded_and_the_documented_map(clips, t
     assert np.isnan(projected["layer1"][1]).all() and index["status"][1] == "error"
 
 
-def test_the_readme_example_loads_the_outputs_and_correlates_two_layers_rdms(clips, tmp_path, capsys):
+def test_the_documented_example_loads_the_outputs_and_correlates_two_layers_rdms(clips, tmp_path, capsys):
     _, videos, checkpoint = clips
     out = tmp_path / "feats"
     assert run("--checkpoint", checkpoint, videos, "--output", out) == 0  # default layers: layer1..layer4
-    text = (Path(extract_features.__file__).parent / "README.md").read_text()
+    text = (Path(extract_features.__file__).parent / "docs" / "features.md").read_text()
     section = text[text.index("## Feature extraction") :]
     code = section[section.index("```python\n") + 10 :]
     code = code[: code.index("```")]
     assert 'out = "feats"' in code
     capsys.readouterr()
-    exec(compile(code.replace('out = "feats"', f"out = {str(out)!r}"), "README example", "exec"), {})
+    exec(compile(code.replace('out = "feats"', f"out = {str(out)!r}"), "docs/features.md example", "exec"), {})
     printed = capsys.readouterr().out.strip()
     assert printed.startswith("RDMs of layer2 and layer4 over 5 videos: Spearman ")
     assert -1.0 <= float(printed.rsplit(" ", 1)[1]) <= 1.0

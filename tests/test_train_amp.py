@@ -54,7 +54,7 @@ def test_fp16_with_grad_scaler(tiny_demo, tmp_path):
 def test_bf16_autocast(tiny_demo, tmp_path):
     # On CPU the loop turns oneDNN off for bf16: PyTorch 2.14.1's oneDNN bf16 conv3d backward
     # crashes on 4-frame inputs and returns non-deterministic, sometimes non-finite gradients at
-    # other tiny shapes (README, "Known issues").  This run at 4 frames would crash or skip steps
+    # other tiny shapes (docs/known_issues.md).  This run at 4 frames would crash or skip steps
     # without that.
     ckpt, logged = _run(tiny_demo, tmp_path, "bf16", steps=2)
     assert ckpt["scaler"] == {}  # GradScaler is disabled outside fp16

@@ -1,6 +1,6 @@
 """The model really learns the demo labels, and arousal from motion.
 
-Small versions of benchmarks/demo_learning.py (docs/demo_learning.md); each run's own validation
+Small versions of benchmarks/demo_learning.py (docs/log/demo_learning.md); each run's own validation
 split measures it.  Two runs of the demo preset (ResNet3D-18 at width 32, trained from the demo's
 frame cache, peak LR 7e-4, task weights joint 3x and communicating 2x) side by side, one
 single-thread process each: 320 clips of seed 0, 8 frames at 48 px, 8 epochs (120 steps), 83
@@ -12,7 +12,7 @@ Since generator version 8 the demo's H.264 bytes are the same on every rendering
 one single-thread process, so on this machine the pair gives the same figures every time; before,
 renderings differed slightly and that alone moved the outcome between draws (version 7, five
 draws: moving mean 0.518-0.543, arousal 0.65-0.70, static arousal 0.31-0.44, paired differences
-0.22-0.39; docs/demo_learning.md, rounds 7-8).  Measured with version 9: moving mean Spearman over
+0.22-0.39; docs/log/demo_learning.md, rounds 7-8).  Measured with version 9: moving mean Spearman over
 the 8 score tasks 0.567 (after the first epoch 0.247), 5 single-frame tasks >= 0.4 (distance
 0.55, object 0.83, expanse 0.75, communicating 0.46, valence 0.78), arousal 0.65; static arousal
 0.38, difference 0.27.  Another machine's arithmetic (a different CPU's vector paths) can still
