@@ -42,17 +42,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis.human_ratings import load_human_ratings, video_key
+from analysis.reliability import compare_with_humans
 from datasets import (
     MultiViewClipDataset,
     add_decode_arguments,
     build_targets,
     decode_policy_from_args,
     load_annotation_table,
-    load_human_ratings,
     parse_views,
     scan_video_root,
 )
-from datasets.human_ratings import video_key
 from datasets.splits import select_split
 from inference import (
     CHECKPOINT_ERRORS,
@@ -74,7 +74,6 @@ from utils.evaluation import (
     write_json,
 )
 from utils.metrics import evaluation_metrics
-from utils.reliability import compare_with_humans
 from utils.tracking import default_tracking_uri, store_unreachable, ui_command
 
 SPLITS = ("train", "val", "test", "all")

@@ -207,7 +207,7 @@ def compare_with_humans(
     """Per feature: the human and model (and GPT) agreement numbers of :func:`compare_feature`.
 
     ``ratings``: long table with ``subject, video_key, task, direction, rating`` (as
-    ``datasets.human_ratings.HumanRatings.ratings``).  ``model`` / ``gpt``: index video_key,
+    ``analysis.human_ratings.HumanRatings.ratings``).  ``model`` / ``gpt``: index video_key,
     one column per model task with values in the model's own orientation (for ``location``
     p(Outdoor) / 1 = Outdoor); features with direction -1 are compared as 1 - value.
     Only videos with a model value take part.
