@@ -16,7 +16,8 @@ standardisation and α fitted on the training folds only, α by leave-one-out: `
 (long form) the split-half noise ceiling and the fraction of it reached, computed by the same
 code as ``evaluate.py`` (``analysis.reliability.compare_feature``).  Per layer an RDM (1 - Pearson
 between videos' features) and its RSA with each feature's rating RDM (|y_i - y_j|), Spearman over
-the upper triangle.
+the upper triangle.  Targets, and differences of them, that are equal up to float round-off
+(within ``utils.metrics.TIE_TOLERANCE``, recorded in alignment.json) share one rank.
 
 Outputs in --output:
     alignment.csv      layer, feature, pearson, spearman, ceiling, fraction, n
@@ -54,7 +55,7 @@ from datasets.annotations import AnnotationError, build_targets, load_annotation
 from utils.cli import CommandLineParser, run_entry_point
 from utils.eval_logging import EvalLogger
 from utils.evaluation import write_csv, write_json
-from utils.metrics import pearson, spearman
+from utils.metrics import TIE_TOLERANCE, merge_ties, pearson, spearman
 from utils.tasks import SCORE_FEATURES, parse_tasks
 from utils.tracking import local_artifact_location
 
@@ -230,7 +231,10 @@ def join(features: FeatureDir, targets: Targets) -> Joined:
         rows=ok[has_target],
         keys=chosen.tolist(),
         names=index["video_name"].iloc[ok[has_target]].tolist(),
-        targets=targets.values.reindex(chosen.tolist()).to_numpy(dtype=np.float64),
+        # ratings equal up to round-off tie in every Spearman below (held-out scores, RSA)
+        targets=np.column_stack(
+            [merge_ties(c) for c in targets.values.reindex(chosen.tolist()).to_numpy(dtype=np.float64).T]
+        ),
         features=list(targets.values.columns),
         counts=counts,
     )
@@ -522,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
             "device": device,
             "ceiling_splits": args.ceiling_splits,
             "min_videos": args.min_videos,
+            "tie_tolerance": TIE_TOLERANCE,
             "allow_incomplete": args.allow_incomplete,
         },
         "counts": joined.counts,
