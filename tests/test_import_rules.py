@@ -55,3 +55,20 @@ def test_the_rule_check_catches_an_import_inside_a_function(tmp_path):
     module = tmp_path / "m.py"
     module.write_text("import os\n\ndef f():\n    from datasets import video\n    import resnet3d.model\n")
     assert imported_top_levels(module, "utils") == [(1, "os"), (4, "datasets"), (5, "resnet3d")]
+
+
+def test_scipy_and_scikit_learn_are_for_the_tests_only():
+    """They are the reference implementations the tests compare against (requirements-dev.txt);
+    a user's install (requirements.txt) does not promise them."""
+    found = []
+    for path in sorted(REPO.rglob("*.py")):
+        relative = path.relative_to(REPO)
+        if relative.parts[0] in ("tests", ".venv", "venv") or "site-packages" in relative.parts:
+            continue
+        package = relative.parts[0] if len(relative.parts) > 1 else relative.stem
+        found += [
+            f"{relative}:{line} imports {name}"
+            for line, name in imported_top_levels(path, package)
+            if name in ("scipy", "sklearn")
+        ]
+    assert found == []
