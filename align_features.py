@@ -4,19 +4,20 @@
     python align_features.py --features FEATURES_DIR --annotations annotations.csv --output runs/align \\
         [--tracking-uri URI] [--run-id RUN]
 
-FEATURES_DIR is an ``extract_features.py`` output (``datasets/extracted_features.py``). Targets
+FEATURES_DIR is an ``extract_features.py`` output (``analysis/extracted_features.py``). Targets
 are human ratings in the forms ``evaluate.py`` reads (each video's mean rating per feature;
 every feature is kept, also those the model has no head for) or the annotation table's values
 (``<f>_score``, location 1 = Outdoor, people count as 0, 1, 2, 3, 4 = many).  Videos are joined
 by file stem; only rows with status ``ok`` are used; the rest is counted and reported.
 
 Per layer and feature: k-fold cross-validated ridge regression (folds by video, seeded; the
-standardisation and α fitted on the training folds only, α by leave-one-out: ``utils/ridge_cv.py``)
+standardisation and α fitted on the training folds only, α by leave-one-out: ``analysis/ridge_cv.py``)
 -> the held-out predictions' Pearson and Spearman with the targets; with individual ratings
 (long form) the split-half noise ceiling and the fraction of it reached, computed by the same
-code as ``evaluate.py`` (``utils.reliability.compare_feature``).  Per layer an RDM (1 - Pearson
+code as ``evaluate.py`` (``analysis.reliability.compare_feature``).  Per layer an RDM (1 - Pearson
 between videos' features) and its RSA with each feature's rating RDM (|y_i - y_j|), Spearman over
-the upper triangle.
+the upper triangle.  Targets, and differences of them, that are equal up to float round-off
+(within ``utils.metrics.TIE_TOLERANCE``, recorded in alignment.json) share one rank.
 
 Outputs in --output:
     alignment.csv      layer, feature, pearson, spearman, ceiling, fraction, n
@@ -44,17 +45,17 @@ import numpy as np
 import pandas as pd
 import torch
 
+from analysis.extracted_features import FeatureDir, FeatureDirError, open_feature_dir
+from analysis.gram import accumulate_grams
+from analysis.human_ratings import HumanRatingsError, load_human_ratings, video_key
+from analysis.reliability import compare_feature, fraction_of_ceiling, rating_matrix
+from analysis.ridge_cv import DEFAULT_ALPHAS, assign_folds, cross_validated_ridge, fold_mean_correlation
+from analysis.rsa import correlation_rdm, rating_rdm, rsa_spearman
 from datasets.annotations import AnnotationError, build_targets, load_annotation_table
-from datasets.extracted_features import FeatureDir, FeatureDirError, open_feature_dir
-from datasets.human_ratings import HumanRatingsError, load_human_ratings, video_key
 from utils.cli import CommandLineParser, run_entry_point
 from utils.eval_logging import EvalLogger
 from utils.evaluation import write_csv, write_json
-from utils.gram import accumulate_grams
-from utils.metrics import pearson, spearman
-from utils.reliability import compare_feature, fraction_of_ceiling, rating_matrix
-from utils.ridge_cv import DEFAULT_ALPHAS, assign_folds, cross_validated_ridge, fold_mean_correlation
-from utils.rsa import correlation_rdm, rating_rdm, rsa_spearman
+from utils.metrics import TIE_TOLERANCE, merge_ties, pearson, spearman
 from utils.tasks import SCORE_FEATURES, parse_tasks
 from utils.tracking import local_artifact_location
 
@@ -230,7 +231,10 @@ def join(features: FeatureDir, targets: Targets) -> Joined:
         rows=ok[has_target],
         keys=chosen.tolist(),
         names=index["video_name"].iloc[ok[has_target]].tolist(),
-        targets=targets.values.reindex(chosen.tolist()).to_numpy(dtype=np.float64),
+        # ratings equal up to round-off tie in every Spearman below (held-out scores, RSA)
+        targets=np.column_stack(
+            [merge_ties(c) for c in targets.values.reindex(chosen.tolist()).to_numpy(dtype=np.float64).T]
+        ),
         features=list(targets.values.columns),
         counts=counts,
     )
@@ -522,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
             "device": device,
             "ceiling_splits": args.ceiling_splits,
             "min_videos": args.min_videos,
+            "tie_tolerance": TIE_TOLERANCE,
             "allow_incomplete": args.allow_incomplete,
         },
         "counts": joined.counts,

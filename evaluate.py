@@ -18,8 +18,9 @@ Outputs in --output-dir (SPLIT = the --split value):
     predictions_SPLIT.csv   one row per video: video_name, predictions in the annotation
                             table's schema (utils/evaluation.py), error, then the annotated
                             values as annotated_<column>
-    metrics_SPLIT.json      per-task metrics (and the human comparison); only numbers that do
-                            not depend on how the run was launched
+    metrics_SPLIT.json      per-task metrics (and the human comparison) and the tolerance
+                            within which ratings tie in the Spearman correlations; only
+                            numbers that do not depend on how the run was launched
     info_SPLIT.json         what was evaluated how: checkpoint, clip shape, views, world
                             size, run time, MLflow run, failed videos
     human_SPLIT.csv         with --human-ratings: one row per feature
@@ -42,17 +43,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis.human_ratings import load_human_ratings, video_key
+from analysis.reliability import compare_with_humans
 from datasets import (
     MultiViewClipDataset,
     add_decode_arguments,
     build_targets,
     decode_policy_from_args,
     load_annotation_table,
-    load_human_ratings,
     parse_views,
     scan_video_root,
 )
-from datasets.human_ratings import video_key
 from datasets.splits import select_split
 from inference import (
     CHECKPOINT_ERRORS,
@@ -73,8 +74,7 @@ from utils.evaluation import (
     write_csv,
     write_json,
 )
-from utils.metrics import evaluation_metrics
-from utils.reliability import compare_with_humans
+from utils.metrics import TIE_TOLERANCE, evaluation_metrics
 from utils.tracking import default_tracking_uri, store_unreachable, ui_command
 
 SPLITS = ("train", "val", "test", "all")
@@ -434,6 +434,7 @@ def write_outputs(
         "n_failed": len(failed),
         "tasks": list(tasks),
         "views": {"temporal": temporal, "spatial": spatial},
+        "tie_tolerance": TIE_TOLERANCE,  # ratings this close share one rank in every Spearman
         "metrics": metrics,
     }
     human_report = None

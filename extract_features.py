@@ -23,7 +23,7 @@ the deepest layer asked for.
 
 Every video is extracted exactly once whatever the number of processes; a video that cannot be
 read keeps its row (status ``error``, NaN features).  A rerun of the same command continues an
-interrupted extraction (see features/store.py); a rerun on a complete one does nothing.
+interrupted extraction (see analysis/features/store.py); a rerun on a complete one does nothing.
 
 Outputs in --output (the format ``align_features.py`` reads; README "Feature extraction"):
     features.json   manifest: format_version, complete, num_videos, layers {name: file, shape,
@@ -45,6 +45,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from analysis.features.layers import LayerInfo, LayerTap, list_layers
+from analysis.features.manifest import layer_entry, stored_shape
+from analysis.features.pooling import POOLS, average_views, pool, pooled_shape
+from analysis.features.projection import NONZEROS_PER_INPUT, SparseRandomProjection, layer_seed
+from analysis.features.provenance import peak_rss_mib, rss_mib, sha256_file, sha256_rows, versions
+from analysis.features.store import FORMAT_VERSION, PENDING, FeatureStore, FeatureStoreError
 from datasets import (
     MultiViewClipDataset,
     VideoIndex,
@@ -54,12 +60,6 @@ from datasets import (
 )
 from datasets.splits import SPLIT_METHODS, SPLIT_NAMES, select_split
 from datasets.video_paths import VIDEO_EXTENSIONS, collect_video_paths, parse_extensions
-from features.layers import LayerInfo, LayerTap, list_layers
-from features.manifest import layer_entry, stored_shape
-from features.pooling import POOLS, average_views, pool, pooled_shape
-from features.projection import NONZEROS_PER_INPUT, SparseRandomProjection, layer_seed
-from features.provenance import peak_rss_mib, rss_mib, sha256_file, sha256_rows, versions
-from features.store import FORMAT_VERSION, PENDING, FeatureStore, FeatureStoreError
 from inference import (
     CHECKPOINT_ERRORS,
     add_inference_arguments,
@@ -319,7 +319,7 @@ def build_manifest(args, spec, layers, inputs, source, temporal, spatial, autoca
     projection = None
     if args.project_dim is not None:
         projection = {
-            "method": "sparse Johnson-Lindenstrauss (block construction), see features/projection.py",
+            "method": "sparse Johnson-Lindenstrauss (block construction), see analysis/features/projection.py",
             "nonzeros_per_input": NONZEROS_PER_INPUT,
             "seed": args.seed,
         }

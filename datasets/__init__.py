@@ -2,7 +2,8 @@
 and the built-in synthetic demo dataset.
 
 Run from the repo root: this package shadows the PyPI package named ``datasets``.
-Nothing here imports ``resnet3d`` or ``losses``; only ``utils.tasks`` is shared.
+Nothing here imports ``resnet3d``, ``losses`` or ``analysis``; only ``utils.tasks`` is shared.
+Human rating tables and extracted-feature folders belong to the analysis: ``analysis/``.
 
 Exports are resolved lazily (PEP 562): ``from datasets import VideoClipDataset`` imports
 ``datasets.clips`` on first use.  That keeps ``python -m datasets.<tool>`` commands that
@@ -83,10 +84,6 @@ _EXPORTS: dict[str, str] = {
     "multi_view_clips": "views",
     "parse_views": "views",
     "spatial_crop_offsets": "views",
-    # human_ratings.py: human rating tables (long / wide form) for comparison with the model
-    "HumanRatings": "human_ratings",
-    "HumanRatingsError": "human_ratings",
-    "load_human_ratings": "human_ratings",
 }
 
 __all__ = list(_EXPORTS)

@@ -1,4 +1,4 @@
-"""A feature directory in the layout extract_features.py writes (datasets/extracted_features.py),
+"""A feature directory in the layout extract_features.py writes (analysis/extracted_features.py),
 made with numpy, for the align_features.py tests."""
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from features.pooling import pool
+from analysis.features.pooling import pool
 
 
 def explicit_layers(model, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ from align_fixtures import long_ratings, write_feature_dir
 
 import align_features
 import evaluate
-from datasets.human_ratings import load_human_ratings
+from analysis.human_ratings import load_human_ratings
 
 N = 60
 COLUMNS = ["layer", "feature", "pearson", "spearman", "ceiling", "fraction", "n"]

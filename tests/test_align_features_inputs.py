@@ -1,4 +1,4 @@
-"""What align_features.py reads: the extract_features.py directory (datasets/extracted_features.py)
+"""What align_features.py reads: the extract_features.py directory (analysis/extracted_features.py)
 and human ratings with every feature kept (load_human_ratings(all_features=True))."""
 
 import json
@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from align_fixtures import write_feature_dir
 
-from datasets.extracted_features import FeatureDirError, open_feature_dir
-from datasets.human_ratings import HumanRatingsError, load_human_ratings
+from analysis.extracted_features import FeatureDirError, open_feature_dir
+from analysis.human_ratings import HumanRatingsError, load_human_ratings
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """The numbers behind align_features.py: cross-validated ridge from per-fold kernels, its
-leak-freedom, RDMs and RSA (utils/gram.py, utils/ridge_cv.py, utils/rsa.py)."""
+leak-freedom, RDMs and RSA (analysis/gram.py, analysis/ridge_cv.py, analysis/rsa.py)."""
 
 import math
 
@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-import utils.gram
-import utils.ridge_cv
-from utils.gram import accumulate_grams
-from utils.metrics import pearson, spearman
-from utils.ridge_cv import (
+import analysis.gram
+import analysis.ridge_cv
+from analysis.gram import accumulate_grams
+from analysis.ridge_cv import (
     DEFAULT_ALPHAS,
     assign_folds,
     centred_blocks,
@@ -20,7 +19,8 @@ from utils.ridge_cv import (
     fold_mean_correlation,
     loo_mse,
 )
-from utils.rsa import correlation_rdm, rating_rdm, rsa_spearman, upper_triangle
+from analysis.rsa import correlation_rdm, rating_rdm, rsa_spearman, upper_triangle
+from utils.metrics import pearson, spearman
 
 
 def chunks(x, width):
@@ -177,20 +177,20 @@ def test_no_information_from_the_test_fold_reaches_its_predictions():
 
 
 def test_the_leak_check_catches_standardisation_fitted_on_all_videos(monkeypatch):
-    real = utils.gram.standardisation
-    monkeypatch.setattr(utils.gram, "standardisation", lambda x, train: real(x, torch.ones_like(train)))
+    real = analysis.gram.standardisation
+    monkeypatch.setattr(analysis.gram, "standardisation", lambda x, train: real(x, torch.ones_like(train)))
     assert fold_zero_prediction_moves(heldout)
 
 
 def test_the_leak_check_catches_alpha_chosen_on_the_test_fold(monkeypatch):
-    real = utils.ridge_cv.fit_predict_fold
+    real = analysis.ridge_cv.fit_predict_fold
 
     def alpha_by_test_error(kernel, train, test, targets, alphas=DEFAULT_ALPHAS):
         fits = [real(kernel, train, test, targets, alphas=[a]) for a in alphas]
         errors = [((pred - targets[test]) ** 2).mean() for pred, _ in fits]
         return fits[int(np.argmin(errors))]
 
-    monkeypatch.setattr(utils.ridge_cv, "fit_predict_fold", alpha_by_test_error)
+    monkeypatch.setattr(analysis.ridge_cv, "fit_predict_fold", alpha_by_test_error)
     assert fold_zero_prediction_moves(heldout)
 
 

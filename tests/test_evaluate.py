@@ -9,11 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from eval_fixtures import save_tiny_checkpoint
+from scipy import stats as scipy_stats
 
 import evaluate
 from datasets import assign_splits, build_targets, load_annotation_table
 from utils.evaluation import prediction_columns_for_csv
-from utils.metrics import evaluation_metrics
+from utils.metrics import TIE_TOLERANCE, evaluation_metrics
 from utils.tasks import PEOPLECOUNT_CLASSES, TASKS
 from utils.tracking import RunTracker
 
@@ -108,6 +109,13 @@ def test_end_to_end_outputs_metrics_humans_plots_and_mlflow(tiny_demo, checkpoin
         for key, value in result["metrics"][task].items():
             assert value == pytest.approx(again[task][key], abs=1e-4), (task, key)
     assert result["metrics"]["peoplecount"]["confusion_matrix"] == again["peoplecount"]["confusion_matrix"]
+    assert result["tie_tolerance"] == TIE_TOLERANCE
+    for task in ("distance", "valence"):  # and scipy's, on the annotated scores (steps of 0.1: ties)
+        pred, target = frame[f"{task}_score"].to_numpy(float), frame[f"annotated_{task}_score"].to_numpy(float)
+        ok = np.isfinite(pred) & np.isfinite(target)
+        assert result["metrics"][task]["spearman"] == pytest.approx(
+            scipy_stats.spearmanr(pred[ok], target[ok]).statistic, abs=1e-4
+        )
     # -- the human comparison
     h = result["human"]
     assert h["summary"]["no_model_output"] == {"cooperation": 150}

@@ -14,9 +14,9 @@ from feature_helpers import expected_layer_names, reference_features
 from fixture_files import prepare_demo_cache, texture
 
 import extract_features
+from analysis.features.projection import SparseRandomProjection, layer_seed
 from datasets import MultiViewCachedDataset, MultiViewClipDataset, VideoIndex, normalize_on_device
 from datasets.video import write_video
-from features.projection import SparseRandomProjection, layer_seed
 from inference import clips_to_model_input, load_inference_model
 from resnet3d import build_model
 from resnet3d.backbone import ResNet3D

@@ -10,10 +10,10 @@ import pytest
 import torch
 from feature_helpers import expected_layer_names, explicit_layers
 
-from features.layers import LayerTap, list_layers
-from features.pooling import POOLS, average_views, pool, pooled_shape
-from features.projection import CHUNK, SparseRandomProjection, layer_seed
-from features.store import ERROR, OK, PENDING, FeatureStore, FeatureStoreError
+from analysis.features.layers import LayerTap, list_layers
+from analysis.features.pooling import POOLS, average_views, pool, pooled_shape
+from analysis.features.projection import CHUNK, SparseRandomProjection, layer_seed
+from analysis.features.store import ERROR, OK, PENDING, FeatureStore, FeatureStoreError
 from resnet3d import build_model
 from resnet3d.backbone import ResNet3D
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from datasets.human_ratings import HumanRatingsError, feature_for, load_human_ratings, video_key
+from analysis.human_ratings import HumanRatingsError, feature_for, load_human_ratings, video_key
 
 
 def write(tmp_path, name, text):

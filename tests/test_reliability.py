@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from datasets.human_ratings import load_human_ratings
-from utils.reliability import (
+from analysis.human_ratings import load_human_ratings
+from analysis.reliability import (
     WIDE_NOTE,
     compare_feature,
     compare_with_humans,

@@ -33,6 +33,36 @@ def pearson(pred, target) -> float:
     return float(np.corrcoef(p, t)[0, 1])
 
 
+# Ratings are discrete (annotation scores in steps of 0.1, Likert ratings and their means), but
+# they reach a rank correlation after float arithmetic: stored as float32, subtracted for an RDM,
+# averaged over raters.  Values equal in exact arithmetic then differ by round-off (|0.6 - 0.4|
+# and |0.8 - 0.6| in float32 are 2e-8 apart) and would get different ranks instead of sharing
+# one.  Round-off of values in [0, 1] after a few operations stays below 1e-7; distinct ratings
+# (and distinct differences or means of them) lie far more than 1e-6 apart.
+TIE_TOLERANCE = 1e-6
+
+
+def merge_ties(values, tolerance: float = TIE_TOLERANCE) -> np.ndarray:
+    """A float64 copy of ``values`` (any shape) in which each run of finite values whose sorted
+    neighbours lie within ``tolerance`` of each other takes the run's smallest value, so values
+    that are equal up to round-off tie when ranked.  NaN stays NaN.
+
+    Runs are found from the gaps between sorted values rather than by rounding to a grid of
+    step ``tolerance``: rounding would still split two equal values that straddle a grid point.
+    Apply it to values derived from ratings, not to a model's continuous outputs, whose
+    distinct values may lie closer together than the tolerance."""
+    out = np.array(values, dtype=np.float64)
+    flat = out.reshape(-1)
+    finite = np.flatnonzero(np.isfinite(flat))
+    if len(finite) == 0:
+        return out
+    order = finite[np.argsort(flat[finite], kind="stable")]
+    ordered = flat[order]
+    starts = np.r_[True, np.diff(ordered) > tolerance]
+    flat[order] = ordered[np.flatnonzero(starts)][np.cumsum(starts) - 1]
+    return out
+
+
 def spearman(pred, target) -> float:
     """Pearson correlation of average ranks (ties share their mean rank)."""
     p, t = _valid_pairs(pred, target)
@@ -84,7 +114,7 @@ def task_metrics(logits: Mapping[str, np.ndarray], targets: Mapping[str, np.ndar
     for task in tasks:
         if task in SCORE_FEATURES:
             pred = sigmoid(logits[f"{task}_score"])
-            target = np.asarray(targets[f"{task}_score"], dtype=np.float64)
+            target = merge_ties(targets[f"{task}_score"])
             out[f"{task}/spearman"] = spearman(pred, target)
             out[f"{task}/pearson"] = pearson(pred, target)
             out[f"{task}/mae"] = mae(pred, target)
@@ -232,7 +262,10 @@ def macro_f1(pred_class, target_class) -> float:
 
 
 def score_metrics(pred, target, confidence=None) -> dict[str, float]:
-    """Spearman, Pearson, MAE, RMSE, R^2 (and the confidence-weighted ones) of one score task."""
+    """Spearman, Pearson, MAE, RMSE, R^2 (and the confidence-weighted ones) of one score task.
+
+    Annotated scores equal up to round-off share one rank (``merge_ties``)."""
+    target = merge_ties(target)
     out = {
         "n": float(len(_valid_pairs(pred, target)[0])),  # valid targets of videos with a prediction
         "spearman": spearman(pred, target),

@@ -2,7 +2,10 @@
 
 Definitions (all correlations are Spearman, ties sharing their mean rank; one feature at a time;
 only videos that the model was evaluated on take part, so the ceiling and the model's
-correlation describe the same videos):
+correlation describe the same videos).  Every human-derived value (a rater's rating, a mean
+over raters, a split-half mean) and the GPT annotations are ranked after
+``utils.metrics.merge_ties``, so ratings equal up to float round-off tie; the model's own
+outputs are continuous and ranked as they are.
 
 * **model vs mean human**: correlation over videos of the model's output with the mean
   rating of all raters of that video.
@@ -47,15 +50,16 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from utils.metrics import spearman
+from utils.metrics import merge_ties, spearman
 
 WIDE_NOTE = "unavailable: the human table holds mean ratings only (wide form), not individual ratings"
 
 
 def rating_matrix(ratings: pd.DataFrame, task: str) -> pd.DataFrame:
-    """Videos x raters matrix of one feature's ratings (NaN = not rated)."""
+    """Videos x raters matrix of one feature's ratings (NaN = not rated; a repeated rating averaged)."""
     rows = ratings[ratings["task"] == task]
-    return rows.pivot_table(index="video_key", columns="subject", values="rating", aggfunc="mean")
+    matrix = rows.pivot_table(index="video_key", columns="subject", values="rating", aggfunc="mean")
+    return pd.DataFrame(merge_ties(matrix.to_numpy(dtype=np.float64)), index=matrix.index, columns=matrix.columns)
 
 
 def spearman_brown(r: float, factor: float = 2.0) -> float:
@@ -90,7 +94,7 @@ def split_half_reliability(
         both = np.isfinite(mean_a) & np.isfinite(mean_b)
         if both.sum() < min_videos:
             continue
-        r = spearman(mean_a[both], mean_b[both])
+        r = spearman(merge_ties(mean_a[both]), merge_ties(mean_b[both]))
         if math.isfinite(r):
             raw.append(r)
             corrected.append(spearman_brown(r))
@@ -126,7 +130,7 @@ def leave_one_out_correlation(matrix: pd.DataFrame, min_videos: int = 3) -> tupl
         if ok.sum() < min_videos:
             continue
         rest = (totals[ok] - values[ok, j]) / others[ok]
-        r = spearman(values[ok, j], rest)
+        r = spearman(values[ok, j], merge_ties(rest))
         if math.isfinite(r):
             found.append(r)
     return (float(np.mean(found)), len(found)) if found else (math.nan, 0)
@@ -168,6 +172,7 @@ def compare_feature(
     """
     with _quiet_nanmean():
         mean_rating = matrix.mean(axis=1, skipna=True)
+    mean_rating = pd.Series(merge_ties(mean_rating.to_numpy(dtype=np.float64)), index=mean_rating.index)
     out: dict = {"n_videos": int(mean_rating.notna().sum())}
     if individual:
         out["n_raters"] = int(matrix.shape[1])
@@ -207,7 +212,7 @@ def compare_with_humans(
     """Per feature: the human and model (and GPT) agreement numbers of :func:`compare_feature`.
 
     ``ratings``: long table with ``subject, video_key, task, direction, rating`` (as
-    ``datasets.human_ratings.HumanRatings.ratings``).  ``model`` / ``gpt``: index video_key,
+    ``analysis.human_ratings.HumanRatings.ratings``).  ``model`` / ``gpt``: index video_key,
     one column per model task with values in the model's own orientation (for ``location``
     p(Outdoor) / 1 = Outdoor); features with direction -1 are compared as 1 - value.
     Only videos with a model value take part.
@@ -224,7 +229,9 @@ def compare_with_humans(
         matrix = matrix.loc[matrix.index.intersection(model_values.index)]
         predictors = {"model": _orient(model_values, direction)}
         if gpt is not None and task in gpt.columns:
-            predictors["gpt"] = _orient(gpt[task].dropna(), direction)
+            gpt_values = gpt[task].dropna()
+            gpt_values = pd.Series(merge_ties(gpt_values.to_numpy(dtype=np.float64)), index=gpt_values.index)
+            predictors["gpt"] = _orient(gpt_values, direction)
         entry = {
             "question": str(rows["question"].iloc[0]),
             "compared_as": "1 - model output" if direction < 0 else "model output",

@@ -3,7 +3,7 @@
 The model for fold f is fitted on the videos outside f only:
 
 * features standardised with those videos' statistics (already in the kernel, see
-  ``utils.gram``), then centred again on the videos that have this target, so the
+  ``analysis.gram``), then centred again on the videos that have this target, so the
   intercept is unpenalised and equals the training mean of the target;
 * α chosen from ``alphas`` by efficient leave-one-out over the training videos: one
   eigendecomposition K = U Λ U^T of the centred training kernel gives, for every α, the hat

@@ -4,7 +4,9 @@
   columns), computed from the Gram matrix X X^T and the row sums, so a layer of any width is
   one N x N matrix.  A video whose features are constant has no correlation: its row is NaN.
 * Rating RDM of one scalar feature: |y_i - y_j| (a single number per video has no pattern to
-  correlate; the absolute difference is the usual dissimilarity for it).
+  correlate; the absolute difference is the usual dissimilarity for it), with differences equal
+  up to round-off merged (``utils.metrics.merge_ties``): ratings are discrete, so many pairs
+  are exactly as far apart and must share one rank in the RSA.
 * RSA: Spearman correlation of two RDMs over the pairs above the diagonal.
 """
 
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from utils.metrics import spearman
+from utils.metrics import TIE_TOLERANCE, merge_ties, spearman
 
 
 def correlation_rdm(raw_gram: np.ndarray, row_sums: np.ndarray, num_columns: int) -> np.ndarray:
@@ -29,10 +31,13 @@ def correlation_rdm(raw_gram: np.ndarray, row_sums: np.ndarray, num_columns: int
     return rdm
 
 
-def rating_rdm(values: np.ndarray) -> np.ndarray:
-    """(N, N): |y_i - y_j|."""
+def rating_rdm(values: np.ndarray, tolerance: float = TIE_TOLERANCE) -> np.ndarray:
+    """(N, N): |y_i - y_j|, differences within ``tolerance`` of each other made equal.
+
+    Float arithmetic alone cannot give the ties: on a grid of 0.1 the ten distinct non-zero
+    differences come out as about twice as many distinct float32 or float64 values."""
     values = np.asarray(values, dtype=np.float64)
-    return np.abs(values[:, None] - values[None, :])
+    return merge_ties(np.abs(values[:, None] - values[None, :]), tolerance)
 
 
 def upper_triangle(matrix: np.ndarray) -> np.ndarray:
