@@ -31,6 +31,9 @@ Outputs in --output (the format ``align_features.py`` reads; README "Feature ext
     index.csv       row, video_name, path, status (ok | error | pending), error
     <layer>.npy     first axis = index.csv rows: (N, C) mean/max, (N, C, T') time,
                     (N, C, T', H', W') none, (N, D) projected
+    file_names.txt  the ok rows' video_name, one a line, in row order (thingsvision's list)
+    net2brain_consolidated/<layer>.npz   with --export npz: Net2Brain's consolidated per-layer
+                    files, the ok rows keyed by file stem (analysis/features/exports.py)
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from analysis.features.exports import EXPORTS, check_exportable
 from analysis.features.layers import LayerInfo, LayerTap, list_layers
 from analysis.features.manifest import layer_entry, stored_shape
 from analysis.features.pooling import POOLS, average_views, pool, pooled_shape
@@ -120,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of --random-init and of the projection")
     p.add_argument("--output", default=None, help="output folder (required unless --list-layers)")
     p.add_argument("--overwrite", action="store_true", help="delete an earlier extraction in --output first")
+    p.add_argument(
+        "--export",
+        default=None,
+        choices=EXPORTS,
+        help="also write net2brain_consolidated/<layer>.npz (Net2Brain's per-layer files, keyed by file stem)",
+    )
     p.add_argument("--frames", type=int, default=None, help="clip length (default: as trained, else 16)")
     p.add_argument("--size", type=int, default=None, help="clip size (default: as trained, else 224)")
     add_inference_arguments(p, amp_note="features are stored as --dtype")
@@ -454,6 +464,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         layers = choose_layers(args.layers, available, spec)
         inputs, dataset, failed, source = build_inputs(args, spec, temporal, spatial)
+        try:
+            check_exportable(inputs["video_name"].astype(str).tolist(), npz=args.export == "npz")
+        except ValueError as exc:
+            raise SystemExit(f"--output: {exc}") from exc
         autocast = resolve_amp(args.amp, info.device, quiet=not info.is_main)
         store = FeatureStore(args.output, [layer.name for layer in layers], rank=info.rank)
         outcome, manifest = prepare_store(
@@ -461,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         if outcome == "complete":
             log0(info, f"{args.output} already holds this extraction, complete; nothing to do")
+            if info.is_main:
+                export(args, store, store.read_manifest(), inputs)
             return 0
         pending = np.flatnonzero(store.status() == PENDING)
         log0(
@@ -542,6 +558,13 @@ def gpu_peak_mib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
+def export(args, store, manifest, inputs) -> None:
+    """Rank 0, on a complete extraction: file_names.txt and the --export files."""
+    written = store.write_exports(inputs, manifest, npz=args.export == "npz")
+    shown = [os.path.relpath(p, args.output) for p in written]
+    print(f"exported {', '.join(shown[:4])}" + (f" and {len(shown) - 4} more" if len(shown) > 4 else ""), flush=True)
+
+
 def finish(args, store, manifest, inputs, shares, info, total_s) -> int:
     """Rank 0: the index and the manifest from the status file, and a summary."""
     counts = store.write_index(inputs)
@@ -560,6 +583,8 @@ def finish(args, store, manifest, inputs, shares, info, total_s) -> int:
     manifest["counts"] = counts
     manifest["complete"] = counts["pending"] == 0
     store.write_manifest(manifest)
+    if manifest["complete"]:  # every row is final here: all ranks' rows are written and gathered
+        export(args, store, manifest, inputs)
     failed = store.errors()
     print(
         f"wrote {args.output}: {counts['ok']} of {len(inputs)} videos ok, {counts['error']} failed; "

@@ -8,6 +8,11 @@ Layout of ``--output DIR``::
     <layer>.npy            one standard .npy per layer, first axis = the rows of index.csv
     .progress/status.npy   uint8 per row: 0 pending, 1 ok, 2 error (the resume state)
     .progress/errors-*.jsonl  the error of each failed row, one JSON line each, one file per process
+    file_names.txt         the ok rows' video names, one a line (see ``analysis/features/exports.py``)
+    net2brain_consolidated/<layer>.npz   with ``--export npz``: the ok rows keyed by file stem
+
+The two exports are written by ``write_exports`` in one process once no row is pending, from the
+status file, so they do not depend on how many processes wrote the rows or how often it resumed.
 
 Every process opens the arrays as memory maps (``np.lib.format.open_memmap``) only while it
 writes a batch of rows and closes them again, so written pages leave its memory (a kept-open
@@ -33,6 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analysis.features.exports import remove_exports, write_file_names, write_net2brain
 from utils.evaluation import write_csv, write_json
 
 MANIFEST = "features.json"
@@ -191,6 +197,7 @@ class FeatureStore:
         earlier = self.read_manifest()
         for entry in earlier.get("layers", {}).values():
             (self.root / entry["file"]).unlink(missing_ok=True)
+        remove_exports(self.root, list(earlier.get("layers", {})))
         shutil.rmtree(self.root / PROGRESS, ignore_errors=True)
         self.index_path.unlink(missing_ok=True)
         self.manifest_path.unlink()
@@ -270,6 +277,19 @@ class FeatureStore:
         )
         write_csv(frame, self.index_path)
         return {label: int(np.sum(status == code)) for code, label in STATUS_NAMES.items()}
+
+    def write_exports(self, inputs: pd.DataFrame, manifest: Mapping[str, Any], npz: bool = False) -> list[Path]:
+        """file_names.txt and, with ``npz``, the per-layer .npz files, from the rows' status: call
+        it once every row is final (no row pending), in one process."""
+        status = self.status()
+        if np.any(status == PENDING):
+            raise FeatureStoreError(f"{self.root}: {int(np.sum(status == PENDING))} rows are pending; nothing exported")
+        ok = status == OK
+        names = inputs["video_name"].astype(str).tolist()
+        written = [write_file_names(self.root, names, ok)]
+        if npz:
+            written += write_net2brain(self.root, manifest["layers"], names, ok)
+        return written
 
     def read_manifest(self) -> dict[str, Any]:
         try:
