@@ -467,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             check_exportable(inputs["video_name"].astype(str).tolist(), npz=args.export == "npz")
         except ValueError as exc:
-            raise SystemExit(f"--output: {exc}") from exc
+            raise SystemExit(str(exc)) from exc
         autocast = resolve_amp(args.amp, info.device, quiet=not info.is_main)
         store = FeatureStore(args.output, [layer.name for layer in layers], rank=info.rank)
         outcome, manifest = prepare_store(

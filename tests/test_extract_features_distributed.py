@@ -82,7 +82,7 @@ def extraction_args(root, checkpoint, out, batch_size):
 def outputs(out):
     manifest = json.loads((out / "features.json").read_text())
     arrays = {name: np.array(np.load(out / e["file"], mmap_mode="r")) for name, e in manifest["layers"].items()}
-    return manifest, (out / "index.csv").read_text(), arrays
+    return manifest, (out / "index.csv").read_text(), arrays, (out / "file_names.txt").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +97,9 @@ def reference(inputs):
 
 
 def assert_same_files(got, expected):
-    (manifest, index, arrays), (manifest0, index0, arrays0) = got, expected
+    (manifest, index, arrays, names), (manifest0, index0, arrays0, names0) = got, expected
     assert index == index0  # same rows in the same order, same statuses and errors
+    assert names == names0 and names.count("\n") == DISTINCT * REPEATS  # the ok rows, exported once all are final
     assert manifest["layers"] == manifest0["layers"] and manifest["complete"] and manifest["num_videos"] == 54
     for name, values in arrays0.items():
         np.testing.assert_allclose(arrays[name], values, rtol=1e-4, atol=1e-5, err_msg=name)  # NaN rows too
@@ -106,7 +107,7 @@ def assert_same_files(got, expected):
 
 def test_one_two_and_three_ranks_write_the_same_files(inputs, reference):
     root, checkpoint = inputs
-    manifest, index, arrays = reference
+    manifest, index, arrays, _ = reference
     frame = pd.read_csv(root / "one_process" / "index.csv", keep_default_na=False)
     assert frame["status"].value_counts().to_dict() == {"ok": DISTINCT * REPEATS, "error": 2}
     assert frame.loc[7, "video_name"] == "corrupt.mp4" and frame.loc[53, "video_name"] == "missing.mp4"

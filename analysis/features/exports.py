@@ -91,7 +91,7 @@ def write_net2brain(root: Path, layers: Mapping[str, Mapping[str, Any]], names: 
         with atomic_file(target, "wb") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as npz:
             for start in range(0, len(rows), per_block):
                 array = np.load(source, mmap_mode="r")
-                block = np.array(array[rows[start : start + per_block]])
+                block = np.asarray(array[rows[start : start + per_block]])  # a copy in memory
                 del array
                 for key, values in zip(keys[start : start + per_block], block):
                     with npz.open(f"{key}.npy", "w", force_zip64=True) as member:
