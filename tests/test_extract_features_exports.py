@@ -7,6 +7,8 @@ installed: they are not dependencies of the project)."""
 import importlib.util
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +144,15 @@ def test_names_the_exports_cannot_hold_are_refused_before_extracting(clips, tmp_
     assert not out.exists()  # refused before the folder was made
     assert run(*common) == 0
     assert (out / "file_names.txt").read_text() == "a.mp4\nb.mp4\na.mp4\n"
+
+
+def test_the_export_memory_benchmark_runs_and_checks_its_rows():
+    repo = Path(extract_features.__file__).parent
+    command = [sys.executable, "-m", "benchmarks.feature_export", "--rows", "30,60", "--dim", "1000"]
+    res = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == 2 and all("'last_row_equal': True" in line for line in lines), res.stdout
 
 
 def docs_blocks(heading):
