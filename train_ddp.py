@@ -290,6 +290,7 @@ class Training:
     channels_last: bool
     clip_grad: float  # 0 = no clipping
     distributed: bool
+    snapshot: BufferSnapshot  # the buffers before the step, restored when the step is skipped
     min_clips: int = 1  # clips a micro-batch needs (training-mode BatchNorm, see build_training)
     ddp_model: nn.Module | None = None  # DDP(model) (maybe compiled) under torchrun, else model
     trainable: list = field(default_factory=list)
@@ -385,14 +386,36 @@ class StepResult:
     outputs: dict[str, torch.Tensor]  # the last micro-batch's logits (detached)
 
 
+class BufferSnapshot:
+    """The model's buffers as they were before the step, copied into storage allocated once.
+
+    A skipped step must leave no trace: one NaN clip would otherwise poison BatchNorm's running
+    statistics for good.  One foreach copy per dtype saves them all, where a clone per buffer
+    (three per BatchNorm layer) would allocate and launch a kernel for each, every step."""
+
+    def __init__(self, model: nn.Module):
+        groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+        for buf in model.buffers():
+            groups.setdefault((buf.device, buf.dtype), []).append(buf)
+        self.live = list(groups.values())
+        self.saved = [[torch.empty_like(b) for b in bufs] for bufs in self.live]
+
+    def save(self) -> None:
+        for saved, live in zip(self.saved, self.live):
+            torch._foreach_copy_(saved, live)
+
+    def restore(self) -> None:
+        for saved, live in zip(self.saved, self.live):
+            torch._foreach_copy_(live, saved)
+
+
 def train_step(t: Training, micro_batches: list[dict], denominators: dict[str, float], state: TrainState) -> StepResult:
     """One optimizer step over ``micro_batches`` (--accum-steps of them)."""
     tasks = t.loss_fn.tasks
     loss = torch.zeros((), device=t.device)
     sums = torch.zeros(len(tasks), dtype=torch.float64, device=t.device)
     counts = torch.zeros_like(sums)
-    # A skipped step must leave no trace: one NaN clip would otherwise poison BatchNorm for good.
-    buffers_before = [buf.detach().clone() for buf in t.model.buffers()]
+    t.snapshot.save()  # a skipped step must leave no trace (BatchNorm statistics included)
     for i, batch in enumerate(micro_batches):
         x = model_input(batch, t.device, t.channels_last)  # uint8 -> normalized float, on the device
         y = {k: v.to(t.device, non_blocking=True) for k, v in batch["targets"].items()}
@@ -413,8 +436,7 @@ def train_step(t: Training, micro_batches: list[dict], denominators: dict[str, f
     if applied:
         t.scaler.step(t.optimizer)
     else:
-        for buf, saved in zip(t.model.buffers(), buffers_before):
-            buf.copy_(saved)
+        t.snapshot.restore()
     stop = t.guard.should_stop(applied, torch.isfinite(loss), micro_batches, state, t.scaler)
     t.optimizer.zero_grad(set_to_none=True)
     if not stop:
@@ -924,6 +946,7 @@ def build_training(
         channels_last=channels_last,
         clip_grad=cfg.clip_grad,
         distributed=info.distributed,
+        snapshot=BufferSnapshot(model),
         min_clips=2 if cfg.bn == "train" and bn_values_per_clip == 1 else 1,
     )
 
