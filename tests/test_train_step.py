@@ -1,7 +1,7 @@
 """train_ddp.train_step and the loop state, in-process on CPU (no subprocess): a non-finite step
 is skipped and leaves no trace (the device skips the update, the next plan's read tells the host),
---nonfinite stop steps nothing, and a checkpoint written with the
-keys the loop has always written loads through resume, --pretrained, evaluate.py and predict.py."""
+--nonfinite stop steps nothing, and a checkpoint written with the keys the loop has always
+written loads through resume, --pretrained, evaluate.py and predict.py."""
 
 from dataclasses import asdict
 
@@ -63,8 +63,7 @@ def step(t, state, micro):
 def untouched_moments(optimizer):
     """Fused AdamW creates its state on the first step, skipped or not: zeros and step 0."""
     return all(
-        float(s["step"]) == 0 and not s["exp_avg"].any() and not s["exp_avg_sq"].any()
-        for s in optimizer.state.values()
+        float(s["step"]) == 0 and not s["exp_avg"].any() and not s["exp_avg_sq"].any() for s in optimizer.state.values()
     )
 
 
