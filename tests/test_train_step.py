@@ -3,6 +3,7 @@ is skipped and leaves no trace (the device skips the update, the next plan's rea
 --nonfinite stop steps nothing, and a checkpoint written with the keys the loop has always
 written loads through resume, --pretrained, evaluate.py and predict.py."""
 
+import copy
 from dataclasses import asdict
 
 import pandas as pd
@@ -223,3 +224,27 @@ def test_a_checkpoint_with_todays_keys_loads_for_resume_pretrained_evaluate_and_
         == 0
     )
     assert len(pd.read_csv(tmp_path / "p.csv")) == 3
+
+
+def test_fused_sgd_after_a_skipped_first_step_updates_as_plain_sgd():
+    """Fused SGD would fill its momentum buffers on a skipped first step; the zeros build_optimizer
+    starts them with make the first real update the textbook one (buffer = gradient)."""
+    cfg = TrainConfig(optimizer="sgd", momentum=0.9, lr=0.1, weight_decay=0.0)
+    torch.manual_seed(0)
+    fused_model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    plain_model = copy.deepcopy(fused_model)
+    fused = train_ddp.build_optimizer(fused_model, cfg, UnfreezeSchedule({}))
+    plain = torch.optim.SGD(plain_model.parameters(), lr=0.1, momentum=0.9, nesterov=True, foreach=False)
+    for p in fused_model.parameters():
+        p.grad = torch.full_like(p, float("nan"))
+    train_ddp.step_unless_nonfinite(fused, torch.tensor(False))
+    assert all(torch.equal(a, b) for a, b in zip(fused_model.parameters(), plain_model.parameters()))
+    for seed in (1, 2):  # two real steps: the first sets the momentum, the second uses it
+        g = torch.Generator().manual_seed(seed)
+        for a, b in zip(fused_model.parameters(), plain_model.parameters()):
+            a.grad = torch.randn(a.shape, generator=g)
+            b.grad = a.grad.clone()
+        train_ddp.step_unless_nonfinite(fused, torch.tensor(True))
+        plain.step()
+        for a, b in zip(fused_model.parameters(), plain_model.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
