@@ -290,6 +290,7 @@ class Training:
     channels_last: bool
     clip_grad: float  # 0 = no clipping
     distributed: bool
+    snapshot: BufferSnapshot  # the buffers before the step, restored when the step is skipped
     min_clips: int = 1  # clips a micro-batch needs (training-mode BatchNorm, see build_training)
     ddp_model: nn.Module | None = None  # DDP(model) (maybe compiled) under torchrun, else model
     trainable: list = field(default_factory=list)
@@ -311,9 +312,11 @@ def train_one_epoch(
     batches = iter(data.train_loader)
     while state.batch_in_epoch < data.steps_per_epoch * cfg.accum_steps:
         if cfg.max_steps and state.step >= cfg.max_steps:
-            return "max_steps"
+            return "nonfinite" if settle(t, state) else "max_steps"
         micro = window.fetch(batches, cfg.accum_steps)  # the time this blocks is the data wait
-        plan = plan_step(micro, t, preempt.requested, info)  # the step's one all-reduce
+        plan = plan_step(micro, t, preempt.requested, info)  # the step's one all-reduce (and host read)
+        if settle(t, state, plan.last_step_nonfinite):  # the previous step's finite check came with it
+            return "nonfinite"
         if plan.bad_videos:
             report_bad_videos(micro, state, info, Path(cfg.output_dir))
         if plan.preempted:  # this step's batches are not consumed: the resumed run trains on them
@@ -324,8 +327,6 @@ def train_one_epoch(
             count_skipped_step(plan, state, info)
             continue
         result = train_step(t, micro, plan.denominators, state)
-        if result.stop:
-            return "nonfinite"
         state.step += 1
         window.add_step(
             result.loss_sums,
@@ -334,11 +335,13 @@ def train_one_epoch(
             result.applied,
             clips=sum(len(b["indices"]) for b in micro),
         )
+        if (window.due(state.step) or checkpointer.due(state.step)) and settle(t, state):
+            return "nonfinite"  # a log line and a checkpoint see the step settled
         if window.due(state.step):
             window.log(state, info)
         if checkpointer.due(state.step):
             checkpointer.save()
-    return None
+    return "nonfinite" if settle(t, state) else None
 
 
 @dataclass
@@ -350,28 +353,32 @@ class StepPlan:
     too_small: int  # micro-batches left with fewer than min_clips clips
     bad_videos: int
     preempted: bool
+    last_step_nonfinite: bool  # the previous optimizer step's gradients were not finite (it was skipped)
 
 
 def plan_step(micro_batches: list[dict], t: Training, preempt_requested: bool, info: DistInfo) -> StepPlan:
     """One all-reduce of a small vector: valid targets per task, empty and too-small micro-batches,
-    bad videos, the preemption flag.  DDP averages gradients over ranks, so dividing each task's
-    loss sum by (global valid count / world size) makes the update equal to one process's on the
-    union batch."""
+    bad videos, the preemption flag, and the previous step's finite flag, then one host read of
+    it: every decision of the step comes from that read.  DDP averages gradients over ranks, so
+    dividing each task's loss sum by (global valid count / world size) makes the update equal to
+    one process's on the union batch."""
     tasks = t.loss_fn.tasks
-    local = torch.zeros(len(tasks) + 4, dtype=torch.float64)
+    valid = torch.zeros(len(tasks), dtype=torch.float64)
+    flags = torch.zeros(4, dtype=torch.float64)  # built from Python numbers: no tensor is read
     for b in micro_batches:
-        valid = t.loss_fn.valid_counts(b["targets"])
-        local[: len(tasks)] += torch.tensor([float(valid[k]) for k in tasks], dtype=torch.float64)
+        counts = t.loss_fn.valid_counts(b["targets"])
+        valid += torch.stack([counts[k] for k in tasks]).to(torch.float64)
         clips = len(b["indices"])
-        local[len(tasks) : -1] += torch.tensor(
-            [clips == 0, 0 < clips < t.min_clips, len(b["bad"])], dtype=torch.float64
-        )
-    local[-1] = float(preempt_requested)
-    if info.distributed:  # the decisions need the sums on the host: one sync per step
-        local = all_reduce_sum(local.to(info.device), info).cpu()
-    empty, too_small, bad, preempted = local[len(tasks) :].tolist()
-    denominators = {k: local[i].item() / info.world_size for i, k in enumerate(tasks)}
-    return StepPlan(denominators, int(empty), int(too_small), int(bad), bool(preempted))
+        flags += torch.tensor([clips == 0, 0 < clips < t.min_clips, len(b["bad"]), 0], dtype=torch.float64)
+    flags[-1] = float(preempt_requested)
+    local = torch.cat([valid.to(info.device), flags.to(info.device), t.guard.nonfinite_flag(info.device)])
+    if info.distributed:
+        local = all_reduce_sum(local, info)
+    values = local.tolist()  # the step's one host read: the decisions below need the sums
+    n = len(tasks)
+    empty, too_small, bad, preempted, nonfinite = values[n:]
+    denominators = {k: values[i] / info.world_size for i, k in enumerate(tasks)}
+    return StepPlan(denominators, int(empty), int(too_small), int(bad), bool(preempted), nonfinite > 0)
 
 
 @dataclass
@@ -380,19 +387,42 @@ class StepResult:
     loss_sums: torch.Tensor  # per task, this rank (float64): for the logged cross-rank means
     loss_counts: torch.Tensor
     grad_norm: torch.Tensor
-    applied: bool  # False: the gradients were not finite and the step was skipped
-    stop: bool  # the non-finite policy ends the run (nothing was stepped)
+    applied: torch.Tensor  # bool, on the device; False: the gradients were not finite, no update
     outputs: dict[str, torch.Tensor]  # the last micro-batch's logits (detached)
 
 
+class BufferSnapshot:
+    """The model's buffers as they were before the step, copied into storage allocated once.
+
+    A skipped step must leave no trace: one NaN clip would otherwise poison BatchNorm's running
+    statistics for good.  One foreach copy per dtype saves them all, where a clone per buffer
+    (three per BatchNorm layer) would allocate and launch a kernel for each, every step."""
+
+    def __init__(self, model: nn.Module):
+        groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+        for buf in model.buffers():
+            groups.setdefault((buf.device, buf.dtype), []).append(buf)
+        self.live = list(groups.values())
+        self.saved = [[torch.empty_like(b) for b in bufs] for bufs in self.live]
+
+    def save(self) -> None:
+        for saved, live in zip(self.saved, self.live):
+            torch._foreach_copy_(saved, live)
+
+    def restore(self) -> None:
+        for saved, live in zip(self.saved, self.live):
+            torch._foreach_copy_(live, saved)
+
+
 def train_step(t: Training, micro_batches: list[dict], denominators: dict[str, float], state: TrainState) -> StepResult:
-    """One optimizer step over ``micro_batches`` (--accum-steps of them)."""
+    """One optimizer step over ``micro_batches`` (--accum-steps of them).  Nothing here reads a
+    tensor's value: whether the gradients were finite is decided on the device (the update is
+    skipped there) and read by the next step's plan (``t.guard.defer``, ``settle``)."""
     tasks = t.loss_fn.tasks
     loss = torch.zeros((), device=t.device)
     sums = torch.zeros(len(tasks), dtype=torch.float64, device=t.device)
     counts = torch.zeros_like(sums)
-    # A skipped step must leave no trace: one NaN clip would otherwise poison BatchNorm for good.
-    buffers_before = [buf.detach().clone() for buf in t.model.buffers()]
+    t.snapshot.save()  # a skipped step must leave no trace (BatchNorm statistics included)
     for i, batch in enumerate(micro_batches):
         x = model_input(batch, t.device, t.channels_last)  # uint8 -> normalized float, on the device
         y = {k: v.to(t.device, non_blocking=True) for k, v in batch["targets"].items()}
@@ -409,20 +439,41 @@ def train_step(t: Training, micro_batches: list[dict], denominators: dict[str, f
         counts += torch.stack([out.counts[k] for k in tasks]).double()
     t.scaler.unscale_(t.optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(t.trainable, t.clip_grad if t.clip_grad > 0 else math.inf)
-    applied = bool(torch.isfinite(grad_norm))  # all-reduced gradients: every rank decides alike
-    if applied:
-        t.scaler.step(t.optimizer)
-    else:
-        for buf, saved in zip(t.model.buffers(), buffers_before):
-            buf.copy_(saved)
-    stop = t.guard.should_stop(applied, torch.isfinite(loss), micro_batches, state, t.scaler)
+    applied = torch.isfinite(grad_norm)  # all-reduced gradients: every rank decides alike
+    step_unless_nonfinite(t.optimizer, applied)
     t.optimizer.zero_grad(set_to_none=True)
-    if not stop:
-        t.scaler.update()
-        t.scheduler.step()
+    t.scaler.update()  # fp16: backs the scale off after an overflow (no host read either)
+    t.scheduler.step()  # a skipped step moves the schedule on, as the step counter does
+    t.guard.defer(state.step, applied, loss, micro_batches)
     return StepResult(
-        loss, sums, counts, grad_norm.detach(), applied, stop, outputs={k: v.detach() for k, v in outputs.items()}
+        loss, sums, counts, grad_norm.detach(), applied, outputs={k: v.detach() for k, v in outputs.items()}
     )
+
+
+def step_unless_nonfinite(optimizer: torch.optim.Optimizer, applied: torch.Tensor) -> None:
+    """optimizer.step(), with the update skipped on the device when ``applied`` is False.
+
+    The fused optimizers (build_optimizer) take a ``found_inf`` flag, the way GradScaler hands
+    them its overflow check, and leave parameters, moments and step counts untouched where it
+    is set; so no host read decides whether to step.  Under fp16 the scaler has unscaled the
+    gradients already (``unscale_``), so the flag is all the optimizer needs from it."""
+    optimizer.found_inf = (~applied).to(torch.float32)
+    try:
+        optimizer.step()
+    finally:
+        del optimizer.found_inf
+
+
+def settle(t: Training, state: TrainState, nonfinite: bool | None = None) -> bool:
+    """The previous step's finite check, on the host at last (``nonfinite`` as the plan read it,
+    or read here: one read, at a log, a checkpoint or the loop's end).  A skipped step gets its
+    BatchNorm statistics back (its parameter update never happened); the guard counts and
+    reports it.  True: the non-finite policy ends the run."""
+    if nonfinite is None:
+        nonfinite = t.guard.read_pending()
+    if nonfinite:
+        t.snapshot.restore()
+    return t.guard.resolve(nonfinite, state, t.scaler)
 
 
 def start_epoch(t: Training, state: TrainState, cfg: TrainConfig, info: DistInfo) -> None:
@@ -924,6 +975,7 @@ def build_training(
         channels_last=channels_last,
         clip_grad=cfg.clip_grad,
         distributed=info.distributed,
+        snapshot=BufferSnapshot(model),
         min_clips=2 if cfg.bn == "train" and bn_values_per_clip == 1 else 1,
     )
 
@@ -948,11 +1000,18 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, schedule: UnfreezeSchedu
         }
         for (prefix, no_decay), params in sorted(groups.items())
     ]
+    # fused=True: one kernel per step, and the only kind that can skip an update on the device
+    # (step_unless_nonfinite)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+        optimizer = torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, fused=True)
+        # Fused SGD fills the momentum buffers on its first step even when that step is skipped;
+        # zeros from the start make every step a regular one (buffer = gradient on the first).
+        for p in model.parameters() if cfg.momentum else ():
+            optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return optimizer
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(param_groups, lr=cfg.lr)
-    return torch.optim.AdamW(param_groups, lr=cfg.lr)
+        return torch.optim.Adam(param_groups, lr=cfg.lr, fused=True)
+    return torch.optim.AdamW(param_groups, lr=cfg.lr, fused=True)
 
 
 def wrap_ddp(model: nn.Module, info: DistInfo, cfg: TrainConfig) -> nn.Module:
@@ -1104,7 +1163,7 @@ def finish(
         checkpointer.save()
         log0(
             info,
-            f"stopping: non-finite loss/gradients at step {state.step} "
+            f"stopping: non-finite loss/gradients at step {t.guard.last_bad_step} "
             f"({state.counters.consecutive_nonfinite} consecutive; --nonfinite {cfg.nonfinite}); "
             f"checkpoint {'written' if checkpointer.ok else 'FAILED'}, details in {out_dir / 'nonfinite.tsv'}",
         )

@@ -6,7 +6,8 @@ want padded to a multiple of 8 per tap.  Both wrappers below compute the *same f
 (up to floating-point summation order) with shapes that suit tensor cores better:
 
 - ``pad``: zero-pad the input channels 3 -> C (4 or 8) and the weight's input channels
-  likewise; the extra products are all zero.
+  likewise; the extra products are all zero.  This one is resnet3d/stem.py's
+  ``ChannelPaddedConv3d`` (``build_model(stem_channels=C)``), imported here.
 - ``s2d`` (space-to-depth): pad the frame by the conv's padding, fold each 2x2 pixel block
   into channels (3 -> 12, zero-padded to 16), and convolve with stride 1 and a 7x4x4 kernel
   whose taps are the original 7x7 taps regrouped (the 8th row/column is zero).  Stride-2
@@ -15,8 +16,8 @@ want padded to a multiple of 8 per tap.  Both wrappers below compute the *same f
 Both keep the original ``conv1.weight`` Parameter (same name in the state dict, same object
 in the optimizer) and rebuild the bigger weight from it on every forward, so gradients flow
 to the original 3-channel weight and a checkpoint is unchanged.  They exist to *measure*
-the idea (benchmarks/train_throughput.py variants ``pad4``, ``pad8``, ``s2d``); adopting one
-would mean an option in resnet3d/backbone.py, not this wrapper.
+the idea (benchmarks/train_throughput.py variants ``pad4``, ``pad8``, ``s2d``); the padded
+stem is already an option of the model (off by default), ``s2d`` is not.
 """
 
 from __future__ import annotations
@@ -25,33 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-def _check_stem(conv: nn.Conv3d) -> None:
-    if conv.groups != 1 or conv.dilation != (1, 1, 1) or conv.bias is not None:
-        raise ValueError(f"stem wrappers expect a plain bias-free conv, got {conv}")
-
-
-class ChannelPaddedConv3d(nn.Module):
-    """``conv`` evaluated on input and weight zero-padded to ``channels`` input channels."""
-
-    def __init__(self, conv: nn.Conv3d, channels: int) -> None:
-        super().__init__()
-        _check_stem(conv)
-        if channels < conv.in_channels:
-            raise ValueError(f"cannot pad {conv.in_channels} input channels down to {channels}")
-        self.weight = conv.weight  # the same Parameter: state dict key and optimizer unchanged
-        self.stride, self.padding = conv.stride, conv.padding
-        self.extra = channels - conv.in_channels
-
-    def forward(self, x: Tensor) -> Tensor:
-        channels_last = x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
-        # F.pad's 8 numbers pad the last four dims (W, H, T, C) at (start, end): only C's end.
-        x = F.pad(x, (0, 0, 0, 0, 0, 0, 0, self.extra))
-        weight = F.pad(self.weight, (0, 0, 0, 0, 0, 0, 0, self.extra))
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
-            weight = weight.contiguous(memory_format=torch.channels_last_3d)
-        return F.conv3d(x, weight, None, self.stride, self.padding)
+from resnet3d.stem import ChannelPaddedConv3d, require_plain_conv
 
 
 class SpaceToDepthConv3d(nn.Module):
@@ -66,7 +41,7 @@ class SpaceToDepthConv3d(nn.Module):
 
     def __init__(self, conv: nn.Conv3d, pad_channels_to: int = 16) -> None:
         super().__init__()
-        _check_stem(conv)
+        require_plain_conv(conv)
         if conv.stride[1:] != (2, 2):
             raise ValueError(f"space-to-depth needs spatial stride 2, got {conv.stride}")
         self.weight = conv.weight
@@ -110,7 +85,7 @@ def apply_stem_variant(model: nn.Module, stem: str) -> nn.Module:
     if stem == "plain":
         return model
     if stem in ("pad4", "pad8"):
-        model.conv1 = ChannelPaddedConv3d(model.conv1, int(stem[3:]))
+        model.conv1 = ChannelPaddedConv3d.from_conv(model.conv1, int(stem[3:]))
     elif stem == "s2d":
         model.conv1 = SpaceToDepthConv3d(model.conv1)
     else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .blocks import BasicBlock, Bottleneck, projection_shortcut
+from .stem import ChannelPaddedConv3d
 
 # depth -> (block type, blocks per stage)
 ARCHITECTURES: dict[int, tuple[type[nn.Module], tuple[int, int, int, int]]] = {
@@ -33,7 +34,9 @@ def recorded_width(checkpoint: dict) -> int:
 class ResNet3D(nn.Module):
     """Backbone only: ``forward_features`` maps (N, 3, T, H, W) to pooled features (N, D)."""
 
-    def __init__(self, depth: int = 50, zero_init_residual: bool = False, width: int = MIT_WIDTH) -> None:
+    def __init__(
+        self, depth: int = 50, zero_init_residual: bool = False, width: int = MIT_WIDTH, stem_channels: int = 3
+    ) -> None:
         super().__init__()
         if depth not in ARCHITECTURES:
             raise ValueError(f"unsupported ResNet3D depth {depth!r}; choose one of {sorted(ARCHITECTURES)}")
@@ -46,7 +49,12 @@ class ResNet3D(nn.Module):
         self.feature_dim = stage_widths[-1] * block.expansion
 
         # The stem keeps full temporal resolution (stride 1 in T); the max-pool then halves T too.
-        self.conv1 = nn.Conv3d(3, width, kernel_size=7, stride=(1, 2, 2), padding=3, bias=False)
+        if stem_channels < 3:
+            raise ValueError(f"stem_channels pads the stem's 3 input channels; got {stem_channels!r}")
+        if stem_channels == 3:
+            self.conv1 = nn.Conv3d(3, width, kernel_size=7, stride=(1, 2, 2), padding=3, bias=False)
+        else:  # the same function and weight, zero-padded for tensor cores (resnet3d/stem.py)
+            self.conv1 = ChannelPaddedConv3d(3, width, 7, stride=(1, 2, 2), padding=3, channels=stem_channels)
         self.bn1 = nn.BatchNorm3d(width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool3d(kernel_size=3, stride=2, padding=1)

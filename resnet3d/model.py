@@ -35,8 +35,9 @@ class MultiTaskResNet3D(ResNet3D):
         dropout: float = 0.5,
         zero_init_residual: bool = False,
         width: int = 64,
+        stem_channels: int = 3,
     ) -> None:
-        super().__init__(depth=depth, zero_init_residual=zero_init_residual, width=width)
+        super().__init__(depth=depth, zero_init_residual=zero_init_residual, width=width, stem_channels=stem_channels)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1); got {dropout!r}")
         self.tasks = parse_tasks(tasks)
@@ -71,14 +72,23 @@ def build_model(
     dropout: float = 0.5,
     zero_init_residual: bool = False,
     width: int = 64,
+    stem_channels: int = 3,
 ) -> MultiTaskResNet3D:
     """Build the multi-task ResNet3D; ``pretrained`` is a checkpoint path (MiT, Lightning or own).
+
+    ``stem_channels`` > 3 zero-pads the stem convolution's input channels (resnet3d/stem.py):
+    the same function and weights, a shape tensor-core kernels suit; off (3) by default.
 
     The load report (what was loaded, what skipped) is logged and kept as
     ``model.pretrained_report``.
     """
     model = MultiTaskResNet3D(
-        depth=depth, tasks=tasks, dropout=dropout, zero_init_residual=zero_init_residual, width=width
+        depth=depth,
+        tasks=tasks,
+        dropout=dropout,
+        zero_init_residual=zero_init_residual,
+        width=width,
+        stem_channels=stem_channels,
     )
     model.pretrained_report = None
     if pretrained is not None:

@@ -513,7 +513,9 @@ def test_nan_clip_with_nonfinite_stop_checkpoints_and_exits(tiny_demo, tmp_path)
     assert "stopping: non-finite loss/gradients at step 0" in res.stdout
     assert bad in (out / "nonfinite.tsv").read_text()
     state = checkpoint(out)
-    assert state["step"] == 0 and state["batch_in_epoch"] == 1  # resuming would go past the bad batch
+    # Decided at the next step's plan (docs/training.md): the bad step counts as a step without an
+    # update, the next batch is not consumed; resuming would go past the bad batch.
+    assert state["step"] == 1 and state["batch_in_epoch"] == 1
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     assert run_status(out, state["mlflow_run_id"]) == "FAILED"
 

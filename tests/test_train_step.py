@@ -1,7 +1,9 @@
 """train_ddp.train_step and the loop state, in-process on CPU (no subprocess): a non-finite step
-is skipped and leaves no trace, --nonfinite stop steps nothing, and a checkpoint written with the
-keys the loop has always written loads through resume, --pretrained, evaluate.py and predict.py."""
+is skipped and leaves no trace (the device skips the update, the next plan's read tells the host),
+--nonfinite stop steps nothing, and a checkpoint written with the keys the loop has always
+written loads through resume, --pretrained, evaluate.py and predict.py."""
 
+import copy
 from dataclasses import asdict
 
 import pandas as pd
@@ -51,24 +53,35 @@ def float_batch(seed, nan=False):
 
 
 def step(t, state, micro):
+    """What the loop does: the plan (which settles the step before), the step, then settling it
+    as the loop does before a log line, a checkpoint or its end.  Returns (result, stop)."""
     plan = train_ddp.plan_step(micro, t, False, CPU)
-    return train_ddp.train_step(t, micro, plan.denominators, state)
+    assert not train_ddp.settle(t, state, plan.last_step_nonfinite)
+    result = train_ddp.train_step(t, micro, plan.denominators, state)
+    return result, train_ddp.settle(t, state)
+
+
+def untouched_moments(optimizer):
+    """Fused AdamW creates its state on the first step, skipped or not: zeros and step 0."""
+    return all(
+        float(s["step"]) == 0 and not s["exp_avg"].any() and not s["exp_avg_sq"].any() for s in optimizer.state.values()
+    )
 
 
 def test_a_nan_in_one_micro_batch_skips_the_step_and_leaves_no_trace(tmp_path):
     t, state, _ = tiny_training(tmp_path, accum_steps=2)
     weights = {k: v.clone() for k, v in t.model.state_dict().items()}  # parameters and BatchNorm buffers
-    result = step(t, state, [float_batch(1), float_batch(2, nan=True)])
-    assert not result.applied and not result.stop
+    result, stop = step(t, state, [float_batch(1), float_batch(2, nan=True)])
+    assert not result.applied and not stop
     after = t.model.state_dict()
     assert all(torch.equal(after[k], weights[k]) for k in weights), "a skipped step changed the model"
-    assert not t.optimizer.state  # no Adam moments: nothing was stepped
+    assert untouched_moments(t.optimizer)  # nothing was stepped
     assert all(p.grad is None for p in t.model.parameters())
     assert state.counters.nonfinite_skips == 1 and state.counters.consecutive_nonfinite == 1
     assert (tmp_path / "nonfinite.tsv").read_text() == "0\t0\tclip1_a,clip1_b,clip2_a,clip2_b\n"
     assert t.scheduler.last_epoch == 1  # --nonfinite skip: the schedule moves on, as the step counter does
 
-    result = step(t, state, [float_batch(3), float_batch(4)])
+    result, _ = step(t, state, [float_batch(3), float_batch(4)])
     assert result.applied and torch.isfinite(result.loss)
     assert state.counters.consecutive_nonfinite == 0 and state.counters.nonfinite_skips == 1
     changed = [k for k, v in t.model.state_dict().items() if not torch.equal(v, weights[k])]
@@ -77,9 +90,36 @@ def test_a_nan_in_one_micro_batch_skips_the_step_and_leaves_no_trace(tmp_path):
 
 def test_nonfinite_stop_steps_nothing(tmp_path):
     t, state, _ = tiny_training(tmp_path, nonfinite="stop")
-    result = step(t, state, [float_batch(5, nan=True)])
-    assert result.stop and not result.applied
-    assert t.scheduler.last_epoch == 0 and state.counters.nonfinite_skips == 1
+    weights = {k: v.clone() for k, v in t.model.state_dict().items()}
+    result, stop = step(t, state, [float_batch(5, nan=True)])
+    assert stop and not result.applied
+    assert all(torch.equal(v, weights[k]) for k, v in t.model.state_dict().items())
+    assert untouched_moments(t.optimizer) and state.counters.nonfinite_skips == 1
+    # decided after the step: the schedule moved on with it, as under --nonfinite skip
+    assert t.scheduler.last_epoch == 1 and t.guard.last_bad_step == 0
+
+
+def test_the_next_plan_brings_a_skipped_steps_flag_and_settling_restores_batchnorm(tmp_path):
+    """The device skips the update at once; the host learns of it from the next plan's read."""
+    t, state, _ = tiny_training(tmp_path)
+    weights = {k: v.clone() for k, v in t.model.state_dict().items()}
+    micro = [float_batch(6, nan=True)]
+    plan = train_ddp.plan_step(micro, t, False, CPU)
+    assert not plan.last_step_nonfinite
+    train_ddp.train_step(t, micro, plan.denominators, state)
+    params = dict(t.model.named_parameters())
+    assert all(torch.equal(p, weights[k]) for k, p in params.items()), "the device applied a NaN update"
+    assert not torch.isfinite(t.model.bn1.running_mean).all()  # poisoned until the host settles
+    assert state.counters.nonfinite_skips == 0  # not read yet
+
+    nxt = [float_batch(7)]
+    plan = train_ddp.plan_step(nxt, t, False, CPU)
+    assert plan.last_step_nonfinite
+    assert not train_ddp.settle(t, state, plan.last_step_nonfinite)  # --nonfinite skip
+    assert all(torch.equal(v, weights[k]) for k, v in t.model.state_dict().items())
+    assert state.counters.nonfinite_skips == 1
+    assert (tmp_path / "nonfinite.tsv").read_text() == "0\t0\tclip6_a,clip6_b\n"
+    assert train_ddp.plan_step(nxt, t, False, CPU).last_step_nonfinite is False  # settled once
 
 
 # ---- checkpoints written with the keys the loop has always written ----------------------------------
@@ -184,3 +224,27 @@ def test_a_checkpoint_with_todays_keys_loads_for_resume_pretrained_evaluate_and_
         == 0
     )
     assert len(pd.read_csv(tmp_path / "p.csv")) == 3
+
+
+def test_fused_sgd_after_a_skipped_first_step_updates_as_plain_sgd():
+    """Fused SGD would fill its momentum buffers on a skipped first step; the zeros build_optimizer
+    starts them with make the first real update the textbook one (buffer = gradient)."""
+    cfg = TrainConfig(optimizer="sgd", momentum=0.9, lr=0.1, weight_decay=0.0)
+    torch.manual_seed(0)
+    fused_model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    plain_model = copy.deepcopy(fused_model)
+    fused = train_ddp.build_optimizer(fused_model, cfg, UnfreezeSchedule({}))
+    plain = torch.optim.SGD(plain_model.parameters(), lr=0.1, momentum=0.9, nesterov=True, foreach=False)
+    for p in fused_model.parameters():
+        p.grad = torch.full_like(p, float("nan"))
+    train_ddp.step_unless_nonfinite(fused, torch.tensor(False))
+    assert all(torch.equal(a, b) for a, b in zip(fused_model.parameters(), plain_model.parameters()))
+    for seed in (1, 2):  # two real steps: the first sets the momentum, the second uses it
+        g = torch.Generator().manual_seed(seed)
+        for a, b in zip(fused_model.parameters(), plain_model.parameters()):
+            a.grad = torch.randn(a.shape, generator=g)
+            b.grad = a.grad.clone()
+        train_ddp.step_unless_nonfinite(fused, torch.tensor(True))
+        plain.step()
+        for a, b in zip(fused_model.parameters(), plain_model.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

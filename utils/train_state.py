@@ -124,11 +124,24 @@ class EarlyStopping:
         self.last_step = state.get("last_step")
 
 
+@dataclass
+class PendingCheck:
+    """An optimizer step whose finite check the host has not read yet."""
+
+    step: int
+    applied: torch.Tensor  # bool, on the device: the gradient norm was finite
+    loss: torch.Tensor  # this rank's loss, on the device (read only when the step was not finite)
+    video_ids: list[str]
+
+
 class NonFiniteGuard:
     """``--nonfinite skip|stop`` and ``--max-nonfinite-skips``.
 
-    Called once per optimizer step after the finite check of the (all-reduced, so identical on
-    every rank) gradient norm.  A non-finite step is a collective moment: every rank learns whose
+    The device skips a non-finite step's update by itself (train_ddp.step_unless_nonfinite), so
+    the host learns of it one step later: ``defer()`` keeps the step, and the next step's plan
+    all-reduce (or a log, checkpoint or end of the loop, whichever comes first) brings its
+    finite flag to ``resolve()``.  The flag comes from the all-reduced gradient norm, so every
+    rank resolves alike.  A non-finite step is a collective moment: every rank learns whose
     loss was bad, rank 0 writes step, rank and video ids to ``OUTPUT_DIR/nonfinite.tsv``.  With
     fp16, finite losses but overflowing gradients are GradScaler back-off (it lowers its scale),
     counted apart and never a reason to stop.
@@ -139,33 +152,50 @@ class NonFiniteGuard:
             raise ValueError(f"mode must be 'skip' or 'stop', got {mode!r}")
         self.mode, self.max_consecutive_skips, self.fp16 = mode, max_consecutive_skips, fp16
         self.info, self.out_dir = info, Path(out_dir)
+        self.pending: PendingCheck | None = None
+        self.last_bad_step: int | None = None  # the step the newest non-finite report was about
 
-    def should_stop(
-        self,
-        finite: bool,
-        loss_finite: torch.Tensor,
-        micro_batches: list[dict],
-        state: TrainState,
-        scaler: torch.amp.GradScaler,
-    ) -> bool:
-        """``finite``: the step's gradient norm; ``loss_finite``: this rank's losses (a device
-        tensor, read only when the step was not finite)."""
+    def defer(self, step: int, applied: torch.Tensor, loss: torch.Tensor, micro_batches: list[dict]) -> None:
+        """Keep step ``step`` until its finite flag is read.  The loop resolves each step before
+        the next one's plan; a caller that never resolves (the throughput benchmark) drops it."""
+        ids = [vid for b in micro_batches for vid in b["video_ids"]]
+        self.pending = PendingCheck(step, applied, loss, ids)
+
+    def nonfinite_flag(self, device: torch.device) -> torch.Tensor:
+        """1.0 (float64, shape (1,), on ``device``) if the pending step was not finite, else 0.0;
+        for the plan's all-reduce, so the flag reaches the host with the plan's one read."""
+        if self.pending is None:
+            return torch.zeros(1, dtype=torch.float64, device=device)
+        return (~self.pending.applied).to(device=device, dtype=torch.float64).reshape(1)
+
+    def read_pending(self) -> bool:
+        """The pending step's flag read on its own (one host read; none if nothing is pending):
+        for a log, a checkpoint or the loop's end, which must not see an unsettled step."""
+        return self.pending is not None and not bool(self.pending.applied)
+
+    def resolve(self, nonfinite: bool, state: TrainState, scaler: torch.amp.GradScaler) -> bool:
+        """Count and report the pending step (if any) as ``nonfinite`` says; True = stop the run."""
+        pending, self.pending = self.pending, None
+        if pending is None:
+            return False
         counters = state.counters
-        if finite:
+        if not nonfinite:
             counters.consecutive_nonfinite = 0
             return False
-        culprits = self._culprits(micro_batches, bool(loss_finite))
-        if self.fp16 and not culprits and scaler.get_scale() >= 1.0:
+        culprits = self._culprits(pending.video_ids, bool(torch.isfinite(pending.loss)))
+        # GradScaler's update() has since backed the scale off once: divide to get the step's own.
+        if self.fp16 and not culprits and scaler.get_scale() / scaler.get_backoff_factor() >= 1.0:
             counters.fp16_overflows += 1
             return False
         counters.consecutive_nonfinite += 1
         counters.nonfinite_skips += 1
-        self._report(culprits, state.step)
+        self.last_bad_step = pending.step
+        self._report(culprits, pending.step)
         return self.mode == "stop" or counters.consecutive_nonfinite > self.max_consecutive_skips
 
-    def _culprits(self, micro_batches: list[dict], local_loss_finite: bool) -> list[tuple[int, list[str]]]:
-        """(rank, video ids) of every rank whose loss was non-finite this step, on every rank."""
-        ids = [] if local_loss_finite else [vid for b in micro_batches for vid in b["video_ids"]]
+    def _culprits(self, video_ids: list[str], local_loss_finite: bool) -> list[tuple[int, list[str]]]:
+        """(rank, video ids) of every rank whose loss was non-finite that step, on every rank."""
+        ids = [] if local_loss_finite else video_ids
         rows = all_gather_objects((self.info.rank, local_loss_finite, ids), self.info)
         return [(rank, vids) for rank, finite, vids in rows if not finite]
 
@@ -201,8 +231,10 @@ class LogWindow:
         self.tasks, self.task_weights = tuple(tasks), dict(task_weights)
         self.log_every, self.total_steps = log_every, total_steps
         self.tracker, self.progress = tracker, progress  # a utils.tracking.RunTracker, a tqdm bar
+        # on the device until a log step reads them: a step adds without the host waiting
         self.sums = torch.zeros(len(self.tasks), dtype=torch.float64, device=device)
         self.counts = torch.zeros_like(self.sums)
+        self.clips = torch.zeros((), dtype=torch.float64, device=device)
         self.lrs: dict[str, float] = {}
         self.grad_norm = math.nan
         self._reset()
@@ -210,7 +242,8 @@ class LogWindow:
     def _reset(self) -> None:
         self.sums.zero_()
         self.counts.zero_()
-        self.clips, self.data_s, self.compute_s, self.steps = 0.0, 0.0, 0.0, 0
+        self.clips.zero_()
+        self.data_s, self.compute_s, self.steps = 0.0, 0.0, 0
         self.t0 = self._t_data_ready = time.perf_counter()
 
     def fetch(self, batches: Iterator[dict], n: int) -> list[dict]:
@@ -222,13 +255,19 @@ class LogWindow:
         return micro
 
     def add_step(
-        self, loss_sums: torch.Tensor, loss_counts: torch.Tensor, grad_norm: torch.Tensor, applied: bool, clips: int
+        self,
+        loss_sums: torch.Tensor,
+        loss_counts: torch.Tensor,
+        grad_norm: torch.Tensor,
+        applied: torch.Tensor | bool,
+        clips: int,
     ) -> None:
-        """One optimizer step (its losses count only if it was applied, not skipped)."""
-        if applied:
-            self.sums += loss_sums
-            self.counts += loss_counts
-            self.clips += clips
+        """One optimizer step (its losses count only if it was applied, not skipped).  ``applied``
+        may be a device tensor: the choice is made there (``where``, since NaN x 0 is NaN)."""
+        applied = torch.as_tensor(applied, device=self.sums.device)
+        self.sums += torch.where(applied, loss_sums, 0.0)
+        self.counts += torch.where(applied, loss_counts, 0.0)
+        self.clips += torch.where(applied, float(clips), 0.0)
         self.grad_norm = grad_norm
         self.steps += 1
         self.compute_s += time.perf_counter() - self._t_data_ready
@@ -241,7 +280,7 @@ class LogWindow:
     def flush(self, counters: Counters, epoch: int, info: DistInfo) -> dict[str, float]:
         """The window's metrics (a collective: every rank calls it), then start a new window."""
         elapsed = time.perf_counter() - self.t0
-        stats = torch.cat([self.sums, self.counts, self.sums.new_tensor([self.clips])])
+        stats = torch.cat([self.sums, self.counts, self.clips.reshape(1)])
         all_reduce_sum(stats, info)
         n = len(self.tasks)
         sums, counts, clips = stats[:n].cpu(), stats[n : 2 * n].cpu(), stats[2 * n].item()
