@@ -68,6 +68,8 @@ def best_row(table: pd.DataFrame, metric: str, mode: str) -> int | None:
 def _shown(table: pd.DataFrame, columns: list[str]) -> str:
     shown = table[columns].copy()
     for column in columns:
+        if column == "best":
+            continue
         shown[column] = [
             "-" if v is None or (isinstance(v, float) and math.isnan(v)) or v == "" else format_value(v)
             for v in shown[column]
@@ -127,7 +129,7 @@ def plot_metric_by_value(table: pd.DataFrame, state: dict[str, Any], best: int |
     from matplotlib.figure import Figure
 
     swept, metric = state["swept"], state["metric"]
-    fig = Figure(figsize=(4 * len(swept), 3.4), layout="constrained")
+    fig = Figure(figsize=(max(5.0, 4.0 * len(swept)), 3.6), layout="constrained")
     axes = fig.subplots(1, len(swept), squeeze=False)[0]
     y = table[metric].to_numpy(dtype=float)
     for ax, key in zip(axes, swept):
@@ -157,6 +159,6 @@ def plot_metric_by_value(table: pd.DataFrame, state: dict[str, Any], best: int |
         ax.set_xlabel(key)
         ax.set_ylabel(f"best {metric}")
         ax.grid(alpha=0.3)
-    fig.suptitle(f"sweep {state['name']}: best {metric} ({state['mode']}) per trial")
+    fig.suptitle(f"sweep {state['name']}: each trial's best {metric} ({state['mode']})", fontsize=10)
     fig.savefig(path, dpi=110)
     return path
