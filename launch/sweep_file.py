@@ -5,7 +5,9 @@
     fixed: {epochs: 10}             # options every trial sets (optional)
     grid:                           # every combination of these values
       lr: [1.0e-5, 5.0e-6]
-      freeze: [conv1,bn1,layer1,layer2,layer3, conv1,bn1,layer1,layer2]
+      freeze:
+        - conv1,bn1,layer1,layer2,layer3,layer4.0,layer4.1
+        - conv1,bn1,layer1,layer2,layer3
     random:                         # seeded draws, crossed with the grid (optional)
       trials: 4
       seed: 0
