@@ -34,7 +34,7 @@ import yaml
 from launch.sweep_file import Sweep, SweepFileError, Trial, load_sweep
 from utils.atomic import atomic_write_text
 from utils.cli import CommandLineParser, run_entry_point
-from utils.tracking import absolute_tracking_uri, local_artifact_location, ui_command
+from utils.tracking import absolute_tracking_uri, local_artifact_location, store_unreachable, ui_command
 
 REPO = Path(__file__).resolve().parents[1]
 STATE_FILE = "sweep.json"
@@ -150,6 +150,13 @@ def mlflow_client(uri: str):
     import mlflow
 
     return mlflow.MlflowClient(uri)
+
+
+def store_client(state: dict[str, Any]):
+    """A client of the sweep's existing store (status and summary read it; they never create one)."""
+    if why := store_unreachable(state["tracking_uri"]):
+        raise SystemExit(f"the MLflow store of sweep {state['name']} cannot be read: {why}")
+    return mlflow_client(state["tracking_uri"])
 
 
 def experiment_id(client, name: str, uri: str) -> str:

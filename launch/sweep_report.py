@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from launch.sweep import load_state, mlflow_client
+from launch.sweep import load_state, store_client
 from launch.sweep_file import format_value
 
 
@@ -37,7 +37,7 @@ def checkpoint_path(output_dir: str) -> str:
 
 def trial_table(state: dict[str, Any]) -> pd.DataFrame:
     """One row per trial: its values, MLflow status, best metric and its step, checkpoint."""
-    client = mlflow_client(state["tracking_uri"])
+    client = store_client(state)
     rows = []
     for entry in state["trials"]:
         run_id = entry["run_id"]
@@ -101,7 +101,7 @@ def print_summary(sweep_dir: Path) -> pd.DataFrame:
     columns = ["best", "trial", *state["swept"], "status", metric, "step", "checkpoint"]
     print(f"sweep {state['name']} ({sweep_dir}), ranked by {metric} ({mode}):")
     print(_shown(table, columns))
-    client = mlflow_client(state["tracking_uri"])
+    client = store_client(state)
     parent = state["parent_run_id"]
     if best is None:
         print(f"no trial has logged {metric} yet")

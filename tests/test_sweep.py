@@ -239,3 +239,11 @@ def test_an_interrupted_sweep_resumes_when_run_again(tmp_path, tiny_demo):
     assert resumed["000"].info.end_time == finished_at  # not run again
     steps = [m.step for m in client.get_metric_history(resumed["001"].info.run_id, "train/loss")]
     assert sorted(steps) == list(range(1, 31))  # one run, each step once: resumed from its checkpoint
+
+
+def test_status_of_a_directory_that_is_no_sweep_says_so(tmp_path):
+    with pytest.raises(SystemExit, match="is not a sweep directory"):
+        main(["status", str(tmp_path)])
+    (tmp_path / "sweep.json").write_text(json.dumps({"name": "s", "tracking_uri": f"sqlite:///{tmp_path / 'gone.db'}"}))
+    with pytest.raises(SystemExit, match=r"store of sweep s cannot be read: .*gone.db does not exist"):
+        main(["summary", str(tmp_path)])
