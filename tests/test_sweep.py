@@ -244,6 +244,7 @@ def test_an_interrupted_sweep_resumes_when_run_again(tmp_path, tiny_demo):
 def test_status_of_a_directory_that_is_no_sweep_says_so(tmp_path):
     with pytest.raises(SystemExit, match="is not a sweep directory"):
         main(["status", str(tmp_path)])
-    (tmp_path / "sweep.json").write_text(json.dumps({"name": "s", "tracking_uri": f"sqlite:///{tmp_path / 'gone.db'}"}))
+    state = {"name": "s", "tracking_uri": f"sqlite:///{tmp_path / 'gone.db'}", "metric": "val/loss", "mode": "min"}
+    (tmp_path / "sweep.json").write_text(json.dumps({**state, "swept": ["lr"], "trials": [], "parent_run_id": "x"}))
     with pytest.raises(SystemExit, match=r"store of sweep s cannot be read: .*gone.db does not exist"):
         main(["summary", str(tmp_path)])
