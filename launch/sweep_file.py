@@ -138,6 +138,8 @@ def load_sweep(path: str | Path) -> Sweep:
         if not values:
             raise SweepFileError(f"{src}: grid.{key}: empty list of values")
         grid[name] = [_check(name, v, src, f"grid.{key}") for v in values]
+        if len(set(map(repr, grid[name]))) < len(values):
+            raise SweepFileError(f"{src}: grid.{key}: a value is given twice in {values}")
 
     draws = _random_draws(data.get("random"), src, set(fixed), grid)
 
@@ -258,6 +260,9 @@ def _random_draws(spec: Any, src: str, fixed: set[str], grid: dict) -> list[dict
         if name in grid:
             raise SweepFileError(f"{src}: {where}: {name} is also in grid; give it once")
         samplers[name] = _sampler(dist, src, where)
+        if isinstance(dist, dict) and isinstance(dist.get("choice"), list):  # every choice, drawn or not
+            for value in dist["choice"]:
+                _check(name, value, src, f"{where}.choice")
     rng = random.Random(seed)
     return [
         {name: _check(name, draw(rng), src, f"random.values.{name}") for name, draw in samplers.items()}

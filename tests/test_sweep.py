@@ -71,6 +71,8 @@ BAD = [
     ({"random": {"trials": 2, "values": {"lr": {"loguniform": [1, 2]}}}}, "random.values.lr: give one of"),
     ({"random": {"trials": 2, "values": {"lr": {"log_uniform": [0, 1]}}}}, "random.values.lr.log_uniform: bounds"),
     ({"random": {"trials": 0, "values": {"lr": {"uniform": [0, 1]}}}}, "random.trials"),
+    ({"random": {"trials": 1, "values": {"amp": {"choice": ["off", "fp8"]}}}}, "random.values.amp.choice: amp must"),
+    ({"grid": {"lr": [0.1, 0.2, 0.1]}}, "grid.lr: a value is given twice"),
     ({"seeds": [0], "resources": {"gpus": 8}}, "unknown key resources.gpus"),
     ({"seeds": [0], "mode": "best"}, "mode: max or min"),
     ({"fixed": {"lr": 0.1}}, "sweeps nothing"),
