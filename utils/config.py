@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import types
 from dataclasses import dataclass, field, fields
@@ -228,6 +229,28 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         return tp(value)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{source}: {name} must be {tp.__name__}, got {value!r}") from exc
+
+
+def option_name(key: Any, source: str) -> str:
+    """``key`` as a TrainConfig field name (- or _), or a ValueError naming ``source``."""
+    name = str(key).replace("-", "_")
+    if name not in _FIELD_TYPES:
+        close = difflib.get_close_matches(name, list(_FIELD_TYPES), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ValueError(f"{source}: {key!r} is not a train_ddp.py option{hint}")
+    return name
+
+
+def check_option(key: Any, value: Any, source: str) -> Any:
+    """One option's value as the config takes it (coerced to the field's type), or a ValueError
+    naming ``source`` and the option: not an option, the wrong type, or not one of its choices.
+    Choices are checked here because argparse checks them only for values typed as flags."""
+    name = option_name(key, source)
+    coerced = _coerce(name, value, source)
+    choices = next(f.metadata.get("choices") for f in fields(TrainConfig) if f.name == name)
+    if choices and coerced not in choices:
+        raise ValueError(f"{source}: {name} must be one of {list(choices)}, got {value!r}")
+    return coerced
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
