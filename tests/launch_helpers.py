@@ -1,4 +1,9 @@
-"""Run train_ddp.py (and other entry points) as real processes from tests.
+"""Run train_ddp.py (and other entry points) as real processes from tests: the one harness.
+
+A test states only what differs about its run::
+
+    run = train(tmp_path / "run", tiny_demo, nproc=2, batch_size=4, epochs=2)
+    run.checkpoint()["step"], run.metrics(), run.mlflow_run().data.params, run.stdout
 
 Each run gets its own process group, so a timeout kills torchrun and every worker it started
 (never anything else), and a free rendezvous port, so runs can't collide.
@@ -6,17 +11,24 @@ Each run gets its own process group, so a timeout kills torchrun and every worke
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# The smallest run the loop accepts in full: ResNet3D-18 at width 16 (a 1/16 of the parameters of
+# width 64, so a checkpoint with Adam state is ~26 MB, not ~400 MB) on 4 frames of 32 px.  A test
+# that needs the MiT network's width states --width 64 itself.
 TINY = [
     "--depth",
     "18",
+    "--width",
+    "16",
     "--frames",
     "4",
     "--size",
@@ -31,6 +43,7 @@ TINY = [
     "--log-every",
     "1",
 ]
+TINY_WIDTH = 16
 
 
 def free_port() -> int:
@@ -83,5 +96,96 @@ def run(cmd: list[str], timeout: float = 600, env: dict | None = None) -> subpro
     return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
 
 
-def run_train(args: list[str], nproc: int = 1, timeout: float = 600, env: dict | None = None):
-    return run(train_command(args, nproc), timeout=timeout, env=env)
+@dataclass
+class TrainResult:
+    """What a finished train_ddp.py launch left: its exit code and output, and its output dir's
+    checkpoints, metrics.jsonl and MLflow store."""
+
+    returncode: int
+    stdout: str
+    out: Path | None
+
+    def tail(self, chars: int = 4000) -> str:
+        return self.stdout[-chars:]
+
+    def checkpoint(self, name: str = "last.pt", weights_only: bool = True) -> dict:
+        import torch
+
+        return torch.load(self.out / "checkpoints" / name, map_location="cpu", weights_only=weights_only)
+
+    def metrics(self) -> list[dict]:
+        """The per-step metric records of metrics.jsonl, in order."""
+        lines = (self.out / "metrics.jsonl").read_text().splitlines()
+        return [r["metrics"] for r in map(json.loads, lines) if "metrics" in r]
+
+    def mlflow_runs(self, db: Path | None = None):
+        """(client, runs) of the run's MLflow store: its output dir's mlflow.db unless ``db``."""
+        import mlflow
+
+        client = mlflow.MlflowClient(f"sqlite:///{db or self.out / 'mlflow.db'}")
+        return client, client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+    def mlflow_run(self, db: Path | None = None):
+        """The one MLflow run of the store (fails if there are more)."""
+        _, runs = self.mlflow_runs(db)
+        assert len(runs) == 1, [r.info.run_id for r in runs]
+        return runs[0]
+
+
+def _output_dir(args: list[str]) -> Path | None:
+    flags = [i for i, a in enumerate(args) if a == "--output-dir"]
+    return Path(args[flags[-1] + 1]) if flags else None
+
+
+def run_train(args: list[str], nproc: int = 1, timeout: float = 600, env: dict | None = None) -> TrainResult:
+    """train_ddp.py with exactly these arguments (no defaults added), nproc ranks under torchrun."""
+    res = run(train_command(args, nproc), timeout=timeout, env=env)
+    return TrainResult(res.returncode, res.stdout, _output_dir(args))
+
+
+def flags(**options) -> list[str]:
+    """Keyword options as train_ddp.py flags: batch_size=4 -> --batch-size 4; True -> --flag;
+    False -> --no-flag (the parser's BooleanOptionalAction)."""
+    out = []
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            out.append(flag)
+        elif value is False:
+            out.append("--no-" + name.replace("_", "-"))
+        else:
+            out += [flag, str(value)]
+    return out
+
+
+def data_flags(data) -> list[str]:
+    """--videos/--annotations of a (videos, annotations) pair such as the tiny_demo fixture."""
+    videos, annotations = data
+    return ["--videos", str(videos), "--annotations", str(annotations)]
+
+
+def train(
+    out: Path | None,
+    data=None,
+    *extra: str,
+    nproc: int = 1,
+    tiny: bool = True,
+    ok: bool | None = True,
+    timeout: float = 600,
+    env: dict | None = None,
+    **options,
+) -> TrainResult:
+    """One train_ddp.py launch: ``data`` (a (videos, annotations) pair), --output-dir ``out``, the
+    TINY run, then ``options`` (see flags()) and ``extra`` flags, which override TINY.
+
+    ok=True asserts exit code 0 and ok=False a failure, each showing the output's end;
+    ok=None leaves the exit code to the caller."""
+    args = [*(data_flags(data) if data is not None else [])]
+    args += ["--output-dir", str(out)] if out is not None else []
+    args += [*(TINY if tiny else []), *flags(**options), *extra]
+    res = run_train(args, nproc=nproc, timeout=timeout, env=env)
+    if ok is True:
+        assert res.returncode == 0, res.tail()
+    elif ok is False:
+        assert res.returncode != 0, res.tail()
+    return res
