@@ -52,16 +52,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def train_command(args: list[str], nproc: int = 1) -> list[str]:
+def train_command(args: list[str], nproc: int = 1, script: Path | None = None) -> list[str]:
+    """train_ddp.py (or ``script``, e.g. a wrapper that runs it) with ``args``, under torchrun if nproc > 1."""
+    script = str(script or REPO / "train_ddp.py")
     if nproc == 1:
-        return [sys.executable, str(REPO / "train_ddp.py"), *args]
+        return [sys.executable, script, *args]
     return [
         sys.executable,
         "-m",
         "torch.distributed.run",
         f"--nproc_per_node={nproc}",
         f"--master_port={free_port()}",
-        str(REPO / "train_ddp.py"),
+        script,
         *args,
     ]
 
@@ -137,9 +139,11 @@ def _output_dir(args: list[str]) -> Path | None:
     return Path(args[flags[-1] + 1]) if flags else None
 
 
-def run_train(args: list[str], nproc: int = 1, timeout: float = 600, env: dict | None = None) -> TrainResult:
+def run_train(
+    args: list[str], nproc: int = 1, timeout: float = 600, env: dict | None = None, script: Path | None = None
+) -> TrainResult:
     """train_ddp.py with exactly these arguments (no defaults added), nproc ranks under torchrun."""
-    res = run(train_command(args, nproc), timeout=timeout, env=env)
+    res = run(train_command(args, nproc, script), timeout=timeout, env=env)
     return TrainResult(res.returncode, res.stdout, _output_dir(args))
 
 
@@ -173,6 +177,7 @@ def train(
     ok: bool | None = True,
     timeout: float = 600,
     env: dict | None = None,
+    script: Path | None = None,
     **options,
 ) -> TrainResult:
     """One train_ddp.py launch: ``data`` (a (videos, annotations) pair), --output-dir ``out``, the
@@ -183,7 +188,7 @@ def train(
     args = [*(data_flags(data) if data is not None else [])]
     args += ["--output-dir", str(out)] if out is not None else []
     args += [*(TINY if tiny else []), *flags(**options), *extra]
-    res = run_train(args, nproc=nproc, timeout=timeout, env=env)
+    res = run_train(args, nproc=nproc, timeout=timeout, env=env, script=script)
     if ok is True:
         assert res.returncode == 0, res.tail()
     elif ok is False:
