@@ -11,12 +11,15 @@ Each run gets its own process group, so a timeout kills torchrun and every worke
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,17 +137,45 @@ class TrainResult:
         return runs[0]
 
 
+_EMPTY_STORE: list[Path] = []
+
+
+def empty_mlflow_store() -> Path:
+    """An MLflow sqlite store with its tables made, made once per test session: creating the tables
+    (the schema migrations) costs seconds, which every training launch into a new output dir paid."""
+    if not _EMPTY_STORE:
+        import mlflow
+
+        folder = Path(tempfile.mkdtemp(prefix="empty-mlflow-store-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        mlflow.MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
+        _EMPTY_STORE.append(folder / "mlflow.db")
+    return _EMPTY_STORE[0]
+
+
 def _output_dir(args: list[str]) -> Path | None:
     flags = [i for i, a in enumerate(args) if a == "--output-dir"]
     return Path(args[flags[-1] + 1]) if flags else None
 
 
 def run_train(
-    args: list[str], nproc: int = 1, timeout: float = 600, env: dict | None = None, script: Path | None = None
+    args: list[str],
+    nproc: int = 1,
+    timeout: float = 600,
+    env: dict | None = None,
+    script: Path | None = None,
+    new_store: bool = False,
 ) -> TrainResult:
-    """train_ddp.py with exactly these arguments (no defaults added), nproc ranks under torchrun."""
+    """train_ddp.py with exactly these arguments (no defaults added), nproc ranks under torchrun.
+
+    A new output dir gets a copy of an empty MLflow store (the one train_ddp.py would create there
+    by default); new_store=True lets the run create it itself."""
+    out = _output_dir(args)
+    if out is not None and not new_store and "--tracking-uri" not in args and not (out / "mlflow.db").exists():
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(empty_mlflow_store(), out / "mlflow.db")
     res = run(train_command(args, nproc, script), timeout=timeout, env=env)
-    return TrainResult(res.returncode, res.stdout, _output_dir(args))
+    return TrainResult(res.returncode, res.stdout, out)
 
 
 def flags(**options) -> list[str]:
@@ -178,17 +209,18 @@ def train(
     timeout: float = 600,
     env: dict | None = None,
     script: Path | None = None,
+    new_store: bool = False,
     **options,
 ) -> TrainResult:
     """One train_ddp.py launch: ``data`` (a (videos, annotations) pair), --output-dir ``out``, the
     TINY run, then ``options`` (see flags()) and ``extra`` flags, which override TINY.
 
     ok=True asserts exit code 0 and ok=False a failure, each showing the output's end;
-    ok=None leaves the exit code to the caller."""
+    ok=None leaves the exit code to the caller.  new_store: see run_train()."""
     args = [*(data_flags(data) if data is not None else [])]
     args += ["--output-dir", str(out)] if out is not None else []
     args += [*(TINY if tiny else []), *flags(**options), *extra]
-    res = run_train(args, nproc=nproc, timeout=timeout, env=env, script=script)
+    res = run_train(args, nproc=nproc, timeout=timeout, env=env, script=script, new_store=new_store)
     if ok is True:
         assert res.returncode == 0, res.tail()
     elif ok is False:

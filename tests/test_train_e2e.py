@@ -18,6 +18,7 @@ def test_torchrun_two_processes_end_to_end(tiny_demo, tmp_path):
         tiny_demo,
         nproc=2,
         timeout=900,
+        new_store=True,  # the first launch as a user makes it, MLflow store included
         batch_size=4,
         epochs=2,
         checkpoint_every=3,
