@@ -3,9 +3,11 @@
 Compressed all-reduces must train like the fp32 one: SGD (whose update is linear in the
 gradient; Adam would blow float noise in near-zero gradients up to lr-sized steps), no dropout,
 BatchNorm on running statistics, no gradient clipping, 4 steps at lr 0.02.  The measure is the
-weight update w - w0 relative to fp32's (L2 over all weights).  Measured on the 2-core dev
-machine (torch 2.14.1, demo generator version 9's clips, 2026-12-03): bf16 0.17 %, fp16 0.0068 %,
-and a hook that sums instead of averaging (2x gradients) 43 %; bounds 1 % and 0.1 %.
+weight update w - w0 relative to fp32's (L2 over all weights).  Measured at TINY's width 16 on the
+2-core dev machine (torch 2.14.1, demo generator version 9's clips): bf16 0.18 %, fp16 0.055 %,
+and twice the lr (the step a hook that sums instead of averaging gives SGD) 140 %; bounds 1 % and
+0.1 %, so fp16's bound also lies below what bf16 measures.  At width 64 the same runs measured bf16
+0.17 %, fp16 0.0068 %, and a summing hook 43 %.
 
 Why no clipping and a small lr: with the default --clip-grad 1.0 and lr 0.1 every step was
 clipped (gradient norms 1.6-3.4), so a 2x gradient error measured 0.00002 % -- the test could not
@@ -61,7 +63,7 @@ def fp32_update(tiny_demo, tmp_path_factory) -> torch.Tensor:
     fp32 = train(tmp_path_factory.mktemp("fp32") / "run", tiny_demo, nproc=2, **LINEAR)
     assert fp32.checkpoint()["step"] == STEPS
     update = _update(fp32.checkpoint()["model"])
-    assert update.norm() > 0.5  # the weights really moved (1.14 measured): the comparisons below are not vacuous
+    assert update.norm() > 0.3  # the weights really moved (0.64 measured): the comparisons below are not vacuous
     return update
 
 

@@ -5,8 +5,9 @@ gradient, compares the gradients themselves; Adam would amplify float-summation 
 near-zero gradients into lr-sized differences.  No gradient clipping: with the default
 --clip-grad 1.0 every step here was clipped, and 2 ranks whose all-reduced gradients were 2x too
 large (a hook that summed instead of averaging) matched 1 process x 2b to 6e-8 -- a wrong
-gradient scale was invisible.  Without clipping that run differs by 0.062 (the bound is 2e-5;
-the correct runs differ by 6e-8), measured 2026-12-03 on the 2-core dev machine."""
+gradient scale was invisible.  Without clipping, at TINY's width 16, twice the lr (the step a
+summing hook gives SGD) differs by 0.34 and the correct runs by 6e-8 and 3e-8 (the bound is 2e-5;
+at width 64 a summing hook measured 0.062, the correct runs 6e-8), on the 2-core dev machine."""
 
 import pytest
 import torch
