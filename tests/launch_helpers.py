@@ -101,6 +101,13 @@ def run(cmd: list[str], timeout: float = 600, env: dict | None = None) -> subpro
     return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
 
 
+def checkpoint(out: Path, name: str = "last.pt", weights_only: bool = True) -> dict:
+    """A checkpoint of the run in output dir ``out``, loaded on the CPU (without unpickling code)."""
+    import torch
+
+    return torch.load(Path(out) / "checkpoints" / name, map_location="cpu", weights_only=weights_only)
+
+
 @dataclass
 class TrainResult:
     """What a finished train_ddp.py launch left: its exit code and output, and its output dir's
@@ -114,9 +121,7 @@ class TrainResult:
         return self.stdout[-chars:]
 
     def checkpoint(self, name: str = "last.pt", weights_only: bool = True) -> dict:
-        import torch
-
-        return torch.load(self.out / "checkpoints" / name, map_location="cpu", weights_only=weights_only)
+        return checkpoint(self.out, name, weights_only)
 
     def metrics(self) -> list[dict]:
         """The per-step metric records of metrics.jsonl, in order."""
