@@ -25,7 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # The smallest run the loop accepts in full: ResNet3D-18 at width 16 (a 1/16 of the parameters of
-# width 64, so a checkpoint with Adam state is ~26 MB, not ~400 MB) on 4 frames of 32 px.  A test
+# width 64, so a checkpoint with Adam state is ~25 MB, not ~400 MB) on 4 frames of 32 px.  A test
 # that needs the MiT network's width states --width 64 itself.
 TINY = [
     "--depth",
@@ -124,9 +124,9 @@ class TrainResult:
         return checkpoint(self.out, name, weights_only)
 
     def metrics(self) -> list[dict]:
-        """The per-step metric records of metrics.jsonl, in order."""
+        """The metric records of metrics.jsonl, in order, each with its "step"."""
         lines = (self.out / "metrics.jsonl").read_text().splitlines()
-        return [r["metrics"] for r in map(json.loads, lines) if "metrics" in r]
+        return [{"step": r["step"], **r["metrics"]} for r in map(json.loads, lines) if "metrics" in r]
 
     def mlflow_runs(self, db: Path | None = None):
         """(client, runs) of the run's MLflow store: its output dir's mlflow.db unless ``db``."""
