@@ -11,7 +11,7 @@ from launch_helpers import TINY_WIDTH, train
 pytestmark = pytest.mark.slow
 
 
-def test_torchrun_two_processes_end_to_end(tiny_demo, tmp_path):
+def test_torchrun_two_processes_end_to_end(tiny_demo, tmp_path, monkeypatch):
     out = tmp_path / "run"
     res = train(
         out,
@@ -49,7 +49,9 @@ def test_torchrun_two_processes_end_to_end(tiny_demo, tmp_path):
     assert artifacts == {"checkpoints/best.pt", "checkpoints/last.pt"}
     assert run.outputs.model_outputs, "the final model was not logged"
     # the logged model: uint8 video in, one probability per column out
-    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
+    # through the environment, which pytest restores: a process-wide set_tracking_uri() would point
+    # every later test's fluent MLflow calls at this store, deleted when the test passes
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{out / 'mlflow.db'}")
     model = mlflow.pytorch.load_model(f"models:/{run.outputs.model_outputs[0].model_id}")
     probs = model(torch.zeros(3, 3, 4, 32, 32, dtype=torch.uint8))
     assert probs.shape == (3, 24) and bool(((probs >= 0) & (probs <= 1)).all())
