@@ -1,6 +1,8 @@
 """Test-wide settings: thread count (2-core CI machines) and the repo root on sys.path."""
 
+import inspect
 import os
+import re
 
 # OpenMP threads that busy-wait make CPU ops 50-70x slower when another process shares the
 # cores (measured on the 2-core CI machine); must be set before torch is imported.
@@ -35,3 +37,38 @@ def web_faults(tmp_path_factory):
     from web_video_files import web_faults as make
 
     return make(tmp_path_factory.mktemp("web_faults"))
+
+
+# A test that starts torchrun, SLURM or a train_ddp.py process (itself or through a fixture) is not
+# a fast test: it must carry the mark that keeps it out of `-m "not slow and not slurm"`.
+_LAUNCHES = {
+    "slurm": re.compile(r"LocalSlurm\("),
+    "slow": re.compile(
+        r"(?<![.\w])(train|run_train|train_command)\(|torch\.distributed\.run|nproc_per_node|nproc=[^1]|TrainRun\("
+    ),
+}
+
+
+def _sources(item) -> str:
+    funcs = [getattr(item, "function", None)]
+    for defs in getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {}).values():
+        funcs += [d.func for d in defs if getattr(d, "baseid", "").startswith(item.nodeid.split("::")[0])]
+    texts = []
+    for func in funcs:
+        try:
+            texts.append(inspect.getsource(func))
+        except (OSError, TypeError):
+            pass
+    return "\n".join(texts)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    unmarked = []
+    for item in items:
+        source = _sources(item)
+        for mark, pattern in _LAUNCHES.items():
+            if pattern.search(source) and item.get_closest_marker(mark) is None:
+                unmarked.append(f"{item.nodeid} (needs @pytest.mark.{mark})")
+    if unmarked:
+        raise pytest.UsageError("tests that launch processes without their mark:\n  " + "\n  ".join(unmarked))

@@ -5,9 +5,8 @@ import shutil
 
 import pandas as pd
 import pytest
-import torch
 from fixture_files import prepare_demo_cache
-from launch_helpers import TINY, run_train
+from launch_helpers import train
 
 pytestmark = pytest.mark.slow
 
@@ -25,51 +24,16 @@ def test_train_from_cache(demo_cache, tmp_path):
     # TINY = 4 frames of 32 px; one worker process exercises the Dataset's pickling and collate in a worker
     # --videos as well (e.g. left in a launch script): not read, and the log says so
     gone = tmp_path / "no-such-videos"
-    res = run_train(
-        [
-            "--cache",
-            str(cache),
-            "--annotations",
-            str(annotations),
-            "--output-dir",
-            str(out),
-            "--videos",
-            str(gone),
-            *TINY,
-            "--num-workers",
-            "1",
-            "--epochs",
-            "1",
-            "--max-steps",
-            "3",
-            "--batch-size",
-            "4",
-        ],
-        timeout=600,
-    )
-    assert res.returncode == 0, res.stdout[-4000:]
+    res = train(out, (gone, annotations), cache=cache, num_workers=1, epochs=1, max_steps=3, batch_size=4)
     assert f"frame cache {cache}: frames=6, stored_size=40, storage=raw" in res.stdout
     assert f"(--videos {gone} is not read: training uses the cache)" in res.stdout
-    assert (out / "checkpoints" / "last.pt").exists()
+    state = res.checkpoint()  # it trained from the cache: 3 steps, none skipped for want of clips
+    assert state["step"] == 3 and state["counters"]["bad_videos"] == 0 and state["counters"]["empty_steps"] == 0
 
 
 def test_cache_for_other_clips_is_refused(demo_cache, tmp_path):
     cache, annotations = demo_cache
-    res = run_train(
-        [
-            "--cache",
-            str(cache),
-            "--annotations",
-            str(annotations),
-            "--output-dir",
-            str(tmp_path),
-            *TINY,
-            "--frames",
-            "8",
-        ],
-        timeout=300,
-    )
-    assert res.returncode != 0
+    res = train(tmp_path, None, ok=False, timeout=300, cache=cache, annotations=annotations, frames=8)
     assert "it keeps 6 frames per clip but the run uses --frames 8" in res.stdout
     assert "Traceback" not in res.stdout  # a clear message, not a crash
 
@@ -83,33 +47,11 @@ def test_videos_the_cache_lacks_are_counted_and_reported(demo_cache, tmp_path):
     manifest.loc[1, ["status", "error"]] = ["failed", "decode error (made up by the test)"]
     manifest.drop(index=0).to_csv(damaged / "manifest.csv", index=False)
     out = tmp_path / "run"
-    res = run_train(
-        [
-            "--cache",
-            str(damaged),
-            "--annotations",
-            str(annotations),
-            "--output-dir",
-            str(out),
-            *TINY,
-            "--num-workers",
-            "2",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "4",
-            "--val-fraction",
-            "0",
-            "--test-fraction",
-            "0",
-        ],
-        timeout=600,
-    )
-    assert res.returncode == 0, res.stdout[-4000:]
+    whole = dict(val_fraction=0, test_fraction=0)
+    res = train(out, None, cache=damaged, annotations=annotations, num_workers=2, epochs=1, batch_size=4, **whole)
     assert f"2 table videos are not in the cache {damaged}" in res.stdout
     rows = [line.split("\t") for line in (out / "bad_videos.tsv").read_text().splitlines()]
     errors = {video: error for _, video, error in rows}
     assert errors.keys() == {gone, failed}  # all 48 videos train, so both were drawn, once each
     assert "not in the cache" in errors[gone] and "failed: decode error (made up by the test)" in errors[failed]
-    state = torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
-    assert state["counters"]["bad_videos"] == len(rows) == 2
+    assert res.checkpoint()["counters"]["bad_videos"] == len(rows) == 2

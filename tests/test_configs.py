@@ -6,13 +6,25 @@ from pathlib import Path
 import pytest
 
 from resnet3d import build_model, freeze
-from utils.config import TrainConfig, parse_config
+from resnet3d.freeze import parameters_by_prefix
+from utils.config import TrainConfig, parse_config, parse_key_values
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
 
-def test_there_are_recipes():
+def test_there_are_recipes_and_what_they_freeze_or_unfreeze_is_in_their_model():
+    """A mistyped layer in --freeze fails at start-up, in --unfreeze only at its epoch on the cluster."""
     assert {p.name for p in CONFIGS} >= {"earlier_version.yaml", "finetune_8gpu.yaml"}
+    named = 0
+    for path in CONFIGS:
+        cfg, _ = parse_config(["--config", str(path)])
+        prefixes = [p.strip() for p in cfg.freeze.split(",") if p.strip()] if cfg.freeze else []
+        prefixes += list(parse_key_values(cfg.unfreeze, "--unfreeze", int, sep=":"))
+        # raises naming any prefix that covers no parameter of the recipe's model
+        covered = parameters_by_prefix(build_model(depth=cfg.depth, width=cfg.width), prefixes)
+        assert all(covered.values()), (path.name, covered.keys())
+        named += len(prefixes)
+    assert named >= 4  # the recipes do freeze and unfreeze (earlier: layer4.2 and the head trained)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

@@ -90,10 +90,23 @@ def test_seek_per_frame_returns_the_one_pass_frames(tmp_path):
     assert np.array_equal(bench.seek_decode(str(tmp_path / "v.mp4"), 6), decode_clip(tmp_path / "v.mp4", 6)[0])
 
 
-def test_step_rate_function_runs_on_cpu():
-    """The GPU comparison's step-rate function (only called on CUDA by the benchmark), tiny on CPU."""
-    torch.manual_seed(0)
-    assert bench.loop_step_rate(torch.device("cpu"), batch_size=2, frames=4, size=32, steps=1, depth=18) > 0
+def test_step_rate_function_measures_the_loops_gpu_step_and_fp32_on_cpu(monkeypatch):
+    """The GPU comparison's step rate is train_ddp.py's GPU step (bf16 autocast, channels_last_3d,
+    cudnn.benchmark) at the asked size; elsewhere plain fp32.  The timed step itself is
+    benchmarks/train_throughput.py's (tests/test_train_throughput_step.py ties it to the loop)."""
+    from benchmarks import train_throughput
+
+    asked = []
+    monkeypatch.setattr(
+        train_throughput, "step_rate", lambda variant, s, steps: asked.append((variant, s, steps)) or 7.5
+    )
+    for device in ("cuda", "cpu"):
+        assert bench.loop_step_rate(torch.device(device), batch_size=2, frames=4, size=32, steps=3, depth=18) == 7.5
+    (gpu, gpu_settings, steps), (cpu, cpu_settings, _) = asked
+    assert (gpu.dtype, gpu.channels_last, gpu.cudnn_benchmark, steps) == ("bf16", True, True, 3)
+    assert cpu == train_throughput.Variant() and cpu.dtype == "fp32"
+    size = (gpu_settings.depth, gpu_settings.frames, gpu_settings.size, gpu_settings.batch_size)
+    assert size == (18, 4, 32, 2) and (gpu_settings.device, cpu_settings.device) == ("cuda", "cpu")
 
 
 def test_hd_rows_run_at_a_tiny_size(tmp_path, capsys):

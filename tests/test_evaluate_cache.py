@@ -1,14 +1,13 @@
 """evaluate.py --cache: test-time views from a frame cache, and the loop's own validation on the
 cache reproduced from best.pt."""
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from eval_fixtures import compare_eval_with_training_validation
 from fixture_files import prepare_demo_cache
-from launch_helpers import TINY, run_train
+from launch_helpers import train
 
 import evaluate
 from datasets import FrameCache, MultiViewCachedDataset
@@ -57,24 +56,7 @@ def test_what_the_cache_cannot_serve_is_refused(cache8):
 def test_evaluate_with_cache_reproduces_the_training_validation_on_the_cache(cache8, tmp_path):
     cache_dir, annotations, videos = cache8
     out = tmp_path / "run"
-    res = run_train(
-        [
-            "--cache",
-            str(cache_dir),
-            "--annotations",
-            str(annotations),
-            "--output-dir",
-            str(out),
-            "--epochs",
-            "2",
-            "--batch-size",
-            "8",
-            *TINY,
-        ],
-        nproc=1,
-        timeout=600,
-    )
-    assert res.returncode == 0, res.stdout[-4000:]
+    trained = train(out, None, cache=cache_dir, annotations=annotations, epochs=2, batch_size=8)
     best = out / "checkpoints" / "best.pt"
     rc = evaluate.main(
         [
@@ -97,8 +79,7 @@ def test_evaluate_with_cache_reproduces_the_training_validation_on_the_cache(cac
         ]
     )
     assert rc == 0
-    client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
-    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    client, (run,) = trained.mlflow_runs()
     assert run.data.params["cache"] == str(cache_dir)
     assert compare_eval_with_training_validation(client, run) == 10  # 8 score Spearmans + 2 accuracies
     # two temporal views of the same videos: different inputs, still one row per video
@@ -133,24 +114,7 @@ def test_evaluate_with_cache_reproduces_the_training_validation_on_the_cache(cac
 def test_evaluate_refuses_spatial_views_from_a_cache_with_a_clear_message(cache8, tmp_path):
     cache_dir, annotations, videos = cache8
     out = tmp_path / "run"
-    res = run_train(
-        [
-            "--cache",
-            str(cache_dir),
-            "--annotations",
-            str(annotations),
-            "--output-dir",
-            str(out),
-            "--max-steps",
-            "1",
-            "--batch-size",
-            "4",
-            *TINY,
-        ],
-        nproc=1,
-        timeout=600,
-    )
-    assert res.returncode == 0, res.stdout[-4000:]
+    train(out, None, cache=cache_dir, annotations=annotations, max_steps=1, batch_size=4)
     with pytest.raises(SystemExit, match="--cache: .*keeps only the centre square.*use --views 1x1"):
         evaluate.main(
             [

@@ -1,9 +1,8 @@
 """evaluate.py on a real train_ddp.py run: it reproduces the loop's own validation numbers."""
 
-import mlflow
 import pytest
 from eval_fixtures import compare_eval_with_training_validation
-from launch_helpers import TINY, run_train
+from launch_helpers import train
 
 import evaluate
 
@@ -16,26 +15,7 @@ def test_evaluating_best_pt_on_val_reproduces_the_training_validation(tiny_demo,
     running statistics; validation and best.pt must both describe rank 0's (the saved) model."""
     videos, annotations = tiny_demo
     out = tmp_path / "run"
-    res = run_train(
-        [
-            "--videos",
-            str(videos),
-            "--annotations",
-            str(annotations),
-            "--output-dir",
-            str(out),
-            "--epochs",
-            "2",
-            "--batch-size",
-            "8",
-            "--bn",
-            "train",
-            *TINY,
-        ],
-        nproc=nproc,
-        timeout=600,
-    )
-    assert res.returncode == 0, res.stdout[-4000:]
+    trained = train(out, tiny_demo, nproc=nproc, epochs=2, batch_size=8, bn="train")
     rc = evaluate.main(
         [
             "--checkpoint",
@@ -56,8 +36,7 @@ def test_evaluating_best_pt_on_val_reproduces_the_training_validation(tiny_demo,
         ]
     )
     assert rc == 0
-    client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
-    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    client, (run,) = trained.mlflow_runs()
     assert run.info.status == "FINISHED"  # left as training ended it
     # the training loop logged the same metrics at the step best.pt was written
     assert compare_eval_with_training_validation(client, run) == 10  # 8 score Spearmans + 2 accuracies

@@ -8,21 +8,13 @@ import sys
 import mlflow
 import pandas as pd
 import pytest
-from launch_helpers import REPO, TINY, child_env, free_port, run, run_train
+from launch_helpers import REPO, child_env, run, train
 
 pytestmark = pytest.mark.slow
 
 
-def torchrun(*args):
-    return run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", *args],
-        timeout=300,
-    )
-
-
 def test_a_mistyped_flag_under_torchrun_is_reported_once_with_a_suggestion():
-    res = torchrun(str(REPO / "train_ddp.py"), "--batchsize", "8")
-    assert res.returncode != 0
+    res = train(None, None, "--batchsize", "8", tiny=False, nproc=2, ok=False, timeout=300)
     assert (
         res.stdout.count("error: unrecognized arguments: --batchsize 8; --batchsize: did you mean --batch-size?") == 1
     )
@@ -32,17 +24,7 @@ def test_a_mistyped_flag_under_torchrun_is_reported_once_with_a_suggestion():
 
 def test_a_missing_video_folder_is_one_line_on_rank_zero(tiny_demo, tmp_path):
     _, annotations = tiny_demo
-    res = torchrun(
-        str(REPO / "train_ddp.py"),
-        "--videos",
-        str(tmp_path / "nowhere"),
-        "--annotations",
-        str(annotations),
-        "--output-dir",
-        str(tmp_path / "run"),
-        *TINY,
-    )
-    assert res.returncode != 0
+    res = train(tmp_path / "run", (tmp_path / "nowhere", annotations), nproc=2, ok=False, timeout=300)
     assert res.stdout.count(f"error: --videos {tmp_path / 'nowhere'}: no such directory") == 1
     assert 'train_ddp.py", line' not in res.stdout  # no traceback from our code
 
@@ -51,17 +33,7 @@ def test_a_table_without_a_column_advises_the_tasks_flag(tiny_demo, tmp_path):
     videos, annotations = tiny_demo
     table = pd.read_csv(annotations).drop(columns=["joint_score"])
     table.to_csv(tmp_path / "table.csv", index=False)
-    res = run_train(
-        [
-            "--videos",
-            str(videos),
-            "--annotations",
-            str(tmp_path / "table.csv"),
-            "--output-dir",
-            str(tmp_path / "run"),
-            *TINY,
-        ]
-    )
+    res = train(tmp_path / "run", (videos, tmp_path / "table.csv"), ok=None)
     assert res.returncode == 1
     assert "missing required column(s) ['joint_score']" in res.stdout
     assert (
@@ -90,22 +62,7 @@ def test_help_texts_show_each_default_once():
 def test_evaluate_logs_into_the_training_runs_store_and_says_so(tiny_demo, tmp_path):
     videos, annotations = tiny_demo
     out = tmp_path / "run"
-    res = run_train(
-        [
-            "--videos",
-            str(videos),
-            "--annotations",
-            str(annotations),
-            "--output-dir",
-            str(out),
-            "--max-steps",
-            "2",
-            "--batch-size",
-            "4",
-            *TINY,
-        ]
-    )
-    assert res.returncode == 0, res.stdout[-3000:]
+    train(out, tiny_demo, max_steps=2, batch_size=4)
     best = out / "checkpoints" / "best.pt"
     assert best.exists()  # --max-steps ended before an epoch's validation: the final validation made it
     args = [

@@ -25,7 +25,7 @@ import psutil
 import pytest
 import torch
 from fixture_files import prepare_demo_cache
-from launch_helpers import REPO, TINY, child_env, free_port, run_train, train_command
+from launch_helpers import REPO, TINY, checkpoint, child_env, free_port, run_train, train_command
 
 pytestmark = pytest.mark.slow
 
@@ -125,10 +125,6 @@ def logged_step(out: Path) -> int:
             if "train/loss" in rec.get("metrics", {}):
                 last = max(last, rec["step"])
     return last
-
-
-def checkpoint(out: Path, name: str = "last.pt") -> dict:
-    return torch.load(Path(out) / "checkpoints" / name, map_location="cpu", weights_only=True)
 
 
 def _tensors(obj, prefix=""):

@@ -29,10 +29,19 @@ def test_one_node_does_not_depend_on_the_nic_and_overlap_only_helps():
     assert efficiency(A, 1, 100, 8, False, False) == 1.0
 
 
-def test_the_launching_page_shows_the_models_tables():
-    page = (REPO / "docs" / "launching.md").read_text()
-    missing = [line for line in tables(A, batch=8, target=0.9).splitlines() if line.strip() and line not in page]
-    assert not missing, f"docs/launching.md is out of date with `python -m benchmarks.scaling_model`: {missing[:3]}"
+def test_the_docs_show_the_models_tables_as_the_script_prints_them():
+    """Every page that shows the tables (README.md or a page of the manual in docs/, wherever the text lives)
+    shows what `python -m benchmarks.scaling_model` prints now."""
+    printed = [line for line in tables(A, batch=8, target=0.9).splitlines() if line.strip()]
+    marker = "All-reduce time per step, ms"  # a line of the script's output that no other text has
+    assert marker in printed[2]
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]  # docs/log/ is history
+    showing = [page for page in pages if page.exists() and marker in page.read_text()]
+    assert showing, f"no page of README.md or docs/ shows the scaling model's tables ({marker!r})"
+    for page in showing:
+        text = page.read_text()
+        missing = [line for line in printed if line not in text]
+        assert not missing, f"{page.relative_to(REPO)} is out of date with the script's output: {missing[:3]}"
 
 
 def test_the_parameter_count_is_resnet3d_50s():

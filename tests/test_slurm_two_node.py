@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import pytest
-from launch_helpers import REPO, child_env, free_port
+from launch_helpers import REPO, TINY_WIDTH, child_env, free_port
 from netns import NODE_IFNAME, NamespaceNetwork
 from netns import unavailable_reason as netns_unavailable
 from slurm_cluster import LocalSlurm
@@ -46,7 +46,7 @@ if _REASON:
 from test_slurm import Job, resumed_steps  # noqa: E402  (after the skip: its own skip names only SLURM)
 
 NODES = ("n1", "n2")
-KEEP_ONE = ("--keep-last", "1")  # a tiny ResNet3D-18 checkpoint with Adam state is ~400 MB
+KEEP_ONE = ("--keep-last", "1")  # each node keeps one step checkpoint, not three
 DIST_TIMEOUT = 60  # seconds; the fault test's bound
 
 
@@ -85,7 +85,7 @@ def gradient_bytes() -> int:
     """What one step all-reduces: every trained parameter in fp32."""
     from resnet3d import build_model
 
-    return sum(p.numel() * 4 for p in build_model(depth=18).parameters())
+    return sum(p.numel() * 4 for p in build_model(depth=18, width=TINY_WIDTH).parameters())
 
 
 def rank_records(out: Path) -> dict[int, list[dict]]:

@@ -5,58 +5,35 @@ gradient, compares the gradients themselves; Adam would amplify float-summation 
 near-zero gradients into lr-sized differences.  No gradient clipping: with the default
 --clip-grad 1.0 every step here was clipped, and 2 ranks whose all-reduced gradients were 2x too
 large (a hook that summed instead of averaging) matched 1 process x 2b to 6e-8 -- a wrong
-gradient scale was invisible.  Without clipping that run differs by 0.062 (the bound is 2e-5;
-the correct runs differ by 6e-8), measured 2026-12-03 on the 2-core dev machine."""
+gradient scale was invisible.  Without clipping, at TINY's width 16, twice the lr (the step a
+summing hook gives SGD) differs by 0.34 and the correct runs by 6e-8 and 3e-8 (the bound is 2e-5;
+at width 64 a summing hook measured 0.062, the correct runs 6e-8), on the 2-core dev machine."""
 
 import pytest
 import torch
-from launch_helpers import TINY, run_train
+from launch_helpers import TINY_WIDTH, train
 
 pytestmark = pytest.mark.slow
 STEPS = 3
 
 
-def _train(tiny_demo, out, nproc, batch, accum):
-    videos, annotations = tiny_demo
-    res = run_train(
-        [
-            "--videos",
-            str(videos),
-            "--annotations",
-            str(annotations),
-            "--output-dir",
-            str(out),
-            "--batch-size",
-            str(batch),
-            "--accum-steps",
-            str(accum),
-            "--max-steps",
-            str(STEPS),
-            "--epochs",
-            "5",
-            "--dropout",
-            "0",
-            "--bn",
-            "eval",
-            "--val-every",
-            "0",
-            "--optimizer",
-            "sgd",
-            "--lr",
-            "0.1",
-            "--clip-grad",
-            "0",
-            "--warmup-steps",
-            "0",
-            "--seed",
-            "3",
-            *TINY,
-        ],
-        nproc=nproc,
-        timeout=600,
-    )
-    assert res.returncode == 0, res.stdout[-4000:]
-    state = torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+# fixed data order, SGD, no dropout, BatchNorm on running statistics, no clipping (see above)
+LINEAR = dict(
+    max_steps=STEPS,
+    epochs=5,
+    dropout=0,
+    bn="eval",
+    val_every=0,
+    optimizer="sgd",
+    lr=0.1,
+    clip_grad=0,
+    warmup_steps=0,
+    seed=3,
+)
+
+
+def _weights(run):
+    state = run.checkpoint()
     assert state["step"] == STEPS
     return state["model"]
 
@@ -69,15 +46,15 @@ def _assert_same(a, b):
 
 @pytest.fixture(scope="module")
 def reference(tiny_demo, tmp_path_factory):
-    return _train(tiny_demo, tmp_path_factory.mktemp("ref"), nproc=1, batch=8, accum=1)
+    return _weights(train(tmp_path_factory.mktemp("ref"), tiny_demo, **LINEAR, batch_size=8))
 
 
 def test_two_ranks_equal_one_process_double_batch(tiny_demo, tmp_path, reference):
-    _assert_same(_train(tiny_demo, tmp_path, nproc=2, batch=4, accum=1), reference)
+    _assert_same(_weights(train(tmp_path, tiny_demo, nproc=2, **LINEAR, batch_size=4)), reference)
 
 
 def test_two_ranks_with_accumulation_equal_one_process(tiny_demo, tmp_path, reference):
-    _assert_same(_train(tiny_demo, tmp_path, nproc=2, batch=2, accum=2), reference)
+    _assert_same(_weights(train(tmp_path, tiny_demo, nproc=2, **LINEAR, batch_size=2, accum_steps=2)), reference)
 
 
 def test_initial_weights_differ_from_trained(tiny_demo, reference):
@@ -85,6 +62,6 @@ def test_initial_weights_differ_from_trained(tiny_demo, reference):
     from resnet3d import build_model
 
     torch.manual_seed(3)
-    fresh = build_model(depth=18).state_dict()
+    fresh = build_model(depth=18, width=TINY_WIDTH).state_dict()
     moved = max((fresh[k] - reference[k]).abs().max().item() for k in fresh if fresh[k].is_floating_point())
     assert moved > 1e-4

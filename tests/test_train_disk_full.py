@@ -1,13 +1,10 @@
 """A disk that fills up during training: the loop reports each failed checkpoint, keeps the
 previous one, trains on, and does not end as a success when its final checkpoint is missing."""
 
-import sys
 import textwrap
 
-import mlflow
 import pytest
-import torch
-from launch_helpers import REPO, TINY, free_port, run
+from launch_helpers import REPO, train
 
 pytestmark = pytest.mark.slow
 
@@ -41,34 +38,11 @@ runpy.run_path({train!r}, run_name="__main__")
 
 
 def test_final_checkpoint_write_failure_fails_the_run(tiny_demo, tmp_path):
-    videos, annotations = tiny_demo
     wrapper = tmp_path / "full_disk.py"
     wrapper.write_text(textwrap.dedent(WRAPPER.format(repo=str(REPO), train=str(REPO / "train_ddp.py"), fail_from=2)))
     out = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        f"--master_port={free_port()}",
-        str(wrapper),
-        "--videos",
-        str(videos),
-        "--annotations",
-        str(annotations),
-        "--output-dir",
-        str(out),
-        "--batch-size",
-        "4",
-        "--max-steps",
-        "3",
-        "--checkpoint-every",
-        "1",
-        *TINY,
-    ]
-    res = run(cmd, timeout=600)
+    res = train(out, tiny_demo, script=wrapper, nproc=2, ok=False, batch_size=4, max_steps=3, checkpoint_every=1)
     log = res.stdout
-    assert res.returncode != 0, log[-4000:]
     assert "exitcode: 4" in log, log[-4000:]  # torchrun reports the workers' own exit code
     # the preflight saw the (reported) 1 MiB free and said what a checkpoint needs
     assert "GiB free; a checkpoint takes about" in log
@@ -78,11 +52,8 @@ def test_final_checkpoint_write_failure_fails_the_run(tiny_demo, tmp_path):
     ckdir = out / "checkpoints"
     assert sorted(p.name for p in ckdir.glob("step-*.pt")) == ["step-00000001.pt"]
     assert sorted(p.name for p in ckdir.iterdir()) == ["last.pt", "step-00000001.pt"]  # no half-written leftovers
-    last = torch.load(ckdir / "last.pt", map_location="cpu", weights_only=True)
-    assert last["step"] == 1  # the previous good checkpoint is intact and still the newest
-    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
-    client = mlflow.MlflowClient()
-    (run_info,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert res.checkpoint()["step"] == 1  # the previous good checkpoint is intact and still the newest
+    run_info = res.mlflow_run()
     assert run_info.info.status == "FAILED"
     assert run_info.data.tags["stop_reason"] == "checkpoint_write_failed"
     assert "No space left on device" in run_info.data.tags["last_checkpoint_error"]

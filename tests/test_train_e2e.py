@@ -6,33 +6,32 @@ import re
 import mlflow
 import pytest
 import torch
-from launch_helpers import TINY, run_train
+from launch_helpers import TINY_WIDTH, train
 
 pytestmark = pytest.mark.slow
 
 
-def _runs(db):
-    mlflow.set_tracking_uri(f"sqlite:///{db}")
-    client = mlflow.MlflowClient()
-    exps = [e.experiment_id for e in client.search_experiments()]
-    return client, client.search_runs(exps)
-
-
-def test_torchrun_two_processes_end_to_end(tiny_demo, tmp_path):
-    videos, annotations = tiny_demo
+def test_torchrun_two_processes_end_to_end(tiny_demo, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    job = ["--videos", str(videos), "--annotations", str(annotations), "--output-dir", str(out), "--batch-size", "4"]
-    res = run_train(
-        [*job, "--epochs", "2", "--checkpoint-every", "3", *TINY, "--log-model", "--log-checkpoints", "--plots"],
+    res = train(
+        out,
+        tiny_demo,
         nproc=2,
         timeout=900,
+        new_store=True,  # the first launch as a user makes it, MLflow store included
+        batch_size=4,
+        epochs=2,
+        checkpoint_every=3,
+        log_model=True,
+        log_checkpoints=True,
+        plots=True,
     )
-    assert res.returncode == 0, res.stdout[-4000:]
-    client, runs = _runs(out / "mlflow.db")
+    client, runs = res.mlflow_runs()
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED"
     assert run.data.params["batch_size"] == "4" and run.data.params["depth"] == "18"
+    assert run.data.params["width"] == str(TINY_WIDTH)
     metrics = run.data.metrics
     for task in ("distance", "valence", "arousal"):
         assert f"train/{task}/loss" in metrics and math.isfinite(metrics[f"train/{task}/loss"])
@@ -42,7 +41,7 @@ def test_torchrun_two_processes_end_to_end(tiny_demo, tmp_path):
     # checkpoints: step files, last, best; all load without unpickling code
     ckdir = out / "checkpoints"
     assert (ckdir / "last.pt").exists() and (ckdir / "best.pt").exists()
-    last = torch.load(ckdir / "last.pt", map_location="cpu", weights_only=True)
+    last = res.checkpoint()
     assert last["world_size"] == 2 and last["mlflow_run_id"] == run.info.run_id
     assert last["config"]["batch_size"] == 4 and len(last["rng"]) == 2
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in last["model"])
@@ -50,6 +49,9 @@ def test_torchrun_two_processes_end_to_end(tiny_demo, tmp_path):
     assert artifacts == {"checkpoints/best.pt", "checkpoints/last.pt"}
     assert run.outputs.model_outputs, "the final model was not logged"
     # the logged model: uint8 video in, one probability per column out
+    # through the environment, which pytest restores: a process-wide set_tracking_uri() would point
+    # every later test's fluent MLflow calls at this store, deleted when the test passes
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{out / 'mlflow.db'}")
     model = mlflow.pytorch.load_model(f"models:/{run.outputs.model_outputs[0].model_id}")
     probs = model(torch.zeros(3, 3, 4, 32, 32, dtype=torch.uint8))
     assert probs.shape == (3, 24) and bool(((probs >= 0) & (probs <= 1)).all())
@@ -70,8 +72,7 @@ def test_torchrun_two_processes_end_to_end(tiny_demo, tmp_path):
     # a second launch with the same output dir finds nothing to do and changes nothing
     before = {p.name: p.stat().st_mtime_ns for p in (out / "checkpoints").iterdir()}
     jsonl = (out / "metrics.jsonl").read_text()
-    res2 = run_train([*job, "--epochs", "2", *TINY], nproc=2, timeout=600)
-    assert res2.returncode == 0, res2.stdout[-4000:]
+    res2 = train(out, tiny_demo, nproc=2, batch_size=4, epochs=2)
     assert (
         f"{out} already finished at step {steps} (2 of --epochs 2 done); nothing to do -- use a new --output-dir, "
         "--resume none, or a larger --epochs/--max-steps"
@@ -79,12 +80,11 @@ def test_torchrun_two_processes_end_to_end(tiny_demo, tmp_path):
     assert res2.stdout.count("already finished") == 1 and "MLflow run" not in res2.stdout
     assert {p.name: p.stat().st_mtime_ns for p in (out / "checkpoints").iterdir()} == before
     assert (out / "metrics.jsonl").read_text() == jsonl
-    _, runs = _runs(out / "mlflow.db")
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and len(runs[0].outputs.model_outputs) == 1
+    again = res2.mlflow_run()
+    assert again.info.status == "FINISHED" and len(again.outputs.model_outputs) == 1
     # continuing it with another objective is refused before anything trains (an old runs/demo
     # under a newer demo preset would otherwise splice two experiments into one run)
-    res3 = run_train([*job, "--epochs", "3", *TINY, "--task-weights", "joint=3"], nproc=2, timeout=600)
-    assert res3.returncode != 0, res3.stdout[-4000:]
+    res3 = train(out, tiny_demo, nproc=2, ok=False, batch_size=4, epochs=3, task_weights="joint=3")
     refusal = "was trained on other input or with another objective (--task-weights '' -> joint=3); resume with"
     assert f"error: {ckdir}/" in res3.stdout and refusal in res3.stdout, res3.stdout[-4000:]
     assert {p.name: p.stat().st_mtime_ns for p in (out / "checkpoints").iterdir()} == before
@@ -93,29 +93,12 @@ def test_torchrun_two_processes_end_to_end(tiny_demo, tmp_path):
 
 def test_init_from_an_earlier_mlflow_run(tiny_demo, tmp_path):
     """--init-from-run RUN_ID starts a new run from the earlier run's logged checkpoint."""
-    videos, annotations = tiny_demo
-    first = tmp_path / "first"
-    common = [
-        "--videos",
-        str(videos),
-        "--annotations",
-        str(annotations),
-        "--batch-size",
-        "4",
-        "--tracking-uri",
-        f"sqlite:///{tmp_path / 'shared.db'}",
-        *TINY,
-    ]
-    res = run_train([*common, "--output-dir", str(first), "--max-steps", "2", "--log-checkpoints"], timeout=600)
-    assert res.returncode == 0, res.stdout[-4000:]
-    client, runs = _runs(tmp_path / "shared.db")
-    (run,) = runs
-    res2 = run_train(
-        [*common, "--output-dir", str(tmp_path / "second"), "--max-steps", "1", "--init-from-run", run.info.run_id],
-        timeout=600,
-    )
-    assert res2.returncode == 0, res2.stdout[-4000:]
+    db = tmp_path / "shared.db"
+    common = dict(batch_size=4, tracking_uri=f"sqlite:///{db}")
+    res = train(tmp_path / "first", tiny_demo, **common, max_steps=2, log_checkpoints=True)
+    run = res.mlflow_run(db)
+    res2 = train(tmp_path / "second", tiny_demo, **common, max_steps=1, init_from_run=run.info.run_id)
     # max-steps 2 ends before the first epoch's validation: a final validation makes best.pt
     assert re.search(r"initial weights from \S+init_from_run\S+best\.pt", res2.stdout), res2.stdout[-3000:]
-    _, runs = _runs(tmp_path / "shared.db")
+    _, runs = res2.mlflow_runs(db)
     assert len(runs) == 2 and {r.data.params["init_from_run"] for r in runs} == {"", run.info.run_id}

@@ -23,12 +23,11 @@ by the demo model at full size (round 8: .73-.81 in the default, -.02 without mo
 size (0.15-0.30), so it has no threshold here.
 """
 
-import json
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from launch_helpers import run_train
+from launch_helpers import train
 
 pytestmark = pytest.mark.slow
 
@@ -53,34 +52,26 @@ def learning_runs(tmp_path_factory):
 def train_demo(tmp_path, name: str, videos: int, val_fraction: str, *extra: str) -> list[dict]:
     """Train on demo clips of seed 0; returns the per-epoch validation metrics."""
     out = tmp_path / name
-    res = run_train(
-        [
-            "--demo-dir",
-            str(tmp_path / f"demo_{name}"),
-            "--demo-videos",
-            str(videos),
-            "--output-dir",
-            str(out),
-            "--val-fraction",
-            val_fraction,
-            "--test-fraction",
-            "0",
-            "--num-workers",
-            "1",
-            "--seed",
-            "0",
-            "--no-progress",
-            "--no-log-model",
-            "--no-log-checkpoints",
-            "--no-system-metrics",
-            "--no-plots",
-            *extra,
-        ],
+    # the demo preset, not TINY: what is measured is its learning
+    res = train(
+        out,
+        None,
+        *extra,
+        tiny=False,
         timeout=900,
+        demo_dir=tmp_path / f"demo_{name}",
+        demo_videos=videos,
+        val_fraction=val_fraction,
+        test_fraction=0,
+        num_workers=1,
+        seed=0,
+        progress=False,
+        log_model=False,
+        log_checkpoints=False,
+        system_metrics=False,
+        plots=False,
     )
-    assert res.returncode == 0, res.stdout[-4000:]
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [r["metrics"] for r in records if "metrics" in r and "val/mean_spearman" in r["metrics"]]
+    return [m for m in res.metrics() if "val/mean_spearman" in m]
 
 
 def test_demo_training_learns(learning_runs):

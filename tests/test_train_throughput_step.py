@@ -3,7 +3,7 @@ one through the real loop, from the same weights and the same batch, end bitwise
 
 import pytest
 import torch
-from launch_helpers import run_train
+from launch_helpers import train
 
 import train_ddp
 from benchmarks.train_throughput import Settings, Variant, bench_step, build_state
@@ -21,42 +21,11 @@ def test_one_benchmark_step_equals_one_step_of_the_loop(tiny_demo, tmp_path):
     # the loop: a real train_ddp.py process, one optimizer step, the benchmark's settings
     # (dropout 0, constant LR without warmup, the loop's default optimizer, loss and clipping)
     out = tmp_path / "run"
-    res = run_train(
-        [
-            "--videos",
-            str(videos),
-            "--annotations",
-            str(annotations),
-            "--output-dir",
-            str(out),
-            "--depth",
-            "18",
-            "--frames",
-            "4",
-            "--size",
-            "32",
-            "--batch-size",
-            "2",
-            "--dropout",
-            "0",
-            "--schedule",
-            "constant",
-            "--warmup-steps",
-            "0",
-            "--max-steps",
-            "1",
-            "--val-every",
-            "0",
-            "--num-workers",
-            "0",
-            "--no-progress",
-            "--no-system-metrics",
-            "--no-log-model",
-            "--no-log-checkpoints",
-        ]
+    # width 64: the benchmark builds the MiT network's width
+    res = train(
+        out, tiny_demo, width=64, batch_size=2, dropout=0, schedule="constant", warmup_steps=0, max_steps=1, val_every=0
     )
-    assert res.returncode == 0, res.stdout[-4000:]
-    loop = torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    loop = res.checkpoint()
     assert loop["step"] == 1
 
     # the benchmark: its own state builder and step, fed the batch the loop trained on first

@@ -3,27 +3,22 @@ with a message (not a state-dict error deep in the load) -- e.g. an old width-64
 met by the width-32 demo preset."""
 
 import pytest
-import torch
-from launch_helpers import TINY, run_train
+from launch_helpers import train
 
 pytestmark = pytest.mark.slow
 
 
 def test_width_is_recorded_and_a_resume_with_another_width_is_refused(tiny_demo, tmp_path):
-    videos, annotations = tiny_demo
-    args = [*TINY, "--videos", str(videos), "--annotations", str(annotations), "--output-dir", str(tmp_path)]
-    args += ["--batch-size", "4", "--val-every", "0"]
-    first = run_train([*args, "--width", "16", "--max-steps", "1"], timeout=300)
-    assert first.returncode == 0, first.stdout[-3000:]
-    ckpt = torch.load(tmp_path / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    common = dict(batch_size=4, val_every=0, timeout=300)
+    first = train(tmp_path, tiny_demo, **common, width=16, max_steps=1)
+    ckpt = first.checkpoint(weights_only=False)
     assert ckpt["width"] == 16 and ckpt["config"]["width"] == 16
     assert ckpt["model"]["conv1.weight"].shape[0] == 16
 
-    other = run_train([*args, "--width", "32", "--max-steps", "2"], timeout=300)
-    assert other.returncode != 0
+    other = train(tmp_path, tiny_demo, **common, ok=False, width=32, max_steps=2)
     refusal = "holds a ResNet3D-18 of width 16, this run builds ResNet3D-18 of width 32"
     assert refusal in other.stdout, other.stdout[-3000:]
     assert "Traceback" not in other.stdout
 
-    same = run_train([*args, "--width", "16", "--max-steps", "2"], timeout=300)
-    assert same.returncode == 0 and "resumed from" in same.stdout, same.stdout[-3000:]
+    same = train(tmp_path, tiny_demo, **common, width=16, max_steps=2)
+    assert "resumed from" in same.stdout, same.tail()

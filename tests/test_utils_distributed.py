@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from launch_helpers import TINY, child_env, run_train
+from launch_helpers import child_env, train
 
 from utils.distributed import DistInfo, record_rank, slurm_world_size
 
@@ -45,15 +45,8 @@ def test_single_process_writes_no_record(tmp_path):
 @pytest.mark.slow
 def test_a_world_smaller_than_slurms_is_refused_right_after_init(tiny_demo, tmp_path):
     """2 ranks where SLURM (as srun would tell each torchrun) started 2 torchruns x 2 = 4."""
-    videos, annotations = tiny_demo
     env = child_env({"SLURM_STEP_NUM_TASKS": "2"})
-    res = run_train(
-        ["--videos", str(videos), "--annotations", str(annotations), "--output-dir", str(tmp_path), *TINY],
-        nproc=2,
-        timeout=300,
-        env=env,
-    )
-    assert res.returncode != 0
+    res = train(tmp_path, tiny_demo, nproc=2, ok=False, timeout=300, env=env)
     assert (
         "the process group has 2 ranks but SLURM started 4 (SLURM_STEP_NUM_TASKS=2 torchruns x "
         "LOCAL_WORLD_SIZE=2); the nodes formed separate worlds"
