@@ -271,11 +271,12 @@ def read_video_names(annotations: str | os.PathLike) -> list[str]:
 
 
 def locate_sources(names: list[str], source_dir: str, source_kind: str) -> tuple[dict[str, str], dict[str, str]]:
-    """(name -> path, name -> why there is none) via one recursive scan of ``source_dir``."""
-    from .clips import LEGACY_SUFFIX, scan_video_root
+    """(name -> path, name -> why there is none) via one recursive scan of ``source_dir``.  A
+    ``--videos`` folder that holds only earlier ``.pt`` clips for the table is refused in one line."""
+    from .clips import LEGACY_SUFFIX, PtClipsError, scan_video_root
 
     index = scan_video_root(source_dir)
-    found, missing = {}, {}
+    found, missing, pt_clips = {}, {}, []
     for name in names:
         try:
             if source_kind == "pt":
@@ -284,11 +285,14 @@ def locate_sources(names: list[str], source_dir: str, source_kind: str) -> tuple
                 path = index.resolve(name)
         except ValueError as exc:  # ambiguous basename, or only an earlier .pt clip (convert with --from-pt)
             missing[name] = str(exc)
+            pt_clips += [exc] if isinstance(exc, PtClipsError) else []
             continue
         if path:
             found[name] = path
         else:
             missing[name] = f"no file for {name!r} under {source_dir}"
+    if pt_clips and not found:
+        raise SystemExit(f"--videos {source_dir}: no video for the table, only .pt clips: {pt_clips[0]}")
     return found, missing
 
 
