@@ -316,6 +316,9 @@ def mb(nbytes: float) -> str:
 
 
 def run(args: argparse.Namespace) -> dict:
+    unknown = set(args.loader_formats.split(",")) - {"mp4", "pt", "raw"}
+    if unknown:
+        raise SystemExit(f"--loader-formats: unknown input(s) {sorted(unknown)}; choose from mp4, pt, raw")
     torch.set_num_threads(1)  # per-core figures: one thread (workers run single-threaded too)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="data_throughput-"))
