@@ -48,6 +48,7 @@ from datasets import (
     DecodePolicy,
     ExactShardSampler,
     FrameCache,
+    PtClipsError,
     ResumableShardSampler,
     VideoClipDataset,
     assign_splits,
@@ -825,19 +826,22 @@ def make_clip_dataset(source, names: list[str], targets: dict, cfg: TrainConfig,
             bad_video=cfg.bad_video,
             augment=TRAIN_AUGMENTATION,
         )
-    return VideoClipDataset(
-        video_root=cfg.videos,
-        video_names=names,
-        targets=targets,
-        num_frames=cfg.frames,
-        size=cfg.size,
-        train=train,
-        seed=cfg.seed,
-        bad_video=cfg.bad_video,
-        augment=TRAIN_AUGMENTATION,
-        index=source,
-        decode_policy=DecodePolicy(cfg.partial_videos, cfg.max_video_seconds, cfg.max_video_pixels),
-    )
+    try:
+        return VideoClipDataset(
+            video_root=cfg.videos,
+            video_names=names,
+            targets=targets,
+            num_frames=cfg.frames,
+            size=cfg.size,
+            train=train,
+            seed=cfg.seed,
+            bad_video=cfg.bad_video,
+            augment=TRAIN_AUGMENTATION,
+            index=source,
+            decode_policy=DecodePolicy(cfg.partial_videos, cfg.max_video_seconds, cfg.max_video_pixels),
+        )
+    except PtClipsError as exc:
+        raise SystemExit(f"--videos {cfg.videos}: {exc}") from exc
 
 
 def report_missing_videos(train_set, val_set, cfg: TrainConfig, info: DistInfo) -> None:
