@@ -47,6 +47,7 @@ from analysis.human_ratings import load_human_ratings, video_key
 from analysis.reliability import compare_with_humans
 from datasets import (
     MultiViewClipDataset,
+    PtClipsError,
     add_decode_arguments,
     build_targets,
     decode_policy_from_args,
@@ -351,17 +352,20 @@ def main(argv: list[str] | None = None) -> int:
                     f"the cache (failed in prepare, or not in its table): listed as failed",
                 )
         else:
-            dataset = MultiViewClipDataset(
-                names,
-                {},
-                args.videos,
-                num_frames=spec.frames,
-                size=spec.size,
-                temporal_views=temporal,
-                spatial_views=spatial,
-                index=scan_video_root(args.videos),
-                decode_policy=decode_policy_from_args(args),
-            )
+            try:
+                dataset = MultiViewClipDataset(
+                    names,
+                    {},
+                    args.videos,
+                    num_frames=spec.frames,
+                    size=spec.size,
+                    temporal_views=temporal,
+                    spatial_views=spatial,
+                    index=scan_video_root(args.videos),
+                    decode_policy=decode_policy_from_args(args),
+                )
+            except PtClipsError as exc:
+                raise SystemExit(f"--videos {args.videos}: {exc}") from exc
         log0(
             info,
             f"evaluating {spec.path} ({spec.network}, {spec.frames}x{spec.size}px, "

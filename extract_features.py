@@ -57,6 +57,7 @@ from analysis.features.provenance import peak_rss_mib, rss_mib, sha256_file, sha
 from analysis.features.store import FORMAT_VERSION, PENDING, FeatureStore, FeatureStoreError
 from datasets import (
     MultiViewClipDataset,
+    PtClipsError,
     VideoIndex,
     load_annotation_table,
     parse_views,
@@ -280,16 +281,19 @@ def clip_dataset(args, spec, names: list[str], temporal: int, spatial: int, sour
         root = args.videos
     else:
         index, root = VideoIndex(root=os.sep), os.sep  # absolute paths resolve as they are
-    dataset = MultiViewClipDataset(
-        names,
-        {},
-        root,
-        num_frames=spec.frames,
-        size=spec.size,
-        temporal_views=temporal,
-        spatial_views=spatial,
-        index=index,
-    )
+    try:
+        dataset = MultiViewClipDataset(
+            names,
+            {},
+            root,
+            num_frames=spec.frames,
+            size=spec.size,
+            temporal_views=temporal,
+            spatial_views=spatial,
+            index=index,
+        )
+    except PtClipsError as exc:
+        raise SystemExit(f"--videos {args.videos}: {exc}") from exc
     if args.annotations:
         failed = {
             i: f"{os.path.join(root, n)}: FileNotFoundError: no {n!r} under {root}"

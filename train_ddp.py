@@ -48,6 +48,7 @@ from datasets import (
     DecodePolicy,
     ExactShardSampler,
     FrameCache,
+    PtClipsError,
     ResumableShardSampler,
     VideoClipDataset,
     assign_splits,
@@ -808,7 +809,6 @@ def build_data(cfg: TrainConfig, tasks, info: DistInfo) -> Data:
             {k: v[rows] for k, v in targets.items()},
             cfg,
             train,
-            on_gpu=info.device.type == "cuda",
         )
 
     train_set = subset(train_rows, train=True)
@@ -821,13 +821,12 @@ def build_data(cfg: TrainConfig, tasks, info: DistInfo) -> Data:
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps > 0:
         total_steps = min(total_steps, cfg.max_steps)
-    # A raw frame cache is read by threads into reused batch buffers (datasets/cache_loader.py;
-    # --cache-loader dataloader for worker processes); everything else by a DataLoader.
+    # The frame cache is read by threads into reused batch buffers (datasets/cache_loader.py);
+    # decoded videos by a DataLoader.
     loader_kwargs = dict(
         workers=cfg.num_workers,
         prefetch=cfg.prefetch_factor,
         pin_memory=info.device.type == "cuda",
-        cache_loader=cfg.cache_loader,
         collate_fn=collate_cached if cfg.cache else collate_clips,
         persistent_workers=cfg.num_workers > 0,
         # A private generator: creating loader iterators must not consume the global RNG, or a
@@ -865,9 +864,8 @@ def open_clip_source(cfg: TrainConfig, info: DistInfo):
     return cache
 
 
-def make_clip_dataset(source, names: list[str], targets: dict, cfg: TrainConfig, train: bool, on_gpu: bool):
+def make_clip_dataset(source, names: list[str], targets: dict, cfg: TrainConfig, train: bool):
     if isinstance(source, FrameCache):
-        jpeg_on_device = cfg.cache_decode == "device" or (cfg.cache_decode == "auto" and on_gpu)
         return CachedClipDataset(
             source,
             video_names=names,
@@ -878,21 +876,23 @@ def make_clip_dataset(source, names: list[str], targets: dict, cfg: TrainConfig,
             seed=cfg.seed,
             bad_video=cfg.bad_video,
             augment=TRAIN_AUGMENTATION,
-            jpeg_decode="device" if jpeg_on_device else "worker",
         )
-    return VideoClipDataset(
-        video_root=cfg.videos,
-        video_names=names,
-        targets=targets,
-        num_frames=cfg.frames,
-        size=cfg.size,
-        train=train,
-        seed=cfg.seed,
-        bad_video=cfg.bad_video,
-        augment=TRAIN_AUGMENTATION,
-        index=source,
-        decode_policy=DecodePolicy(cfg.partial_videos, cfg.max_video_seconds, cfg.max_video_pixels),
-    )
+    try:
+        return VideoClipDataset(
+            video_root=cfg.videos,
+            video_names=names,
+            targets=targets,
+            num_frames=cfg.frames,
+            size=cfg.size,
+            train=train,
+            seed=cfg.seed,
+            bad_video=cfg.bad_video,
+            augment=TRAIN_AUGMENTATION,
+            index=source,
+            decode_policy=DecodePolicy(cfg.partial_videos, cfg.max_video_seconds, cfg.max_video_pixels),
+        )
+    except PtClipsError as exc:
+        raise SystemExit(f"--videos {cfg.videos}: {exc}") from exc
 
 
 def report_missing_videos(train_set, val_set, cfg: TrainConfig, info: DistInfo) -> None:

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Data throughput, side by side in one run on the same clips: mp4 on the fly, the frame cache
-(raw and JPEG), and the earlier version's float32 ``.pt`` clips.
+"""Data throughput, side by side in one run on the same clips: mp4 on the fly, the frame cache,
+and the earlier version's float32 ``.pt`` clips.
 
     python -m benchmarks.data_throughput                    # 32 generated 3 s clips (~2-4 min on 2 cores)
     python -m benchmarks.data_throughput --clips 64 --max-workers 16 --json data.json
@@ -20,13 +20,14 @@ What it measures (all on the CPU unless a GPU is there; the tables print as Mark
    forward from the preceding key frame (what OpenCV's ``CAP_PROP_POS_FRAMES`` does; OpenCV
    is not a dependency, so PyAV's ``container.seek`` stands in), resize to 224, normalize to
    float32 and ``torch.save`` the [3, 16, 224, 224] tensor.  Those ``.pt`` files are the
-   earlier format read in (1).
+   earlier format read in (1), by the earlier reader reproduced here (:class:`EarlierPtClips`:
+   the project itself reads them only in ``prepare --from-pt``).
 3. The loaders with 1..N readers (threads or worker processes), every row feeding the same
    consumer (it receives the batch as a tensor and reads it; benchmarks/loaders.py): the raw
-   read (the floor: whole clips into reused buffers), the frame-cache loader train_ddp.py uses
-   (datasets/cache_loader.py, mmap and pread), and the DataLoader (``dataloader``: today's
-   path, and the other inputs through it).  Then the cache loader and the DataLoader feeding a
-   consumer that applies the crop/resize/flip/normalization
+   read (the floor: whole clips into reused buffers, with preadv and out of a memory map), the
+   frame-cache loader every command uses (datasets/cache_loader.py), and the DataLoader over the
+   same cache (``dataloader``, the reader it replaced) and over the other inputs.  Then the
+   cache loader and the DataLoader feeding a consumer that applies the crop/resize/flip/normalization
    (:func:`datasets.gpu_augment.augment_on_device`) on the GPU when there is one, else on
    the CPU, where it competes with the readers for cores.
 4. With a GPU: the ResNet3D-50 training step rate (bf16, channels_last_3d) on synthetic
@@ -153,6 +154,32 @@ def earlier_prepare(path: str, out_path: Path, num_frames: int, size: int) -> No
     torch.save(normalize_on_device(clip).contiguous(), out_path)
 
 
+class EarlierPtClips(torch.utils.data.Dataset):
+    """The earlier version's reader of its ``.pt`` clips, for the comparison only: load the
+    normalized float32 (3, T, size, size) clip, flip it in training (its only augmentation)."""
+
+    def __init__(self, names: list[str], pt_dir: Path, seed: int = 0):
+        self.paths = [pt_dir / (Path(n).stem + ".pt") for n in names]
+        self.names, self.seed = names, seed
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        epoch, index = key
+        clip = torch.load(self.paths[index], map_location="cpu", weights_only=True)
+        if np.random.default_rng([self.seed, epoch, index]).random() < 0.5:
+            clip = clip.flip(-1)
+        return {
+            "video": clip.contiguous(),
+            "targets": {},
+            "video_id": self.names[index],
+            "index": index,
+            "error": None,
+            "note": None,
+        }
+
+
 # ------------------------------------------------------------------------------------------------
 # measurements
 # ------------------------------------------------------------------------------------------------
@@ -259,15 +286,14 @@ def loader_table_rows(rows: list[dict], inputs: dict) -> list[list]:
 def loader_checks(rows: list[dict], max_readers: int) -> list[str]:
     """The targets of the cache loader, per CPU-second into the same consumer (measured side by side)."""
     checks = []
-    for name in ("cache-loader", "cache-loader-pread"):
-        for w in sorted({1, max_readers}):
-            r = _row(rows, name, w)["clips_per_cpu_s"]
-            checks.append(
-                f"{name} at {w} reader(s): {r:.0f} clips per CPU-second (target >= 1,500), "
-                f"{r / _row(rows, 'dataloader', w)['clips_per_cpu_s']:.1f}x the DataLoader (target >= 4x), "
-                f"{r / _row(rows, 'raw-read', w)['clips_per_cpu_s']:.2f} of the raw read with pread and "
-                f"{r / _row(rows, 'raw-read-mmap', w)['clips_per_cpu_s']:.2f} of the mmap one (target >= 0.7)"
-            )
+    for w in sorted({1, max_readers}):
+        r = _row(rows, "cache-loader", w)["clips_per_cpu_s"]
+        checks.append(
+            f"cache-loader at {w} reader(s): {r:.0f} clips per CPU-second (target >= 1,500), "
+            f"{r / _row(rows, 'dataloader', w)['clips_per_cpu_s']:.1f}x the DataLoader (target >= 4x), "
+            f"{r / _row(rows, 'raw-read', w)['clips_per_cpu_s']:.2f} of the raw read with pread and "
+            f"{r / _row(rows, 'raw-read-mmap', w)['clips_per_cpu_s']:.2f} of the mmap one (target >= 0.7)"
+        )
     dl1, dln = _row(rows, "dataloader", 1), _row(rows, "dataloader", max_readers)
     checks.append(
         f"dataloader (cache raw) at {max_readers} workers: {dln['clips_per_s'] / dl1['clips_per_s']:.2f}x "
@@ -290,6 +316,9 @@ def mb(nbytes: float) -> str:
 
 
 def run(args: argparse.Namespace) -> dict:
+    unknown = set(args.loader_formats.split(",")) - {"mp4", "pt", "raw"}
+    if unknown:
+        raise SystemExit(f"--loader-formats: unknown input(s) {sorted(unknown)}; choose from mp4, pt, raw")
     torch.set_num_threads(1)  # per-core figures: one thread (workers run single-threaded too)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="data_throughput-"))
@@ -310,23 +339,20 @@ def run(args: argparse.Namespace) -> dict:
 
         # -- 2. preparation (first: it writes what (1) reads) ----------------------------------------
         prep_rows, prep = [], {}
-        for storage in ("raw", "jpeg"):
-            out = work / f"cache-{storage}"
-            shutil.rmtree(out, ignore_errors=True)
-            with Timer() as t:
-                prepare_cache(
-                    out,
-                    names,
-                    str(video_dir),
-                    frames=T,
-                    stored_size=stored,
-                    storage=storage,
-                    jpeg_quality=args.jpeg_quality,
-                    workers=0,
-                    progress=False,
-                    log=lambda m: None,
-                )
-            prep[storage] = len(names) / t.cpu
+        cache_dir = work / "cache-raw"
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        with Timer() as t:
+            prepare_cache(
+                cache_dir,
+                names,
+                str(video_dir),
+                frames=T,
+                stored_size=stored,
+                workers=0,
+                progress=False,
+                log=lambda m: None,
+            )
+        prep["raw"] = len(names) / t.cpu
         pt_dir = work / "pt"
         shutil.rmtree(pt_dir, ignore_errors=True)
         pt_dir.mkdir()
@@ -339,8 +365,7 @@ def run(args: argparse.Namespace) -> dict:
 
         same = np.array_equal(seek_decode(paths[names[0]], T), decode_clip(paths[names[0]], T)[0])
         for key, label in (
-            ("raw", f"`prepare` raw ({T} frames, one pass, {stored}x{stored} uint8)"),
-            ("jpeg", f"`prepare` jpeg (quality {args.jpeg_quality})"),
+            ("raw", f"`prepare` ({T} frames, one pass, {stored}x{stored} uint8)"),
             ("seek", f"earlier: seek to each of {T} frames, {size}x{size} float32 .pt"),
         ):
             prep_rows.append([label, f"{prep[key]:.1f}", f"{prep[key] / prep['seek']:.1f}x"])
@@ -350,7 +375,7 @@ def run(args: argparse.Namespace) -> dict:
         # -- 1. reading per worker core ---------------------------------------------------------------
         mp4_bytes = np.mean([os.path.getsize(p) for p in paths.values()])
         pt_bytes = np.mean([os.path.getsize(p) for p in pt_dir.glob("*.pt")])
-        caches = {s: FrameCache(work / f"cache-{s}") for s in ("raw", "jpeg")}
+        cache = FrameCache(cache_dir)
         common = dict(num_frames=T, size=size, train=True, seed=0)
         readers = {
             "mp4": (
@@ -361,27 +386,15 @@ def run(args: argparse.Namespace) -> dict:
             ),
             "pt": (
                 f"earlier float32 .pt ({size}x{size}, normalized)",
-                VideoClipDataset(names, {}, pt_dir, **common),
+                EarlierPtClips(names, pt_dir),
                 collate_clips,
                 pt_bytes,
             ),
             "raw": (
                 f"cache raw uint8 ({stored}x{stored})",
-                CachedClipDataset(caches["raw"], names, {}, **common),
+                CachedClipDataset(cache, names, {}, **common),
                 collate_cached,
-                caches["raw"].nbytes.mean(),
-            ),
-            "jpeg": (
-                "cache jpeg, decoded in the worker",
-                CachedClipDataset(caches["jpeg"], names, {}, **common),
-                collate_cached,
-                caches["jpeg"].nbytes.mean(),
-            ),
-            "jpeg-device": (
-                "cache jpeg, bytes only (decoded on the GPU)",
-                CachedClipDataset(caches["jpeg"], names, {}, **common, jpeg_decode="device"),
-                collate_cached,
-                caches["jpeg"].nbytes.mean(),
+                cache.nbytes.mean(),
             ),
         }
         read, read_rows = {}, []
@@ -408,7 +421,7 @@ def run(args: argparse.Namespace) -> dict:
             len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         )
         raw_set, raw_collate = readers["raw"][1], readers["raw"][2]
-        runs = [(name, "raw") for name in ("raw-read", "raw-read-mmap", "cache-loader", "cache-loader-pread")]
+        runs = [(name, "raw") for name in ("raw-read", "raw-read-mmap", "cache-loader")]
         runs += [("dataloader", key) for key in dict.fromkeys(["raw", *args.loader_formats.split(",")])]
         loader = []
         for w in range(1, max_workers + 1):
@@ -535,7 +548,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=16, help="frames per clip (T = K)")
     p.add_argument("--size", type=int, default=224, help="model input size")
     p.add_argument("--stored-size", type=int, default=256, help="cache frame size")
-    p.add_argument("--jpeg-quality", type=int, default=90)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--min-time", type=float, default=2.0, help="seconds each per-core reading figure runs at least")
     p.add_argument(
@@ -547,8 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loader-time", type=float, default=3.0, help="seconds each loader figure runs at least")
     p.add_argument(
         "--loader-formats",
-        default="mp4,pt,raw,jpeg,jpeg-device",
-        help="inputs measured through the DataLoader besides raw (from: mp4, pt, raw, jpeg, jpeg-device)",
+        default="mp4,pt,raw",
+        help="inputs measured through the DataLoader besides raw (from: mp4, pt, raw)",
     )
     p.add_argument("--cpu", action="store_true", help="consumer on the CPU even when a GPU is there")
     p.add_argument("--work-dir", default=None, help="keep clips, caches and .pt files here (default: a temp dir)")

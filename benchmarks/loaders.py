@@ -2,16 +2,19 @@
 
 Rows (``name``; ``readers`` = threads or worker processes):
 
-* ``raw-read`` / ``raw-read-mmap``: the floor -- each clip's whole stored bytes (all K frames)
-  read with one ``preadv`` / copied out of the memory-mapped shard, by ``readers`` threads, in a
+* ``raw-read``: the floor -- each clip's whole stored bytes (all K frames) read with one
+  ``preadv`` (:meth:`datasets.cache.FrameCache.read_raw_into`), by ``readers`` threads, in a
   shuffled order, into a ring of batch buffers allocated once.  No plan, no augmentation draw,
   no targets, no batch dict beyond the tensor.
-* ``cache-loader`` / ``cache-loader-pread``: :class:`datasets.cache_loader.CacheLoader`, as
-  ``train_ddp.py --cache`` uses it (``--cache-loader mmap`` / ``pread``): keys from a sampler,
-  each sample's plan from (seed, epoch, index), the collate_cached batch.
-* ``dataloader``: today's path, a torch DataLoader (persistent workers, prefetch 2, pinned memory
-  on a GPU) over the same dataset with ``collate_cached`` (``--cache-loader dataloader``); also
-  the other inputs (mp4, .pt, JPEG) through it.
+* ``raw-read-mmap``: the same, each clip copied out of a memory map of its shard (made here:
+  the project reads no cache through a map, because an I/O error under a mapped read is a SIGBUS
+  that kills the process instead of failing one clip); the row says what that choice costs.
+* ``cache-loader``: :class:`datasets.cache_loader.CacheLoader`, as ``train_ddp.py --cache``,
+  evaluation, prediction and feature extraction use it: keys from a sampler, each sample's plan
+  from (seed, epoch, index), the collate_cached batch.
+* ``dataloader``: a torch DataLoader (persistent workers, prefetch 2, pinned memory on a GPU)
+  over the same dataset with ``collate_cached`` -- the reader the cache loader replaced; also
+  the decoded videos (mp4, the ``--videos`` path) through it.
 
 The consumer receives the batch as a tensor and reads it: on a GPU it copies it there
 (non-blocking, from pinned memory); on the CPU it reads one byte of every 4 KiB page (every
@@ -21,6 +24,7 @@ them).  clips per CPU-second counts every thread and process involved (the consu
 
 from __future__ import annotations
 
+import mmap
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -29,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from datasets.cache import FrameCache
+from datasets.cache import SHARD_DIR, FrameCache
 from datasets.cache_loader import CacheLoader
 from datasets.gpu_augment import augment_on_device
 
@@ -79,13 +83,24 @@ class RawReads:
         ]
         self.copied = [None] * len(self.buffers)
         self.pool = ThreadPoolExecutor(readers, thread_name_prefix="raw-read")
+        self.maps = [self._map(name) for name in cache.shard_names] if mapped else []
+
+    def _map(self, shard_name: str) -> np.ndarray:
+        with open(self.cache.root / SHARD_DIR / shard_name, "rb") as fh:
+            return np.frombuffer(mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ), dtype=np.uint8)
 
     def _read(self, slot: int, rows: np.ndarray) -> dict:
         if self.copied[slot] is not None:  # the consumer's copy out of this buffer has run
             self.copied[slot].synchronize()
         out, frames = self.buffers[slot].numpy(), range(self.cache.params.frames)
+        cache = self.cache
         for i, row in enumerate(rows):
-            self.cache.read_raw_into(int(row), frames, out[i], mapped=self.mapped)
+            if self.mapped:
+                start = int(cache.offsets[row])
+                shard = self.maps[int(cache.shard_of[row])]
+                np.copyto(out[i].reshape(-1), shard[start : start + int(cache.nbytes[row])])
+            else:
+                cache.read_raw_into(int(row), frames, out[i])
         return {"video": self.buffers[slot], "indices": rows}
 
     def __iter__(self) -> Iterator[dict]:
@@ -117,8 +132,7 @@ def consume(batch: dict, device: torch.device, augment: bool) -> int:
     if augment:
         augment_on_device(batch, device)
     else:
-        x = batch["video"] if batch.get("video") is not None else batch["jpeg_data"]  # JPEG: the bytes
-        x = x.to(device, non_blocking=True)
+        x = batch["video"].to(device, non_blocking=True)
         if x.device.type == "cpu":
             int(x.view(-1)[::PAGE].sum())
     return len(batch["indices"])
@@ -149,15 +163,9 @@ def loader_for(name: str, dataset, collate, batch_size: int, readers: int, devic
     if name.startswith("raw-read"):
         raw = RawReads(dataset.cache, batch_size, readers, mapped=name == "raw-read-mmap", device=device)
         return raw, raw.close
-    if name.startswith("cache-loader"):
+    if name == "cache-loader":
         loader = CacheLoader(
-            dataset,
-            EndlessKeys(len(dataset)),
-            batch_size,
-            readers=readers,
-            prefetch=2,
-            pin_memory=cuda,
-            read="pread" if name == "cache-loader-pread" else "mmap",
+            dataset, EndlessKeys(len(dataset)), batch_size, readers=readers, prefetch=2, pin_memory=cuda
         )
         return loader, loader.close
     if name == "dataloader":  # its workers end with its iterator, when the row is done

@@ -93,7 +93,6 @@ def _cache_for(folder: Path, names: list[str], s: Settings) -> Path:
             str(folder),
             frames=s.frames,
             stored_size=stored,
-            storage="raw",
             workers=max(0, min(8, (os.cpu_count() or 1) - 1)),
             progress=False,
             log=lambda *_: None,
@@ -141,13 +140,12 @@ def loader_batches(variant: Variant, s: Settings, batch_size: int, n_batches: in
             size=s.size,
             train=True,
             seed=s.seed,
-            jpeg_decode="device" if device.type == "cuda" else "worker",
-        )  # train_ddp's auto
+        )
         collate = data.collate_cached
     else:
         base = data.VideoClipDataset(names, targets, folder, num_frames=s.frames, size=s.size, train=True, seed=s.seed)
         collate = data.collate_clips
-    # train_ddp.py's own choice of loader (datasets.make_loader): reader threads for a raw cache,
+    # train_ddp.py's own choice of loader (datasets.make_loader): reader threads for the cache,
     # DataLoader worker processes for decoded videos.  The clips cycle to fill n_batches batches,
     # each pass as another epoch (key (pass, clip)): new augmentation every pass.
     order = [(i // len(base), i % len(base)) for i in range(batch_size * n_batches)]

@@ -42,7 +42,7 @@ _EXPORTS: dict[str, str] = {
     # clips.py: the map-style Dataset and its collate
     "LEGACY_SUFFIX": "clips",
     "AmbiguousVideoError": "clips",
-    "LegacyClipShapeError": "clips",
+    "PtClipsError": "clips",
     "VideoIndex": "clips",
     "scan_video_root": "clips",
     "VideoClipDataset": "clips",
@@ -68,7 +68,7 @@ _EXPORTS: dict[str, str] = {
     "FrameCache": "cache",
     "CachedClipDataset": "cache",
     "collate_cached": "cache",
-    # cache_loader.py: reader threads into reused batch buffers for raw caches (else a DataLoader)
+    # cache_loader.py: reader threads into reused batch buffers for the frame cache (else a DataLoader)
     "CacheLoader": "cache_loader",
     "make_loader": "cache_loader",
     "augment_on_device": "gpu_augment",

@@ -22,8 +22,7 @@ Both give the same model input up to uint8 rounding (tests/test_augment.py).  tr
 the augmentation (``TRAIN_AUGMENTATION``) for both paths; a new kind of augmentation is added here.
 Flips keep every label true (facingness and distance do not depend on left/right).  The crop area
 range is milder than ImageNet's 0.08-1 on purpose: people count and distance are spatial labels,
-and a small crop can cut people out of the picture and make the label false.  The earlier
-version's ``.pt`` clips (already model-sized and normalized) only get the flip (``legacy_flip``).
+and a small crop can cut people out of the picture and make the label false.
 """
 
 from __future__ import annotations
@@ -64,10 +63,6 @@ class Augmentation:
         """(crop box inside a height x width frame, flip) for one clip."""
         box = sample_resized_crop_box(height, width, self.crop_scale, self.crop_ratio, rng)
         return box, bool(rng.random() < self.flip_p)
-
-    def legacy_flip(self, rng: np.random.Generator) -> bool:
-        """The flip alone, for the earlier version's pre-cropped .pt clips."""
-        return bool(rng.random() < self.flip_p)
 
 
 def sample_resized_crop_box(

@@ -2,13 +2,13 @@
 
 Why: decoding H.264 on the fly gives 20-40 clips/s per core and float32 ``.pt`` clips cost
 9.6 MB each; a GPU trains ResNet3D-50 at 1,000-2,000 clips/s.  So frames are decoded once
-(``python -m datasets.prepare``), kept as uint8, and turned into floats on the GPU
-(:mod:`datasets.gpu_augment`).
+(``python -m datasets.prepare``; the earlier version's ``.pt`` clips with ``--from-pt``), kept
+as uint8, and turned into floats on the GPU (:mod:`datasets.gpu_augment`).
 
 Layout of a cache directory::
 
     cache.json                 every parameter that shaped the cache (see CacheParams) + provenance
-    shards/shard-000000.bin    clips back to back (one per video, fixed size for raw storage)
+    shards/shard-000000.bin    clips back to back (one per video, all the same size)
     shards/shard-000000.json   the shard's index: one record per video it holds (or failed on);
                                written last, so it is the shard's commit marker
     manifest.csv               one row per video: where its clip is, source facts, status, error
@@ -16,16 +16,20 @@ Layout of a cache directory::
 
 Why shards and not one file per video: 43,000+ small files cost a metadata-server round trip
 each (open/stat/close) on Lustre/GPFS, for every epoch and every worker; a few hundred
-shards of ~1 GB are opened once per worker and read with one ``pread`` per clip, which is
+shards of ~1 GB are opened once per process and read with one ``preadv`` per clip, which is
 O(1) random access and large contiguous reads.  Each shard is written by one prepare worker
 into a temporary name, fsynced and renamed, and only then indexed, so an interrupted run
 never leaves a half-written entry that looks valid, and shards are never modified afterwards.
 
-A clip's bytes (``storage``):
-- ``raw``: uint8 array (K, 3, S, S), frame-major, so T of K frames are T contiguous reads
-  (one read when K == T).  3 * K * S * S bytes (3.1 MB for K=16, S=256).
-- ``jpeg``: K little-endian uint32 byte counts, then K JPEG images (3, S, S).  10-25x smaller (benchmark);
-  decoded in the DataLoader workers or, batched, on the GPU (torchvision + nvJPEG).
+A clip's bytes: a uint8 array (K, 3, S, S), frame-major, so T of K frames are T contiguous
+reads (one read when K == T).  3 * K * S * S bytes (3.1 MB for K=16, S=256).  Frames are stored
+raw, not compressed: reading them costs a copy and no decoding, so a few reader threads keep a GPU
+fed; the disk this takes is in docs/data.md.  Caches of the JPEG format an earlier version wrote
+are refused with the command that rebuilds them.
+
+Clips are read with ``preadv`` into the caller's buffers, never through a memory map: an I/O
+error under a mapped read (a failing disk, a network file system dropping out) is a SIGBUS that
+kills the whole process, while a failed ``preadv`` is an OSError that fails one reported clip.
 
 Every frame is stored S x S: the short side resized to S (bilinear, antialiased), then the
 centre S x S square kept.  A fixed size keeps raw clips fixed-length (offset = slot * size)
@@ -37,7 +41,6 @@ from __future__ import annotations
 
 import csv
 import json
-import mmap
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -70,7 +73,6 @@ PARAMS_FILE = "cache.json"
 MANIFEST_FILE = "manifest.csv"
 FAILURES_FILE = "failures.csv"
 SHARD_DIR = "shards"
-STORAGES = ("raw", "jpeg")
 # Statuses of a manifest row; the first two have a clip in the cache.
 # short = fewer frames than K in the video: frames repeat; partial = the file ends early (a
 # partial download), stored from the frames that decode (datasets.prepare --partial-videos use)
@@ -92,7 +94,6 @@ MANIFEST_FIELDS = [
     "nbytes",
     "note",
 ]
-_JPEG_LENGTH = np.dtype("<u4")
 
 
 class CacheMismatchError(ValueError):
@@ -105,8 +106,6 @@ class CacheParams:
 
     frames: int  # K frames kept per video
     stored_size: int  # S: frames are S x S
-    storage: str = "raw"  # "raw" or "jpeg"
-    jpeg_quality: int | None = None  # only for jpeg
     # "segment-centres": the centre frame of each of K equal segments of the video (as the
     # video Dataset's evaluation); "legacy-pt": frames converted from the earlier version's .pt
     sampling: str = "segment-centres"
@@ -116,19 +115,14 @@ class CacheParams:
     def __post_init__(self) -> None:
         if self.frames <= 0 or self.stored_size <= 0:
             raise ValueError(f"frames and stored_size must be positive, got {self.frames}, {self.stored_size}")
-        if self.storage not in STORAGES:
-            raise ValueError(f"storage must be one of {STORAGES}, got {self.storage!r}")
-        if (self.storage == "jpeg") != (self.jpeg_quality is not None):
-            raise ValueError("jpeg_quality is set for jpeg storage and only for it")
 
     @property
     def frame_bytes(self) -> int:
         return 3 * self.stored_size * self.stored_size
 
     def describe(self) -> str:
-        quality = f" (quality {self.jpeg_quality})" if self.storage == "jpeg" else ""
         return (
-            f"frames={self.frames}, stored_size={self.stored_size}, storage={self.storage}{quality}, "
+            f"frames={self.frames}, stored_size={self.stored_size}, uint8, "
             f"sampling={self.sampling}, fit={self.fit}, format version {self.version}"
         )
 
@@ -146,9 +140,19 @@ def read_params(root: str | os.PathLike) -> tuple[CacheParams, dict[str, Any]]:
         )
     try:
         doc = json.loads(path.read_text())
-        params = CacheParams(**doc["params"])
+        fields = dict(doc["params"])
+        # written by the versions that also offered JPEG storage: "raw" caches read as before
+        storage = fields.pop("storage", "raw")
+        fields.pop("jpeg_quality", None)
+        params = CacheParams(**fields)
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: unreadable cache description ({type(exc).__name__}: {exc})") from exc
+    if storage != "raw":
+        raise CacheMismatchError(
+            f"frame cache {root} stores {storage} frames, which this version no longer reads; rebuild it as "
+            f"raw uint8 with `python -m datasets.prepare --frames {params.frames} --stored-size "
+            f"{params.stored_size} ... --out NEW_DIR` (docs/data.md says how much disk it takes)"
+        )
     return params, doc
 
 
@@ -166,24 +170,6 @@ def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], fields
     for row in rows:
         writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in fields})
     atomic_write_text(path, buf.getvalue())
-
-
-def parse_jpeg_blob(blob: np.ndarray, frames: int) -> list[np.ndarray]:
-    """Split a jpeg clip blob into its K encoded frames (views, no copy)."""
-    header = frames * _JPEG_LENGTH.itemsize
-    lengths = blob[:header].view(_JPEG_LENGTH).astype(np.int64)
-    ends = header + np.cumsum(lengths)
-    if len(blob) != ends[-1]:
-        raise ValueError(f"jpeg clip of {len(blob)} bytes, its header says {int(ends[-1])}")
-    starts = ends - lengths
-    return [blob[s:e] for s, e in zip(starts.tolist(), ends.tolist())]
-
-
-def jpeg_blob(encoded: Sequence[bytes | np.ndarray]) -> bytes:
-    """The inverse of :func:`parse_jpeg_blob`: lengths header + the encoded frames."""
-    parts = [np.frombuffer(bytes(e), np.uint8) if isinstance(e, (bytes, bytearray)) else e for e in encoded]
-    header = np.array([len(p) for p in parts], dtype=_JPEG_LENGTH).tobytes()
-    return header + b"".join(p.tobytes() for p in parts)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -234,7 +220,6 @@ class FrameCache:
         self._row_of = {n: i for i, n in enumerate(names)}
         self._check_shard_sizes()
         self._fds: dict[int, int] = {}
-        self._maps: dict[int, np.ndarray] = {}
 
     def _check_shard_sizes(self) -> None:
         """A shard shorter than its manifest says was damaged after prepare (copy cut short...)."""
@@ -256,11 +241,10 @@ class FrameCache:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_fds"], state["_maps"] = {}, {}  # file descriptors and maps don't travel to worker processes
+        state["_fds"] = {}  # file descriptors don't travel to other processes
         return state
 
     def __del__(self) -> None:
-        self._maps = {}  # a map outlives its descriptor, but drop it with the cache
         for fd in getattr(self, "_fds", {}).values():
             try:
                 os.close(fd)
@@ -303,52 +287,20 @@ class FrameCache:
                 os.close(fd)
         return self._fds[shard]
 
-    def _mapped(self, shard: int) -> np.ndarray:
-        """The whole shard as a read-only uint8 array over a memory map (made once per process)."""
-        array = self._maps.get(shard)
-        if array is None:
-            mapping = mmap.mmap(self._fd(shard), 0, prot=mmap.PROT_READ)
-            array = self._maps.setdefault(shard, np.frombuffer(mapping, dtype=np.uint8))
-        return array
-
-    def _pread(self, row: int, start: int, out: np.ndarray) -> None:
-        shard = int(self.shard_of[row])
-        preadv_full(self._fd(shard), [out.reshape(-1)], int(self.offsets[row]) + start, self.shard_names[shard])
-
-    def read_raw_into(
-        self, row: int, indices: Sequence[int], frames_out: np.ndarray | Sequence[np.ndarray], mapped: bool = False
-    ) -> None:
+    def read_raw_into(self, row: int, indices: Sequence[int], frames_out: np.ndarray | Sequence[np.ndarray]) -> None:
         """Frames ``indices`` (increasing) of a raw clip straight into ``frames_out[t]`` (each a
         (3, S, S) uint8 array whose S x S planes are contiguous; ``frames_out`` itself may be a
         strided view, e.g. a (3, T, S, S) clip seen as (T, 3, S, S)), with no intermediate copy.
 
         Each run of consecutive indices is one ``preadv`` scattering the file's bytes into the
-        planes (one in all when T == K), or with ``mapped`` one copy out of the memory-mapped
-        shard (no system call: on the development VM a third of preadv's CPU time per byte).
-        A mapped read checks the shard's size first, so a shard cut short after the cache was
-        opened fails this clip; an I/O error under a mapped read is a SIGBUS, not an exception.
+        planes (one in all when T == K).  A shard cut short after the cache was opened, or an
+        I/O error, is an OSError naming the shard: one failed clip, not a dead process.
         """
         fb = self.params.frame_bytes
         shard, base = int(self.shard_of[row]), int(self.offsets[row])
         for first, t0, length in _consecutive_runs(indices):
             start, dest = base + first * fb, frames_out[t0 : t0 + length]
-            if mapped:
-                self._copy_mapped(shard, start, dest)
-            else:
-                preadv_full(self._fd(shard), _planes(dest), start, self.shard_names[shard])
-
-    def _copy_mapped(self, shard: int, start: int, dest: np.ndarray | Sequence[np.ndarray]) -> None:
-        p = self.params
-        end = start + len(dest) * p.frame_bytes
-        size = os.fstat(self._fd(shard)).st_size
-        if size < end:
-            raise OSError(f"{self.shard_names[shard]} is {size} bytes now, the clip ends at byte {end}")
-        source = self._mapped(shard)[start:end].reshape(len(dest), 3, p.stored_size, p.stored_size)
-        if isinstance(dest, np.ndarray):
-            np.copyto(dest, source)
-        else:
-            for frame, src in zip(dest, source):
-                np.copyto(frame, src)
+            preadv_full(self._fd(shard), _planes(dest), start, self.shard_names[shard])
 
     def read_raw(self, row: int, indices: Sequence[int]) -> torch.Tensor:
         """Frames ``indices`` (increasing) of a raw clip as uint8 (T, 3, S, S); consecutive runs
@@ -357,19 +309,6 @@ class FrameCache:
         out = torch.empty((len(indices), 3, p.stored_size, p.stored_size), dtype=torch.uint8)
         self.read_raw_into(row, indices, out.numpy())
         return out
-
-    def read_frames(self, row: int, indices: Sequence[int]) -> torch.Tensor:
-        """Frames ``indices`` (increasing) as uint8 (T, 3, S, S), JPEG decoded here on the CPU."""
-        if self.params.storage == "raw":
-            return self.read_raw(row, indices)
-        return decode_jpeg_frames(self.read_jpeg(row, indices))
-
-    def read_jpeg(self, row: int, indices: Sequence[int]) -> list[np.ndarray]:
-        """Encoded frames ``indices`` of a jpeg clip (one read of the whole blob)."""
-        blob = np.empty(int(self.nbytes[row]), dtype=np.uint8)
-        self._pread(row, 0, blob)
-        frames = parse_jpeg_blob(blob, self.params.frames)
-        return [frames[int(i)] for i in indices]
 
 
 def _consecutive_runs(indices: Sequence[int]) -> list[tuple[int, int, int]]:
@@ -424,17 +363,6 @@ def preadv_full(fd: int, buffers: Sequence[np.ndarray], offset: int, name: str) 
             views[0] = views[0][got:]
 
 
-def decode_jpeg_frames(
-    encoded: Sequence[np.ndarray | torch.Tensor], device: str | torch.device = "cpu"
-) -> torch.Tensor:
-    """Encoded frames -> uint8 (T, 3, S, S) on ``device`` (nvJPEG when it is a CUDA device)."""
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    data = [e if isinstance(e, torch.Tensor) else torch.from_numpy(e) for e in encoded]
-    decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
-    return torch.stack(decoded)
-
-
 # ------------------------------------------------------------------------------------------------
 # the Dataset
 # ------------------------------------------------------------------------------------------------
@@ -477,12 +405,10 @@ class CachedClips(torch.utils.data.Dataset):
             raise IndexError(f"index {index} out of range for {len(self)} clips")
         return index % len(self)
 
-    def read_into(self, plan: ClipPlan, clip: np.ndarray, mapped: bool = False) -> str | None:
+    def read_into(self, plan: ClipPlan, clip: np.ndarray) -> str | None:
         """The plan's frames of a raw cache straight into ``clip`` (uint8, ``clip_shape``).
         Returns None, or why the clip could not be read (raises under ``bad_video="error"``)."""
-        return self._guarded(
-            plan, lambda: self.cache.read_raw_into(plan.row, plan.frames, self.frame_slots(clip), mapped=mapped)
-        )[1]
+        return self._guarded(plan, lambda: self.cache.read_raw_into(plan.row, plan.frames, self.frame_slots(clip)))[1]
 
     def _guarded(self, plan: ClipPlan, read) -> tuple[Any, str | None]:
         """(``read()``, None), or (None, why it failed) for a missing or unreadable clip; under
@@ -514,8 +440,7 @@ class CachedClipDataset(CachedClips):
     resize + centre crop, resampled twice instead of once).
 
     Item: ``{"video": uint8 (3, T, S, S) or None, "targets", "video_id", "index", "error",
-    "crop_box": (top, left, height, width), "flip": bool, "out_size": size}`` and, with
-    ``jpeg_decode="device"``, ``"jpeg": [T encoded frames]`` instead of ``"video"``.
+    "crop_box": (top, left, height, width), "flip": bool, "out_size": size}``.
     Videos the cache lacks (failed in prepare, or not in the table it was built from) come
     back as failed samples (``error`` set) or raise under ``bad_video="error"``.
     """
@@ -532,12 +457,9 @@ class CachedClipDataset(CachedClips):
         seed: int = 0,
         bad_video: str = "skip",
         augment: Augmentation | None = None,
-        jpeg_decode: str = "worker",
     ) -> None:
         if bad_video not in ("skip", "error"):
             raise ValueError(f"bad_video must be 'skip' or 'error', got {bad_video!r}")
-        if jpeg_decode not in ("worker", "device"):
-            raise ValueError(f"jpeg_decode must be 'worker' or 'device', got {jpeg_decode!r}")
         self.cache = cache if isinstance(cache, FrameCache) else FrameCache(cache)
         self.cache.check_serves(num_frames, size)
         names = [str(n) for n in video_names]
@@ -553,7 +475,6 @@ class CachedClipDataset(CachedClips):
         self.num_frames, self.size, self.train, self.seed = num_frames, size, train, seed
         self.bad_video = bad_video
         self.augment = augment or Augmentation()
-        self.jpeg_decode = jpeg_decode if self.cache.params.storage == "jpeg" else "worker"
 
     @property
     def clip_shape(self) -> tuple[int, int, int, int]:
@@ -593,16 +514,9 @@ class CachedClipDataset(CachedClips):
             "flip": plan.flip,
             "out_size": self.size,
         }
-        if self.cache.params.storage == "raw":
-            clip = torch.empty(self.clip_shape, dtype=torch.uint8)
-            sample["error"] = self.read_into(plan, clip.numpy())
-            sample["video"] = clip if sample["error"] is None else None
-        elif self.jpeg_decode == "device":
-            sample["jpeg"], sample["error"] = self._guarded(plan, lambda: self.cache.read_jpeg(plan.row, plan.frames))
-        else:
-            sample["video"], sample["error"] = self._guarded(
-                plan, lambda: self.cache.read_frames(plan.row, plan.frames).permute(1, 0, 2, 3)
-            )
+        clip = torch.empty(self.clip_shape, dtype=torch.uint8)
+        sample["error"] = self.read_into(plan, clip.numpy())
+        sample["video"] = clip if sample["error"] is None else None
         return sample
 
     def batch(
@@ -639,9 +553,7 @@ def collate_cached(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
     Returns ``{"video": uint8 (N, 3, T, S, S) or None, "targets", "video_ids", "indices",
     "bad", "crop_boxes": int64 (N, 4) (top, left, height, width), "flips": bool (N,),
-    "out_size": int}``; for device-side JPEG decoding ``"video"`` is None and
-    ``"jpeg_data"`` (all encoded frames concatenated, uint8) and ``"jpeg_lengths"``
-    (int64 (N * T,)) hold the frames.
+    "out_size": int}``.
     """
     good = [s for s in samples if s["error"] is None]
     bad = [(s["video_id"], s["error"]) for s in samples if s["error"] is not None]
@@ -660,11 +572,7 @@ def collate_cached(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         [s["flip"] for s in good],
         samples[0]["out_size"] if samples else 0,
     )
-    if good and good[0].get("jpeg") is not None:
-        frames = [f for s in good for f in s["jpeg"]]
-        batch["jpeg_lengths"] = torch.tensor([len(f) for f in frames], dtype=torch.int64)
-        batch["jpeg_data"] = torch.from_numpy(np.concatenate(frames))
-    elif good:
+    if good:
         batch["video"] = _stack_shared([s["video"] for s in good])
     return batch
 

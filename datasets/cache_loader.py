@@ -1,7 +1,8 @@
 """The frame-cache loader: reader threads copy each clip once, straight into batch buffers that
-are allocated once and reused.
+are allocated once and reused.  It is the one way a frame cache is read, by training, evaluation,
+prediction and feature extraction alike.
 
-Why not a DataLoader for a raw cache: reading a clip is one memory copy, but a DataLoader's
+Why not a DataLoader for the cache: reading a clip is one memory copy, but a DataLoader's
 workers are processes, so each batch then crosses to the training process through freshly
 allocated shared memory (≈18 ms of CPU per 25 MB batch on the development VM, more than the
 reads) and, on CUDA, is copied once more by the pin-memory thread.  Here:
@@ -10,9 +11,10 @@ reads) and, on CUDA, is copied once more by the pin-memory thread.  Here:
   ``batch_size`` at a time (so ``set_position`` before ``iter()`` resumes mid-epoch as before);
 * one of ``readers`` threads plans each sample from its key alone (``dataset.plan``: frames,
   crop box and flip from (seed, epoch, index)) and reads its frames into the next row of a free
-  batch buffer: copied out of the memory-mapped shard (``read="mmap"``) or scattered there by
-  ``preadv`` (``read="pread"``); both release the GIL while the bytes move.  A clip that fails
-  is listed in ``bad`` (or raises under ``bad_video="error"``) and its row is reused;
+  batch buffer, scattered there by ``preadv`` (:meth:`datasets.cache.FrameCache.read_raw_into`),
+  which releases the GIL while the bytes move.  A clip that fails (an I/O error included: no
+  memory map, so no SIGBUS) is listed in ``bad`` (or raises under ``bad_video="error"``) and its
+  row is reused;
 * batches come back in sampler order, ``readers * prefetch`` of them read ahead;
 * a buffer (pinned memory on CUDA) is reused only when no batch handed out still views it (its
   storage has no other user) and, on CUDA, after the copies queued from it: an event recorded
@@ -23,7 +25,6 @@ The batch is exactly what the dataset's collate function makes (``collate_cached
 ``collate_views``, via ``dataset.batch``); crops, resizing and normalization stay on the
 device.  There are no processes and no shared memory to leak; the threads end with
 :meth:`CacheLoader.close`, when the loader is garbage collected, or at interpreter exit.
-JPEG caches are not served (their cost is decoding, not the copy): use a DataLoader there.
 """
 
 from __future__ import annotations
@@ -41,16 +42,9 @@ from torch.utils.data import DataLoader
 
 from .cache import CachedClips
 
-__all__ = ["CacheLoader", "LOADERS", "READ_METHODS", "READER_THREAD_PREFIX", "make_loader", "serves"]
+__all__ = ["CacheLoader", "READER_THREAD_PREFIX", "make_loader"]
 
-READ_METHODS = ("mmap", "pread")
-LOADERS = (*READ_METHODS, "dataloader")  # train_ddp.py --cache-loader
 READER_THREAD_PREFIX = "cache-reader"
-
-
-def serves(dataset: Any) -> bool:
-    """Whether :class:`CacheLoader` can load ``dataset``: a dataset over a raw frame cache."""
-    return isinstance(dataset, CachedClips) and dataset.cache.params.storage == "raw"
 
 
 def make_loader(
@@ -62,25 +56,14 @@ def make_loader(
     prefetch: int,
     pin_memory: bool,
     drop_last: bool = False,
-    cache_loader: str = "mmap",
     **dataloader_options,
 ) -> CacheLoader | DataLoader:
-    """The loader of ``dataset``: for a raw frame cache a :class:`CacheLoader` with ``workers``
-    reader threads reading with ``cache_loader`` ("mmap" or "pread"); otherwise, or with
-    ``cache_loader="dataloader"``, a torch DataLoader with ``workers`` processes and
+    """The loader of ``dataset``: for a frame cache a :class:`CacheLoader` with ``workers``
+    reader threads; for decoded videos a torch DataLoader with ``workers`` processes and
     ``dataloader_options`` (collate_fn, generator, worker_init_fn, persistent_workers...)."""
-    if cache_loader not in LOADERS:
-        raise ValueError(f"cache_loader must be one of {LOADERS}, got {cache_loader!r}")
-    if serves(dataset) and cache_loader != "dataloader":
+    if isinstance(dataset, CachedClips):
         return CacheLoader(
-            dataset,
-            sampler,
-            batch_size,
-            readers=workers,
-            prefetch=prefetch,
-            drop_last=drop_last,
-            pin_memory=pin_memory,
-            read=cache_loader,
+            dataset, sampler, batch_size, readers=workers, prefetch=prefetch, drop_last=drop_last, pin_memory=pin_memory
         )
     return DataLoader(
         dataset,
@@ -95,7 +78,7 @@ def make_loader(
 
 
 class CacheLoader:
-    """Batches of a raw frame-cache dataset (``CachedClipDataset``, ``MultiViewCachedDataset``),
+    """Batches of a frame-cache dataset (``CachedClipDataset``, ``MultiViewCachedDataset``),
     in ``sampler`` order.  ``readers=0`` reads in the consumer's thread, one batch at a time.
     Exposes ``dataset``, ``sampler`` and ``len()`` like a DataLoader."""
 
@@ -109,23 +92,17 @@ class CacheLoader:
         prefetch: int = 2,
         drop_last: bool = False,
         pin_memory: bool = False,
-        read: str = "mmap",
     ) -> None:
-        if not serves(dataset):
-            raise ValueError(
-                f"CacheLoader reads raw frame caches; got {type(dataset).__name__}"
-                + (f" over a {dataset.cache.params.storage} cache" if isinstance(dataset, CachedClips) else "")
-            )
-        if read not in READ_METHODS:
-            raise ValueError(f"read must be one of {READ_METHODS}, got {read!r}")
+        if not isinstance(dataset, CachedClips):
+            raise ValueError(f"CacheLoader reads frame caches; got {type(dataset).__name__}")
         if batch_size < 1 or readers < 0 or prefetch < 1:
             raise ValueError(
                 f"need batch_size >= 1, readers >= 0, prefetch >= 1; got {batch_size}, {readers}, {prefetch}"
             )
         self.dataset, self.sampler, self.batch_size, self.drop_last = dataset, sampler, batch_size, drop_last
-        self.readers, self.read = readers, read
+        self.readers = readers
         self._depth = readers * prefetch if readers else 1
-        self._reader = _BatchReader(dataset, read == "mmap")
+        self._reader = _BatchReader(dataset)
         self._buffers = _BatchBuffers((batch_size, *dataset.clip_shape), pin_memory)
         self._pool = ThreadPoolExecutor(readers, thread_name_prefix=READER_THREAD_PREFIX) if readers else None
         self._epoch: weakref.ref[_Epoch] | None = None
@@ -165,15 +142,15 @@ def _shut_down(pool: ThreadPoolExecutor | None) -> None:
 class _BatchReader:
     """Reads one batch into a buffer (in a reader thread)."""
 
-    def __init__(self, dataset: CachedClips, mapped: bool) -> None:
-        self.dataset, self.mapped = dataset, mapped
+    def __init__(self, dataset: CachedClips) -> None:
+        self.dataset = dataset
 
     def __call__(self, buffer: _Buffer, keys: list) -> dict[str, Any]:
         buffer.wait_for_device()
         good, bad = [], []
         for key in keys:
             plan = self.dataset.plan(key)
-            error = self.dataset.read_into(plan, buffer.clips[len(good)], mapped=self.mapped)
+            error = self.dataset.read_into(plan, buffer.clips[len(good)])
             if error is None:
                 good.append(plan)
             else:  # its row is filled by the next good clip

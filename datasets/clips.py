@@ -10,6 +10,10 @@ Videos are located by one recursive scan of the video root in the main process
 while the annotation table only holds basenames.  Bad files never crash a worker under
 ``bad_video="skip"``: the sample comes back with ``error`` set and ``collate_clips`` drops
 it and reports it in ``bad``.
+
+The earlier version's float32 ``.pt`` clips are not read here: ``python -m datasets.prepare
+--from-pt`` converts them once into a frame cache.  A video root that holds such a clip where a
+video should be is refused with that command (:class:`PtClipsError`).
 """
 
 from __future__ import annotations
@@ -31,25 +35,25 @@ from .video import BadVideoError, decode_clip, partial_note
 __all__ = [
     "LEGACY_SUFFIX",
     "AmbiguousVideoError",
-    "LegacyClipShapeError",
+    "PtClipsError",
     "VideoIndex",
     "scan_video_root",
     "VideoClipDataset",
     "collate_clips",
 ]
 
-LEGACY_SUFFIX = ".pt"  # torch.save'd float32 [3, T, H, W] clips of the earlier version
+LEGACY_SUFFIX = ".pt"  # torch.save'd float32 [3, T, H, W] clips of the earlier version (prepare --from-pt)
 
 
 class AmbiguousVideoError(ValueError):
     """Two files under the video root share the basename an annotation row asks for."""
 
 
-class LegacyClipShapeError(ValueError):
-    """A legacy .pt clip does not match the configured frames/size.
+class PtClipsError(ValueError):
+    """The video root holds the earlier version's ``.pt`` clip where a video should be.
 
-    Raised even under ``bad_video="skip"``: it means the run is configured for different
-    clips than the files hold (every file would fail), not that one file is damaged.
+    Raised when the dataset is built, not per sample: every such clip would fail the same way, and
+    the remedy (one conversion with ``prepare --from-pt``) is the same for all of them.
     """
 
 
@@ -73,7 +77,7 @@ class VideoIndex:
         """Path of the file for annotation ``name``, or None if there is none.
 
         ``name`` may be a basename (searched in the whole tree) or a path relative to the
-        root.  The video itself is preferred; failing that ``<stem>.pt`` (legacy clip).
+        root.  Raises :class:`PtClipsError` when only ``<stem>.pt`` is there (an earlier clip).
         """
         if os.sep in name or (os.altsep and os.altsep in name):
             candidate = os.path.join(self.root, name)
@@ -82,7 +86,13 @@ class VideoIndex:
             name = os.path.basename(name)
         found = self._lookup(name)
         if found is None:
-            found = self._lookup(os.path.splitext(name)[0] + LEGACY_SUFFIX)
+            pt_clip = self._lookup(os.path.splitext(name)[0] + LEGACY_SUFFIX)
+            if pt_clip is not None:
+                raise PtClipsError(
+                    f"{pt_clip} is a {LEGACY_SUFFIX} clip of the earlier version, not a video; {LEGACY_SUFFIX} "
+                    f"clips are read only by `python -m datasets.prepare --from-pt {self.root} --annotations CSV "
+                    "--out CACHE_DIR` (run it once, then train or evaluate with --cache CACHE_DIR)"
+                )
         return found
 
 
@@ -186,19 +196,6 @@ class VideoClipDataset(torch.utils.data.Dataset):
         """Video names with no file under the root (they load as failed samples)."""
         return [str(n) for n, p in zip(self.video_names, self.paths) if not p]
 
-    def _load_legacy(self, path: str, rng: np.random.Generator | None) -> torch.Tensor:
-        video = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(video, torch.Tensor) or not video.is_floating_point():
-            raise TypeError(f"expected a float tensor, found {type(video).__name__}")
-        expected = (3, self.num_frames, self.size, self.size)
-        if tuple(video.shape) != expected:
-            raise LegacyClipShapeError(
-                f"{path}: legacy clip has shape {tuple(video.shape)} but the run is configured "
-                f"for {expected} (frames={self.num_frames}, size={self.size}); set the frame "
-                "count and size to match the .pt files, or use the original videos"
-            )
-        return self.transform.legacy(video.float(), rng)
-
     def _decode(self, path: str, num_frames: int, rng: np.random.Generator | None) -> tuple[np.ndarray, str | None]:
         """The one decoding call of both clip datasets: (frames at up to twice ``size`` (the
         transform resizes to ``size``), the note of a partial file used) under the dataset's policy."""
@@ -209,15 +206,13 @@ class VideoClipDataset(torch.utils.data.Dataset):
 
     def _load(self, path: str, rng: np.random.Generator | None) -> tuple[torch.Tensor, str | None]:
         """(clip, note): the note says when a partial file was used."""
-        if path.endswith(LEGACY_SUFFIX):
-            return self._load_legacy(path, rng), None
         frames, note = self._decode(path, self.num_frames, rng)
         return self.transform(frames, rng), note
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         """``key`` = index or (epoch, index); an int key means epoch 0.
 
-        Returns ``{"video": uint8 (3, T, size, size) (float32 for legacy .pt clips) or None,
+        Returns ``{"video": uint8 (3, T, size, size) or None,
         "targets": {key: 0-dim tensor}, "video_id": str, "index": int, "error": None or
         "<path>: <ExceptionType>: <message>", "note": None or "<path>: partial file (...)"}``.
         """
@@ -237,10 +232,8 @@ class VideoClipDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, epoch, index]) if self.train else None
         try:
             if not path:
-                raise FileNotFoundError(f"missing file (no {name!r} or its {LEGACY_SUFFIX} under {self.video_root})")
+                raise FileNotFoundError(f"missing file (no {name!r} under {self.video_root})")
             sample["video"], sample["note"] = self._load(path, rng)
-        except LegacyClipShapeError:
-            raise
         except Exception as exc:  # any failure to read this one file; see bad_video
             where = path or os.path.join(self.video_root, name)
             message = f"{where}: {type(exc).__name__}: {exc}"
@@ -271,13 +264,6 @@ def collate_clips(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "bad": bad,
             "notes": notes,
         }
-    dtypes = {s["video"].dtype for s in good}
-    if len(dtypes) > 1:
-        kinds = ", ".join(f"{s['video_id']}: {s['video'].dtype}" for s in good)
-        raise TypeError(
-            "batch mixes decoded uint8 clips and pre-normalized float legacy .pt clips "
-            f"({kinds}); keep one kind of input per video root"
-        )
     return {
         "video": torch.stack([s["video"] for s in good]),
         "targets": {k: torch.stack([s["targets"][k] for s in good]) for k in keys},

@@ -745,7 +745,6 @@ def ensure_demo_frame_cache(out_dir: str | os.PathLike, frames: int, size: int) 
             str(out / "videos"),
             frames=frames,
             stored_size=max(size, FRAME_CACHE_MIN_SIZE),
-            storage="raw",
             workers=0,  # in this process: 600 small clips take seconds
             progress=False,
             log=lambda message: None,

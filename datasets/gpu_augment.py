@@ -2,7 +2,7 @@
 augmentation (datasets/augment.py) applied to the whole batch.
 
 The CPU costs 8-10 ms per clip to turn uint8 into normalized float, more than reading a
-cached clip, so the DataLoader workers of :class:`datasets.cache.CachedClipDataset` only
+cached clip, so the reader threads of :class:`datasets.cache_loader.CacheLoader` only
 read bytes and draw each sample's crop box and flip (``Augmentation.draw``, from its own
 seeded rng); this module applies them with ``resized_crop_flip`` -- the function the video
 path applies in its workers -- on float values (no rounding back to uint8), then ImageNet
@@ -18,7 +18,7 @@ import torch
 from .augment import resized_crop_flip
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_on_device
 
-__all__ = ["resized_crop_flip_normalize", "decode_jpeg_batch", "augment_on_device", "model_input"]
+__all__ = ["resized_crop_flip_normalize", "augment_on_device", "model_input"]
 
 
 def _normalize_(x: torch.Tensor, mean, std) -> torch.Tensor:
@@ -49,37 +49,16 @@ def resized_crop_flip_normalize(
     return _normalize_(resized_crop_flip(video.to(dtype), crop_boxes, flips, size), mean, std)
 
 
-def decode_jpeg_batch(
-    data: torch.Tensor, lengths: torch.Tensor, num_clips: int, device: torch.device | str
-) -> torch.Tensor:
-    """Concatenated JPEG frames (uint8, on the CPU) -> uint8 (N, 3, T, S, S) on ``device``.
-
-    All N * T frames go to one ``torchvision.io.decode_jpeg`` call: batched nvJPEG on a
-    CUDA device, libjpeg on the CPU.
-    """
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    frames = list(torch.split(data, lengths.tolist()))
-    decoded = torch.stack(decode_jpeg(frames, mode=ImageReadMode.RGB, device=device))  # (N*T, 3, S, S)
-    nt, c, h, w = decoded.shape
-    return decoded.view(num_clips, nt // num_clips, c, h, w).transpose(1, 2)
-
-
 def augment_on_device(
     batch: dict[str, Any], device: torch.device | str, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
     """A :func:`datasets.cache.collate_cached` batch -> the model's normalized float input on ``device``.
 
-    The uint8 clips are copied with ``non_blocking=True`` (asynchronous from pinned memory);
-    JPEG batches are decoded on the device.
+    The uint8 clips are copied with ``non_blocking=True`` (asynchronous from pinned memory).
     """
-    n = len(batch["indices"])
-    if batch.get("video") is not None:
-        video = batch["video"].to(device, non_blocking=True)
-    elif "jpeg_data" in batch:
-        video = decode_jpeg_batch(batch["jpeg_data"], batch["jpeg_lengths"], n, device)
-    else:
-        raise ValueError("batch has neither clips ('video') nor encoded frames ('jpeg_data')")
+    if batch.get("video") is None:
+        raise ValueError("batch has no clips ('video' is None: every clip in it failed)")
+    video = batch["video"].to(device, non_blocking=True)
     return resized_crop_flip_normalize(video, batch["crop_boxes"], batch["flips"], int(batch["out_size"]), dtype=dtype)
 
 

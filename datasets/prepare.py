@@ -1,7 +1,7 @@
 """Build a frame cache: decode every video of an annotation table once, keep K frames as uint8.
 
     python -m datasets.prepare --videos DIR --annotations CSV --out CACHE_DIR [--workers N]
-        [--frames 16] [--stored-size 256] [--format raw|jpeg] [--jpeg-quality 90] [--shard-size 256]
+        [--frames 16] [--stored-size 256] [--shard-size 256]
         [--partial-videos use|skip] [--max-video-seconds 30] [--max-video-pixels 2088960]
     python -m datasets.prepare --from-pt PT_DIR --annotations CSV --out CACHE_DIR   # earlier .pt clips
 
@@ -19,7 +19,7 @@ so nothing half-written can ever be read as valid.  Videos that failed are tried
 Lost work after a kill: at most the shards being written, ``workers x shard-size`` videos.
 
 The cache records its parameters in ``cache.json``; a rerun with other parameters (frames,
-size, format, quality) into the same directory is refused.  At the end ``manifest.csv``
+size, sampling) into the same directory is refused.  At the end ``manifest.csv``
 (one row per video: source, declared and real frame count, fps, size, frames kept, status,
 error, note, location) and ``failures.csv`` (every row whose status is not ``ok``) are written.
 Statuses: ``ok``; ``short`` (fewer frames than K: stored with repeated frames like the video
@@ -66,7 +66,6 @@ from .cache import (
     STORED_STATUSES,
     CacheMismatchError,
     CacheParams,
-    jpeg_blob,
     read_params,
     write_csv,
     write_params,
@@ -148,17 +147,6 @@ def legacy_pt_clip(path: str, params: CacheParams | None = None) -> tuple[np.nda
     return clip, facts
 
 
-def encode_clip(clip: np.ndarray, params: CacheParams) -> bytes:
-    """(K, 3, S, S) uint8 -> the clip's bytes in the cache."""
-    if params.storage == "raw":
-        return clip.tobytes()
-    import torch
-    from torchvision.io import encode_jpeg
-
-    frames = [torch.from_numpy(frame) for frame in clip]
-    return jpeg_blob([e.numpy() for e in encode_jpeg(frames, quality=params.jpeg_quality)])
-
-
 # ------------------------------------------------------------------------------------------------
 # shards
 # ------------------------------------------------------------------------------------------------
@@ -195,7 +183,7 @@ def write_shard(
                     clip, facts = legacy_pt_clip(path, params)
                 else:
                     clip, facts = decode_for_cache(path, params, policy)
-                data = encode_clip(clip, params)
+                data = clip.tobytes()  # (K, 3, S, S) uint8, frame-major
             except VideoSkipped as exc:  # over a limit, or partial under --partial-videos skip
                 record.update(status="skipped", error=f"{type(exc).__name__}: {exc}")
             except Exception as exc:  # this one video is unreadable: record it, go on
@@ -283,29 +271,28 @@ def read_video_names(annotations: str | os.PathLike) -> list[str]:
 
 
 def locate_sources(names: list[str], source_dir: str, source_kind: str) -> tuple[dict[str, str], dict[str, str]]:
-    """(name -> path, name -> why there is none) via one recursive scan of ``source_dir``."""
-    from .clips import LEGACY_SUFFIX, scan_video_root
+    """(name -> path, name -> why there is none) via one recursive scan of ``source_dir``.  A
+    ``--videos`` folder that holds only earlier ``.pt`` clips for the table is refused in one line."""
+    from .clips import LEGACY_SUFFIX, PtClipsError, scan_video_root
 
     index = scan_video_root(source_dir)
-    found, missing = {}, {}
+    found, missing, pt_clips = {}, {}, []
     for name in names:
         try:
             if source_kind == "pt":
                 path = index.resolve(os.path.splitext(os.path.basename(name))[0] + LEGACY_SUFFIX)
             else:
                 path = index.resolve(name)
-                if path and path.endswith(LEGACY_SUFFIX):
-                    missing[name] = (
-                        f"only a legacy {LEGACY_SUFFIX} clip under {source_dir}; convert those with --from-pt"
-                    )
-                    continue
-        except ValueError as exc:  # ambiguous basename
+        except ValueError as exc:  # ambiguous basename, or only an earlier .pt clip (convert with --from-pt)
             missing[name] = str(exc)
+            pt_clips += [exc] if isinstance(exc, PtClipsError) else []
             continue
         if path:
             found[name] = path
         else:
             missing[name] = f"no file for {name!r} under {source_dir}"
+    if pt_clips and not found:
+        raise SystemExit(f"--videos {source_dir}: no video for the table, only .pt clips: {pt_clips[0]}")
     return found, missing
 
 
@@ -319,12 +306,12 @@ def exclusive(root: Path) -> Iterator[None]:
         yield
 
 
-def legacy_params(first_pt: str, storage: str, jpeg_quality: int | None) -> CacheParams:
+def legacy_params(first_pt: str) -> CacheParams:
     clip, _ = legacy_pt_clip(first_pt)
     t, _, s, s2 = clip.shape
     if s != s2:
         raise SystemExit(f"{first_pt}: legacy clips are {s}x{s2}; only square clips can be converted")
-    return CacheParams(frames=t, stored_size=s, storage=storage, jpeg_quality=jpeg_quality, sampling="legacy-pt")
+    return CacheParams(frames=t, stored_size=s, sampling="legacy-pt")
 
 
 def _chunks(items: list, size: int) -> list[list]:
@@ -339,8 +326,6 @@ def prepare_cache(
     source_kind: str = "video",
     frames: int | None = None,
     stored_size: int | None = None,
-    storage: str = "raw",
-    jpeg_quality: int = 90,
     workers: int = 1,
     shard_size: int = 256,
     progress: bool = True,
@@ -360,11 +345,10 @@ def prepare_cache(
     (root / SHARD_DIR).mkdir(parents=True, exist_ok=True)
     with exclusive(root):
         found, missing = locate_sources(names, source_dir, source_kind)
-        quality = jpeg_quality if storage == "jpeg" else None
         if source_kind == "pt":
             if not found:
                 raise SystemExit(f"no .pt clip under {source_dir} for any of the {len(names)} table videos")
-            params = legacy_params(found[next(iter(found))], storage, quality)
+            params = legacy_params(found[next(iter(found))])
             for flag, asked, have in (
                 ("--frames", frames, params.frames),
                 ("--stored-size", stored_size, params.stored_size),
@@ -374,9 +358,7 @@ def prepare_cache(
                         f"{flag} {asked}: the .pt clips have {have}; they are stored as they are (omit {flag})"
                     )
         else:
-            params = CacheParams(
-                frames=frames or 16, stored_size=stored_size or 256, storage=storage, jpeg_quality=quality
-            )
+            params = CacheParams(frames=frames or 16, stored_size=stored_size or 256)
         if (root / "cache.json").exists():
             existing, _ = read_params(root)
             if existing != params:
@@ -557,16 +539,6 @@ def build_parser() -> argparse.ArgumentParser:
         "(the .pt clips' own size with --from-pt)",
     )
     parser.add_argument(
-        "--format",
-        choices=("raw", "jpeg"),
-        default="raw",
-        help="raw uint8 (default; fastest to read) or per-frame JPEG (10-25x smaller; decoded on the GPU "
-        "or in the DataLoader workers)",
-    )
-    parser.add_argument(
-        "--jpeg-quality", type=int, default=90, help="JPEG quality 1-100 with --format jpeg (default 90)"
-    )
-    parser.add_argument(
         "--shard-size",
         type=int,
         default=256,
@@ -582,8 +554,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.shard_size <= 0 or any(v is not None and v <= 0 for v in (args.frames, args.stored_size)):
         raise SystemExit("--shard-size, --frames and --stored-size must be positive")
-    if not 1 <= args.jpeg_quality <= 100:
-        raise SystemExit("--jpeg-quality must be in 1..100")
     try:
         names = read_video_names(args.annotations)
     except (OSError, ValueError) as exc:
@@ -596,8 +566,6 @@ def main(argv: list[str] | None = None) -> int:
             source_kind="pt" if args.from_pt else "video",
             frames=args.frames,
             stored_size=args.stored_size,
-            storage=args.format,
-            jpeg_quality=args.jpeg_quality,
             workers=args.workers,
             shard_size=args.shard_size,
             progress=not args.no_progress,

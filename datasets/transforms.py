@@ -9,8 +9,6 @@ centre-crop ``size`` x ``size``.
 Training: the training augmentation of datasets/augment.py (random resized crop + horizontal
 flip, drawn from the per-sample rng), applied here to the clip's decoded frames -- the same
 definition the frame cache applies on the device.
-Legacy ``.pt`` clips (float, already normalized, already model-sized): evaluation leaves
-them unchanged; training applies only the horizontal flip.
 """
 
 from __future__ import annotations
@@ -77,12 +75,6 @@ class ClipTransform:
         box, flip = self.augment.draw(self._needs_rng(rng), video.shape[-2], video.shape[-1])
         return resized_crop_flip(video.transpose(0, 1)[None], [box], [flip], self.size)[0]
 
-    def legacy(self, video: torch.Tensor, rng: np.random.Generator | None = None) -> torch.Tensor:
-        """Transform for legacy pre-normalized float clips (3, T, H, W): flip only, in training."""
-        if self.train and self.augment.legacy_flip(self._needs_rng(rng)):
-            video = video.flip(-1)
-        return video.contiguous()
-
 
 def normalize_on_device(
     video: torch.Tensor,
@@ -93,13 +85,10 @@ def normalize_on_device(
     """uint8 clips (..., C, T, H, W) in [0, 255] -> ``dtype``, scaled to [0, 1] and normalized.
 
     Call it on the device after ``.to(device, non_blocking=True)``; works for a batch
-    (N, C, T, H, W) and for one clip (C, T, H, W).  Floating-point input is returned as is:
-    it comes from legacy ``.pt`` clips that were normalized when they were made.
+    (N, C, T, H, W) and for one clip (C, T, H, W).
     """
-    if video.is_floating_point():
-        return video
     if video.dtype != torch.uint8:
-        raise TypeError(f"expected uint8 or floating-point video, got {video.dtype}")
+        raise TypeError(f"expected uint8 video, got {video.dtype}")
     if video.ndim < 4 or video.shape[-4] != len(mean):
         raise ValueError(f"expected (..., {len(mean)}, T, H, W), got shape {tuple(video.shape)}")
     shape = (len(mean), 1, 1, 1)  # broadcast over the channel dim, which is -4 in both layouts

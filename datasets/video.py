@@ -59,7 +59,7 @@ __all__ = [
 
 
 class BadVideoError(RuntimeError):
-    """A video (or legacy .pt clip) could not be read; the message starts with its path."""
+    """A video could not be read; the message starts with its path."""
 
 
 def _segment_offsets(num_frames: int, rng: np.random.Generator | None) -> np.ndarray:

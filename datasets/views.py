@@ -35,7 +35,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from .cache import CachedClips, ClipPlan, FrameCache
-from .clips import LEGACY_SUFFIX, VideoClipDataset, collate_clips
+from .clips import VideoClipDataset, collate_clips
 from .transforms import frames_to_tensor, resize_center_crop
 from .video import sample_clip_indices
 
@@ -108,8 +108,7 @@ class MultiViewClipDataset(VideoClipDataset):
     """``VideoClipDataset`` for testing whose ``video`` is (V, 3, T, size, size), V = N x M.
 
     Same constructor (``train`` must stay False) plus ``temporal_views`` and
-    ``spatial_views``.  Legacy ``.pt`` clips hold one fixed clip: they work with 1 x 1 views
-    (V = 1) and fail (as a bad sample naming the reason) otherwise.
+    ``spatial_views``.
     """
 
     def __init__(
@@ -135,13 +134,6 @@ class MultiViewClipDataset(VideoClipDataset):
         return self.temporal_views * self.spatial_views
 
     def _load(self, path: str, rng: np.random.Generator | None) -> tuple[torch.Tensor, str | None]:
-        if path.endswith(LEGACY_SUFFIX):
-            if self.num_views != 1:
-                raise ValueError(
-                    f"a legacy {LEGACY_SUFFIX} clip holds one fixed clip; "
-                    f"{self.temporal_views}x{self.spatial_views} views need the original video"
-                )
-            return self._load_legacy(path, rng).unsqueeze(0), None
         frames, note = self._decode(path, self.num_frames * self.temporal_views, None)
         return multi_view_clips(frames, self.num_frames, self.temporal_views, self.spatial_views, self.size), note
 
@@ -219,15 +211,9 @@ class MultiViewCachedDataset(CachedClips):
             "index": plan.index,
             "error": None,
         }
-        if self.cache.params.storage == "raw":
-            clip = torch.empty(self.clip_shape, dtype=torch.uint8)
-            sample["error"] = self.read_into(plan, clip.numpy())
-            sample["video"] = clip if sample["error"] is None else None
-        else:
-            n = self.temporal_views
-            frames, sample["error"] = self._guarded(plan, lambda: self.cache.read_frames(plan.row, plan.frames))
-            if frames is not None:  # (N*T, 3, S, S): view i is every N-th frame
-                sample["video"] = torch.stack([frames[i::n].permute(1, 0, 2, 3) for i in range(n)]).contiguous()
+        clip = torch.empty(self.clip_shape, dtype=torch.uint8)
+        sample["error"] = self.read_into(plan, clip.numpy())
+        sample["video"] = clip if sample["error"] is None else None
         return sample
 
     def batch(self, video: torch.Tensor | None, plans: list[ClipPlan], bad: list[tuple[ClipPlan, str]]) -> dict:

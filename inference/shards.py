@@ -172,12 +172,11 @@ def shard_loader(
     batch_size: int,
     num_workers: int,
     indices: Sequence[int] | None = None,
-    cache_loader: str = "mmap",
 ):
     """A loader over this rank's ``ExactShardSampler`` share of ``indices`` (default: every item
     of ``dataset``, a ``datasets`` multi-view dataset), batched as ``collate_views`` does, so over
     all ranks each item is loaded exactly once: ``num_workers`` reader threads into reused
-    buffers for a raw frame cache (``datasets.make_loader``; ``cache_loader``), else a DataLoader."""
+    buffers for a frame cache (``datasets.make_loader``), else a DataLoader."""
     items = range(len(dataset)) if indices is None else indices
     mine = [int(items[i]) for i in ExactShardSampler(len(items), info.rank, info.world_size)]
     return make_loader(
@@ -187,7 +186,6 @@ def shard_loader(
         workers=num_workers,
         prefetch=2,
         pin_memory=info.device.type == "cuda",
-        cache_loader=cache_loader,
         collate_fn=collate_views,
         persistent_workers=False,
     )

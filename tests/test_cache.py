@@ -59,13 +59,6 @@ def raw_cache(videos, tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
-def jpeg_cache(videos, tmp_path_factory):
-    out = tmp_path_factory.mktemp("jpeg") / "cache"
-    build(videos, out, storage="jpeg", jpeg_quality=95)
-    return out
-
-
 def path_of(videos, name):
     return next(videos.rglob(name))
 
@@ -95,30 +88,36 @@ def test_cache_clip_equals_video_dataset_evaluation_clip(videos, raw_cache):
         assert torch.equal(item["video"], expected)
 
 
-def test_jpeg_cache_decodes_close_to_raw(raw_cache, jpeg_cache):
-    raw, jpeg = FrameCache(raw_cache), FrameCache(jpeg_cache)
-    assert jpeg.params.storage == "jpeg" and jpeg.params.jpeg_quality == 95
-    raw_bytes, jpeg_bytes = raw.nbytes.sum(), jpeg.nbytes.sum()
-    assert jpeg_bytes < raw_bytes / 2  # the point of the format
-    ds = CachedClipDataset(jpeg_cache, NAMES, {}, num_frames=K, size=S)
-    for i, name in enumerate(NAMES):
-        decoded = ds[i]["video"].permute(1, 0, 2, 3).float()
-        error = (decoded - stored_frames(raw, name).float()).abs().mean().item()
-        assert error < 4.0, (name, error)
-
-
-def test_params_recorded(raw_cache, jpeg_cache):
+def test_params_recorded(raw_cache):
     doc = json.loads((raw_cache / "cache.json").read_text())
     assert doc["params"] == {
         "frames": K,
         "stored_size": S,
-        "storage": "raw",
-        "jpeg_quality": None,
         "sampling": "segment-centres",
         "fit": "short-side-bilinear-antialias+centre-crop",
         "version": 1,
     }
-    assert json.loads((jpeg_cache / "cache.json").read_text())["params"]["storage"] == "jpeg"
+
+
+def test_caches_of_the_versions_with_a_storage_choice(raw_cache, tmp_path):
+    """Their raw caches read as before; their JPEG caches are refused with the command that rebuilds them."""
+    import shutil
+
+    for storage, quality in (("raw", None), ("jpeg", 90)):
+        copy = tmp_path / storage
+        shutil.copytree(raw_cache, copy)
+        doc = json.loads((copy / "cache.json").read_text())
+        doc["params"].update(storage=storage, jpeg_quality=quality)
+        (copy / "cache.json").write_text(json.dumps(doc))
+        if storage == "raw":
+            assert FrameCache(copy).params == FrameCache(raw_cache).params
+            continue
+        with pytest.raises(CacheMismatchError) as caught:
+            FrameCache(copy)
+        message = str(caught.value)
+        assert "\n" not in message
+        assert f"frame cache {copy} stores jpeg frames, which this version no longer reads" in message
+        assert f"python -m datasets.prepare --frames {K} --stored-size {S}" in message
 
 
 def test_refuses_runs_it_was_not_built_for(raw_cache):
@@ -211,15 +210,3 @@ def test_collate_and_workers_match_single_process(raw_cache):
     assert torch.equal(from_workers["crop_boxes"], batch["crop_boxes"])
     empty = collate_cached([ds[(0, 3)]])
     assert empty["video"] is None and len(empty["indices"]) == 0 and empty["crop_boxes"].shape == (0, 4)
-
-
-def test_jpeg_device_decoding_batch(jpeg_cache):
-    """jpeg_decode="device": workers pass encoded frames; decoding them gives the worker-decoded clip."""
-    from datasets.gpu_augment import decode_jpeg_batch
-
-    worker = CachedClipDataset(jpeg_cache, NAMES, {}, num_frames=4, size=S)
-    device = CachedClipDataset(jpeg_cache, NAMES, {}, num_frames=4, size=S, jpeg_decode="device")
-    batch = collate_cached([device[i] for i in range(3)])
-    assert batch["video"] is None and batch["jpeg_lengths"].shape == (12,)
-    decoded = decode_jpeg_batch(batch["jpeg_data"], batch["jpeg_lengths"], 3, "cpu")
-    assert torch.equal(decoded, torch.stack([worker[i]["video"] for i in range(3)]))

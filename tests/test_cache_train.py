@@ -25,7 +25,7 @@ def test_train_from_cache(demo_cache, tmp_path):
     # --videos as well (e.g. left in a launch script): not read, and the log says so
     gone = tmp_path / "no-such-videos"
     res = train(out, (gone, annotations), cache=cache, num_workers=1, epochs=1, max_steps=3, batch_size=4)
-    assert f"frame cache {cache}: frames=6, stored_size=40, storage=raw" in res.stdout
+    assert f"frame cache {cache}: frames=6, stored_size=40, uint8" in res.stdout
     assert f"(--videos {gone} is not read: training uses the cache)" in res.stdout
     state = res.checkpoint()  # it trained from the cache: 3 steps, none skipped for want of clips
     assert state["step"] == 3 and state["counters"]["bad_videos"] == 0 and state["counters"]["empty_steps"] == 0
@@ -36,6 +36,25 @@ def test_cache_for_other_clips_is_refused(demo_cache, tmp_path):
     res = train(tmp_path, None, ok=False, timeout=300, cache=cache, annotations=annotations, frames=8)
     assert "it keeps 6 frames per clip but the run uses --frames 8" in res.stdout
     assert "Traceback" not in res.stdout  # a clear message, not a crash
+
+
+def test_a_jpeg_cache_of_an_earlier_version_is_refused_in_one_line(demo_cache, tmp_path):
+    import json
+
+    cache, annotations = demo_cache
+    old = tmp_path / "jpeg-cache"
+    shutil.copytree(cache, old)
+    doc = json.loads((old / "cache.json").read_text())
+    doc["params"].update(storage="jpeg", jpeg_quality=90)  # what those versions wrote for --format jpeg
+    (old / "cache.json").write_text(json.dumps(doc))
+    res = train(tmp_path / "run", None, "--annotations", str(annotations), cache=old, ok=None, timeout=300)
+    assert res.returncode == 1
+    errors = [line for line in res.stdout.splitlines() if line.startswith("error: ")]
+    assert errors == [
+        f"error: --cache: frame cache {old} stores jpeg frames, which this version no longer reads; rebuild it "
+        "as raw uint8 with `python -m datasets.prepare --frames 6 --stored-size 40 ... --out NEW_DIR` "
+        "(docs/data.md says how much disk it takes)"
+    ], res.stdout[-3000:]
 
 
 def test_videos_the_cache_lacks_are_counted_and_reported(demo_cache, tmp_path):

@@ -1,4 +1,4 @@
-"""VideoClipDataset + collate_clips: item/batch format, locating files, bad files, legacy .pt, workers."""
+"""VideoClipDataset + collate_clips: item/batch format, locating files, bad files, earlier .pt clips, workers."""
 
 import numpy as np
 import pytest
@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 
 from datasets.clips import (
     AmbiguousVideoError,
-    LegacyClipShapeError,
+    PtClipsError,
     VideoClipDataset,
     collate_clips,
     scan_video_root,
@@ -32,13 +32,12 @@ def video_root(tmp_path_factory):
     whole = (root / "whole.mp4").read_bytes()
     (root / "talking" / "truncated.mp4").write_bytes(whole[: len(whole) // 2])
     (root / "whole.mp4").unlink()
-    torch.save(torch.randn(3, T, SIZE, SIZE), root / "talking" / "legacy_c.pt")
-    torch.save(torch.randn(3, 16, 224, 224, dtype=torch.float32)[:, :2, :8, :8].clone(), root / "wrong_shape.pt")
+    torch.save(torch.randn(3, T, SIZE, SIZE), root / "talking" / "legacy_c.pt")  # an earlier version's clip
     (root / ".hidden.mp4").write_bytes(b"")
     return root
 
 
-NAMES = ["good_a.mp4", "good_b.mp4", "corrupt.mp4", "empty.mp4", "truncated.mp4", "missing.mp4", "legacy_c.mp4"]
+NAMES = ["good_a.mp4", "good_b.mp4", "corrupt.mp4", "empty.mp4", "truncated.mp4", "missing.mp4"]
 
 
 def targets_for(n):
@@ -56,16 +55,15 @@ def make_dataset(root, names=NAMES, **kwargs):
 
 
 # ----------------------------------------------------------------- locating files
-def test_scan_finds_files_in_subfolders_and_legacy_stems(video_root):
+def test_scan_finds_files_in_subfolders(video_root):
     index = scan_video_root(video_root)
     assert index.resolve("good_b.mp4") == str(video_root / "running" / "deeper" / "good_b.mp4")
-    assert index.resolve("legacy_c.mp4") == str(video_root / "talking" / "legacy_c.pt")
     assert index.resolve("talking/good_a.mp4") == str(video_root / "talking" / "good_a.mp4")
     assert index.resolve("missing.mp4") is None
     assert index.resolve(".hidden.mp4") is None
 
 
-def test_video_is_preferred_over_legacy_pt(tmp_path):
+def test_a_video_beside_an_earlier_pt_clip_is_read(tmp_path):
     write_video(tmp_path / "x.mp4", texture(4, 16, 16, 0), 10)
     torch.save(torch.zeros(3, T, SIZE, SIZE), tmp_path / "x.pt")
     assert scan_video_root(tmp_path).resolve("x.mp4") == str(tmp_path / "x.mp4")
@@ -154,19 +152,15 @@ def test_bad_video_error_raises_naming_the_path(video_root, index):
     assert NAMES[index] in str(err.value) and str(video_root) in str(err.value)
 
 
-# ----------------------------------------------------------------- legacy .pt
-def test_legacy_pt_clip_is_loaded_as_float(video_root):
-    expected = torch.load(video_root / "talking" / "legacy_c.pt", weights_only=True)
-    item = make_dataset(video_root)[6]
-    assert item["error"] is None and item["video"].dtype == torch.float32
-    assert torch.equal(item["video"], expected)
-    flipped = {torch.equal(make_dataset(video_root, train=True)[(e, 6)]["video"], expected) for e in range(12)}
-    assert flipped == {True, False}  # training: sometimes flipped, never cropped
-
-
-def test_legacy_shape_mismatch_names_the_file_even_when_skipping(video_root):
-    with pytest.raises(LegacyClipShapeError, match="wrong_shape.pt.*frames=4, size=16"):
-        make_dataset(video_root, names=["wrong_shape.mp4"])[0]
+# ----------------------------------------------------------------- the earlier .pt clips
+def test_an_earlier_pt_clip_where_a_video_should_be_is_refused_in_one_line(video_root):
+    """.pt clips are read only by `prepare --from-pt`: the dataset is not built, and the error says what to run."""
+    with pytest.raises(PtClipsError) as caught:
+        make_dataset(video_root, names=["good_a.mp4", "legacy_c.mp4"])
+    message = str(caught.value)
+    assert "\n" not in message and str(video_root / "talking" / "legacy_c.pt") in message
+    assert f"python -m datasets.prepare --from-pt {video_root} --annotations CSV --out CACHE_DIR" in message
+    assert "--cache CACHE_DIR" in message
 
 
 # ----------------------------------------------------------------- collate
@@ -189,15 +183,9 @@ def test_collate_of_only_bad_samples_is_an_empty_batch(video_root):
     assert batch["targets"]["distance_score"].shape == (0,) and len(batch["bad"]) == 2
 
 
-def test_collate_refuses_to_mix_uint8_and_legacy_float(video_root):
-    ds = make_dataset(video_root)
-    with pytest.raises(TypeError, match="legacy_c.mp4"):
-        collate_clips([ds[0], ds[6]])
-
-
 # ----------------------------------------------------------------- DataLoader
 def test_dataloader_with_two_workers_survives_bad_files(video_root):
-    ds = make_dataset(video_root, names=NAMES[:6], train=True, seed=1)
+    ds = make_dataset(video_root, train=True, seed=1)
     keys = [(1, i) for i in range(len(ds))]
     loader = DataLoader(ds, batch_size=3, sampler=keys, num_workers=2, collate_fn=collate_clips)
     batches = list(loader)

@@ -19,7 +19,7 @@ def test_a_mistyped_flag_under_torchrun_is_reported_once_with_a_suggestion():
         res.stdout.count("error: unrecognized arguments: --batchsize 8; --batchsize: did you mean --batch-size?") == 1
     )
     assert res.stdout.count("usage: train_ddp.py [options]") == 1
-    assert "--cache-decode" not in res.stdout  # not the 50-line usage block
+    assert "--prefetch-factor" not in res.stdout  # not the 50-line usage block
 
 
 def test_a_missing_video_folder_is_one_line_on_rank_zero(tiny_demo, tmp_path):
@@ -27,6 +27,24 @@ def test_a_missing_video_folder_is_one_line_on_rank_zero(tiny_demo, tmp_path):
     res = train(tmp_path / "run", (tmp_path / "nowhere", annotations), nproc=2, ok=False, timeout=300)
     assert res.stdout.count(f"error: --videos {tmp_path / 'nowhere'}: no such directory") == 1
     assert 'train_ddp.py", line' not in res.stdout  # no traceback from our code
+
+
+def test_videos_at_a_folder_of_earlier_pt_clips_says_to_convert_them(tiny_demo, tmp_path):
+    import torch
+
+    _, annotations = tiny_demo
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for name in pd.read_csv(annotations)["video_name"]:
+        torch.save(torch.zeros(3, 4, 32, 32), clips / (name.rsplit(".", 1)[0] + ".pt"))
+    res = run_train(
+        ["--videos", str(clips), "--annotations", str(annotations), "--output-dir", str(tmp_path / "run"), *TINY]
+    )
+    assert res.returncode == 1
+    errors = [line for line in res.stdout.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: --videos {clips}: {clips}/"), res.stdout[-3000:]
+    assert f"`python -m datasets.prepare --from-pt {clips} --annotations CSV --out CACHE_DIR`" in errors[0]
+    assert 'train_ddp.py", line' not in res.stdout
 
 
 def test_a_table_without_a_column_advises_the_tasks_flag(tiny_demo, tmp_path):

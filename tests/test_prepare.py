@@ -143,7 +143,6 @@ def test_rerun_with_other_parameters_is_refused(videos, tmp_path, capsys):
     for extra, what in (
         (["--frames", K + 2, "--stored-size", S], "frames: cache has 6, asked for 8"),
         (["--frames", K, "--stored-size", S + 8], "stored_size: cache has 24, asked for 32"),
-        (["--frames", K, "--stored-size", S, "--format", "jpeg"], "storage: cache has 'raw'"),
     ):
         capsys.readouterr()
         assert run_prepare("--videos", videos, "--annotations", t, "--out", out, "--workers", 0, *extra) == 2
@@ -327,6 +326,11 @@ def test_pt_migration_recovers_the_uint8_frames(tmp_path, capsys):
     # trains like any cache; evaluation at the stored size returns the original frames
     ds = CachedClipDataset(out, list(originals), {}, num_frames=4, size=16)
     assert torch.equal(ds[1]["video"], originals["clip_1.mp4"])
+    # --videos at the .pt folder: one line that says to use --from-pt
+    with pytest.raises(SystemExit) as caught:
+        run_prepare("--videos", pt_dir, "--annotations", tmp_path / "t.csv", "--out", tmp_path / "c1", "--workers", 0)
+    assert f"--videos {pt_dir}: no video for the table, only .pt clips" in str(caught.value)
+    assert f"python -m datasets.prepare --from-pt {pt_dir}" in str(caught.value) and "\n" not in str(caught.value)
     # frames and size come from the clips
     with pytest.raises(SystemExit, match="--stored-size 32: the .pt clips have 16"):
         run_prepare(
@@ -364,10 +368,6 @@ def test_command_line_entry_point(videos, tmp_path):
             str(S),
             "--workers",
             "2",
-            "--format",
-            "jpeg",
-            "--jpeg-quality",
-            "80",
         ],
         cwd=REPO,
         capture_output=True,
@@ -376,7 +376,7 @@ def test_command_line_entry_point(videos, tmp_path):
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "done: 2 processed" in res.stdout and "2/2" in res.stderr  # tqdm writes to stderr
-    assert FrameCache(out).params.jpeg_quality == 80
+    assert (FrameCache(out).params.frames, FrameCache(out).params.stored_size) == (K, S)
 
 
 def test_web_faults_stored_noted_or_skipped(web_faults, tmp_path, capsys):

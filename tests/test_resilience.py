@@ -3,8 +3,9 @@
 A run stopped by SIGTERM, or by the SIGKILL of one rank, and then started again must end with
 bitwise the same weights and optimizer state as the uninterrupted run (``--deterministic``, the
 same world size, dropout > 0 so the restored RNG states matter, a DataLoader worker per rank).
-Also: a corrupt newest checkpoint, a dead MLflow server, and non-finite data (NaN in a clip of
-the earlier version's float ``.pt`` input format, the way a bad preprocessed file would bring it).
+Also: a corrupt newest checkpoint, a dead MLflow server, and non-finite data (NaN in the model
+input of chosen clips, put there by a wrapper around train_ddp.py: no clip this project reads can
+hold a NaN, since every input is uint8, but a bad value reaching the model must be survived).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import psutil
 import pytest
 import torch
 from fixture_files import prepare_demo_cache
-from launch_helpers import REPO, TINY, checkpoint, child_env, free_port, run_train, train_command
+from launch_helpers import REPO, TINY, checkpoint, child_env, free_port, run, run_train, train_command
 
 pytestmark = pytest.mark.slow
 
@@ -298,13 +299,10 @@ def shared_memory_of(pids: list[int]) -> list[str]:
 
 
 def test_sigkill_of_a_rank_reading_the_cache_leaves_nothing_and_relaunch_resumes_exactly(demo_cache_args, tmp_path):
-    """--cache: the reference reads the cache with DataLoader worker processes (--cache-loader
-    dataloader), the killed run and its relaunch with reader threads (the default): the same
-    batches, so bitwise the same weights."""
+    """--cache: the reference, the killed run and its relaunch read the cache with the one cache
+    reader (reader threads): the same batches, so bitwise the same weights."""
     reference = tmp_path / "reference"
-    res = run_train(
-        [*demo_cache_args, *RUN, "--cache-loader", "dataloader", "--output-dir", str(reference)], nproc=2, timeout=600
-    )
+    res = run_train([*demo_cache_args, *RUN, "--output-dir", str(reference)], nproc=2, timeout=600)
     assert res.returncode == 0, res.stdout[-4000:]
     out = tmp_path / "run"
     run = TrainRun([*demo_cache_args, *RUN, "--dist-timeout", "60"], out)
@@ -429,19 +427,46 @@ def test_dead_tracking_server_never_stops_training(tiny_demo, tmp_path):
 # ------------------------------------------------------------------------------------------------
 # (e) non-finite data: skip (counted, step/rank/videos logged) or stop; a limit on consecutive skips
 # ------------------------------------------------------------------------------------------------
-def legacy_clip_root(tiny_demo, root: Path, nan_videos) -> None:
-    """The demo's videos as the earlier version's float .pt clips (3, T=4, 32, 32); the named
-    ones (or all, for nan_videos=None) carry a NaN."""
-    import pandas as pd
+# Runs train_ddp.py unchanged, with the model input of the named clips (all, for None) given a NaN
+# in this process only: the value a corrupt clip would bring, after the device-side normalization.
+NAN_WRAPPER = """
+import runpy, sys
+sys.path.insert(0, {repo!r})
+from datasets import gpu_augment
 
-    names = pd.read_csv(tiny_demo[1])["video_name"]
-    root.mkdir(parents=True)
-    g = torch.Generator().manual_seed(0)
-    for name in names:
-        clip = torch.randn(3, 4, 32, 32, generator=g)
-        if nan_videos is None or name in nan_videos:
-            clip[1, 2, 3, 4] = float("nan")
-        torch.save(clip, root / (Path(name).stem + ".pt"))
+real_model_input, nan_videos = gpu_augment.model_input, {nan_videos!r}
+
+def model_input_with_nan_clips(batch, *args, **kwargs):
+    x = real_model_input(batch, *args, **kwargs)
+    for i, video_id in enumerate(batch["video_ids"]):
+        if nan_videos is None or video_id in nan_videos:
+            x[i, 1, 2, 3, 4] = float("nan")
+    return x
+
+gpu_augment.model_input = model_input_with_nan_clips
+sys.argv = [{train!r}] + sys.argv[1:]
+runpy.run_path({train!r}, run_name="__main__")
+"""
+
+
+def run_train_with_nan_clips(tiny_demo, tmp_path: Path, nan_videos, args: list[str], nproc: int, timeout=600):
+    """train_ddp.py on the demo videos, ``nan_videos`` (a set, or None for every clip) carrying a NaN."""
+    wrapper = tmp_path / "nan_clips.py"
+    train = str(REPO / "train_ddp.py")
+    nan = sorted(nan_videos) if nan_videos is not None else None
+    wrapper.write_text(NAN_WRAPPER.format(repo=str(REPO), train=train, nan_videos=nan))
+    launcher = (
+        [sys.executable]
+        if nproc == 1
+        else [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={nproc}",
+            f"--master_port={free_port()}",
+        ]
+    )
+    return run([*launcher, str(wrapper), *data_args(tiny_demo), *args], timeout=timeout)
 
 
 def first_clip_of_rank(tiny_demo, rank: int, world_size: int, seed: int) -> str:
@@ -458,13 +483,8 @@ def first_clip_of_rank(tiny_demo, rank: int, world_size: int, seed: int) -> str:
 
 def test_nan_clip_is_skipped_on_all_ranks_and_reported(tiny_demo, tmp_path):
     bad = first_clip_of_rank(tiny_demo, rank=1, world_size=2, seed=1)  # in rank 1's first batch
-    legacy_clip_root(tiny_demo, tmp_path / "clips", {bad})
     out = tmp_path / "run"
-    res = run_train(
-        ["--videos", str(tmp_path / "clips"), "--annotations", str(tiny_demo[1]), *RUN, "--output-dir", str(out)],
-        nproc=2,
-        timeout=600,
-    )
+    res = run_train_with_nan_clips(tiny_demo, tmp_path, {bad}, [*RUN, "--output-dir", str(out)], nproc=2)
     assert res.returncode == 0, res.stdout[-4000:]
     assert "step 0: non-finite loss/gradients, step skipped (rank 1: " in res.stdout
     rows = [line.split("\t") for line in (out / "nonfinite.tsv").read_text().splitlines()]
@@ -482,14 +502,12 @@ def test_nan_clip_is_skipped_on_all_ranks_and_reported(tiny_demo, tmp_path):
 
 def test_nan_clip_with_nonfinite_stop_checkpoints_and_exits(tiny_demo, tmp_path):
     bad = first_clip_of_rank(tiny_demo, rank=0, world_size=1, seed=0)
-    legacy_clip_root(tiny_demo, tmp_path / "clips", {bad})
     out = tmp_path / "run"
-    res = run_train(
+    res = run_train_with_nan_clips(
+        tiny_demo,
+        tmp_path,
+        {bad},
         [
-            "--videos",
-            str(tmp_path / "clips"),
-            "--annotations",
-            str(tiny_demo[1]),
             *TINY,
             "--batch-size",
             "4",
@@ -517,14 +535,12 @@ def test_nan_clip_with_nonfinite_stop_checkpoints_and_exits(tiny_demo, tmp_path)
 
 
 def test_consecutive_nonfinite_skips_are_limited(tiny_demo, tmp_path):
-    legacy_clip_root(tiny_demo, tmp_path / "clips", None)  # every clip is NaN
     out = tmp_path / "run"
-    res = run_train(
+    res = run_train_with_nan_clips(
+        tiny_demo,
+        tmp_path,
+        None,  # every clip is NaN
         [
-            "--videos",
-            str(tmp_path / "clips"),
-            "--annotations",
-            str(tiny_demo[1]),
             *TINY,
             "--batch-size",
             "4",

@@ -7,6 +7,7 @@ import copy
 from dataclasses import asdict
 
 import pandas as pd
+import pytest
 import torch
 
 import evaluate
@@ -37,11 +38,33 @@ def tiny_training(tmp_path, **options):
     return t, state, cfg
 
 
-def float_batch(seed, nan=False):
-    """Two pre-normalized float clips (the earlier .pt format), one of them with a NaN pixel."""
-    video = torch.randn(2, 3, SIZE["frames"], SIZE["size"], SIZE["size"], generator=torch.Generator().manual_seed(seed))
+NAN_CLIPS: set[str] = set()  # clips whose model input gets a NaN pixel (see nan_model_input)
+
+
+@pytest.fixture(autouse=True)
+def nan_model_input(monkeypatch):
+    """No clip the project reads can hold a NaN (all are uint8): the model input of the clips in
+    NAN_CLIPS gets one after normalization, where a corrupt value would reach the model."""
+    real = train_ddp.model_input
+
+    def with_nan(batch, *args, **kwargs):
+        x = real(batch, *args, **kwargs)
+        for i, video_id in enumerate(batch["video_ids"]):
+            if video_id in NAN_CLIPS:
+                x[i, 0, 0, 0, 0] = float("nan")
+        return x
+
+    monkeypatch.setattr(train_ddp, "model_input", with_nan)
+    yield
+    NAN_CLIPS.clear()
+
+
+def clip_batch(seed, nan=False):
+    """Two uint8 clips, the second one's model input with a NaN pixel when ``nan``."""
+    shape = (2, 3, SIZE["frames"], SIZE["size"], SIZE["size"])
+    video = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
     if nan:
-        video[1, 0, 0, 0, 0] = float("nan")
+        NAN_CLIPS.add(f"clip{seed}_b")
     targets = synthetic_targets(2, "all", seed)
     return {
         "video": video,
@@ -71,7 +94,7 @@ def untouched_moments(optimizer):
 def test_a_nan_in_one_micro_batch_skips_the_step_and_leaves_no_trace(tmp_path):
     t, state, _ = tiny_training(tmp_path, accum_steps=2)
     weights = {k: v.clone() for k, v in t.model.state_dict().items()}  # parameters and BatchNorm buffers
-    result, stop = step(t, state, [float_batch(1), float_batch(2, nan=True)])
+    result, stop = step(t, state, [clip_batch(1), clip_batch(2, nan=True)])
     assert not result.applied and not stop
     after = t.model.state_dict()
     assert all(torch.equal(after[k], weights[k]) for k in weights), "a skipped step changed the model"
@@ -81,7 +104,7 @@ def test_a_nan_in_one_micro_batch_skips_the_step_and_leaves_no_trace(tmp_path):
     assert (tmp_path / "nonfinite.tsv").read_text() == "0\t0\tclip1_a,clip1_b,clip2_a,clip2_b\n"
     assert t.scheduler.last_epoch == 1  # --nonfinite skip: the schedule moves on, as the step counter does
 
-    result, _ = step(t, state, [float_batch(3), float_batch(4)])
+    result, _ = step(t, state, [clip_batch(3), clip_batch(4)])
     assert result.applied and torch.isfinite(result.loss)
     assert state.counters.consecutive_nonfinite == 0 and state.counters.nonfinite_skips == 1
     changed = [k for k, v in t.model.state_dict().items() if not torch.equal(v, weights[k])]
@@ -91,7 +114,7 @@ def test_a_nan_in_one_micro_batch_skips_the_step_and_leaves_no_trace(tmp_path):
 def test_nonfinite_stop_steps_nothing(tmp_path):
     t, state, _ = tiny_training(tmp_path, nonfinite="stop")
     weights = {k: v.clone() for k, v in t.model.state_dict().items()}
-    result, stop = step(t, state, [float_batch(5, nan=True)])
+    result, stop = step(t, state, [clip_batch(5, nan=True)])
     assert stop and not result.applied
     assert all(torch.equal(v, weights[k]) for k, v in t.model.state_dict().items())
     assert untouched_moments(t.optimizer) and state.counters.nonfinite_skips == 1
@@ -103,7 +126,7 @@ def test_the_next_plan_brings_a_skipped_steps_flag_and_settling_restores_batchno
     """The device skips the update at once; the host learns of it from the next plan's read."""
     t, state, _ = tiny_training(tmp_path)
     weights = {k: v.clone() for k, v in t.model.state_dict().items()}
-    micro = [float_batch(6, nan=True)]
+    micro = [clip_batch(6, nan=True)]
     plan = train_ddp.plan_step(micro, t, False, CPU)
     assert not plan.last_step_nonfinite
     train_ddp.train_step(t, micro, plan.denominators, state)
@@ -112,7 +135,7 @@ def test_the_next_plan_brings_a_skipped_steps_flag_and_settling_restores_batchno
     assert not torch.isfinite(t.model.bn1.running_mean).all()  # poisoned until the host settles
     assert state.counters.nonfinite_skips == 0  # not read yet
 
-    nxt = [float_batch(7)]
+    nxt = [clip_batch(7)]
     plan = train_ddp.plan_step(nxt, t, False, CPU)
     assert plan.last_step_nonfinite
     assert not train_ddp.settle(t, state, plan.last_step_nonfinite)  # --nonfinite skip

@@ -93,17 +93,6 @@ def test_invalid_settings_are_rejected():
         ClipTransform(size=0)
 
 
-def test_legacy_clips_only_flip_in_training():
-    video = torch.randn(3, 4, 8, 8)
-    assert torch.equal(ClipTransform(size=8).legacy(video), video)
-    seen = set()
-    for seed in range(20):
-        out = ClipTransform(size=8, train=True).legacy(video, np.random.default_rng(seed))
-        assert torch.equal(out, video) or torch.equal(out, video.flip(-1))
-        seen.add(torch.equal(out, video))
-    assert seen == {True, False}
-
-
 def test_normalize_on_device_matches_imagenet_formula():
     video = torch.randint(0, 256, (2, 3, 4, 5, 5), dtype=torch.uint8)
     out = normalize_on_device(video)
@@ -115,10 +104,9 @@ def test_normalize_on_device_matches_imagenet_formula():
     torch.testing.assert_close(normalize_on_device(video[0]), out[0])
 
 
-def test_normalize_passes_float_through_and_rejects_other_types():
-    legacy = torch.randn(1, 3, 2, 4, 4)
-    assert normalize_on_device(legacy) is legacy
-    with pytest.raises(TypeError):
-        normalize_on_device(torch.zeros(3, 2, 4, 4, dtype=torch.int32))
+def test_normalize_rejects_other_types_and_shapes():
+    for dtype in (torch.int32, torch.float32):  # float input is no clip of this project's (all uint8)
+        with pytest.raises(TypeError, match="expected uint8 video"):
+            normalize_on_device(torch.zeros(3, 2, 4, 4, dtype=dtype))
     with pytest.raises(ValueError, match="shape"):
         normalize_on_device(torch.zeros(4, 2, 4, 4, dtype=torch.uint8))

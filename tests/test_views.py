@@ -33,7 +33,6 @@ def root(tmp_path_factory):
     write_video(root / "port.mp4", texture(17, 48, 32, 1), 10)
     write_video(root / "numbered.mp4", numbered_frames(30, 32, 32), 10)
     (root / "corrupt.mp4").write_bytes(np.random.default_rng(2).bytes(2000))
-    torch.save(torch.randn(3, T, SIZE, SIZE), root / "legacy.pt")
     return root
 
 
@@ -45,7 +44,7 @@ def test_parse_views():
 
 
 def test_one_by_one_view_is_the_training_eval_transform(root):
-    names = ["land.mp4", "port.mp4", "legacy.mp4"]
+    names = ["land.mp4", "port.mp4"]
     plain = VideoClipDataset(names, {}, root, num_frames=T, size=SIZE, train=False)
     multi = MultiViewClipDataset(names, {}, root, num_frames=T, size=SIZE)
     for i in range(len(names)):
@@ -94,7 +93,7 @@ def test_spatial_crops_left_centre_right_and_top_centre_bottom():
 
 def test_views_order_is_temporal_major_and_collate_keeps_failed_indices(root):
     ds = MultiViewClipDataset(
-        ["numbered.mp4", "corrupt.mp4", "legacy.mp4"],
+        ["numbered.mp4", "corrupt.mp4", "absent.mp4"],
         {},
         root,
         num_frames=T,
@@ -109,7 +108,7 @@ def test_views_order_is_temporal_major_and_collate_keeps_failed_indices(root):
     batch = collate_views([ds[0], ds[1], ds[2]])
     assert batch["video"].shape == (1, 6, 3, T, SIZE, SIZE)
     assert batch["bad_indices"] == [1, 2]
-    assert "legacy .pt clip holds one fixed clip" in batch["bad"][1][1]
+    assert "missing file" in batch["bad"][1][1]
 
 
 def test_average_view_probabilities_in_probability_space():

@@ -33,12 +33,6 @@ class TrainConfig:
     cache: str | None = _f(
         None, "frame cache directory made by `python -m datasets.prepare` (used instead of decoding --videos)"
     )
-    cache_decode: str = _f(
-        "auto",
-        "JPEG frame caches: decode in the DataLoader workers (worker) or batched "
-        "on the GPU (device); auto = device when training on CUDA",
-        ("auto", "worker", "device"),
-    )
     demo_dir: str = _f(".cache/demo", "where the demo dataset is generated when --videos is unset")
     demo_videos: int = _f(600, "number of demo clips to generate")
     demo_static: bool = _f(False, "demo clips show their first frame throughout (same labels): the no-motion control")
@@ -57,15 +51,8 @@ class TrainConfig:
     test_fraction: float = _f(0.1, "test fraction for --split hash (held out, never trained on)")
     frames: int = _f(16, "frames per clip (T)")
     size: int = _f(224, "spatial input size (H = W)")
-    num_workers: int = _f(4, "DataLoader worker processes per rank; reader threads with a raw --cache")
+    num_workers: int = _f(4, "DataLoader worker processes per rank; reader threads with --cache")
     prefetch_factor: int = _f(2, "batches prefetched per worker (or reader thread)")
-    cache_loader: str = _f(
-        "mmap",
-        "raw frame caches: reader threads copying each clip out of the memory-mapped "
-        "shards (mmap), reader threads reading with preadv (pread: an I/O error fails that "
-        "clip rather than the process), or DataLoader worker processes (dataloader)",
-        ("mmap", "pread", "dataloader"),
-    )
     bad_video: str = _f(
         "skip", "unreadable/missing videos: skip (drop, count, report) or error (stop)", ("skip", "error")
     )
