@@ -37,9 +37,7 @@ def test_videos_at_a_folder_of_earlier_pt_clips_says_to_convert_them(tiny_demo, 
     clips.mkdir()
     for name in pd.read_csv(annotations)["video_name"]:
         torch.save(torch.zeros(3, 4, 32, 32), clips / (name.rsplit(".", 1)[0] + ".pt"))
-    res = run_train(
-        ["--videos", str(clips), "--annotations", str(annotations), "--output-dir", str(tmp_path / "run"), *TINY]
-    )
+    res = train(tmp_path / "run", (clips, annotations), ok=None)
     assert res.returncode == 1
     errors = [line for line in res.stdout.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and errors[0].startswith(f"error: --videos {clips}: {clips}/"), res.stdout[-3000:]
