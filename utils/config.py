@@ -31,8 +31,8 @@ def _f(default: Any, help: str, choices: tuple | None = None) -> Any:
 class TrainConfig:
     config: str | None = _f(
         None,
-        "YAML or JSON file of options (flags override it); with no --videos, --cache or --config "
-        "the demo's configs/demo.yaml",
+        "YAML or JSON file of options (flags override it); a run given no --videos, --cache or "
+        "--config reads configs/demo.yaml, the demo's",
     )
     # --- data ---------------------------------------------------------------------------------
     videos: str | None = _f(
