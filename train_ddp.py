@@ -1040,6 +1040,7 @@ def start_tracking(
         if new_run:
             tracker.log_params(flatten_for_logging(cfg))
             tracker.log_dict(asdict(cfg), "config.json")
+            tracker.log_artifact(Path(cfg.output_dir) / "config.yaml")  # the file that repeats the run
             tracker.log_input_table(
                 table, source=str(cfg.annotations), name=Path(cfg.annotations).name, context="training"
             )

@@ -29,6 +29,7 @@ def test_the_demo_runs_configs_demo_yaml_and_its_saved_config_repeats_it(tmp_pat
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'first' / 'mlflow.db'}")
     (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert run.data.params["config"] == "configs/demo.yaml"
+    assert "config.yaml" in {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
 
     saved = tmp_path / "first" / "config.yaml"
     second = run_train(["--config", str(saved), "--output-dir", str(tmp_path / "second")], timeout=600)

@@ -303,7 +303,7 @@ HELP_GROUPS: dict[str, tuple[str, ...]] = {
 def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     """The flags, in HELP_GROUPS; with ``suppress_defaults`` only options given on the command line appear."""
     parser = CommandLineParser(
-        usage="%(prog)s [--config FILE] [options]",  # the groups below list them; a full usage would repeat them all
+        usage="%(prog)s [options]",  # the groups below list them; a full usage would repeat every one
         description="Multi-task ResNet3D training with torchrun DDP.  No --videos, --cache or --config: the demo, "
         "with the settings of configs/demo.yaml.",
     )
