@@ -106,6 +106,7 @@ from utils.train_state import EarlyStopping, LogWindow, NonFiniteGuard, TrainSta
 NONFINITE_EXIT_CODE = 3
 BEST_PREDICTIONS = "best_validation.npz"  # the best validation's logits and targets, for the plots
 CHECKPOINT_FAILED_EXIT_CODE = 4  # training ended but its final checkpoint could not be written
+MLFLOW_RUN = "runs:/"  # --pretrained runs:/RUN_ID: MLflow's own way to name a run's artifacts
 
 # With no --videos, --cache or --config the demo runs, with the settings of this file (a user can
 # open and copy it; flags override it as they override any --config file).
@@ -865,7 +866,9 @@ def build_training(
     """The model (initial weights, freezing, BatchNorm mode, memory format), loss, optimizer, LR
     schedule, GradScaler (enabled only for fp16, so bf16 and fp32 share its no-op path)."""
     model = build_model(depth=cfg.depth, tasks=tasks, dropout=cfg.dropout, width=cfg.width)
-    init_path = download_run_checkpoint(cfg.init_from_run, cfg, info) if cfg.init_from_run else cfg.pretrained
+    init_path = cfg.pretrained
+    if init_path and init_path.startswith(MLFLOW_RUN):
+        init_path = download_run_checkpoint(init_path[len(MLFLOW_RUN) :].strip("/"), cfg, info)
     if init_path:
         log0(info, f"initial weights from {init_path}: {load_pretrained(model, init_path)}")
     if cfg.freeze:
@@ -1017,7 +1020,7 @@ def download_run_checkpoint(run_id: str, cfg: TrainConfig, info: DistInfo) -> st
             except Exception as exc:  # not logged under this name: try the next
                 errors.append(f"{name}: {exc}")
         if path is None:
-            raise SystemExit(f"--init-from-run {run_id}: no checkpoint artifact found ({'; '.join(errors)})")
+            raise SystemExit(f"--pretrained {MLFLOW_RUN}{run_id}: no checkpoint artifact found ({'; '.join(errors)})")
     return broadcast_object(path, info)
 
 

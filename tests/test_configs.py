@@ -34,7 +34,7 @@ def test_the_demo_file_is_what_a_run_without_data_uses_and_needs_no_download():
     cfg, sources = parse_config([], demo_config=path)
     assert cfg.config == str(path) and len(sources) > 10
     assert cfg.videos is None and cfg.cache is None and cfg.annotations is None  # the built-in clips
-    assert cfg.pretrained is None and cfg.init_from_run is None  # trains from scratch, offline
+    assert cfg.pretrained is None  # trains from scratch, offline
     assert cfg.depth == 18 and cfg.width < TrainConfig().width  # small enough for CPUs
     assert cfg.output_dir == "runs/demo"  # where the README's `mlflow ui` command looks
 

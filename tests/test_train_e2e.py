@@ -92,7 +92,7 @@ def test_torchrun_two_processes_end_to_end(tiny_demo, tmp_path):
 
 
 def test_init_from_an_earlier_mlflow_run(tiny_demo, tmp_path):
-    """--init-from-run RUN_ID starts a new run from the earlier run's logged checkpoint."""
+    """--pretrained runs:/RUN_ID starts a new run from the earlier run's logged checkpoint."""
     videos, annotations = tiny_demo
     first = tmp_path / "first"
     common = [
@@ -111,11 +111,19 @@ def test_init_from_an_earlier_mlflow_run(tiny_demo, tmp_path):
     client, runs = _runs(tmp_path / "shared.db")
     (run,) = runs
     res2 = run_train(
-        [*common, "--output-dir", str(tmp_path / "second"), "--max-steps", "1", "--init-from-run", run.info.run_id],
+        [
+            *common,
+            "--output-dir",
+            str(tmp_path / "second"),
+            "--max-steps",
+            "1",
+            "--pretrained",
+            f"runs:/{run.info.run_id}",
+        ],
         timeout=600,
     )
     assert res2.returncode == 0, res2.stdout[-4000:]
     # max-steps 2 ends before the first epoch's validation: a final validation makes best.pt
     assert re.search(r"initial weights from \S+init_from_run\S+best\.pt", res2.stdout), res2.stdout[-3000:]
     _, runs = _runs(tmp_path / "shared.db")
-    assert len(runs) == 2 and {r.data.params["init_from_run"] for r in runs} == {"", run.info.run_id}
+    assert len(runs) == 2 and {r.data.params["pretrained"] for r in runs} == {"", f"runs:/{run.info.run_id}"}

@@ -89,10 +89,9 @@ class TrainConfig:
         "network that pretrained weights fit; the demo uses 32 (2.9x fewer FLOPs)",
     )
     pretrained: str | None = _f(
-        None, "initial weights: MiT .pth.tar, earlier Lightning .ckpt, or one of this project's checkpoints"
-    )
-    init_from_run: str | None = _f(
-        None, "initialise from the best (else last) checkpoint of an earlier MLflow run, by run id"
+        None,
+        "initial weights: MiT .pth.tar, earlier Lightning .ckpt, one of this project's checkpoints, or "
+        "runs:/RUN_ID, the best (else last) checkpoint an earlier MLflow run logged",
     )
     tasks: str = _f(
         "all",
@@ -277,7 +276,7 @@ HELP_GROUPS: dict[str, tuple[str, ...]] = {
         *("bad_video", "partial_videos", "max_video_seconds", "max_video_pixels"),
     ),
     "model and weights": (
-        *("depth", "width", "pretrained", "init_from_run", "dropout", "bn"),
+        *("depth", "width", "pretrained", "dropout", "bn"),
         *("freeze", "unfreeze", "unfreeze_low_lr_factor", "unfreeze_low_lr_epochs"),
     ),
     "tasks and loss": ("tasks", "task_weights", "include_confidence", "alpha", "beta"),
@@ -460,7 +459,7 @@ def learning_options_mismatch(saved_config: dict[str, Any], cfg: TrainConfig) ->
     if changed := _changed_on_resume(saved_config, cfg, LEARNING_OPTIONS):
         return (
             "was trained on other input or with another objective (" + ", ".join(changed) + "); resume "
-            "with the options it was trained with, or start a new --output-dir (--init-from-run "
+            "with the options it was trained with, or start a new --output-dir (--pretrained runs:/RUN_ID "
             "starts a new run from its weights)"
         )
     return None
