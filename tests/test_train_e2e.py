@@ -82,7 +82,7 @@ def test_torchrun_two_processes_end_to_end(tiny_demo, tmp_path):
     _, runs = _runs(out / "mlflow.db")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED" and len(runs[0].outputs.model_outputs) == 1
     # continuing it with another objective is refused before anything trains (an old runs/demo
-    # under a newer demo preset would otherwise splice two experiments into one run)
+    # under a newer configs/demo.yaml would otherwise splice two experiments into one run)
     res3 = run_train([*job, "--epochs", "3", *TINY, "--task-weights", "joint=3"], nproc=2, timeout=600)
     assert res3.returncode != 0, res3.stdout[-4000:]
     refusal = "was trained on other input or with another objective (--task-weights '' -> joint=3); resume with"
