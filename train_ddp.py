@@ -686,13 +686,11 @@ def shown_path(path: Path) -> str:
 
 
 def config_line(cfg: TrainConfig, demo: bool) -> str:
-    """The first line a run prints: where its settings come from."""
-    if demo and cfg.config == shown_path(DEMO_CONFIG):
-        where = f"the demo: no --videos, --cache or --config given, so the settings are {cfg.config}'s"
-    elif demo:
-        where = f"the demo (no --videos or --cache) with the settings of {cfg.config or 'the defaults'}"
-    else:
-        where = f"settings from {cfg.config}" if cfg.config else "settings: the defaults"
+    """The first line a run prints: where its settings come from (the demo's file, when a run
+    names no data and no --config)."""
+    where = f"settings from {cfg.config}" if cfg.config else "settings: the defaults"
+    if demo:
+        where = f"the demo (no --videos or --cache): {where}"
     return f"{where}, then the command line; this run's whole config: {Path(cfg.output_dir) / 'config.yaml'}"
 
 

@@ -19,7 +19,7 @@ def test_the_demo_runs_configs_demo_yaml_and_its_saved_config_repeats_it(tmp_pat
     first = run_train([*demo, "--output-dir", str(tmp_path / "first")], timeout=600)
     assert first.returncode == 0, first.stdout[-4000:]
     assert first.stdout.splitlines()[0].startswith(
-        "the demo: no --videos, --cache or --config given, so the settings are configs/demo.yaml's"
+        "the demo (no --videos or --cache): settings from configs/demo.yaml, then the command line"
     ), first.stdout[:2000]
     assert "  --width 32  (configs/demo.yaml)" in first.stdout  # the file's, where the flags say nothing
     assert "  --depth 18  (command line)" in first.stdout and "  --frames 4  (command line)" in first.stdout
@@ -34,7 +34,7 @@ def test_the_demo_runs_configs_demo_yaml_and_its_saved_config_repeats_it(tmp_pat
     saved = tmp_path / "first" / "config.yaml"
     second = run_train(["--config", str(saved), "--output-dir", str(tmp_path / "second")], timeout=600)
     assert second.returncode == 0, second.stdout[-4000:]
-    assert second.stdout.splitlines()[0].startswith(f"the demo (no --videos or --cache) with the settings of {saved}")
+    assert second.stdout.splitlines()[0].startswith(f"the demo (no --videos or --cache): settings from {saved}")
     given = [line for line in second.stdout.splitlines() if line.endswith("(command line)")]
     assert given == [f"  --output-dir {tmp_path / 'second'}  (command line)"]  # all else from the file
     assert yaml.safe_load(saved.read_text()) == yaml.safe_load((tmp_path / "second" / "config.yaml").read_text())
