@@ -1,11 +1,11 @@
 """Multi-task ResNet3D training: plain PyTorch, DistributedDataParallel, explicit AMP.
 
     torchrun --nproc_per_node=8 train_ddp.py --videos DIR --annotations CSV --pretrained MIT.pth.tar
-    torchrun --nproc_per_node=2 train_ddp.py        # no arguments: the built-in demo, on CPU too
+    torchrun --nproc_per_node=2 train_ddp.py        # no arguments: the demo (configs/demo.yaml), on CPU too
     python train_ddp.py                              # a single process, no process group
 
 main() reads as its stages; everything that happens is in this file or one call away:
-  1. config (dataclass <- YAML/JSON <- flags), process group, seeds, precision, signal flag
+  1. config (dataclass <- YAML/JSON <- flags; OUTPUT_DIR/config.yaml), process group, seeds, precision
   2. data: annotation table -> split -> clip datasets -> resumable distributed sampler -> loaders
   3. model (MiT / earlier / own weights), freezing, optimizer, LR schedule, GradScaler
   4. resume from the newest valid checkpoint (model, optimizer, scheduler, scaler, loop state, RNG)
@@ -73,10 +73,12 @@ from utils.config import (
     TrainConfig,
     changed_options,
     comm_options_mismatch,
+    default_output_dir,
     flatten_for_logging,
     learning_options_mismatch,
     parse_config,
     parse_key_values,
+    write_config_file,
 )
 from utils.distributed import (
     DistInfo,
@@ -105,33 +107,11 @@ from utils.train_state import EarlyStopping, LogWindow, NonFiniteGuard, TrainSta
 NONFINITE_EXIT_CODE = 3
 BEST_PREDICTIONS = "best_validation.npz"  # the best validation's logits and targets, for the plots
 CHECKPOINT_FAILED_EXIT_CODE = 4  # training ended but its final checkpoint could not be written
+MLFLOW_RUN = "runs:/"  # --pretrained runs:/RUN_ID: MLflow's own way to name a run's artifacts
 
-# With no --videos/--cache the demo runs: a model and clip size that learn on 2 CPU cores in
-# minutes (ResNet3D-18 at half width, 48 px: 5x fewer FLOPs than width 64 at 64 px, so more
-# steps in less time; 18 epochs fit the 5 minutes of 16 since it trains from a frame cache of
-# its clips, docs/log/demo_learning.md round 6).  Options you set yourself win over these.
-# Joint action and communicating are weighted up: at equal weights the single-frame tasks take
-# the shared trunk first and joint stays at chance (docs/log/demo_learning.md, round 4).  The peak
-# LR is 7e-4: at 2e-3 seed 2's clips never learned object in 270 steps (round 7); at 7e-4, with
-# generator version 9's larger box, seeds 0, 2, 3 and 4 all do (round 8).
-DEMO_PRESET = dict(
-    depth=18,
-    width=32,
-    frames=8,
-    size=48,
-    batch_size=16,
-    epochs=18,
-    lr=7e-4,
-    weight_decay=0.01,
-    dropout=0.2,
-    num_workers=2,
-    checkpoint_every=0,
-    val_every=1,
-    patience=0,
-    warmup_steps=20,
-    task_weights="joint=3,communicating=2",
-    output_dir="runs/demo",
-)
+# With no --videos, --cache or --config the demo runs, with the settings of this file (a user can
+# open and copy it; flags override it as they override any --config file).
+DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 
 # The training augmentation, one definition for decoded videos and the frame cache alike
 # (datasets/augment.py): per sample, jittered frame segments, then a random resized crop
@@ -151,22 +131,24 @@ def log0(info: DistInfo, *msg) -> None:
 def main(argv: list[str] | None = None) -> int:
     # ---- 1. config, process group, seeds, precision, signals --------------------------------------
     started = time.perf_counter()
-    cfg, explicit = parse_config(argv)
+    cfg, sources = parse_config(argv, demo_config=shown_path(DEMO_CONFIG))
     demo = cfg.videos is None and cfg.cache is None
-    preset = {key for key in DEMO_PRESET if demo and key not in explicit}  # flags you pass win
-    for key in preset:
-        setattr(cfg, key, DEMO_PRESET[key])
     tasks = parse_tasks(cfg.tasks)
     info = init_distributed(cfg.device, cfg.dist_timeout)
     preempt = PreemptionFlag()
+    if cfg.output_dir is None:  # a real-data run that names no directory gets a new one
+        cfg.output_dir = broadcast_object(default_output_dir(cfg.run_name), info)
     out_dir = Path(cfg.output_dir)
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        print(config_line(cfg, demo), flush=True)
         print(
-            "options that differ from the defaults (the whole config is logged to MLflow and stored in "
-            "every checkpoint):\n" + "\n".join(f"  {line}" for line in changed_options(cfg, preset) or ["(none)"]),
+            "options that differ from the defaults, and where each was set (the whole config is logged "
+            "to MLflow and stored in every checkpoint):\n"
+            + "\n".join(f"  {line}" for line in changed_options(cfg, sources) or ["(none)"]),
             flush=True,
         )
+        write_config_file(cfg, out_dir / "config.yaml")  # before the demo points cfg at its clips
         print(
             f"world size {info.world_size}, backend {info.backend or 'none (single process)'}, device {info.device}",
             flush=True,
@@ -747,10 +729,27 @@ def configure_device(cfg: TrainConfig, info: DistInfo) -> tuple[torch.dtype | No
     return amp_dtype, cfg.channels_last == "on" or (cfg.channels_last == "auto" and on_gpu)
 
 
+def shown_path(path: Path) -> str:
+    """``path`` as a user would type it here: relative to the working directory when inside it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def config_line(cfg: TrainConfig, demo: bool) -> str:
+    """The first line a run prints: where its settings come from (the demo's file, when a run
+    names no data and no --config)."""
+    where = f"settings from {cfg.config}" if cfg.config else "settings: the defaults"
+    if demo:
+        where = f"the demo (no --videos or --cache): {where}"
+    return f"{where}, then the command line; this run's whole config: {Path(cfg.output_dir) / 'config.yaml'}"
+
+
 def use_demo_dataset(cfg: TrainConfig, info: DistInfo) -> None:
-    """Render the built-in demo clips once per node (the other ranks wait) and train on them:
-    from a raw frame cache of them unless --no-demo-cache (decoding the same small clips every
-    epoch cost 2 CPU cores 14-22 % of their steps, docs/log/demo_learning.md round 6)."""
+    """Render the built-in demo clips once per node (the other ranks wait) and train on them from
+    a raw frame cache of them (decoding the same small clips every epoch cost 2 CPU cores 14-22 %
+    of their steps, docs/log/demo_learning.md round 6; --videos DEMO_DIR/videos decodes them)."""
     if info.local_rank == 0:
         ensure_demo_dataset(
             cfg.demo_dir,
@@ -759,14 +758,10 @@ def use_demo_dataset(cfg: TrainConfig, info: DistInfo) -> None:
             static=cfg.demo_static,
             progress=info.is_main and cfg.progress,
         )
-        if cfg.demo_cache:
-            ensure_demo_frame_cache(cfg.demo_dir, cfg.frames, cfg.size)
+        ensure_demo_frame_cache(cfg.demo_dir, cfg.frames, cfg.size)
     barrier(info)
     cfg.annotations = str(Path(cfg.demo_dir) / "annotations.csv")
-    if cfg.demo_cache:
-        cfg.cache = str(demo_frame_cache_dir(cfg.demo_dir, cfg.frames, cfg.size))
-    else:
-        cfg.videos = str(Path(cfg.demo_dir) / "videos")
+    cfg.cache = str(demo_frame_cache_dir(cfg.demo_dir, cfg.frames, cfg.size))
 
 
 @dataclass
@@ -920,7 +915,9 @@ def build_training(
     """The model (initial weights, freezing, BatchNorm mode, memory format), loss, optimizer, LR
     schedule, GradScaler (enabled only for fp16, so bf16 and fp32 share its no-op path)."""
     model = build_model(depth=cfg.depth, tasks=tasks, dropout=cfg.dropout, width=cfg.width)
-    init_path = download_run_checkpoint(cfg.init_from_run, cfg, info) if cfg.init_from_run else cfg.pretrained
+    init_path = cfg.pretrained
+    if init_path and init_path.startswith(MLFLOW_RUN):
+        init_path = download_run_checkpoint(init_path[len(MLFLOW_RUN) :].strip("/"), cfg, info)
     if init_path:
         log0(info, f"initial weights from {init_path}: {load_pretrained(model, init_path)}")
     if cfg.freeze:
@@ -1080,7 +1077,7 @@ def download_run_checkpoint(run_id: str, cfg: TrainConfig, info: DistInfo) -> st
             except Exception as exc:  # not logged under this name: try the next
                 errors.append(f"{name}: {exc}")
         if path is None:
-            raise SystemExit(f"--init-from-run {run_id}: no checkpoint artifact found ({'; '.join(errors)})")
+            raise SystemExit(f"--pretrained {MLFLOW_RUN}{run_id}: no checkpoint artifact found ({'; '.join(errors)})")
     return broadcast_object(path, info)
 
 
@@ -1103,6 +1100,7 @@ def start_tracking(
         if new_run:
             tracker.log_params(flatten_for_logging(cfg))
             tracker.log_dict(asdict(cfg), "config.json")
+            tracker.log_artifact(Path(cfg.output_dir) / "config.yaml")  # the file that repeats the run
             tracker.log_input_table(
                 table, source=str(cfg.annotations), name=Path(cfg.annotations).name, context="training"
             )

@@ -3,13 +3,13 @@
 
     python benchmarks/demo_throughput.py [--steps 25] [--repeats 2] [--nproc 2] [-- TRAIN FLAGS]
 
-Alternates ``torchrun --nproc_per_node=N train_ddp.py --max-steps STEPS --val-every 0`` with
-``--demo-cache`` (the default: clips read from ``DEMO_DIR/frame_cache_*``) and
-``--no-demo-cache`` (every clip decoded every epoch by DataLoader workers), ``--repeats`` times
-each, and reads each launch's own "clips/s over the N steps of this launch" line (the steps
-only: rendering, cache building and start-up are not in it).  Prints every launch, the median
-of each way and their ratio.  The demo clips are rendered (and cached) by a first, untimed
-launch.  Flags after ``--`` go to every launch (e.g. ``--size 64``).
+Alternates ``torchrun --nproc_per_node=N train_ddp.py --max-steps STEPS --val-every 0`` as the
+demo runs (clips read from its frame cache ``DEMO_DIR/frame_cache_*``) and with the same settings
+(``--config configs/demo.yaml``) on ``--videos DEMO_DIR/videos`` (every clip decoded every epoch
+by DataLoader workers), ``--repeats`` times each, and reads each launch's own "clips/s over the
+N steps of this launch" line (the steps only: rendering, cache building and start-up are not in
+it).  Prints every launch, the median of each way and their ratio.  The demo clips are rendered
+(and cached) by a first, untimed launch.  Flags after ``--`` go to every launch (e.g. ``--size 64``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,12 @@ import tempfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # `python benchmarks/demo_throughput.py` puts benchmarks/ there
+    sys.path.insert(0, str(REPO_ROOT))
+
+from utils.config import parse_config  # noqa: E402
+
+DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
 RATE = re.compile(r"([0-9.]+) clips/s over the (\d+) steps of this launch")
 QUIET = ["--no-progress", "--no-log-model", "--no-log-checkpoints", "--no-system-metrics", "--no-plots"]
 
@@ -49,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=2, help="launches of each way, alternating")
     p.add_argument("--nproc", type=int, default=2, help="torchrun processes (default 2, as in the README)")
     args = p.parse_args(argv)
-    ways = {"frame cache": ["--demo-cache"], "decoding": ["--no-demo-cache"]}
+    demo_dir = REPO_ROOT / parse_config(extra, demo_config=DEMO_CONFIG)[0].demo_dir  # launches run in REPO_ROOT
+    decoded = ["--config", str(DEMO_CONFIG), "--videos", str(demo_dir / "videos")]
+    ways = {"frame cache": [], "decoding": [*decoded, "--annotations", str(demo_dir / "annotations.csv")]}
     rates: dict[str, list[float]] = {way: [] for way in ways}
     with tempfile.TemporaryDirectory(prefix="demo_throughput_") as tmp:
         launch(Path(tmp) / "warm-up", args.nproc, 1, extra)  # renders and caches the clips, untimed

@@ -1,22 +1,27 @@
-"""The shipped recipes (configs/*.yaml) load through the real parser, and the earlier version's
-recipe is what its paragraph in docs/training.md says."""
+"""The shipped config files (configs/*.yaml) load through the real parser, each checked against
+what it is for: the demo's file is what a run without data uses, the fine-tuning recipes start
+from a MiT checkpoint at depth 50, and the earlier version's recipe is what its paragraph in
+docs/training.md says."""
 
 from pathlib import Path
 
 import pytest
 
+import train_ddp
 from resnet3d import build_model, freeze
 from resnet3d.freeze import parameters_by_prefix
 from utils.config import TrainConfig, parse_config, parse_key_values
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+DEMO = "demo.yaml"
+RECIPES = [p for p in CONFIGS if p.name != DEMO]  # fine-tuning recipes for real data
 
 
 def test_there_are_recipes_and_what_they_freeze_or_unfreeze_is_in_their_model():
     """A mistyped layer in --freeze fails at start-up, in --unfreeze only at its epoch on the cluster."""
-    assert {p.name for p in CONFIGS} >= {"earlier_version.yaml", "finetune_8gpu.yaml"}
+    assert {p.name for p in CONFIGS} >= {"earlier_version.yaml", "finetune_8gpu.yaml", DEMO}
     named = 0
-    for path in CONFIGS:
+    for path in RECIPES:
         cfg, _ = parse_config(["--config", str(path)])
         prefixes = [p.strip() for p in cfg.freeze.split(",") if p.strip()] if cfg.freeze else []
         prefixes += list(parse_key_values(cfg.unfreeze, "--unfreeze", int, sep=":"))
@@ -27,11 +32,23 @@ def test_there_are_recipes_and_what_they_freeze_or_unfreeze_is_in_their_model():
     assert named >= 4  # the recipes do freeze and unfreeze (earlier: layer4.2 and the head trained)
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_every_shipped_config_loads_and_sets_only_known_options(path):
-    cfg, explicit = parse_config(["--config", str(path), "--videos", "v", "--annotations", "a.csv"])
-    assert isinstance(cfg, TrainConfig) and len(explicit) > 10
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_every_recipe_loads_and_fine_tunes_a_mit_checkpoint_at_depth_50(path):
+    cfg, sources = parse_config(["--config", str(path), "--videos", "v", "--annotations", "a.csv"])
+    assert isinstance(cfg, TrainConfig) and len(sources) > 10
     assert cfg.pretrained.endswith("_resnet3d50_segment16.pth.tar") and cfg.depth == 50
+    assert cfg.output_dir is None  # a recipe runs on data of yours: its output dir is yours too
+
+
+def test_the_demo_file_is_what_a_run_without_data_uses_and_needs_no_download():
+    path = CONFIGS[0].with_name(DEMO)
+    assert train_ddp.DEMO_CONFIG == path
+    cfg, sources = parse_config([], demo_config=path)
+    assert cfg.config == str(path) and len(sources) > 10
+    assert cfg.videos is None and cfg.cache is None and cfg.annotations is None  # the built-in clips
+    assert cfg.pretrained is None  # trains from scratch, offline
+    assert cfg.depth == 18 and cfg.width < TrainConfig().width  # small enough for CPUs
+    assert cfg.output_dir == "runs/demo"  # where the README's `mlflow ui` command looks
 
 
 def test_the_earlier_recipe_trains_only_layer4_2_and_the_head():

@@ -84,12 +84,17 @@ def entry_point(tokens: list[str]) -> tuple[str, list[str]] | None:
 
 
 def arguments(args: list[str]) -> list[str]:
-    """Documentation shorthand out: ``[--opt X]`` brackets and a trailing ``...``."""
+    """Documentation shorthand out: ``[--opt X]`` brackets and a trailing ``...``.  A ``--config``
+    file that a run writes (``runs/demo/config.yaml``) does not exist here: the demo's file, which
+    that run would have written, stands in for it."""
     out = []
     for token in args:
         if token in ("...", "[...]"):
             continue
-        out.append(token.strip("[]"))
+        token = token.strip("[]")
+        if out and out[-1] == "--config" and token.startswith("runs/") and not (REPO / token).exists():
+            token = "configs/demo.yaml"
+        out.append(token)
     return out
 
 

@@ -83,7 +83,7 @@ def test_torchrun_two_processes_end_to_end(tiny_demo, tmp_path, monkeypatch):
     again = res2.mlflow_run()
     assert again.info.status == "FINISHED" and len(again.outputs.model_outputs) == 1
     # continuing it with another objective is refused before anything trains (an old runs/demo
-    # under a newer demo preset would otherwise splice two experiments into one run)
+    # under a newer configs/demo.yaml would otherwise splice two experiments into one run)
     res3 = train(out, tiny_demo, nproc=2, ok=False, batch_size=4, epochs=3, task_weights="joint=3")
     refusal = "was trained on other input or with another objective (--task-weights '' -> joint=3); resume with"
     assert f"error: {ckdir}/" in res3.stdout and refusal in res3.stdout, res3.stdout[-4000:]
@@ -92,13 +92,13 @@ def test_torchrun_two_processes_end_to_end(tiny_demo, tmp_path, monkeypatch):
 
 
 def test_init_from_an_earlier_mlflow_run(tiny_demo, tmp_path):
-    """--init-from-run RUN_ID starts a new run from the earlier run's logged checkpoint."""
+    """--pretrained runs:/RUN_ID starts a new run from the earlier run's logged checkpoint."""
     db = tmp_path / "shared.db"
     common = dict(batch_size=4, tracking_uri=f"sqlite:///{db}")
     res = train(tmp_path / "first", tiny_demo, **common, max_steps=2, log_checkpoints=True)
     run = res.mlflow_run(db)
-    res2 = train(tmp_path / "second", tiny_demo, **common, max_steps=1, init_from_run=run.info.run_id)
+    res2 = train(tmp_path / "second", tiny_demo, **common, max_steps=1, pretrained=f"runs:/{run.info.run_id}")
     # max-steps 2 ends before the first epoch's validation: a final validation makes best.pt
     assert re.search(r"initial weights from \S+init_from_run\S+best\.pt", res2.stdout), res2.stdout[-3000:]
     _, runs = res2.mlflow_runs(db)
-    assert len(runs) == 2 and {r.data.params["init_from_run"] for r in runs} == {"", run.info.run_id}
+    assert len(runs) == 2 and {r.data.params["pretrained"] for r in runs} == {"", f"runs:/{run.info.run_id}"}

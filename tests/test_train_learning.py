@@ -1,7 +1,7 @@
 """The model really learns the demo labels, and arousal from motion.
 
 Small versions of benchmarks/demo_learning.py (docs/log/demo_learning.md); each run's own validation
-split measures it.  Two runs of the demo preset (ResNet3D-18 at width 32, trained from the demo's
+split measures it.  Two runs of the demo config (ResNet3D-18 at width 32, trained from the demo's
 frame cache, peak LR 7e-4, task weights joint 3x and communicating 2x) side by side, one
 single-thread process each: 320 clips of seed 0, 8 frames at 48 px, 8 epochs (120 steps), 83
 validation clips; the second on the same clips rendered without motion (``--demo-static``: each

@@ -201,7 +201,7 @@ def test_a_checkpoint_with_todays_keys_loads_for_resume_pretrained_evaluate_and_
     assert t.scheduler.last_epoch == 1
     assert checkpointer.state_dict().keys() >= saved.keys()  # what it writes has every key it read
 
-    # --pretrained (and --init-from-run): the weights
+    # --pretrained (a file, or runs:/RUN_ID): the weights
     model = build_model(depth=18, dropout=0.0)
     load_pretrained(model, path)
     assert all(torch.equal(v, saved["model"][k]) for k, v in model.state_dict().items())

@@ -1,6 +1,6 @@
 """--width in the real loop: the checkpoint records it, and resuming with another width is refused
 with a message (not a state-dict error deep in the load) -- e.g. an old width-64 demo run dir
-met by the width-32 demo preset."""
+met by the width-32 configs/demo.yaml."""
 
 import pytest
 from launch_helpers import train

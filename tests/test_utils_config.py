@@ -1,22 +1,37 @@
 import json
 import re
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
+import yaml
 
-from utils.config import TrainConfig, build_parser, load_config_file, parse_config, parse_key_values
+from utils.config import (
+    HELP_GROUPS,
+    TrainConfig,
+    build_parser,
+    changed_options,
+    default_output_dir,
+    learning_options_mismatch,
+    load_config_file,
+    parse_config,
+    parse_key_values,
+    write_config_file,
+)
+
+DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
 def test_defaults_and_flags():
-    cfg, explicit = parse_config(["--batch-size", "4", "--lr", "0.01", "--no-log-model", "--amp", "bf16"])
+    cfg, sources = parse_config(["--batch-size", "4", "--lr", "0.01", "--no-log-model", "--amp", "bf16"])
     assert cfg.batch_size == 4 and cfg.lr == 0.01 and cfg.log_model is False and cfg.amp == "bf16"
-    assert explicit == {"batch_size", "lr", "log_model", "amp"}
-    assert cfg.depth == TrainConfig().depth
+    assert sources == dict.fromkeys(("batch_size", "lr", "log_model", "amp"), "command line")
+    assert cfg.depth == TrainConfig().depth and cfg.config is None
 
 
-def test_flag_equal_to_default_still_counts_as_explicit():
-    _, explicit = parse_config(["--depth", "50"])
-    assert "depth" in explicit
+def test_flag_equal_to_default_still_counts_as_given():
+    _, sources = parse_config(["--depth", "50"])
+    assert sources["depth"] == "command line"
 
 
 def test_the_options_the_launch_scripts_pass_parse():
@@ -28,18 +43,18 @@ def test_the_options_the_launch_scripts_pass_parse():
     assert passed == ["--device", "--output-dir", "--resume", "--run-name", "--tracking-uri"], passed
     values = {"--device": "cpu", "--resume": "auto"}  # the values the scripts use where the parser has choices
     args = [a for flag in passed for a in (flag, values.get(flag, "x"))]
-    cfg, explicit = parse_config(args)
-    assert explicit == {"device", "output_dir", "resume", "run_name", "tracking_uri"}
+    cfg, sources = parse_config(args)
+    assert set(sources) == {"device", "output_dir", "resume", "run_name", "tracking_uri"}
     assert (cfg.device, cfg.resume, cfg.output_dir) == ("cpu", "auto", "x")
 
 
 def test_yaml_file_then_flags_override(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("batch-size: 3\nepochs: 7\nunfreeze: {layer4: 2, layer3: 4}\nfreeze: [conv1, bn1]\n")
-    cfg, explicit = parse_config(["--config", str(p), "--epochs", "9"])
-    assert cfg.batch_size == 3 and cfg.epochs == 9
+    cfg, sources = parse_config(["--config", str(p), "--epochs", "9"])
+    assert cfg.batch_size == 3 and cfg.epochs == 9 and cfg.config == str(p)
     assert cfg.unfreeze == "layer4:2,layer3:4" and cfg.freeze == "conv1,bn1"
-    assert {"batch_size", "epochs", "unfreeze", "freeze"} <= explicit
+    assert sources == {"batch_size": str(p), "unfreeze": str(p), "freeze": str(p), "epochs": "command line"}
 
 
 def test_json_file(tmp_path):
@@ -53,6 +68,11 @@ def test_unknown_key_in_file_is_named(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("batch_sise: 3\n")
     with pytest.raises(ValueError, match=r"c.yaml.*batch_sise"):
+        load_config_file(p)
+    with pytest.raises(ValueError, match=r"c.yaml.*batch_sise"):  # the demo's file too, through --config
+        parse_config(["--config", str(p)], demo_config=DEMO)
+    p.write_text("config: configs/demo.yaml\n")  # one file per run: a file cannot include another
+    with pytest.raises(ValueError, match=r"c.yaml: unknown option\(s\) \['config'\]"):
         load_config_file(p)
 
 
@@ -70,11 +90,21 @@ def test_parse_key_values():
         parse_key_values("location", "w")
 
 
-def test_help_renders(capsys):
+def test_help_renders_in_groups_and_every_option_is_in_one(capsys):
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args(["--help"])
     assert exc.value.code == 0
-    assert "--warmup-steps" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "--warmup-steps" in out and "configs/demo.yaml" in out.split("\n\n")[1]
+    titles = [line[:-1] for line in out.splitlines() if line and not line.startswith(" ") and line.endswith(":")]
+    assert titles == ["options", *HELP_GROUPS]
+    # every option in exactly one group, so none is missing from --help's groups
+    grouped = [name for names in HELP_GROUPS.values() for name in names]
+    assert sorted(grouped) == sorted(f.name for f in fields(TrainConfig) if f.name != "config")
+    # in its own group's section: --lr under optimisation, --demo-videos under demo
+    sections = dict(zip(titles, re.split(r"\n(?=\S[^\n]*:\n)", out.split("\n\n", 2)[2])))
+    assert "--lr LR" in sections["optimisation and schedule"] and "--demo-videos" in sections[titles[-1]]
+    assert "--lr LR" not in sections["data"]
 
 
 def test_comm_options_parse_and_bad_choice_is_refused(capsys):
@@ -119,3 +149,67 @@ def test_learning_options_mismatch_names_input_and_objective_changes():
     old = {k: v for k, v in TrainConfig().to_dict().items() if k != "task_weights"}
     assert learning_options_mismatch(old, TrainConfig()) is None
     assert "--task-weights '' -> joint=3" in learning_options_mismatch(old, TrainConfig(task_weights="joint=3"))
+
+
+def test_a_run_without_data_or_config_reads_the_demo_file():
+    cfg, sources = parse_config(["--epochs", "3"], demo_config=DEMO)
+    assert cfg.config == str(DEMO) and sources["depth"] == str(DEMO) and sources["epochs"] == "command line"
+    assert (cfg.depth, cfg.width, cfg.frames, cfg.size, cfg.output_dir) == (18, 32, 8, 48, "runs/demo")
+    assert cfg.epochs == 3  # an explicit flag wins over the file
+    assert "--width 32  (" + str(DEMO) + ")" in changed_options(cfg, sources)
+    assert "--epochs 3  (command line)" in changed_options(cfg, sources)
+
+
+@pytest.mark.parametrize("data", [["--videos", "v"], ["--cache", "c"]])
+def test_a_run_given_data_does_not_read_the_demo_file(data):
+    cfg, sources = parse_config([*data, "--annotations", "a.csv"], demo_config=DEMO)
+    assert cfg.config is None and cfg.depth == TrainConfig().depth and cfg.output_dir is None
+    assert set(sources) == {data[0][2:], "annotations"}
+
+
+def test_an_edited_copy_of_the_demo_file_takes_effect_and_flags_still_win(tmp_path):
+    copy = tmp_path / "my_demo.yaml"
+    copy.write_text(DEMO.read_text().replace("depth: 18", "depth: 34").replace("lr: 7.0e-4", "lr: 1.0e-3"))
+    cfg, sources = parse_config(["--config", str(copy), "--lr", "0.002"], demo_config=DEMO)
+    assert cfg.config == str(copy) and cfg.depth == 34 and sources["depth"] == str(copy)
+    assert cfg.lr == 0.002 and sources["lr"] == "command line"
+    assert cfg.width == 32  # the rest of the copy as the demo has it
+    assert cfg.videos is None and cfg.cache is None  # still the demo: the copy names no data
+
+
+def test_the_saved_config_reads_back_as_the_same_run(tmp_path):
+    cfg, _ = parse_config(
+        ["--amp", "off", "--task-weights", "", "--unfreeze", "layer4:2", "--lr", "1e-5", "--no-plots"], demo_config=DEMO
+    )
+    cfg.output_dir = str(tmp_path / "run")
+    write_config_file(cfg, tmp_path / "config.yaml")
+    text = (tmp_path / "config.yaml").read_text()
+    assert text.startswith("# The resolved configuration of the run in " + str(tmp_path / "run"))
+    assert "output_dir" not in yaml.safe_load(text) and "config" not in yaml.safe_load(text)
+    again, sources = parse_config(["--config", str(tmp_path / "config.yaml")], demo_config=DEMO)
+    assert sources.keys() == set(TrainConfig().to_dict()) - {"config", "output_dir"}  # every option, from the file
+    for name in sources:
+        assert getattr(again, name) == getattr(cfg, name), name
+    assert again.output_dir is None  # a repeat writes a new directory unless given one
+
+
+def test_the_default_output_dir_of_a_real_data_run_is_new_and_named_after_the_run():
+    now = 1_800_000_000.0
+    stamp = default_output_dir(None, now)
+    assert re.fullmatch(r"runs/\d{8}-\d{6}", stamp)
+    assert default_output_dir("lr sweep/3", now) == "runs/lr_sweep_3-" + stamp[len("runs/") :]
+
+
+def test_the_demo_file_holds_the_settings_of_the_preset_it_replaced_so_old_demo_runs_resume():
+    # the demo's settings as train_ddp.py's DEMO_PRESET set them, which runs/demo checkpoints hold
+    preset = {
+        **dict(depth=18, width=32, frames=8, size=48, batch_size=16, epochs=18, lr=7e-4, weight_decay=0.01),
+        **dict(dropout=0.2, num_workers=2, checkpoint_every=0, val_every=1, patience=0, warmup_steps=20),
+        **dict(task_weights="joint=3,communicating=2", output_dir="runs/demo"),
+    }
+    cfg, sources = parse_config([], demo_config=DEMO)
+    assert set(sources) == set(preset)
+    assert {**cfg.to_dict(), "config": None} == TrainConfig(**preset).to_dict()
+    old = {**TrainConfig(**preset).to_dict(), "demo_cache": True}  # what such a checkpoint's config holds
+    del old["config"]
+    assert learning_options_mismatch(old, cfg) is None

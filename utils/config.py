@@ -1,8 +1,11 @@
 """The one training configuration: a dataclass filled by argparse, optionally from a YAML/JSON file.
 
 Precedence: dataclass defaults < ``--config FILE`` < command-line flags.  Every field is a flag
-(``batch_size`` -> ``--batch-size``); booleans also get ``--no-<name>``.  The whole config is
-printed once, stored in every checkpoint and logged to MLflow.
+(``batch_size`` -> ``--batch-size``); booleans also get ``--no-<name>``.  The demo is a config file
+too (configs/demo.yaml, chosen when a run names no data and no file).  The options that differ
+from the defaults are printed with where each was set; the whole config, with the file it came
+from, is stored in every checkpoint and logged to MLflow, and every run writes it to
+OUTPUT_DIR/config.yaml, which ``--config`` reads back to repeat the run.
 """
 
 from __future__ import annotations
@@ -11,11 +14,13 @@ import argparse
 import dataclasses
 import difflib
 import json
+import time
 import types
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from .atomic import atomic_write_text
 from .cli import CommandLineParser
 
 
@@ -25,6 +30,11 @@ def _f(default: Any, help: str, choices: tuple | None = None) -> Any:
 
 @dataclass
 class TrainConfig:
+    config: str | None = _f(
+        None,
+        "YAML or JSON file of options (flags override it); a run given no --videos, --cache or "
+        "--config reads configs/demo.yaml, the demo's",
+    )
     # --- data ---------------------------------------------------------------------------------
     videos: str | None = _f(
         None, "video root (searched recursively for the table's video_name); unset = the built-in demo dataset"
@@ -36,11 +46,6 @@ class TrainConfig:
     demo_dir: str = _f(".cache/demo", "where the demo dataset is generated when --videos is unset")
     demo_videos: int = _f(600, "number of demo clips to generate")
     demo_static: bool = _f(False, "demo clips show their first frame throughout (same labels): the no-motion control")
-    demo_cache: bool = _f(
-        True,
-        "train the demo from a raw frame cache of its clips (DEMO_DIR/frame_cache_*, built once in seconds) "
-        "instead of decoding them every epoch: 1.16-1.28x the clips/s on 2 CPU cores",
-    )
     split: str = _f(
         "hash",
         "train/val split: hash (stable hash of video_name), column (a `split` "
@@ -72,10 +77,9 @@ class TrainConfig:
         "network that pretrained weights fit; the demo uses 32 (2.9x fewer FLOPs)",
     )
     pretrained: str | None = _f(
-        None, "initial weights: MiT .pth.tar, earlier Lightning .ckpt, or one of this project's checkpoints"
-    )
-    init_from_run: str | None = _f(
-        None, "initialise from the best (else last) checkpoint of an earlier MLflow run, by run id"
+        None,
+        "initial weights: MiT .pth.tar, earlier Lightning .ckpt, one of this project's checkpoints, or "
+        "runs:/RUN_ID, the best (else last) checkpoint an earlier MLflow run logged",
     )
     tasks: str = _f(
         "all",
@@ -141,7 +145,11 @@ class TrainConfig:
     early_stop_mode: str = _f("max", "whether larger or smaller is better", ("max", "min"))
     patience: int = _f(5, "stop after this many validations without improvement (0 = never)")
     # --- checkpoints / resume -------------------------------------------------------------------
-    output_dir: str = _f("runs/demo", "output directory (checkpoints, reports, default MLflow store)")
+    output_dir: str | None = _f(
+        None,
+        "output directory (checkpoints, reports, config.yaml, the default MLflow store); unset: a new "
+        "runs/<run-name>-<date>-<time> (runs/<date>-<time> without --run-name); configs/demo.yaml sets runs/demo",
+    )
     checkpoint_every: int = _f(500, "write a checkpoint every N optimizer steps (0 = epoch ends only)")
     keep_last: int = _f(3, "keep the newest N step checkpoints")
     resume: str = _f("auto", "auto (newest valid checkpoint in --output-dir, if any), none, or a PATH")
@@ -255,7 +263,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(text) or {}
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping of option: value")
-    known = {f.name for f in fields(TrainConfig)}
+    known = {f.name for f in fields(TrainConfig)} - {"config"}  # one file per run: no includes
     out: dict[str, Any] = {}
     unknown = []
     for key, value in data.items():
@@ -269,51 +277,128 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return out
 
 
+# ``--help`` lists the options in these groups, in this order; every option is in exactly one
+# (--config stands above them).
+HELP_GROUPS: dict[str, tuple[str, ...]] = {
+    "data": (
+        *("videos", "annotations", "cache", "num_workers", "prefetch_factor"),
+        *("split", "val_fraction", "test_fraction", "frames", "size"),
+        *("bad_video", "partial_videos", "max_video_seconds", "max_video_pixels"),
+    ),
+    "model and weights": (
+        *("depth", "width", "pretrained", "dropout", "bn"),
+        *("freeze", "unfreeze", "unfreeze_low_lr_factor", "unfreeze_low_lr_epochs"),
+    ),
+    "tasks and loss": ("tasks", "task_weights", "include_confidence", "alpha", "beta"),
+    "optimisation and schedule": (
+        *("epochs", "max_steps", "batch_size", "accum_steps", "optimizer", "lr", "weight_decay", "momentum"),
+        *("schedule", "warmup_steps", "min_lr_ratio", "restart_epochs", "restart_mult", "clip_grad", "seed"),
+        *("nonfinite", "max_nonfinite_skips"),
+    ),
+    "precision and speed": ("amp", "channels_last", "compile", "cudnn_benchmark", "deterministic"),
+    "checkpoints and resume": ("output_dir", "checkpoint_every", "keep_last", "resume", "allow_world_size_change"),
+    "validation and early stopping": ("val_every", "early_stop_metric", "early_stop_mode", "patience"),
+    "logging and MLflow": (
+        *("tracking_uri", "experiment", "run_name", "log_every", "log_model", "log_checkpoints"),
+        *("plots", "system_metrics", "progress"),
+    ),
+    "distributed and launch": (
+        *("device", "dist_timeout", "grad_compression", "ddp_bucket_mb", "gradient_as_bucket_view"),
+    ),
+    "demo (no --videos/--cache: built-in clips, configs/demo.yaml)": ("demo_dir", "demo_videos", "demo_static"),
+}
+
+
 def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
-    """The flags; with ``suppress_defaults`` only options given on the command line appear."""
-    parser = CommandLineParser(description="Multi-task ResNet3D training with torchrun DDP (no arguments = the demo).")
-    parser.add_argument("--config", default=None, help="YAML or JSON file of options (flags override it)")
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        tp = _base_type(_FIELD_TYPES[f.name])
-        default = argparse.SUPPRESS if suppress_defaults else f.default
-        kwargs: dict[str, Any] = {"default": default, "help": f.metadata["help"].replace("%", "%%"), "dest": f.name}
-        if tp is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs["type"] = tp
-            if f.metadata.get("choices"):
-                kwargs["choices"] = f.metadata["choices"]
-        parser.add_argument(flag, **kwargs)
+    """The flags, in HELP_GROUPS; with ``suppress_defaults`` only options given on the command line appear."""
+    parser = CommandLineParser(
+        usage="%(prog)s [options]",  # the groups below list them; a full usage would repeat every one
+        description="Multi-task ResNet3D training with torchrun DDP.  No --videos, --cache or --config: the demo, "
+        "with the settings of configs/demo.yaml.",
+    )
+    by_name = {f.name: f for f in fields(TrainConfig)}
+    groups = [(None, ("config",))] + [(parser.add_argument_group(t), names) for t, names in HELP_GROUPS.items()]
+    for group, names in groups:
+        for name in names:
+            f = by_name[name]
+            tp = _base_type(_FIELD_TYPES[name])
+            default = argparse.SUPPRESS if suppress_defaults else f.default
+            kwargs: dict[str, Any] = {"default": default, "help": f.metadata["help"].replace("%", "%%"), "dest": name}
+            if tp is bool:
+                kwargs["action"] = argparse.BooleanOptionalAction
+            else:
+                kwargs["type"] = tp
+                if f.metadata.get("choices"):
+                    kwargs["choices"] = f.metadata["choices"]
+            (group or parser).add_argument("--" + name.replace("_", "-"), **kwargs)
     return parser
 
 
-def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, set[str]]:
-    """Parse flags (and ``--config``); returns the config and the names the user set explicitly."""
+def parse_config(
+    argv: list[str] | None = None, demo_config: str | Path | None = None
+) -> tuple[TrainConfig, dict[str, str]]:
+    """Parse flags over ``--config FILE`` over the defaults.  With no --config and neither --videos
+    nor --cache on the command line, ``demo_config`` (if given) is the file: the demo's settings
+    are a file a user can open, not values hidden in code.
+
+    Returns the config (``cfg.config`` names the file used) and, for every option set by the file
+    or a flag, where it came from ("command line" or the file's path)."""
     parser = build_parser()
-    pre, _ = parser.parse_known_args(argv)
-    file_values: dict[str, Any] = {}
-    if pre.config:
-        file_values = load_config_file(pre.config)
-        parser.set_defaults(**file_values)
+    parser.parse_known_args(argv)  # --help and bad flags are reported with the real defaults
+    given = vars(build_parser(suppress_defaults=True).parse_known_args(argv)[0])
+    path = given.get("config")
+    if path is None and demo_config is not None and given.get("videos") is None and given.get("cache") is None:
+        path = str(demo_config)
+    file_values = load_config_file(path) if path else {}
+    parser.set_defaults(**file_values, config=path)
     args = parser.parse_args(argv)
-    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
-    # Which options did the user choose (file or flag)?  The demo preset only fills the others.
-    given, _ = build_parser(suppress_defaults=True).parse_known_args(argv)
-    explicit = set(file_values) | (set(vars(given)) - {"config"})
-    return TrainConfig(**values), explicit
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    sources = {name: str(path) for name in file_values}
+    sources.update({name: "command line" for name in given if name != "config"})
+    return cfg, sources
 
 
-def changed_options(cfg: TrainConfig, preset: set[str] = frozenset()) -> list[str]:
-    """``--flag value`` for every option that differs from its default (``preset``: names a preset
-    set rather than the user, marked so)."""
+def changed_options(cfg: TrainConfig, sources: dict[str, str] | None = None) -> list[str]:
+    """``--flag value`` for every option that differs from its default, each followed by where it
+    was set (``sources``: option -> the config file or "command line")."""
     lines = []
     for f in fields(TrainConfig):
         value = getattr(cfg, f.name)
-        if value != f.default:
-            note = "  (demo preset)" if f.name in preset else ""
-            lines.append(f"--{f.name.replace('_', '-')} {value}{note}")
+        if value != f.default and f.name != "config":
+            source = (sources or {}).get(f.name)
+            lines.append(f"--{f.name.replace('_', '-')} {value}" + (f"  ({source})" if source else ""))
     return lines
+
+
+def default_output_dir(run_name: str | None, now: float | None = None) -> str:
+    """A new directory for a run that names none: runs/<run-name>-<date>-<time>.  A fresh one per
+    launch, so a real-data run never continues another experiment's checkpoints by accident
+    (continue one by passing its --output-dir)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    if not run_name:
+        return f"runs/{stamp}"
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_name)
+    return f"runs/{safe}-{stamp}"
+
+
+# Left out of a run's saved config.yaml: which file it came from (the file itself is the record)
+# and where it wrote (a repeat that named the same directory would continue the run, not repeat it).
+NOT_REPEATED = ("config", "output_dir")
+
+
+def write_config_file(cfg: TrainConfig, path: str | Path) -> None:
+    """The resolved configuration as YAML that ``--config`` reads back: every option, so the file
+    repeats the run even after a default changes."""
+    import yaml
+
+    values = {k: v for k, v in cfg.to_dict().items() if k not in NOT_REPEATED}
+    header = (
+        f"# The resolved configuration of the run in {cfg.output_dir} (from {cfg.config or 'the defaults'}"
+        " and the command line).\n"
+        f"# Repeat it: train_ddp.py --config {Path(path)} (a new output dir unless you pass --output-dir).\n"
+    )
+    text = header + yaml.safe_dump(values, sort_keys=False, default_flow_style=False)
+    atomic_write_text(path, text)
 
 
 def flatten_for_logging(cfg: TrainConfig) -> dict[str, str]:
@@ -345,9 +430,9 @@ COMM_OPTIONS = ("grad_compression", "ddp_bucket_mb", "gradient_as_bucket_view")
 # Options that decide what a run learns: which clips train and validate, what the model sees of
 # them, and its objective.  Resumed under others, one checkpoint and one MLflow run would mix two
 # experiments (or train on clips it validated on) -- e.g. an old runs/demo continued under a newer
-# demo preset.  Epochs, max steps, patience and the like may change: they say how long, not what.
+# configs/demo.yaml.  Epochs, max steps, patience and the like may change: they say how long, not what.
 LEARNING_OPTIONS = (
-    *("split", "val_fraction", "test_fraction", "demo_videos", "demo_static", "demo_cache", "frames", "size"),
+    *("split", "val_fraction", "test_fraction", "demo_videos", "demo_static", "frames", "size"),
     *("tasks", "task_weights", "include_confidence", "alpha", "beta"),
 )
 
@@ -384,7 +469,7 @@ def learning_options_mismatch(saved_config: dict[str, Any], cfg: TrainConfig) ->
     if changed := _changed_on_resume(saved_config, cfg, LEARNING_OPTIONS):
         return (
             "was trained on other input or with another objective (" + ", ".join(changed) + "); resume "
-            "with the options it was trained with, or start a new --output-dir (--init-from-run "
+            "with the options it was trained with, or start a new --output-dir (--pretrained runs:/RUN_ID "
             "starts a new run from its weights)"
         )
     return None
