@@ -84,6 +84,18 @@ def test_isolated_crash_and_timeout_cost_one_row(tmp_path):
     assert bench.run_isolated([sys.executable, "-c", ok, out], timeout=60) == ({"clips_per_s": 1.0}, None)
 
 
+def test_the_parent_turns_each_isolated_process_into_a_row(tmp_path):
+    """The GPU path on a CPU: a process per row, its figures in the row; a hang is a TIMEOUT row."""
+    out = tmp_path / "rows.jsonl"
+    common = ["--tiny", "--isolate", "on", "--steps", "1", "--no-conv-check", "--json", str(out)]
+    assert bench.main([*common, "--variants", "fp32+cl"]) == 0
+    _, rows = read_rows(out)
+    assert rows["fp32+cl"]["status"] == "OK" and rows["fp32+cl"]["clips_per_s"] > 0
+    assert bench.main([*common, "--variants", "fp32", "--variant-timeout", "1"]) == 0
+    _, rows = read_rows(out)
+    assert rows["fp32"]["status"] == "TIMEOUT" and rows["fp32"]["error"] == "TIMEOUT after 1 s"
+
+
 def test_rows_past_the_time_budget_are_skipped_and_still_written(tmp_path, capsys):
     out = tmp_path / "rows.jsonl"
     assert bench.main(["--tiny", "--variants", "fp32,bf16+cl", "--time-budget", "1", "--json", str(out)]) == 0
