@@ -136,6 +136,17 @@ def test_the_benchmark_has_no_step_of_its_own():
     assert bench.train_ddp.train_step is train_ddp.train_step
 
 
+def test_the_fastest_rows_flags_are_train_ddp_options_that_run_it():
+    from utils.config import parse_config
+
+    for spec, expected in (
+        ("fp32", dict(amp="off", channels_last="off", cudnn_benchmark=False, compile=False)),
+        ("bf16+cl+bench+compile", dict(amp="bf16", channels_last="on", cudnn_benchmark=True, compile=True)),
+    ):
+        cfg, _ = parse_config(bench.train_ddp_flags(asdict(bench.parse_variant(spec))).split())
+        assert {k: getattr(cfg, k) for k in expected} == expected, spec
+
+
 def test_synthetic_targets_cover_every_output_with_missing_values():
     targets = bench.synthetic_targets(200, "all", seed=0)
     assert set(targets) == set(output_sizes("all"))
