@@ -219,10 +219,10 @@ def worker_rate(dataset, collate, batch_size: int, min_time: float) -> dict:
 def loop_step_rate(
     device: torch.device, batch_size: int, frames: int, size: int, steps: int = 10, depth: int = 50
 ) -> float:
-    """Training clips/s of train_ddp.py's own step (via benchmarks/train_throughput.py) for
+    """Training clips/s of train_ddp.py's own step (via benchmarks/train_step.py) for
     ResNet3D-``depth`` on synthetic clips: bf16 autocast + channels_last_3d + cudnn.benchmark on
     CUDA (train_ddp's GPU defaults), fp32 elsewhere."""
-    from benchmarks.train_throughput import Settings, Variant, step_rate
+    from benchmarks.train_step import Settings, Variant, step_rate
 
     cuda = device.type == "cuda"
     variant = Variant(dtype="bf16", channels_last=True, cudnn_benchmark=True) if cuda else Variant()

@@ -7,7 +7,7 @@ the input and the weight's input channels with zeros before convolving: every ex
 is zero, so it computes the same function (up to summation order) with a shape such kernels
 handle.  Its weight stays the (out, 3, 7, 7, 7) ``conv1.weight``: state dicts, MiT checkpoints
 and the optimizer see the plain stem.  Off by default (``build_model(stem_channels=3)``) until
-a GPU measurement shows it helps (benchmarks/train_throughput.py, variants ``pad4``/``pad8``).
+a GPU measurement shows it helps (benchmarks/train_step.py, variants ``pad4``/``pad8``).
 """
 
 from __future__ import annotations

@@ -79,7 +79,7 @@ class HostReads(TorchDispatchMode):
 
 # ---- real steps under DDP (gloo), counted -----------------------------------------------------------
 def _batch(seed: int, frames: int, size: int) -> dict:
-    from benchmarks.throughput_inputs import synthetic_targets
+    from benchmarks.train_step import synthetic_targets
 
     g = torch.Generator().manual_seed(seed)
     targets = synthetic_targets(2, "all", seed)

@@ -91,18 +91,16 @@ def test_seek_per_frame_returns_the_one_pass_frames(tmp_path):
 def test_step_rate_function_measures_the_loops_gpu_step_and_fp32_on_cpu(monkeypatch):
     """The GPU comparison's step rate is train_ddp.py's GPU step (bf16 autocast, channels_last_3d,
     cudnn.benchmark) at the asked size; elsewhere plain fp32.  The timed step itself is
-    benchmarks/train_throughput.py's (tests/test_train_throughput_step.py ties it to the loop)."""
-    from benchmarks import train_throughput
+    benchmarks/train_step.py's (tests/test_train_step_benchmark_loop.py ties it to the loop)."""
+    from benchmarks import train_step
 
     asked = []
-    monkeypatch.setattr(
-        train_throughput, "step_rate", lambda variant, s, steps: asked.append((variant, s, steps)) or 7.5
-    )
+    monkeypatch.setattr(train_step, "step_rate", lambda variant, s, steps: asked.append((variant, s, steps)) or 7.5)
     for device in ("cuda", "cpu"):
         assert bench.loop_step_rate(torch.device(device), batch_size=2, frames=4, size=32, steps=3, depth=18) == 7.5
     (gpu, gpu_settings, steps), (cpu, cpu_settings, _) = asked
     assert (gpu.dtype, gpu.channels_last, gpu.cudnn_benchmark, steps) == ("bf16", True, True, 3)
-    assert cpu == train_throughput.Variant() and cpu.dtype == "fp32"
+    assert cpu == train_step.Variant() and cpu.dtype == "fp32"
     size = (gpu_settings.depth, gpu_settings.frames, gpu_settings.size, gpu_settings.batch_size)
     assert size == (18, 4, 32, 2) and (gpu_settings.device, cpu_settings.device) == ("cuda", "cpu")
 

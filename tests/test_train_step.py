@@ -13,7 +13,7 @@ import torch
 import evaluate
 import predict
 import train_ddp
-from benchmarks.throughput_inputs import synthetic_targets
+from benchmarks.train_step import synthetic_targets
 from resnet3d import UnfreezeSchedule, build_model, load_pretrained
 from utils.checkpoint import CheckpointManager
 from utils.config import TrainConfig

@@ -1,4 +1,4 @@
-"""The throughput benchmark times train_ddp.py's own step: one step through the benchmark and
+"""benchmarks/train_step.py times train_ddp.py's own step: one step through the benchmark and
 one through the real loop, from the same weights and the same batch, end bitwise equal."""
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 from launch_helpers import train
 
 import train_ddp
-from benchmarks.train_throughput import Settings, Variant, bench_step, build_state
+from benchmarks.train_step import Settings, Variant, bench_step, build_state
 from utils.config import TrainConfig
 from utils.distributed import DistInfo
 from utils.tasks import parse_tasks
