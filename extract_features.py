@@ -25,7 +25,7 @@ Every video is extracted exactly once whatever the number of processes; a video 
 read keeps its row (status ``error``, NaN features).  A rerun of the same command continues an
 interrupted extraction (see analysis/features/store.py); a rerun on a complete one does nothing.
 
-Outputs in --output (the format ``align_features.py`` reads; README "Feature extraction"):
+Outputs in --output (the format ``align_features.py`` reads; docs/features.md):
     features.json   manifest: format_version, complete, num_videos, layers {name: file, shape,
                     dtype, axes, ...}, pool, frames, size, views, checkpoint, project_dim, versions, ...
     index.csv       row, video_name, path, status (ok | error | pending), error

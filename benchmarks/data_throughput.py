@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Data throughput, side by side in one run on the same clips: mp4 on the fly, the frame cache,
-and the earlier version's float32 ``.pt`` clips.
+and the earlier Lightning version's float32 ``.pt`` clips.
 
     python -m benchmarks.data_throughput                    # 32 generated 3 s clips (~2-4 min on 2 cores)
     python -m benchmarks.data_throughput --clips 64 --max-workers 16 --json data.json
@@ -155,7 +155,7 @@ def earlier_prepare(path: str, out_path: Path, num_frames: int, size: int) -> No
 
 
 class EarlierPtClips(torch.utils.data.Dataset):
-    """The earlier version's reader of its ``.pt`` clips, for the comparison only: load the
+    """The earlier Lightning version's reader of its ``.pt`` clips, for the comparison only: load the
     normalized float32 (3, T, size, size) clip, flip it in training (its only augmentation)."""
 
     def __init__(self, names: list[str], pt_dir: Path, seed: int = 0):

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""The scaling model of README "Scaling out", on paper: data-parallel ResNet3D-50 (16 x 224^2)
+"""The scaling model of docs/launching.md, on paper: data-parallel ResNet3D-50 (16 x 224^2)
 on 8 / 16 / 64 / 256 GPUs, 8 GPUs per node.  Nothing here is measured; every input is an
 assumption printed with the tables and settable by flag.
 
-    python -m benchmarks.scaling_model                       # the README's tables
+    python -m benchmarks.scaling_model                       # the tables in docs/launching.md
     python -m benchmarks.scaling_model --clips-per-s 400 --nics-per-node 8
 
 The model (alpha-beta, ring all-reduce, as NCCL's ring algorithm does it):

@@ -479,7 +479,7 @@ def load_annotation_table(
 # --------------------------------------------------------------------------- targets
 
 _PEOPLECOUNT_INDEX = {name: i for i, name in enumerate(PEOPLECOUNT_CLASSES)}
-_LOCATION_VALUE = {"Indoor": 0.0, "Outdoor": 1.0}  # the earlier version's encoding
+_LOCATION_VALUE = {"Indoor": 0.0, "Outdoor": 1.0}  # the earlier Lightning version's encoding
 
 
 def build_targets(df: pd.DataFrame, tasks: str | Iterable[str] | None = "all") -> dict[str, np.ndarray]:

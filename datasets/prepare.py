@@ -30,7 +30,7 @@ decode, unless ``--partial-videos skip``); ``skipped`` (over ``--max-video-secon
 stored file apart: a header frame count that is wrong, a variable frame rate, a rotation, a
 reduced decoding size.
 
-``--from-pt`` converts the earlier version's float32 [3, T, H, W] ImageNet-normalized
+``--from-pt`` converts the earlier Lightning version's float32 [3, T, H, W] ImageNet-normalized
 clips: de-normalize, round, clamp to uint8.  These keep their own frames and size (usually
 16 frames at 224: no room for crops around 224, so training crops inside the 224 square).
 """
@@ -136,7 +136,7 @@ def legacy_pt_clip(path: str, params: CacheParams | None = None) -> tuple[np.nda
             f"clip is {t}x{h}x{w}, the other clips of this cache are "
             f"{params.frames}x{params.stored_size}x{params.stored_size}"
         )
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1)  # the earlier version normalized with these
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1)  # the earlier Lightning version normalized with these
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
     values = (video.float() * std + mean) * 255
     worst = max(float(-values.min()), float(values.max()) - 255, 0.0)
@@ -515,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--videos", help="video root, searched recursively for the table's video_name")
-    source.add_argument("--from-pt", help="directory of the earlier version's float32 .pt clips to convert")
+    source.add_argument("--from-pt", help="directory of the earlier Lightning version's float32 .pt clips to convert")
     parser.add_argument("--annotations", required=True, help="CSV with a video_name column (the annotation table)")
     parser.add_argument("--out", required=True, help="cache directory (created; an existing one is resumed)")
     parser.add_argument(

@@ -10,7 +10,7 @@ Three ways, chosen by :func:`assign_splits` (``method``):
   added.
 * ``"column"``: the table says; a ``split`` column with ``train``/``val``/``test`` (case and
   surrounding spaces ignored); anything else is an error naming the rows.
-* ``"random42"``: the earlier version's 90/10 train/val split, reproduced exactly. It called
+* ``"random42"``: the earlier Lightning version's 90/10 train/val split, reproduced exactly. It called
   ``torch.utils.data.random_split(dataset, [int(0.9 * n), n - int(0.9 * n)],
   generator=torch.Generator().manual_seed(42))`` on the whole table in CSV row order, i.e.
   train = the first ``int(0.9 * n)`` entries of ``torch.randperm(n, generator)``, val = the

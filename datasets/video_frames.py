@@ -6,9 +6,10 @@ frames whose short side is more than ``DOWNSCALE_MARGIN`` times that are resized
 right after conversion, one at a time, with the pipeline's own antialiased bilinear resize; the
 caller's resize then does the rest.  Conversion itself stays unscaled: swscale's unscaled
 YUV -> RGB path is several times faster than its scaling one, and scaling in swscale (area
-averaging) made 720p clips slower to prepare than not scaling at all (measured; see README,
-Performance).  Everything up to twice the target, i.e. every Moments in Time size (short side
-240-360), is left as it is, so those clips give exactly the frames they gave before.
+averaging) makes 720p clips slower to prepare than not scaling at all
+(`benchmarks/data_throughput.py --hd`, docs/performance.md).  Everything up to twice the target,
+i.e. every Moments in Time size (short side 240-360), is left as it is, so those clips give
+exactly the frames they gave before.
 
 Orientation.  Phone footage is stored sideways with a display matrix (side data) saying how
 to turn it; players apply it, the decoder does not.  Frames are turned and mirrored here the
@@ -92,8 +93,8 @@ class FrameConverter:
     def __init__(self, short_side: int | None, max_pixels: int) -> None:
         self.short_side, self.max_pixels = short_side, max_pixels
         # One reformatter per clip and threads=1: ``frame.to_ndarray(format=...)`` builds a new
-        # swscale context with its own thread pool for every frame, which measured ~50x slower
-        # than the conversion itself (1.6 ms vs 0.03 ms per 340x256 frame).
+        # swscale context with its own thread pool for every frame, which costs many times more
+        # than the conversion itself.
         self.reformatter = VideoReformatter()
         self.size: tuple[int, int] | None = None  # (width, height) the frames are converted at
         self.source: tuple[int, int] | None = None  # (width, height) of the first kept frame

@@ -1,4 +1,4 @@
-"""The masked, confidence-aware multi-task loss of the earlier version, made explicit.
+"""The masked, confidence-aware multi-task loss of the earlier Lightning version, made explicit.
 
 Per task t, a *task loss* is computed for every sample whose target is valid:
 
@@ -25,8 +25,8 @@ of valid samples, and::
       total = sum_t  weight_t * sums[t] / denom_t        denom_t = denominators[t] or counts[t]
 
 So with ``include_confidence`` the score term is sum(conf * se) / n_valid (not a
-confidence-weighted mean), exactly like the earlier version. The confidence-prediction
-term is averaged over the same valid samples (the earlier version averaged it over the whole
+confidence-weighted mean), exactly like the earlier Lightning version. The confidence-prediction
+term is averaged over the same valid samples (the earlier Lightning version averaged it over the whole
 batch and only added it when ``include_confidence`` was on; here ``alpha=0`` turns it off).
 A task with no valid target, or with ``denom_t == 0``, adds exactly 0 (no NaN, zero
 gradients).
@@ -35,7 +35,7 @@ Why ``denominators``: under DDP each rank sees a different number of valid targe
 all-reduces ``counts`` and passes ``global_count / world_size``; DDP then averages gradients
 over ranks, which gives the gradient of one process on the union batch.
 
-Default task weights are the earlier version's scaling (score features 1.0, location
+Default task weights are the earlier Lightning version's scaling (score features 1.0, location
 0.02/0.2 = 0.1, peoplecount 0.02/0.5 = 0.04): see :data:`DEFAULT_TASK_WEIGHTS`.
 """
 
@@ -89,7 +89,7 @@ class MultiTaskLoss(nn.Module):
         alpha: weight of the confidence-prediction term (score tasks and location); 1.0 default.
         beta: weight of the ``peoplecount_certain`` BCE term; 1.0 default.
         task_weights: overrides of :data:`DEFAULT_TASK_WEIGHTS` (1.0 per score feature,
-            0.1 location, 0.04 peoplecount, the earlier version's scaling).
+            0.1 location, 0.04 peoplecount, the earlier Lightning version's scaling).
     """
 
     def __init__(

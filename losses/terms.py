@@ -57,7 +57,7 @@ def location_terms(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Location: ``w * BCEWithLogits(l, y) + alpha * (sigmoid(c) - conf)^2`` where y is valid.
 
-    y = 1 for Outdoor, 0 for Indoor; ``w`` as in :func:`score_terms` (the earlier version
+    y = 1 for Outdoor, 0 for Indoor; ``w`` as in :func:`score_terms` (the earlier Lightning version
     also weighted the location term by the annotated confidence).
     """
     valid = ~torch.isnan(location)

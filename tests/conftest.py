@@ -4,8 +4,8 @@ import inspect
 import os
 import re
 
-# OpenMP threads that busy-wait make CPU ops 50-70x slower when another process shares the
-# cores (measured on the 2-core CI machine); must be set before torch is imported.
+# OpenMP threads that busy-wait make CPU ops many times slower when another process shares the
+# cores; must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402

@@ -1,6 +1,6 @@
 """The shipped config files (configs/*.yaml) load through the real parser, each checked against
 what it is for: the demo's file is what a run without data uses, the fine-tuning recipes start
-from a MiT checkpoint at depth 50, and the earlier version's recipe is what its paragraph in
+from a MiT checkpoint at depth 50, and the earlier Lightning version's recipe is what its paragraph in
 docs/training.md says."""
 
 from pathlib import Path

@@ -283,7 +283,7 @@ def test_a_second_prepare_on_the_same_cache_is_refused(videos, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# migration of the earlier version's float32 .pt clips
+# migration of the earlier Lightning version's float32 .pt clips
 # ------------------------------------------------------------------------------------------------
 MEAN = torch.tensor((0.485, 0.456, 0.406)).view(3, 1, 1, 1)
 STD = torch.tensor((0.229, 0.224, 0.225)).view(3, 1, 1, 1)

@@ -2,12 +2,10 @@
 without gradient accumulation (fixed data order, dropout 0, BatchNorm on running statistics,
 since per-rank batch statistics legitimately differ).  SGD, whose update is linear in the
 gradient, compares the gradients themselves; Adam would amplify float-summation noise in
-near-zero gradients into lr-sized differences.  No gradient clipping: with the default
---clip-grad 1.0 every step here was clipped, and 2 ranks whose all-reduced gradients were 2x too
-large (a hook that summed instead of averaging) matched 1 process x 2b to 6e-8 -- a wrong
-gradient scale was invisible.  Without clipping, at TINY's width 16, twice the lr (the step a
-summing hook gives SGD) differs by 0.34 and the correct runs by 6e-8 and 3e-8 (the bound is 2e-5;
-at width 64 a summing hook measured 0.062, the correct runs 6e-8), on the 2-core dev machine."""
+near-zero gradients into lr-sized differences.  No gradient clipping: a clipped step hides a
+gradient that is 2x too large (a hook that sums instead of averaging).  The bound, 2e-5, lies
+orders of magnitude above the correct runs' float noise and below a summing hook's error
+(docs/log/test_bounds.md has the figures)."""
 
 import pytest
 import torch

@@ -158,7 +158,7 @@ class TrainConfig:
     nonfinite: str = _f("skip", "non-finite loss/gradients: skip the step (counted) or stop", ("skip", "stop"))
     max_nonfinite_skips: int = _f(20, "consecutive skipped steps before giving up")
     dist_timeout: float = _f(600.0, "seconds any collective may wait for a peer")
-    # --- gradient communication (DDP; README: Scaling out) --------------------------------------
+    # --- gradient communication (DDP; docs/launching.md: Gradient communication) --------------------------------------
     grad_compression: str = _f(
         "none",
         "all-reduce gradients in fp32 (none) or cast to bf16/fp16 for the "

@@ -10,7 +10,7 @@ import sys
 
 import torch
 
-# The Moments in Time models (and the earlier version's .pt clips) were normalized with these.
+# The Moments in Time models (and the earlier Lightning version's .pt clips) were normalized with these.
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -19,7 +19,7 @@ def resolve_amp(amp: str, device: torch.device, quiet: bool = False) -> torch.dt
     """``--amp auto|bf16|fp16|off`` -> the autocast dtype (None = full fp32).
 
     ``auto``: bf16 on GPUs that support it (else fp16), fp32 on a CPU.  An explicit ``bf16`` on a
-    CPU is honoured, with PyTorch's oneDNN kernels turned off for the whole process: measured with
+    CPU is honoured, with PyTorch's oneDNN kernels turned off for the whole process: in
     torch 2.14.1, oneDNN's bf16 conv3d backward returns non-deterministic, sometimes non-finite
     gradients (and crashes on 4-frame inputs); the native kernels are slower but correct.
     """

@@ -2,7 +2,7 @@
 
 * ``cosine``   linear warmup to the peak, then cosine decay to ``min_lr_ratio`` x peak, as a pure
                function of the step (``LambdaLR``), so resuming restores it exactly.
-* ``restarts`` the earlier version's ``CosineAnnealingWarmRestarts`` (its period is given in
+* ``restarts`` the earlier Lightning version's ``CosineAnnealingWarmRestarts`` (its period is given in
                steps here: ``--restart-epochs`` x steps per epoch).
 * ``constant`` the peak LR throughout (after the warmup).
 

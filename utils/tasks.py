@@ -14,7 +14,7 @@ peoplecount     ``peoplecount`` (5), ``peoplecount_certain`` (1)
                                                              -1 = unknown; certain 0/1, NaN = unknown
 location        ``location_score`` (1), ``location_confidence`` (1)
                                                              1.0 = Outdoor, 0.0 = Indoor, NaN = unknown
-                                                             (the earlier version's encoding)
+                                                             (the earlier Lightning version's encoding)
 ==============  ==========================================  =========================
 
 Size-1 outputs are returned as shape (N,), ``peoplecount`` as (N, 5).
@@ -38,7 +38,7 @@ CATEGORICAL_TASKS: tuple[str, ...] = ("peoplecount", "location")
 TASKS: tuple[str, ...] = SCORE_FEATURES + CATEGORICAL_TASKS
 
 PEOPLECOUNT_CLASSES: tuple[str, ...] = ("0", "1", "2", "3", "many")
-# index = target value; the earlier version used {"Indoor": 0, "Outdoor": 1} and its checkpoints'
+# index = target value; the earlier Lightning version used {"Indoor": 0, "Outdoor": 1} and its checkpoints'
 # location head predicts p(Outdoor), so we keep that.
 LOCATION_CLASSES: tuple[str, ...] = ("Indoor", "Outdoor")
 
