@@ -48,7 +48,9 @@ from datasets import (
     DecodePolicy,
     ExactShardSampler,
     FrameCache,
+    HorizontalFlip,
     PtClipsError,
+    RandomResizedCrop,
     ResumableShardSampler,
     VideoClipDataset,
     assign_splits,
@@ -114,9 +116,14 @@ MLFLOW_RUN = "runs:/"  # --pretrained runs:/RUN_ID: MLflow's own way to name a r
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 
 # The training augmentation, one definition for decoded videos and the frame cache alike
-# (datasets/augment.py): per sample, jittered frame segments, then a random resized crop
-# (area fraction, aspect ratio) and a horizontal flip.  Evaluation uses none of it.
-TRAIN_AUGMENTATION = Augmentation(crop_scale=(0.6, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_p=0.5)
+# (datasets/augment.py): per sample, after the jittered frame segments, these steps in order.
+# A new step is a Step subclass in datasets/augment.py and one entry here.  Evaluation uses none.
+TRAIN_AUGMENTATION = Augmentation(
+    [
+        RandomResizedCrop(scale=(0.6, 1.0), ratio=(3 / 4, 4 / 3)),  # mild: a small crop can cut people out
+        HorizontalFlip(p=0.5),  # every label survives a mirror
+    ]
+)
 
 
 def log0(info: DistInfo, *msg) -> None:

@@ -28,7 +28,7 @@ What it measures (all on the CPU unless a GPU is there; the tables print as Mark
    frame-cache loader every command uses (datasets/cache_loader.py), and the DataLoader over the
    same cache (``dataloader``, the reader it replaced) and over the other inputs.  Then the
    cache loader and the DataLoader feeding a consumer that applies the crop/resize/flip/normalization
-   (:func:`datasets.gpu_augment.augment_on_device`) on the GPU when there is one, else on
+   (:func:`datasets.augment.model_input`) on the GPU when there is one, else on
    the CPU, where it competes with the readers for cores.
 4. With a GPU: the ResNet3D-50 training step rate (bf16, channels_last_3d) on synthetic
    input, to compare the loader against.
@@ -61,10 +61,10 @@ if str(REPO_ROOT) not in sys.path:  # `python benchmarks/data_throughput.py` wor
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.loaders import measure  # noqa: E402
+from datasets.augment import normalize, resize_center_crop  # noqa: E402
 from datasets.cache import CachedClipDataset, FrameCache, collate_cached  # noqa: E402
 from datasets.clips import VideoClipDataset, collate_clips  # noqa: E402
 from datasets.prepare import prepare_cache  # noqa: E402
-from datasets.transforms import normalize_on_device, resize_center_crop  # noqa: E402
 from datasets.video import sample_clip_indices, write_video  # noqa: E402
 from utils.atomic import atomic_write  # noqa: E402
 from utils.cli import CommandLineParser
@@ -151,7 +151,7 @@ def seek_decode(path: str, num_frames: int) -> np.ndarray:
 def earlier_prepare(path: str, out_path: Path, num_frames: int, size: int) -> None:
     frames = torch.from_numpy(seek_decode(path, num_frames)).permute(0, 3, 1, 2)
     clip = resize_center_crop(frames, size).permute(1, 0, 2, 3)  # (3, T, size, size) uint8
-    torch.save(normalize_on_device(clip).contiguous(), out_path)
+    torch.save(normalize(clip).contiguous(), out_path)
 
 
 class EarlierPtClips(torch.utils.data.Dataset):
@@ -233,10 +233,10 @@ def loop_step_rate(
 def cpu_normalize_ms(frames: int, size: int, reps: int = 5) -> float:
     """What the workers no longer do: uint8 -> normalized float32 for one clip, on one core."""
     clip = torch.randint(0, 256, (3, frames, size, size), dtype=torch.uint8)
-    normalize_on_device(clip)
+    normalize(clip)
     with Timer() as t:
         for _ in range(reps):
-            normalize_on_device(clip)
+            normalize(clip)
     return 1000 * t.cpu / reps
 
 

@@ -33,9 +33,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from datasets.augment import model_input
 from datasets.cache import SHARD_DIR, FrameCache
 from datasets.cache_loader import CacheLoader
-from datasets.gpu_augment import augment_on_device
 
 PAGE = 4096
 
@@ -130,7 +130,7 @@ def consume(batch: dict, device: torch.device, augment: bool) -> int:
     """The one consumer: the batch's clips as a tensor, read (see the module docstring); with
     ``augment`` instead the training input made on ``device`` (crop, resize, flip, normalize)."""
     if augment:
-        augment_on_device(batch, device)
+        model_input(batch, device)
     else:
         x = batch["video"].to(device, non_blocking=True)
         if x.device.type == "cpu":

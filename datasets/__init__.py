@@ -24,21 +24,27 @@ _EXPORTS: dict[str, str] = {
     "probe_video": "video",
     "sample_clip_indices": "video",
     "write_video": "video",
-    # augment.py: the training augmentation (what is drawn per sample, one function applying it)
+    # augment.py: stored uint8 frames -> the model's input: the training augmentation (its steps,
+    # the per-sample draw, one function applying it), the evaluation transform, the normalizer
     "Augmentation": "augment",
+    "Step": "augment",
+    "RandomResizedCrop": "augment",
+    "HorizontalFlip": "augment",
+    "Drawn": "augment",
+    "no_augmentation": "augment",
+    "apply_drawn": "augment",
     "DEFAULT_CROP_SCALE": "augment",
     "DEFAULT_CROP_RATIO": "augment",
-    "resized_crop_flip": "augment",
+    "IMAGENET_MEAN": "augment",
+    "IMAGENET_STD": "augment",
+    "ClipTransform": "augment",
+    "normalize": "augment",
+    "model_input": "augment",
     # decode_policy.py: partial files and decoding limits, the same flags in every command
     "DecodePolicy": "decode_policy",
     "VideoSkipped": "decode_policy",
     "add_decode_arguments": "decode_policy",
     "decode_policy_from_args": "decode_policy",
-    # transforms.py: clip transforms and device-side normalization
-    "IMAGENET_MEAN": "transforms",
-    "IMAGENET_STD": "transforms",
-    "ClipTransform": "transforms",
-    "normalize_on_device": "transforms",
     # clips.py: the map-style Dataset and its collate
     "LEGACY_SUFFIX": "clips",
     "AmbiguousVideoError": "clips",
@@ -60,8 +66,7 @@ _EXPORTS: dict[str, str] = {
     "SplitError": "splits",
     "assign_splits": "splits",
     "split_indices": "splits",
-    # cache.py / gpu_augment.py: the uint8 frame cache (python -m datasets.prepare) and its
-    # device-side crop/resize/flip/normalize
+    # cache.py: the uint8 frame cache (python -m datasets.prepare)
     "CACHE_FORMAT_VERSION": "cache",
     "CacheParams": "cache",
     "CacheMismatchError": "cache",
@@ -71,9 +76,6 @@ _EXPORTS: dict[str, str] = {
     # cache_loader.py: reader threads into reused batch buffers for the frame cache (else a DataLoader)
     "CacheLoader": "cache_loader",
     "make_loader": "cache_loader",
-    "augment_on_device": "gpu_augment",
-    "model_input": "gpu_augment",
-    "resized_crop_flip_normalize": "gpu_augment",
     # samplers.py: resumable training sampler, exactly-once evaluation sampler
     "ResumableShardSampler": "samplers",
     "ExactShardSampler": "samplers",

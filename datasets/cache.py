@@ -3,7 +3,7 @@
 Why: decoding H.264 on the fly gives 20-40 clips/s per core and float32 ``.pt`` clips cost
 9.6 MB each; a GPU trains ResNet3D-50 at 1,000-2,000 clips/s.  So frames are decoded once
 (``python -m datasets.prepare``; the earlier version's ``.pt`` clips with ``--from-pt``), kept
-as uint8, and turned into floats on the GPU (:mod:`datasets.gpu_augment`).
+as uint8, and augmented and turned into floats on the GPU (:func:`datasets.augment.model_input`).
 
 Layout of a cache directory::
 
@@ -52,7 +52,7 @@ import torch
 
 from utils.atomic import atomic_write_text
 
-from .augment import Augmentation
+from .augment import Augmentation, Drawn, no_augmentation
 from .samplers import parse_key
 from .video import BadVideoError, sample_clip_indices
 
@@ -371,14 +371,13 @@ def preadv_full(fd: int, buffers: Sequence[np.ndarray], offset: int, name: str) 
 @dataclass(frozen=True)
 class ClipPlan:
     """One sample decided from its key alone, before any byte is read: which clip, which of its
-    stored frames, and the augmentation the device will apply."""
+    stored frames, and the augmentation the device will apply (None: the consumer resizes)."""
 
     index: int  # in the dataset
     video_id: str
     row: int  # in the cache; -1 when the cache has no clip for the video
     frames: np.ndarray  # increasing indices into the K stored frames
-    crop_box: tuple[int, int, int, int] = (0, 0, 0, 0)  # (top, left, height, width) in the S x S frame
-    flip: bool = False
+    augment: Drawn | None = None
 
 
 class CachedClips(torch.utils.data.Dataset):
@@ -425,22 +424,21 @@ class CachedClips(torch.utils.data.Dataset):
 
 
 class CachedClipDataset(CachedClips):
-    """Clips from a frame cache, with per-row targets; uint8 at stored size + the crop to apply.
+    """Clips from a frame cache, with per-row targets; uint8 at stored size + the augmentation to apply.
 
-    The workers only read bytes and draw the augmentation; the crop, resize, flip and
-    normalization are applied to the whole batch on the device by
-    :func:`datasets.gpu_augment.augment_on_device`.  Randomness comes only from
-    ``default_rng([seed, epoch, index])``, drawn in the same order as the video Dataset
-    (T segment offsets, then ``augment.draw``: the crop box and the flip; datasets/augment.py).
+    The readers only read bytes and draw the augmentation; it is applied, with normalization, to
+    the whole batch on the device by :func:`datasets.augment.model_input`.  Randomness comes only
+    from ``default_rng([seed, epoch, index])``, drawn in the same order as the video Dataset
+    (T segment offsets, then ``augment.draw``; datasets/augment.py).
 
     Training: T of the K stored frames by jittered segments (when K == T all of them, so no
-    temporal jitter: build the cache with more frames, e.g. 32, to get it); the crop box inside
-    the S x S frame and the flip of ``augment``.  Evaluation: segment centres, the whole
-    S x S frame resized to ``size`` (the field of view of the video Dataset's short-side
-    resize + centre crop, resampled twice instead of once).
+    temporal jitter: build the cache with more frames, e.g. 32, to get it); ``augment`` drawn for
+    the S x S frame.  Evaluation: segment centres, the whole S x S frame resized to ``size`` (the
+    field of view of the video Dataset's short-side resize + centre crop, resampled twice
+    instead of once).
 
     Item: ``{"video": uint8 (3, T, S, S) or None, "targets", "video_id", "index", "error",
-    "crop_box": (top, left, height, width), "flip": bool, "out_size": size}``.
+    "augment": the sample's draw (datasets.augment.Drawn)}``.
     Videos the cache lacks (failed in prepare, or not in the table it was built from) come
     back as failed samples (``error`` set) or raise under ``bad_video="error"``.
     """
@@ -481,21 +479,14 @@ class CachedClipDataset(CachedClips):
         stored = self.cache.params.stored_size
         return (3, self.num_frames, stored, stored)
 
-    def draw(self, rng: np.random.Generator | None) -> tuple[np.ndarray, tuple[int, int, int, int], bool]:
-        """(frame indices into the K stored frames, crop box, flip) for one sample."""
-        stored = self.cache.params.stored_size
-        indices = sample_clip_indices(self.cache.params.frames, self.num_frames, rng)
-        if rng is None:
-            return indices, (0, 0, stored, stored), False
-        box, flip = self.augment.draw(rng, stored, stored)
-        return indices, box, flip
-
     def plan(self, key: int | tuple[int, int]) -> ClipPlan:
         epoch, index = parse_key(key)
         index = self._index(index)
         rng = np.random.default_rng([self.seed, epoch, index]) if self.train else None
-        indices, box, flip = self.draw(rng)
-        return ClipPlan(index, str(self.video_names[index]), int(self.rows[index]), indices, box, flip)
+        indices = sample_clip_indices(self.cache.params.frames, self.num_frames, rng)
+        stored = self.cache.params.stored_size
+        drawn = self.augment.draw(rng, stored, stored, self.size) if rng is not None else no_augmentation(self.size)
+        return ClipPlan(index, str(self.video_names[index]), int(self.rows[index]), indices, drawn)
 
     @staticmethod
     def frame_slots(clip: np.ndarray) -> np.ndarray:
@@ -510,9 +501,7 @@ class CachedClipDataset(CachedClips):
             "video_id": plan.video_id,
             "index": plan.index,
             "error": None,
-            "crop_box": plan.crop_box,
-            "flip": plan.flip,
-            "out_size": self.size,
+            "augment": plan.augment,
         }
         clip = torch.empty(self.clip_shape, dtype=torch.uint8)
         sample["error"] = self.read_into(plan, clip.numpy())
@@ -531,9 +520,7 @@ class CachedClipDataset(CachedClips):
             [p.video_id for p in plans],
             torch.from_numpy(indices),
             [(p.video_id, message) for p, message in bad],
-            [p.crop_box for p in plans],
-            [p.flip for p in plans],
-            self.size,
+            [p.augment for p in plans],
         )
 
 
@@ -552,8 +539,7 @@ def collate_cached(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Batch of :class:`CachedClipDataset` items: the contract's keys plus what the device needs.
 
     Returns ``{"video": uint8 (N, 3, T, S, S) or None, "targets", "video_ids", "indices",
-    "bad", "crop_boxes": int64 (N, 4) (top, left, height, width), "flips": bool (N,),
-    "out_size": int}``.
+    "bad", "augment": [each good sample's draw]}``.
     """
     good = [s for s in samples if s["error"] is None]
     bad = [(s["video_id"], s["error"]) for s in samples if s["error"] is not None]
@@ -568,9 +554,7 @@ def collate_cached(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         [s["video_id"] for s in good],
         torch.tensor([s["index"] for s in good], dtype=torch.int64),
         bad,
-        [s["crop_box"] for s in good],
-        [s["flip"] for s in good],
-        samples[0]["out_size"] if samples else 0,
+        [s["augment"] for s in good],
     )
     if good:
         batch["video"] = _stack_shared([s["video"] for s in good])
@@ -583,9 +567,7 @@ def _cached_batch(
     video_ids: list[str],
     indices: torch.Tensor,
     bad: list[tuple[str, str]],
-    crop_boxes: list,
-    flips: list,
-    out_size: int,
+    augment: list[Drawn],
 ) -> dict[str, Any]:
     """The one place a frame-cache batch is assembled (:func:`collate_cached` and the loader)."""
     return {
@@ -594,7 +576,5 @@ def _cached_batch(
         "video_ids": video_ids,
         "indices": indices,
         "bad": bad,
-        "crop_boxes": torch.tensor(crop_boxes, dtype=torch.int64).reshape(-1, 4),
-        "flips": torch.tensor(flips, dtype=torch.bool),
-        "out_size": out_size,
+        "augment": augment,  # applied by datasets.augment.model_input, whatever its steps
     }

@@ -9,8 +9,8 @@ reads) and, on CUDA, is copied once more by the pin-memory thread.  Here:
 
 * the keys come from the sampler in the consumer's thread, in the sampler's order,
   ``batch_size`` at a time (so ``set_position`` before ``iter()`` resumes mid-epoch as before);
-* one of ``readers`` threads plans each sample from its key alone (``dataset.plan``: frames,
-  crop box and flip from (seed, epoch, index)) and reads its frames into the next row of a free
+* one of ``readers`` threads plans each sample from its key alone (``dataset.plan``: frames
+  and the augmentation's draw from (seed, epoch, index)) and reads its frames into the next row of a free
   batch buffer, scattered there by ``preadv`` (:meth:`datasets.cache.FrameCache.read_raw_into`),
   which releases the GIL while the bytes move.  A clip that fails (an I/O error included: no
   memory map, so no SIGBUS) is listed in ``bad`` (or raises under ``bad_video="error"``) and its
@@ -22,7 +22,7 @@ reads) and, on CUDA, is copied once more by the pin-memory thread.  Here:
   A consumer that keeps batches gets new buffers, never overwritten ones.
 
 The batch is exactly what the dataset's collate function makes (``collate_cached`` /
-``collate_views``, via ``dataset.batch``); crops, resizing and normalization stay on the
+``collate_views``, via ``dataset.batch``); the augmentation and normalization stay on the
 device.  There are no processes and no shared memory to leak; the threads end with
 :meth:`CacheLoader.close`, when the loader is garbage collected, or at interpreter exit.
 """

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from utils.cli import CommandLineParser
 
+from .augment import ClipTransform
 from .decode_policy import VideoSkipped, add_decode_arguments, decode_policy_from_args
-from .transforms import ClipTransform
 from .video import decode_clip
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".avi", ".mkv", ".mov"}

@@ -26,10 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .augment import Augmentation
+from .augment import Augmentation, ClipTransform
 from .decode_policy import DecodePolicy
 from .samplers import parse_key
-from .transforms import ClipTransform
 from .video import BadVideoError, decode_clip, partial_note
 
 __all__ = [

@@ -87,7 +87,7 @@ SHARD_NAME = "shard-{:06d}"
 def fit_clip(frames: np.ndarray, stored_size: int) -> np.ndarray:
     """uint8 (K, H, W, 3) -> (K, 3, S, S): short side resized to S (bilinear, antialiased),
     centre S x S kept.  The same resize as the video Dataset's evaluation transform."""
-    from .transforms import frames_to_tensor, resize_center_crop
+    from .augment import frames_to_tensor, resize_center_crop
 
     return resize_center_crop(frames_to_tensor(frames), stored_size).contiguous().numpy()
 

@@ -34,9 +34,9 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
+from .augment import frames_to_tensor, resize_center_crop
 from .cache import CachedClips, ClipPlan, FrameCache
 from .clips import VideoClipDataset, collate_clips
-from .transforms import frames_to_tensor, resize_center_crop
 from .video import sample_clip_indices
 
 __all__ = [

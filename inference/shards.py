@@ -18,8 +18,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from datasets import ExactShardSampler, MultiViewCachedDataset, collate_views, make_loader, normalize_on_device
-from datasets.gpu_augment import resized_crop_flip_normalize
+from datasets import (
+    ExactShardSampler,
+    MultiViewCachedDataset,
+    collate_views,
+    make_loader,
+    model_input,
+    no_augmentation,
+)
 from utils.cli import default_workers, progress_bar
 from utils.distributed import DistInfo, gather_rows
 from utils.precision import resolve_amp
@@ -81,15 +87,10 @@ def clips_to_model_input(
     it on the device, as the training loop's validation on the cache does; others are only
     normalized.
     """
-    x = video.to(device, non_blocking=True).flatten(0, 1)
-    if x.dtype == torch.uint8 and size is not None and tuple(x.shape[-2:]) != (size, size):
-        whole = torch.tensor([[0, 0, x.shape[-2], x.shape[-1]]] * x.shape[0])
-        x = resized_crop_flip_normalize(x, whole, torch.zeros(x.shape[0], dtype=torch.bool), size)
-    else:
-        x = normalize_on_device(x)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last_3d)
-    return x
+    batch = {"video": video.flatten(0, 1)}
+    if size is not None and tuple(video.shape[-2:]) != (size, size):
+        batch["augment"] = [no_augmentation(size)] * batch["video"].shape[0]
+    return model_input(batch, device, channels_last)
 
 
 @torch.no_grad()

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from datasets.augment import ClipTransform, no_augmentation
 from datasets.cache import (
     CachedClipDataset,
     CacheMismatchError,
@@ -14,7 +15,6 @@ from datasets.cache import (
     collate_cached,
 )
 from datasets.prepare import fit_clip, prepare_cache
-from datasets.transforms import ClipTransform
 from datasets.video import BadVideoError, decode_clip, write_video
 
 K, S = 8, 32
@@ -84,7 +84,7 @@ def test_cache_clip_equals_video_dataset_evaluation_clip(videos, raw_cache):
         frames, _ = decode_clip(path_of(videos, name), K)
         expected = ClipTransform(size=S, train=False)(frames)
         item = ds[i]
-        assert item["error"] is None and item["crop_box"] == (0, 0, S, S) and item["flip"] is False
+        assert item["error"] is None and item["augment"] == no_augmentation(S)
         assert torch.equal(item["video"], expected)
 
 
@@ -168,17 +168,18 @@ def test_items_train_draws_and_missing_videos(raw_cache):
     ds = CachedClipDataset(raw_cache, names, targets_for(4), num_frames=4, size=24, train=True, seed=3)
     assert ds.missing == ["absent.mp4"]
     a, b = ds[(2, 1)], ds[(2, 1)]
-    assert torch.equal(a["video"], b["video"]) and a["crop_box"] == b["crop_box"] and a["flip"] == b["flip"]
+    assert torch.equal(a["video"], b["video"]) and a["augment"] == b["augment"]
     assert a["video"].shape == (3, 4, S, S) and a["video"].dtype == torch.uint8
-    assert a["targets"]["peoplecount"].dtype == torch.int64 and a["out_size"] == 24
+    assert a["targets"]["peoplecount"].dtype == torch.int64 and a["augment"].size == 24
     # the draw is the video Dataset's: T segment offsets, then a crop box, then a flip
     rng = np.random.default_rng([3, 2, 1])
     offsets = rng.random(4)
     expected_indices = np.minimum(np.floor((np.arange(4) + offsets) * (K / 4)).astype(int), K - 1)
     stored = stored_frames(ds.cache, "tall.mp4")
     assert torch.equal(a["video"], stored[expected_indices].permute(1, 0, 2, 3))
+    assert a["augment"] == ds.augment.draw(rng, S, S, 24)
     # different epochs draw differently (some key among a few must differ)
-    assert any(ds[(e, 1)]["crop_box"] != a["crop_box"] for e in range(3, 8))
+    assert any(ds[(e, 1)]["augment"] != a["augment"] for e in range(3, 8))
     missing = ds[3]
     assert missing["video"] is None and "absent.mp4" in missing["error"] and "not in the cache" in missing["error"]
     strict = CachedClipDataset(raw_cache, names, {}, num_frames=4, size=24, bad_video="error")
@@ -192,9 +193,9 @@ def test_collate_and_workers_match_single_process(raw_cache):
     keys = [(0, i) for i in range(4)]
     batch = collate_cached([ds[k] for k in keys])
     assert batch["video"].shape == (3, 3, 4, S, S) and batch["video"].is_contiguous()
-    assert batch["crop_boxes"].shape == (3, 4) and batch["flips"].dtype == torch.bool
+    assert batch["augment"] == [ds[k]["augment"] for k in keys[:3]]
     assert batch["video_ids"] == NAMES and batch["indices"].tolist() == [0, 1, 2]
-    assert [b[0] for b in batch["bad"]] == ["absent.mp4"] and batch["out_size"] == 24
+    assert [b[0] for b in batch["bad"]] == ["absent.mp4"]
     assert batch["targets"]["valence_score"].shape == (3,)
     loader = DataLoader(
         ds,
@@ -207,6 +208,6 @@ def test_collate_and_workers_match_single_process(raw_cache):
     )
     from_workers = next(iter(loader))
     assert torch.equal(from_workers["video"], batch["video"])
-    assert torch.equal(from_workers["crop_boxes"], batch["crop_boxes"])
+    assert from_workers["augment"] == batch["augment"]
     empty = collate_cached([ds[(0, 3)]])
-    assert empty["video"] is None and len(empty["indices"]) == 0 and empty["crop_boxes"].shape == (0, 4)
+    assert empty["video"] is None and len(empty["indices"]) == 0 and empty["augment"] == []

@@ -207,8 +207,8 @@ def test_web_faults_through_the_dataset(web_faults):
     whose error says which limit; ``partial="skip"`` turns the partial one into a failed sample."""
     from web_video_files import FAULTS
 
+    from datasets.augment import ClipTransform
     from datasets.decode_policy import DecodePolicy
-    from datasets.transforms import ClipTransform
     from datasets.video import decode_clip
 
     ds = VideoClipDataset(FAULTS, {}, web_faults, num_frames=T, size=SIZE)

@@ -15,7 +15,7 @@ from fixture_files import prepare_demo_cache, texture
 
 import extract_features
 from analysis.features.projection import SparseRandomProjection, layer_seed
-from datasets import MultiViewCachedDataset, MultiViewClipDataset, VideoIndex, normalize_on_device
+from datasets import MultiViewCachedDataset, MultiViewClipDataset, VideoIndex, normalize
 from datasets.video import write_video
 from inference import clips_to_model_input, load_inference_model
 from resnet3d import build_model
@@ -58,7 +58,7 @@ def video_views(paths, temporal, spatial):
         spatial_views=spatial,
         index=VideoIndex(root=os.sep),
     )
-    return [normalize_on_device(dataset[i]["video"]) for i in range(len(dataset))]
+    return [normalize(dataset[i]["video"]) for i in range(len(dataset))]
 
 
 LAYERS = ["conv1", "bn1", "layer2.1", "layer4", "avgpool", "last_linear"]

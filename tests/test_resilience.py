@@ -432,9 +432,9 @@ def test_dead_tracking_server_never_stops_training(tiny_demo, tmp_path):
 NAN_WRAPPER = """
 import runpy, sys
 sys.path.insert(0, {repo!r})
-from datasets import gpu_augment
+from datasets import augment
 
-real_model_input, nan_videos = gpu_augment.model_input, {nan_videos!r}
+real_model_input, nan_videos = augment.model_input, {nan_videos!r}
 
 def model_input_with_nan_clips(batch, *args, **kwargs):
     x = real_model_input(batch, *args, **kwargs)
@@ -443,7 +443,7 @@ def model_input_with_nan_clips(batch, *args, **kwargs):
             x[i, 1, 2, 3, 4] = float("nan")
     return x
 
-gpu_augment.model_input = model_input_with_nan_clips
+augment.model_input = model_input_with_nan_clips
 sys.argv = [{train!r}] + sys.argv[1:]
 runpy.run_path({train!r}, run_name="__main__")
 """

@@ -1,11 +1,19 @@
-"""Clip transforms: shapes/dtypes, one crop and flip per clip, device-side normalization."""
+"""Clip transforms (datasets/augment.py): shapes/dtypes, one crop and flip per clip, the normalizer."""
 
 import numpy as np
 import pytest
 import torch
 
-from datasets.augment import Augmentation, sample_resized_crop_box
-from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, ClipTransform, normalize_on_device
+from datasets.augment import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Augmentation,
+    ClipTransform,
+    HorizontalFlip,
+    RandomResizedCrop,
+    normalize,
+    sample_resized_crop_box,
+)
 
 
 def still_clip(num_frames=6, height=50, width=80, seed=0):
@@ -61,7 +69,9 @@ def test_train_flip_rate_is_about_half():
     frame = np.zeros((40, 40, 3), np.uint8)
     frame[:, 20:] = 255
     clip = frame[None].repeat(2, 0)
-    transform = ClipTransform(size=16, train=True, augment=Augmentation(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0)))
+    transform = ClipTransform(
+        size=16, train=True, augment=Augmentation([RandomResizedCrop((1.0, 1.0), (1.0, 1.0)), HorizontalFlip()])
+    )
     flipped = [transform(clip, np.random.default_rng(s))[0, 0, 8, 0].item() > 128 for s in range(200)]
     assert 70 < sum(flipped) < 130
 
@@ -83,30 +93,36 @@ def test_crop_box_within_frame_and_scale(height, width):
 
 
 def test_invalid_settings_are_rejected():
-    with pytest.raises(ValueError, match="crop_scale"):
-        Augmentation(crop_scale=(0.0, 1.0))
-    with pytest.raises(ValueError, match="crop_ratio"):
-        Augmentation(crop_ratio=(2.0, 1.0))
-    with pytest.raises(ValueError, match="flip_p"):
-        Augmentation(flip_p=1.5)
+    with pytest.raises(ValueError, match="crop scale"):
+        RandomResizedCrop(scale=(0.0, 1.0))
+    with pytest.raises(ValueError, match="crop ratio"):
+        RandomResizedCrop(ratio=(2.0, 1.0))
+    with pytest.raises(ValueError, match="flip p"):
+        HorizontalFlip(p=1.5)
+    with pytest.raises(TypeError, match="Step instances"):
+        Augmentation([lambda clips: clips])
     with pytest.raises(ValueError, match="size"):
         ClipTransform(size=0)
 
 
-def test_normalize_on_device_matches_imagenet_formula():
+def test_normalize_matches_imagenet_formula():
     video = torch.randint(0, 256, (2, 3, 4, 5, 5), dtype=torch.uint8)
-    out = normalize_on_device(video)
+    out = normalize(video)
     assert out.dtype == torch.float32 and out.shape == video.shape
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1)
     torch.testing.assert_close(out, (video.float() / 255 - mean) / std)
-    # one clip (C, T, H, W) broadcasts the same way
-    torch.testing.assert_close(normalize_on_device(video[0]), out[0])
+    # one clip (C, T, H, W) broadcasts the same way; float values in [0, 255] (the device path's
+    # augmented clips) normalize like the uint8 ones and are left unchanged
+    torch.testing.assert_close(normalize(video[0]), out[0])
+    as_float = video.float()
+    torch.testing.assert_close(normalize(as_float), out)
+    assert torch.equal(as_float, video.float())
 
 
 def test_normalize_rejects_other_types_and_shapes():
-    for dtype in (torch.int32, torch.float32):  # float input is no clip of this project's (all uint8)
+    for dtype in (torch.int32, torch.int64, torch.bool):
         with pytest.raises(TypeError, match="expected uint8 video"):
-            normalize_on_device(torch.zeros(3, 2, 4, 4, dtype=dtype))
+            normalize(torch.zeros(3, 2, 4, 4, dtype=dtype))
     with pytest.raises(ValueError, match="shape"):
-        normalize_on_device(torch.zeros(4, 2, 4, 4, dtype=torch.uint8))
+        normalize(torch.zeros(4, 2, 4, 4, dtype=torch.uint8))

@@ -9,8 +9,8 @@ import pytest
 from fixture_files import texture
 from web_video_files import VFR_TIMES_MS, reference_frames, write_rotated, write_vfr
 
+from datasets.augment import frames_to_tensor, resize_center_crop
 from datasets.decode_policy import DecodePolicy, VideoTooLargeError
-from datasets.transforms import frames_to_tensor, resize_center_crop
 from datasets.video import decode_clip, sample_clip_indices, write_video
 
 

@@ -6,8 +6,8 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from fixture_files import texture
 
+from datasets.augment import frames_to_tensor, resize_center_crop
 from datasets.clips import VideoClipDataset
-from datasets.transforms import frames_to_tensor, resize_center_crop
 from datasets.video import write_video
 from datasets.views import (
     MultiViewClipDataset,

@@ -1,4 +1,5 @@
-"""Numerics every entry point shares: the autocast dtype and the ImageNet input statistics.
+"""Numerics every entry point shares: the autocast dtype, the ImageNet input statistics and the
+one normalizer of the model's input (:func:`normalize`).
 
 One definition for training, evaluation, prediction, feature extraction, the model logged to
 MLflow and the benchmarks, so they cannot drift apart.
@@ -13,6 +14,32 @@ import torch
 # The Moments in Time models (and the earlier Lightning version's .pt clips) were normalized with these.
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+def normalize(
+    video: torch.Tensor,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Clips (..., C, T, H, W) in [0, 255], uint8 or float -> ``dtype``, scaled to [0, 1] and
+    normalized with ``mean`` / ``std``, on the clips' device.
+
+    The one normalizer of the model's input: training and evaluation on both data paths
+    (``datasets.augment.model_input``), inference, and the model logged to MLflow.  Works for a
+    batch (N, C, T, H, W) and for one clip (C, T, H, W).  A float input of ``dtype`` is not
+    changed (the result is a new tensor).
+    """
+    if video.dtype != torch.uint8 and not video.is_floating_point():
+        raise TypeError(f"expected uint8 video (or float in [0, 255]), got {video.dtype}")
+    if video.ndim < 4 or video.shape[-4] != len(mean):
+        raise ValueError(f"expected (..., {len(mean)}, T, H, W), got shape {tuple(video.shape)}")
+    shape = (len(mean), 1, 1, 1)  # broadcast over the channel dim, which is -4 in both layouts
+    mean_255 = torch.tensor(mean, dtype=dtype, device=video.device).view(shape) * 255
+    inv_std_255 = 1.0 / (torch.tensor(std, dtype=dtype, device=video.device).view(shape) * 255)
+    x = video.to(dtype)
+    x = x.sub_(mean_255) if x is not video else x - mean_255  # one new tensor either way
+    return x.mul_(inv_std_255)
 
 
 def resolve_amp(amp: str, device: torch.device, quiet: bool = False) -> torch.dtype | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from utils.precision import IMAGENET_MEAN, IMAGENET_STD
+from utils.precision import normalize
 from utils.tasks import PEOPLECOUNT_CLASSES, output_sizes
 
 
@@ -42,11 +42,9 @@ class ServingModel(nn.Module):
         super().__init__()
         self.model = model
         self.columns = prediction_columns(tasks)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1) * 255.0)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1) * 255.0)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
-        x = (video.float() - self.mean) / self.std
+        x = normalize(video)  # the training loop's normalizer, so serving cannot drift from it
         probs = logits_to_probabilities(self.model(x))
         parts = [p.reshape(p.shape[0], -1) for p in probs.values()]
         return torch.cat(parts, dim=1)
