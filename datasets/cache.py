@@ -2,7 +2,7 @@
 
 Why: decoding H.264 on the fly gives 20-40 clips/s per core and float32 ``.pt`` clips cost
 9.6 MB each; a GPU trains ResNet3D-50 at 1,000-2,000 clips/s.  So frames are decoded once
-(``python -m datasets.prepare``; the earlier version's ``.pt`` clips with ``--from-pt``), kept
+(``python -m datasets.prepare``; the earlier Lightning version's ``.pt`` clips with ``--from-pt``), kept
 as uint8, and augmented and turned into floats on the GPU (:func:`datasets.augment.model_input`).
 
 Layout of a cache directory::
@@ -24,8 +24,8 @@ never leaves a half-written entry that looks valid, and shards are never modifie
 A clip's bytes: a uint8 array (K, 3, S, S), frame-major, so T of K frames are T contiguous
 reads (one read when K == T).  3 * K * S * S bytes (3.1 MB for K=16, S=256).  Frames are stored
 raw, not compressed: reading them costs a copy and no decoding, so a few reader threads keep a GPU
-fed; the disk this takes is in docs/data.md.  Caches of the JPEG format an earlier version wrote
-are refused with the command that rebuilds them.
+fed; the disk this takes is in docs/data.md.  Caches in the JPEG format that this project no longer
+reads are refused with the command that rebuilds them.
 
 Clips are read with ``preadv`` into the caller's buffers, never through a memory map: an I/O
 error under a mapped read (a failing disk, a network file system dropping out) is a SIGBUS that
@@ -107,7 +107,7 @@ class CacheParams:
     frames: int  # K frames kept per video
     stored_size: int  # S: frames are S x S
     # "segment-centres": the centre frame of each of K equal segments of the video (as the
-    # video Dataset's evaluation); "legacy-pt": frames converted from the earlier version's .pt
+    # video Dataset's evaluation); "legacy-pt": frames converted from the earlier Lightning version's .pt
     sampling: str = "segment-centres"
     fit: str = "short-side-bilinear-antialias+centre-crop"
     version: int = CACHE_FORMAT_VERSION

@@ -4,8 +4,8 @@ prediction and feature extraction alike.
 
 Why not a DataLoader for the cache: reading a clip is one memory copy, but a DataLoader's
 workers are processes, so each batch then crosses to the training process through freshly
-allocated shared memory (≈18 ms of CPU per 25 MB batch on the development VM, more than the
-reads) and, on CUDA, is copied once more by the pin-memory thread.  Here:
+allocated shared memory (more CPU than the reads) and, on CUDA, is copied once more by the
+pin-memory thread.  Here:
 
 * the keys come from the sampler in the consumer's thread, in the sampler's order,
   ``batch_size`` at a time (so ``set_position`` before ``iter()`` resumes mid-epoch as before);

@@ -11,7 +11,7 @@ while the annotation table only holds basenames.  Bad files never crash a worker
 ``bad_video="skip"``: the sample comes back with ``error`` set and ``collate_clips`` drops
 it and reports it in ``bad``.
 
-The earlier version's float32 ``.pt`` clips are not read here: ``python -m datasets.prepare
+The earlier Lightning version's float32 ``.pt`` clips are not read here: ``python -m datasets.prepare
 --from-pt`` converts them once into a frame cache.  A video root that holds such a clip where a
 video should be is refused with that command (:class:`PtClipsError`).
 """
@@ -41,7 +41,7 @@ __all__ = [
     "collate_clips",
 ]
 
-LEGACY_SUFFIX = ".pt"  # torch.save'd float32 [3, T, H, W] clips of the earlier version (prepare --from-pt)
+LEGACY_SUFFIX = ".pt"  # torch.save'd float32 [3, T, H, W] clips of the earlier Lightning version (prepare --from-pt)
 
 
 class AmbiguousVideoError(ValueError):
@@ -49,7 +49,7 @@ class AmbiguousVideoError(ValueError):
 
 
 class PtClipsError(ValueError):
-    """The video root holds the earlier version's ``.pt`` clip where a video should be.
+    """The video root holds the earlier Lightning version's ``.pt`` clip where a video should be.
 
     Raised when the dataset is built, not per sample: every such clip would fail the same way, and
     the remedy (one conversion with ``prepare --from-pt``) is the same for all of them.
@@ -88,9 +88,9 @@ class VideoIndex:
             pt_clip = self._lookup(os.path.splitext(name)[0] + LEGACY_SUFFIX)
             if pt_clip is not None:
                 raise PtClipsError(
-                    f"{pt_clip} is a {LEGACY_SUFFIX} clip of the earlier version, not a video; {LEGACY_SUFFIX} "
-                    f"clips are read only by `python -m datasets.prepare --from-pt {self.root} --annotations CSV "
-                    "--out CACHE_DIR` (run it once, then train or evaluate with --cache CACHE_DIR)"
+                    f"{pt_clip} is a {LEGACY_SUFFIX} clip of the earlier Lightning version, not a video; "
+                    f"{LEGACY_SUFFIX} clips are read only by `python -m datasets.prepare --from-pt {self.root} "
+                    "--annotations CSV --out CACHE_DIR` (run it once, then train or evaluate with --cache CACHE_DIR)"
                 )
         return found
 

@@ -32,7 +32,7 @@ def video_root(tmp_path_factory):
     whole = (root / "whole.mp4").read_bytes()
     (root / "talking" / "truncated.mp4").write_bytes(whole[: len(whole) // 2])
     (root / "whole.mp4").unlink()
-    torch.save(torch.randn(3, T, SIZE, SIZE), root / "talking" / "legacy_c.pt")  # an earlier version's clip
+    torch.save(torch.randn(3, T, SIZE, SIZE), root / "talking" / "legacy_c.pt")  # an earlier Lightning clip
     (root / ".hidden.mp4").write_bytes(b"")
     return root
 
