@@ -755,8 +755,8 @@ def config_line(cfg: TrainConfig, demo: bool) -> str:
 
 def use_demo_dataset(cfg: TrainConfig, info: DistInfo) -> None:
     """Render the built-in demo clips once per node (the other ranks wait) and train on them from
-    a raw frame cache of them (decoding the same small clips every epoch cost 2 CPU cores 14-22 %
-    of their steps, docs/log/demo_learning.md round 6; --videos DEMO_DIR/videos decodes them)."""
+    a raw frame cache of them, which spares decoding the same small clips every epoch
+    (--videos DEMO_DIR/videos decodes them instead)."""
     if info.local_rank == 0:
         ensure_demo_dataset(
             cfg.demo_dir,

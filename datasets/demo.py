@@ -110,7 +110,7 @@ __all__ = [
     "render_demo_clip",
 ]
 
-GENERATOR_VERSION = 9  # bump when rendering or labels change: existing demo dirs regenerate (6: a reverted try)
+GENERATOR_VERSION = 9  # bump when rendering or labels change: existing demo dirs regenerate
 DEFAULT_NUM_VIDEOS = 800
 MARKER_NAME = "DEMO_COMPLETE.json"
 FRAME_CACHE_PREFIX = "frame_cache_"  # DIR/frame_cache_<frames>x<size>: raw frame caches of DIR's clips
@@ -120,18 +120,16 @@ CLIPS_PER_SHARD = 100
 # step (neighbours always move the same way) to half a cycle apart (always opposite ways).
 JOINT_LEVELS = {1.0: 0.0, 0.7: 1 / 6, 0.4: 1 / 3, 0.1: 1 / 2}
 # x264 options of the demo clips.  One thread: tiny frames gain nothing from threads.  mbtree=0:
-# with x264's macroblock-tree rate control on, encoding the same frames twice in one process gave
-# different bytes for 7 of 30 clips (5 encodes each, even with one thread); with it off (and
-# qcomp=1.0), 0 of 900 clips did over three seeds (2026-12-02/03, PyAV 18.1; docs/log/demo_learning.md
-# round 8).
-# qcomp=1.0: mbtree=0 alone lets a static clip's frames drift 0.76 grey levels from its first
-# frame (0.19 before); constant quality per frame brings that back to 0.18-0.20 at equal bytes.
+# x264's macroblock-tree rate control makes re-encoding the same frames give different bytes
+# (even with one thread), so a seed would not render the same clips; with it off the bytes
+# repeat (a test renders clips twice and compares them).  qcomp=1.0: with mbtree off, constant
+# quality per frame keeps a static clip's frames as close to its first frame as before, at
+# equal bytes.
 X264_OPTIONS = {"crf": "18", "preset": "veryfast", "threads": "1", "x264-params": "mbtree=0:qcomp=1.0"}
 # Sizes in body heights, chosen so the small cues stay several pixels wide at the demo's 48-64 px
-# model input (version 3's 0.3 box and 0.22 head were barely learned at 64 px; docs/log/demo_learning.md).
-# Version 9's 0.5 box (0.4 before): with the 0.4 box, object stayed unlearned (<= .45) on seed 2's
-# clips in every run at the old peak LR 2e-3 and in 2 of 5 renderings at the preset's 7e-4
-# (rounds 5-8); with 0.5 the preset learns it there (.92, round 8).
+# model input: a smaller box and head are barely learned, and with a box of 0.4 object stayed
+# unlearned on some seeds' clips; at 0.5 the demo's settings learn it on every seed tried
+# (docs/log/demo_learning.md has the runs).
 BOX_SIDE = 0.5
 HEAD_RADIUS = 0.25
 
@@ -725,10 +723,10 @@ def demo_frame_cache_dir(out_dir: str | os.PathLike, frames: int, size: int) -> 
 
 def ensure_demo_frame_cache(out_dir: str | os.PathLike, frames: int, size: int) -> Path:
     """A raw frame cache (:func:`datasets.prepare.prepare_cache`) of the complete demo dataset in
-    ``out_dir``, built once (600 clips: about 3 s on one core) and reused after; its path.
+    ``out_dir``, built once and reused after; its path.
 
-    Training from it instead of decoding the same small clips every epoch gave the demo 1.16-1.28x
-    the clips/s on 2 CPU cores (docs/log/demo_learning.md, round 6).  It stores ``frames`` frames per clip
+    Training from it spares decoding the same small clips every epoch
+    (``benchmarks/demo_throughput.py`` compares the two).  It stores ``frames`` frames per clip
     (the centre frame of each segment, so training draws no temporal jitter) at
     ``demo_frame_cache_dir``'s size.  Holds the demo's lock, so a concurrent re-render cannot
     swap the clips under it; a clip that does not go into the cache is an error, not a skip."""
