@@ -9,9 +9,8 @@ annotation schema (31 columns, see ``COLUMNS``), so the whole pipeline can learn
 writes ``DIR/videos/<shard>/demo_<i>.mp4`` (libx264, yuv420p, sub-folders like Moments in
 Time), ``DIR/annotations.csv`` and, last, the marker ``DIR/DEMO_COMPLETE.json``.  Everything
 is drawn from ``numpy.random.default_rng([seed, i])`` per clip, so the same seed gives the
-same labels, frames and (with ``X264_OPTIONS``, since generator version 8) the same H.264 bytes: version 7's
-bytes differed between renderings (decoded frames by 0.01-0.05 grey levels), enough to change what
-a small training run reaches (docs/log/demo_learning.md, rounds 6-8).
+same labels, frames and (with ``X264_OPTIONS``) the same H.264 bytes: bytes that differ between
+renderings change decoded frames slightly, enough to change what a small training run reaches.
 
 What a clip shows (side view): a scene (indoor room or outdoor field) and 0-5 *agents*.
 An agent is an upright figure: an elliptic body in the "mood colour" and a round head whose

@@ -21,7 +21,7 @@ MONTHS = (
     "Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec"
 )
 FORBIDDEN = {
-    "round number": re.compile(r"\bround [0-9]+\b", re.IGNORECASE),
+    "round number": re.compile(r"\brounds? [0-9]+\b", re.IGNORECASE),
     "ISO date": re.compile(r"\b(?:19|20)[0-9]{2}-[01][0-9]-[0-3][0-9]\b"),
     "written date": re.compile(
         rf"\b(?:[0-3]?[0-9] (?:{MONTHS})\.? (?:19|20)[0-9]{{2}}|(?:{MONTHS})\.? [0-3]?[0-9],? (?:19|20)[0-9]{{2}})\b"
@@ -94,7 +94,7 @@ def f():
 
 
 def test_the_scanner_does_not_flag_ordinary_words():
-    source = '''"""Around 7 clips; rounds 3 times; round-trip; the earlier Lightning version's checkpoints."""
+    source = '''"""Around 7 clips; rounded 3 times; round-trip; surrounds 4 sides; the earlier Lightning checkpoints."""
 x = "round 7"  # a plain string literal (not a comment, docstring or help string) is data
 # rounded to 6 decimals; background 2026 pixels; May 3 workers
 '''
