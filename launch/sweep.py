@@ -387,7 +387,12 @@ def _describe(overrides: dict[str, Any]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = CommandLineParser(prog="python -m launch.sweep", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run (or resume) the sweep a sweep file describes")
+    run = commands.add_parser(
+        "run",
+        help="run (or resume) the sweep a sweep file describes",
+        usage="python -m launch.sweep run SWEEP_FILE [options] [-- SBATCH_OPTION ...]",
+        epilog="Without --local the trials are one SLURM job array; options after -- go to sbatch.",
+    )
     run.add_argument("sweep_file", help="the sweep file (YAML; see configs/sweeps/)")
     run.add_argument("--local", action="store_true", help="run the trials one after another on this machine")
     run.add_argument("--dir", default=None, help="the sweep directory (default: runs/sweeps/NAME)")
@@ -410,7 +415,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="SLURM: the address the sweep's tracking server listens on; it must be an address of this host "
         "that the compute nodes reach (default: 127.0.0.1, enough when the trials run on this host)",
     )
-    run.add_argument("sbatch_args", nargs="*", metavar="-- SBATCH_OPTION", help="SLURM: options for sbatch, after --")
     for name, text in (
         ("status", "each trial's values, state and best metric so far"),
         ("summary", "the trials ranked by the sweep's metric, a plot logged to the parent run"),
@@ -422,7 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    split = argv.index("--") if "--" in argv else len(argv)  # the rest is sbatch's
+    args = build_parser().parse_args(argv[:split])
+    args.sbatch_args = argv[split + 1 :]
     if args.command in ("status", "summary"):
         from launch.sweep_report import print_status, print_summary
 

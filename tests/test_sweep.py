@@ -74,6 +74,7 @@ BAD = [
     ({"random": {"trials": 1, "values": {"amp": {"choice": ["off", "fp8"]}}}}, "random.values.amp.choice: amp must"),
     ({"grid": {"lr": [0.1, 0.2, 0.1]}}, "grid.lr: a value is given twice"),
     ({"seeds": [0], "resources": {"gpus": 8}}, "unknown key resources.gpus"),
+    ({"seeds": [0], "resources": {"max_concurrent": 0}}, "resources.max_concurrent: a whole number >= 1"),
     ({"seeds": [0], "mode": "best"}, "mode: max or min"),
     ({"fixed": {"lr": 0.1}}, "sweeps nothing"),
     ({"base": "missing.yaml", "seeds": [0]}, "base: cannot read config file"),
@@ -115,14 +116,22 @@ def test_a_changed_sweep_file_does_not_continue_an_old_sweep(tmp_path):
         prepare_directory(load_sweep(path), sweep_dir, None)
 
 
-def test_a_sweep_runs_locally_only_for_now(tmp_path):
-    path = write(tmp_path / "s.yaml", {"seeds": [0, 1]})
-    with pytest.raises(SystemExit, match="--local"):
-        main(["run", str(path), "--dir", str(tmp_path / "sweep")])
+def test_local_runs_on_one_node_and_takes_no_sbatch_options(tmp_path):
     path = write(tmp_path / "s.yaml", {"seeds": [0, 1], "resources": {"nodes": 2}})
     with pytest.raises(SystemExit, match="resources.nodes is 2"):
         main(["run", str(path), "--local", "--dir", str(tmp_path / "sweep")])
+    path = write(tmp_path / "s.yaml", {"seeds": [0, 1]})
+    with pytest.raises(SystemExit, match=r"sbatch options \(--partition=gpu\) with --local"):
+        main(["run", str(path), "--local", "--dir", str(tmp_path / "sweep"), "--", "--partition=gpu"])
+    with pytest.raises(SystemExit, match="--max-concurrent: a whole number >= 1, got 0"):
+        main(["run", str(path), "--max-concurrent", "0", "--dir", str(tmp_path / "sweep")])
     assert not (tmp_path / "sweep").exists()
+
+
+def test_max_concurrent_comes_from_the_sweep_file(tmp_path):
+    assert load_sweep(write(tmp_path / "s.yaml", {"seeds": [0, 1]})).max_concurrent is None
+    sweep = load_sweep(write(tmp_path / "s.yaml", {"seeds": [0, 1], "resources": {"max_concurrent": 3}}))
+    assert sweep.max_concurrent == 3
 
 
 # ---- real sweeps: torchrun per trial -------------------------------------------------------------
