@@ -129,7 +129,7 @@ def test_a_sweep_on_slurm_two_at_a_time_with_a_preempted_trial(tmp_path, tiny_de
     # the preempted trial checkpointed, requeued and resumed its own run: each step logged once
     trial_log = (sweep_dir / "trials" / "000.log").read_text(errors="replace")
     assert "preempted after a checkpoint" in trial_log and "resumed from" in trial_log, trial_log[-4000:]
-    assert trial_log.count(f"MLflow run {children[0].info.run_id}") == 2, trial_log[-4000:]
+    assert trial_log.count(f"MLflow run {children[0].info.run_id} at ") == 2, trial_log[-4000:]  # two starts, one run
     steps = [m.step for m in client.get_metric_history(children[0].info.run_id, "train/loss")]
     assert sorted(steps) == list(range(1, MAX_STEPS + 1))
     for child in children[1:]:
