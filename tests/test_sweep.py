@@ -111,6 +111,8 @@ def test_a_changed_sweep_file_does_not_continue_an_old_sweep(tmp_path):
     assert (config["lr"], config["epochs"], config["output_dir"]) == (0.2, 2, str(sweep_dir / "trials" / "001"))
     assert config["resume"] == "auto" and config["tracking_uri"] == f"sqlite:///{tmp_path / 'm.db'}"
     assert prepare_directory(load_sweep(path), sweep_dir, None)["trials"] == state["trials"]  # same file: resumes
+    with pytest.raises(SystemExit, match="was never submitted to SLURM; nothing to cancel"):
+        main(["cancel", str(sweep_dir)])
     write(tmp_path / "base.yaml", {"epochs": 3})
     with pytest.raises(SystemExit, match=r"no longer describes the sweep .*trial 000: epochs: 2 -> 3"):
         prepare_directory(load_sweep(path), sweep_dir, None)
@@ -255,6 +257,8 @@ def test_an_interrupted_sweep_resumes_when_run_again(tmp_path, tiny_demo):
 def test_status_of_a_directory_that_is_no_sweep_says_so(tmp_path):
     with pytest.raises(SystemExit, match="is not a sweep directory"):
         main(["status", str(tmp_path)])
+    with pytest.raises(SystemExit, match="is not a sweep directory"):
+        main(["cancel", str(tmp_path)])
     state = {"name": "s", "tracking_uri": f"sqlite:///{tmp_path / 'gone.db'}", "metric": "val/loss", "mode": "min"}
     (tmp_path / "sweep.json").write_text(json.dumps({**state, "swept": ["lr"], "trials": [], "parent_run_id": "x"}))
     with pytest.raises(SystemExit, match=r"store of sweep s cannot be read: .*gone.db does not exist"):
