@@ -46,6 +46,29 @@ def running_tasks(cluster: LocalSlurm, job: str) -> list[str]:
     return res.stdout.split() if res.returncode == 0 else []
 
 
+def start_sweep(cluster: LocalSlurm, path: Path, sweep_dir: Path, out) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "launch.sweep", "run", str(path), "--dir", str(sweep_dir)]
+    cmd += ["--", "--gpus-per-node=0", "--cpus-per-task=1", "--time=20"]
+    return subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=child_env({"SLURM_CONF": str(cluster.conf)}),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def stop_leftovers(proc: subprocess.Popen, out_path: Path) -> None:
+    """Whatever failed, leave no `run` and no server behind (each by its own process group)."""
+    if proc.poll() is None:
+        stop_process_group(proc.pid)
+        proc.wait()
+    server = re.search(r"MLflow server \S+ \(pid (\d+)\)", out_path.read_text(errors="replace"))
+    if server:
+        stop_process_group(int(server.group(1)))
+
+
 def test_a_sweep_on_slurm_two_at_a_time_with_a_preempted_trial(tmp_path, tiny_demo):
     started = time.perf_counter()
     tiny_base(tmp_path, tiny_demo, epochs=2, max_steps=MAX_STEPS)
@@ -56,16 +79,7 @@ def test_a_sweep_on_slurm_two_at_a_time_with_a_preempted_trial(tmp_path, tiny_de
     out_path = tmp_path / "run.out"
     # two CPUs: two one-process trials at once
     with LocalSlurm(tmp_path / "slurm", cpus=2) as cluster, open(out_path, "w") as out:
-        cmd = [sys.executable, "-m", "launch.sweep", "run", str(path), "--dir", str(sweep_dir)]
-        cmd += ["--", "--gpus-per-node=0", "--cpus-per-task=1", "--time=20"]
-        proc = subprocess.Popen(
-            cmd,
-            cwd=REPO,
-            env=child_env({"SLURM_CONF": str(cluster.conf)}),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        proc = start_sweep(cluster, path, sweep_dir, out)
         most_at_once = 0
         try:
             deadline = time.monotonic() + 900
@@ -89,11 +103,7 @@ def test_a_sweep_on_slurm_two_at_a_time_with_a_preempted_trial(tmp_path, tiny_de
             cluster.scancel("--batch", "--signal=USR1", f"{job}_0")
             wait_for("the end", lambda: proc.poll() is not None)
         finally:
-            if proc.poll() is None:
-                stop_process_group(proc.pid)
-            server = re.search(r"MLflow server \S+ \(pid (\d+)\)", out_path.read_text(errors="replace"))
-            if server:  # never leave a server behind, whatever failed
-                stop_process_group(int(server.group(1)))
+            stop_leftovers(proc, out_path)
         log = out_path.read_text(errors="replace")
         assert proc.returncode == 0, log[-5000:]
         preempted = cluster.job(f"{job}_0")
@@ -140,3 +150,29 @@ def test_a_sweep_on_slurm_two_at_a_time_with_a_preempted_trial(tmp_path, tiny_de
     assert artifacts == {"summary/summary.csv", "summary/summary.png"}
     assert Path(parent.info.artifact_uri.removeprefix("file://")).is_relative_to(sweep_dir / "mlartifacts")
     assert "best: trial" in log
+
+
+def test_a_failing_trial_on_slurm_is_failed_with_its_error(tmp_path, tiny_demo):
+    tiny_base(tmp_path, (tiny_demo[0], tmp_path / "missing.csv"), epochs=1, max_steps=2)
+    path = write(tmp_path / "lr.yaml", {"base": "base.yaml", "grid": {"lr": [1.0e-3, 1.0e-2]}})
+    sweep_dir = tmp_path / "sweep"
+    out_path = tmp_path / "run.out"
+    with LocalSlurm(tmp_path / "slurm", cpus=2) as cluster, open(out_path, "w") as out:
+        proc = start_sweep(cluster, path, sweep_dir, out)
+        try:
+            proc.wait(timeout=600)
+        finally:
+            stop_leftovers(proc, out_path)
+    log = out_path.read_text(errors="replace")
+    assert proc.returncode == 1, log[-4000:]
+    assert "MLflow server" in log and "stopped" in log
+
+    import mlflow
+
+    state = json.loads((sweep_dir / "sweep.json").read_text())
+    client = mlflow.MlflowClient(state["tracking_uri"])
+    assert client.get_run(state["parent_run_id"]).info.status == "FAILED"
+    for entry in state["trials"]:
+        child = client.get_run(entry["run_id"])
+        assert child.info.status == "FAILED"
+        assert "missing.csv: cannot read as a CSV table" in child.data.tags["sweep.error"]
