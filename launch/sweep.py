@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -369,12 +370,25 @@ def close_trial_run(client, entry: dict[str, Any], code: int, stopped: bool) -> 
 
 
 def tag_error(client, entry: dict[str, Any]) -> None:
-    """Tag a FAILED child ``sweep.error``: the last error line of its log, so the MLflow UI says why."""
+    """Tag a FAILED child ``sweep.error`` with the error in its log, so the MLflow UI says why."""
     log = Path(entry["log"])
     lines = log.read_text(errors="replace").splitlines() if log.exists() else []
-    errors = [line for line in lines if "Error" in line or "error:" in line or "Exception" in line]
-    text = (errors or [line for line in lines if line.strip()] or [f"no output in {log}"])[-1].strip()
-    client.set_tag(entry["run_id"], "sweep.error", text[:5000])
+    client.set_tag(entry["run_id"], "sweep.error", (error_line(lines) or f"no error in {log}")[:5000])
+
+
+def error_line(lines: list[str]) -> str | None:
+    """The newest error of a trial's log: an entry point's ``error: ...`` line, else the last
+    exception line of a traceback other than torchrun's report that a worker failed (which
+    names no cause), else the last line."""
+    own = [line for line in lines if line.startswith("error: ")]
+    raised = [
+        line
+        for line in lines
+        if re.match(r"[\w.]+(Error|Exception|Interrupt)\b", line) and "ChildFailedError" not in line
+    ]
+    text = [line for line in lines if line.strip()]
+    found = own or raised or text
+    return found[-1].strip() if found else None
 
 
 def _describe(overrides: dict[str, Any]) -> str:

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from launch_helpers import REPO, child_env, run
 
-from launch.sweep import main, prepare_directory
+from launch.sweep import error_line, main, prepare_directory
 from launch.sweep_file import SweepFileError, load_sweep
 
 EXAMPLES = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))
@@ -128,6 +128,20 @@ def test_local_runs_on_one_node_and_takes_no_sbatch_options(tmp_path):
     with pytest.raises(SystemExit, match="--max-concurrent: a whole number >= 1, got 0"):
         main(["run", str(path), "--max-concurrent", "0", "--dir", str(tmp_path / "sweep")])
     assert not (tmp_path / "sweep").exists()
+
+
+def test_a_failed_trial_s_error_is_its_own_not_torchrun_s():
+    log = [
+        "epoch 0 step 3: ...",
+        "error: --annotations: a.csv: cannot read as a CSV table",
+        "Traceback (most recent call last):",
+        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: ",
+        "  exitcode  : 1 (pid: 7)",
+    ]
+    assert error_line(log) == "error: --annotations: a.csv: cannot read as a CSV table"
+    crash = ["Traceback (most recent call last):", "  File ...", "RuntimeError: CUDA out of memory", *log[3:]]
+    assert error_line(crash) == "RuntimeError: CUDA out of memory"
+    assert error_line(["", "Killed", ""]) == "Killed" and error_line([]) is None
 
 
 def test_max_concurrent_comes_from_the_sweep_file(tmp_path):
