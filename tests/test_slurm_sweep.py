@@ -176,3 +176,58 @@ def test_a_failing_trial_on_slurm_is_failed_with_its_error(tmp_path, tiny_demo):
         child = client.get_run(entry["run_id"])
         assert child.info.status == "FAILED"
         assert "missing.csv: cannot read as a CSV table" in child.data.tags["sweep.error"]
+
+
+def test_a_cancelled_sweep_resubmits_only_its_unfinished_trials(tmp_path, tiny_demo):
+    tiny_base(tmp_path, tiny_demo, epochs=2, max_steps=MAX_STEPS)
+    spec = {"base": "base.yaml", "grid": {"lr": [1.0e-3, 1.0e-2]}, "resources": {"max_concurrent": 1}}
+    path = write(tmp_path / "lr.yaml", spec)
+    sweep_dir = tmp_path / "sweep"
+    out_path, again_path = tmp_path / "run.out", tmp_path / "again.out"
+    with LocalSlurm(tmp_path / "slurm", cpus=2) as cluster:
+        with open(out_path, "w") as out:
+            proc = start_sweep(cluster, path, sweep_dir, out)
+            try:
+                deadline = time.monotonic() + 600
+                while logged_step(sweep_dir / "trials" / "001") < 2:  # trial 000 is done, 001 is training
+                    assert proc.poll() is None and time.monotonic() < deadline, out_path.read_text()[-4000:]
+                    time.sleep(0.5)
+                cancel = subprocess.run(
+                    [sys.executable, "-m", "launch.sweep", "cancel", str(sweep_dir)],
+                    cwd=REPO,
+                    env=child_env({"SLURM_CONF": str(cluster.conf)}),
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                )
+                assert cancel.returncode == 0 and "closes the runs and stops the server" in cancel.stdout, cancel
+                proc.wait(timeout=300)
+            finally:
+                stop_leftovers(proc, out_path)
+        log = out_path.read_text(errors="replace")
+        assert proc.returncode == 75, log[-4000:]
+
+        import mlflow
+
+        state = json.loads((sweep_dir / "sweep.json").read_text())
+        client = mlflow.MlflowClient(state["tracking_uri"])
+        first = {e["trial"]: client.get_run(e["run_id"]).info for e in state["trials"]}
+        assert {t: i.status for t, i in first.items()} == {"000": "FINISHED", "001": "KILLED"}
+        assert client.get_run(state["parent_run_id"]).info.status == "KILLED"
+
+        with open(again_path, "w") as out:  # the same command again: only trial 001 is submitted
+            proc = start_sweep(cluster, path, sweep_dir, out)
+            try:
+                proc.wait(timeout=600)
+            finally:
+                stop_leftovers(proc, again_path)
+    again = again_path.read_text(errors="replace")
+    assert proc.returncode == 0, again[-4000:]
+    assert "2 trials of lr" in again and "1 to run" in again and "trials 001, 1 at a time" in again
+    state = json.loads((sweep_dir / "sweep.json").read_text())
+    runs = client.search_runs([client.get_experiment_by_name("social-vision").experiment_id])
+    assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs)
+    assert client.get_run(state["trials"][0]["run_id"]).info.end_time == first["000"].end_time  # not run again
+    assert "resumed from" in (sweep_dir / "trials" / "001.log").read_text()
+    steps = [m.step for m in client.get_metric_history(state["trials"][1]["run_id"], "train/loss")]
+    assert sorted(steps) == list(range(1, MAX_STEPS + 1))
