@@ -32,10 +32,39 @@ sv_train_cmd() {
     local -a user=()
     read -r -a user <<< "${TRAIN_ARGS:-}"
     TRAIN_CMD=(train_ddp.py)
+    [[ -n "${SWEEP_CONFIG:-}" ]] && TRAIN_CMD+=(--config "$SWEEP_CONFIG")
     [[ -n "${MLFLOW_TRACKING_URI:-}" ]] && TRAIN_CMD+=(--tracking-uri "$MLFLOW_TRACKING_URI")
     [[ -n "${DEVICE:-}" ]] && TRAIN_CMD+=(--device "$DEVICE")
     [[ -n "${RUN_NAME:-}" ]] && TRAIN_CMD+=(--run-name "$RUN_NAME")
     TRAIN_CMD+=("${user[@]}" "$@" --output-dir "$OUTPUT_DIR" --resume auto)
+}
+
+# A task of a sweep's job array (`python -m launch.sweep run` submits the array with SWEEP_DIR
+# set): task i trains trial i of the sweep with its config file, its output dir and its MLflow
+# child run (MLFLOW_RUN_ID, read from SWEEP_DIR/sweep.json), so a requeued task continues the
+# same run from its own checkpoint.  Without SWEEP_DIR, nothing changes.
+sv_sweep_trial() {
+    [[ -n "${SWEEP_DIR:-}" ]] || return 0
+    if [[ -z "${SLURM_ARRAY_TASK_ID:-}" ]]; then
+        echo "launch: SWEEP_DIR is set but this is no array task; submit sweeps with python -m launch.sweep run" >&2
+        exit 2
+    fi
+    local trial
+    trial=$(printf '%03d' "$SLURM_ARRAY_TASK_ID")
+    OUTPUT_DIR=$SWEEP_DIR/trials/$trial
+    SWEEP_CONFIG=$SWEEP_DIR/trials/$trial.yaml
+    read -r MLFLOW_RUN_ID RUN_NAME < <("$PYTHON" -c 'import json, sys
+state = json.load(open(sys.argv[1]))
+entry = state["trials"][int(sys.argv[2])]
+print(entry["run_id"], state["name"] + "-" + entry["trial"])' "$SWEEP_DIR/sweep.json" "$SLURM_ARRAY_TASK_ID") || true
+    if [[ -z "$MLFLOW_RUN_ID" || "$MLFLOW_RUN_ID" == None ]]; then
+        echo "launch: trial $trial of $SWEEP_DIR has no MLflow run id in sweep.json" >&2
+        exit 2
+    fi
+    export MLFLOW_RUN_ID
+    # several trials' rendezvous may share a head node (launch/slurm_multi_node.sbatch)
+    RDZV_PORT=${RDZV_PORT:-$((29500 + SLURM_ARRAY_TASK_ID % 1000))}
+    sv_log "sweep $SWEEP_DIR: trial $trial, MLflow run $MLFLOW_RUN_ID"
 }
 
 # Start a launcher (torchrun, or srun running torchrun) in the background so that this shell

@@ -1,6 +1,8 @@
 """Hyper-parameter sweeps: one MLflow parent run, one child run per trial, each trial one train_ddp.py run.
 
     python -m launch.sweep run configs/sweeps/demo_lr.yaml --local   # trials one after another here
+    python -m launch.sweep run SWEEP.yaml -- --partition=gpu         # a SLURM job array (launch/sweep_slurm.py)
+    python -m launch.sweep cancel runs/sweeps/NAME                   # cancel that array
     python -m launch.sweep status runs/sweeps/demo_lr                # each trial: values, state, best so far
     python -m launch.sweep summary runs/sweeps/demo_lr               # the table, the best trial, a plot
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -130,7 +133,11 @@ def prepare_directory(sweep: Sweep, sweep_dir: Path, tracking_uri: str | None) -
         "metric": sweep.metric,
         "mode": sweep.mode,
         "swept": sweep.swept,
-        "resources": {"nproc_per_node": sweep.nproc_per_node, "nodes": sweep.nodes},
+        "resources": {
+            "nproc_per_node": sweep.nproc_per_node,
+            "nodes": sweep.nodes,
+            "max_concurrent": sweep.max_concurrent,
+        },
         "parent_run_id": old["parent_run_id"] if old else None,
         "trials": [{**entry, "run_id": old["trials"][i]["run_id"] if old else None} for i, entry in enumerate(trials)],
     }
@@ -152,11 +159,21 @@ def mlflow_client(uri: str):
     return mlflow.MlflowClient(uri)
 
 
+def live_uri(state: dict[str, Any]) -> str:
+    """Where to talk to the sweep's store now: its tracking server while one serves it (the
+    server must stay its only writer), else the store itself."""
+    server = state.get("server")
+    if server and store_unreachable(server["url"]) is None:
+        return server["url"]
+    return state["tracking_uri"]
+
+
 def store_client(state: dict[str, Any]):
     """A client of the sweep's existing store (status and summary read it; they never create one)."""
-    if why := store_unreachable(state["tracking_uri"]):
+    uri = live_uri(state)
+    if why := store_unreachable(uri):
         raise SystemExit(f"the MLflow store of sweep {state['name']} cannot be read: {why}")
-    return mlflow_client(state["tracking_uri"])
+    return mlflow_client(uri)
 
 
 def experiment_id(client, name: str, uri: str) -> str:
@@ -174,10 +191,12 @@ def _find_run(client, exp_id: str, tags: dict[str, str]) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def create_runs(state: dict[str, Any], sweep: Sweep, sweep_dir: Path) -> None:
+def create_runs(state: dict[str, Any], sweep: Sweep, sweep_dir: Path, client_uri: str | None = None) -> None:
     """The parent run (holding the sweep file) and one SCHEDULED child per trial, each created
-    once: ids already in the state, or found by their tags, are reused."""
-    client = mlflow_client(state["tracking_uri"])
+    once: ids already in the state, or found by their tags, are reused.  ``client_uri``: the
+    tracking server that serves the store, if one does (the experiment's artifacts still go
+    beside a sqlite store, where every trial writes them itself)."""
+    client = mlflow_client(client_uri or state["tracking_uri"])
     exp_id = experiment_id(client, state["experiment"], state["tracking_uri"])
     parent_tags = {"sweep.dir": str(sweep_dir), "sweep.role": "parent"}
     parent = state["parent_run_id"] or _find_run(client, exp_id, parent_tags)
@@ -196,6 +215,7 @@ def create_runs(state: dict[str, Any], sweep: Sweep, sweep_dir: Path) -> None:
             "trials": len(sweep.trials),
             "nproc_per_node": sweep.nproc_per_node,
             "nodes": sweep.nodes,
+            "max_concurrent": sweep.max_concurrent or "",
         }.items():
             client.log_param(parent, key, str(value))
         client.log_artifact(parent, str(sweep_dir / "sweep.yaml"), "sweep")
@@ -339,13 +359,36 @@ def close_trial_run(client, entry: dict[str, Any], code: int, stopped: bool) -> 
     run_id = entry["run_id"]
     client.set_tag(run_id, "sweep.exit_code", str(code))
     status = run_status(client, run_id)
-    if status in TERMINAL and not (code == 0 and status != "FINISHED"):
-        return
-    if code == 0:
-        client.set_tag(run_id, "sweep.note", "train_ddp.py found this trial's training already done")
-        client.set_terminated(run_id, status="FINISHED")
-    else:
-        client.set_terminated(run_id, status="KILLED" if stopped else "FAILED")
+    if status not in TERMINAL or (code == 0 and status != "FINISHED"):
+        if code == 0:
+            client.set_tag(run_id, "sweep.note", "train_ddp.py found this trial's training already done")
+            client.set_terminated(run_id, status="FINISHED")
+        else:
+            client.set_terminated(run_id, status="KILLED" if stopped else "FAILED")
+    if run_status(client, run_id) == "FAILED":
+        tag_error(client, entry)
+
+
+def tag_error(client, entry: dict[str, Any]) -> None:
+    """Tag a FAILED child ``sweep.error`` with the error in its log, so the MLflow UI says why."""
+    log = Path(entry["log"])
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    client.set_tag(entry["run_id"], "sweep.error", (error_line(lines) or f"no error in {log}")[:5000])
+
+
+def error_line(lines: list[str]) -> str | None:
+    """The newest error of a trial's log: an entry point's ``error: ...`` line, else the last
+    exception line of a traceback other than torchrun's report that a worker failed (which
+    names no cause), else the last line."""
+    own = [line for line in lines if line.startswith("error: ")]
+    raised = [
+        line
+        for line in lines
+        if re.match(r"[\w.]+(Error|Exception|Interrupt)\b", line) and "ChildFailedError" not in line
+    ]
+    text = [line for line in lines if line.strip()]
+    found = own or raised or text
+    return found[-1].strip() if found else None
 
 
 def _describe(overrides: dict[str, Any]) -> str:
@@ -358,18 +401,38 @@ def _describe(overrides: dict[str, Any]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = CommandLineParser(prog="python -m launch.sweep", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run (or resume) the sweep a sweep file describes")
+    run = commands.add_parser(
+        "run",
+        help="run (or resume) the sweep a sweep file describes",
+        usage="python -m launch.sweep run SWEEP_FILE [options] [-- SBATCH_OPTION ...]",
+        epilog="Without --local the trials are one SLURM job array; options after -- go to sbatch.",
+    )
     run.add_argument("sweep_file", help="the sweep file (YAML; see configs/sweeps/)")
     run.add_argument("--local", action="store_true", help="run the trials one after another on this machine")
     run.add_argument("--dir", default=None, help="the sweep directory (default: runs/sweeps/NAME)")
     run.add_argument(
         "--tracking-uri",
         default=None,
-        help="MLflow store for the parent and the trials (default: $MLFLOW_TRACKING_URI, else sqlite:///DIR/mlflow.db)",
+        help="MLflow store for the parent and the trials (default: $MLFLOW_TRACKING_URI, else "
+        "sqlite:///DIR/mlflow.db); on SLURM an http(s) server is used as it is, "
+        "any other store through a server the sweep starts",
+    )
+    run.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=None,
+        help="SLURM: trials running at once (default: resources.max_concurrent of the sweep file, else no limit)",
+    )
+    run.add_argument(
+        "--server-host",
+        default="127.0.0.1",
+        help="SLURM: the address the sweep's tracking server listens on; it must be an address of this host "
+        "that the compute nodes reach (default: 127.0.0.1, enough when the trials run on this host)",
     )
     for name, text in (
         ("status", "each trial's values, state and best metric so far"),
         ("summary", "the trials ranked by the sweep's metric, a plot logged to the parent run"),
+        ("cancel", "cancel the sweep's SLURM job array (its running trials checkpoint and stop)"),
     ):
         command = commands.add_parser(name, help=text)
         command.add_argument("dir", help="the sweep directory")
@@ -377,21 +440,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    split = argv.index("--") if "--" in argv else len(argv)  # the rest is sbatch's
+    args = build_parser().parse_args(argv[:split])
+    args.sbatch_args = argv[split + 1 :]
     if args.command in ("status", "summary"):
         from launch.sweep_report import print_status, print_summary
 
         (print_status if args.command == "status" else print_summary)(Path(args.dir).resolve())
         return 0
+    if args.command == "cancel":
+        from launch.sweep_slurm import cancel
+
+        return cancel(Path(args.dir).resolve())
     try:
         sweep = load_sweep(args.sweep_file)
     except SweepFileError as exc:
         raise SystemExit(str(exc)) from None
-    if not args.local:
-        raise SystemExit("a sweep runs with --local (the trials one after another on this machine)")
-    if sweep.nodes != 1:
+    if args.max_concurrent is not None:
+        if args.max_concurrent < 1:
+            raise SystemExit(f"--max-concurrent: a whole number >= 1, got {args.max_concurrent}")
+        sweep.max_concurrent = args.max_concurrent
+    if args.local and args.sbatch_args:
+        raise SystemExit(f"sbatch options ({' '.join(args.sbatch_args)}) with --local: the trials run here")
+    if args.local and sweep.nodes != 1:
         raise SystemExit(f"{sweep.path}: resources.nodes is {sweep.nodes}; --local runs on this one machine")
     sweep_dir = Path(args.dir or Path("runs") / "sweeps" / sweep.name).resolve()
+    if not args.local:
+        from launch.sweep_slurm import run_cluster
+
+        return run_cluster(sweep, sweep_dir, args.tracking_uri, args.server_host, args.sbatch_args)
     state = prepare_directory(sweep, sweep_dir, args.tracking_uri)
     create_runs(state, sweep, sweep_dir)
     print(

@@ -17,7 +17,7 @@
     seeds: [0, 1]                   # each combination once per seed
     metric: val/mean_spearman       # what ranks the trials (default: the config's early_stop_metric)
     mode: max                       # (default: the config's early_stop_mode)
-    resources: {nproc_per_node: 8, nodes: 1}
+    resources: {nproc_per_node: 8, nodes: 1, max_concurrent: 4}
 
 The trials are grid combination x random draw x seed, in that order, numbered from 0.  Every
 value is checked as train_ddp.py's config checks it (type, choices), and every mistake is one
@@ -39,7 +39,7 @@ from utils.config import TrainConfig, check_option, load_config_file, option_nam
 
 TOP_KEYS = ("name", "base", "fixed", "grid", "random", "seeds", "metric", "mode", "resources")
 RANDOM_KEYS = ("trials", "seed", "values")
-RESOURCE_KEYS = ("nproc_per_node", "nodes")
+RESOURCE_KEYS = ("nproc_per_node", "nodes", "max_concurrent")
 DISTRIBUTIONS = ("uniform", "log_uniform", "int_uniform", "choice")
 # Set by the sweep for each trial: its own output dir (and resume from it), the sweep's store
 # and a run name saying which trial it is.
@@ -78,6 +78,7 @@ class Sweep:
     mode: str
     nproc_per_node: int = 1
     nodes: int = 1
+    max_concurrent: int | None = None  # trials running at once on a cluster (None: as many as it gives)
 
     def trial_options(self, trial: Trial, output_dir: Path, tracking_uri: str) -> dict[str, Any]:
         """Everything the trial's config file holds: base and fixed options, the trial's values,
@@ -177,7 +178,10 @@ def load_sweep(path: str | Path) -> Sweep:
     _known_keys(resources, RESOURCE_KEYS, src, "resources.")
     counts = {}
     for key in RESOURCE_KEYS:
-        value = resources.get(key, 1)
+        value = resources.get(key, None if key == "max_concurrent" else 1)
+        if value is None and key == "max_concurrent":
+            counts[key] = None
+            continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise SweepFileError(f"{src}: resources.{key}: a whole number >= 1, got {value!r}")
         counts[key] = value
@@ -196,6 +200,7 @@ def load_sweep(path: str | Path) -> Sweep:
         mode=mode,
         nproc_per_node=counts["nproc_per_node"],
         nodes=counts["nodes"],
+        max_concurrent=counts["max_concurrent"],
     )
 
 

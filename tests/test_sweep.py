@@ -16,7 +16,7 @@ import pytest
 import yaml
 from launch_helpers import REPO, child_env, run
 
-from launch.sweep import main, prepare_directory
+from launch.sweep import error_line, main, prepare_directory
 from launch.sweep_file import SweepFileError, load_sweep
 
 EXAMPLES = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))
@@ -74,6 +74,7 @@ BAD = [
     ({"random": {"trials": 1, "values": {"amp": {"choice": ["off", "fp8"]}}}}, "random.values.amp.choice: amp must"),
     ({"grid": {"lr": [0.1, 0.2, 0.1]}}, "grid.lr: a value is given twice"),
     ({"seeds": [0], "resources": {"gpus": 8}}, "unknown key resources.gpus"),
+    ({"seeds": [0], "resources": {"max_concurrent": 0}}, "resources.max_concurrent: a whole number >= 1"),
     ({"seeds": [0], "mode": "best"}, "mode: max or min"),
     ({"fixed": {"lr": 0.1}}, "sweeps nothing"),
     ({"base": "missing.yaml", "seeds": [0]}, "base: cannot read config file"),
@@ -110,19 +111,43 @@ def test_a_changed_sweep_file_does_not_continue_an_old_sweep(tmp_path):
     assert (config["lr"], config["epochs"], config["output_dir"]) == (0.2, 2, str(sweep_dir / "trials" / "001"))
     assert config["resume"] == "auto" and config["tracking_uri"] == f"sqlite:///{tmp_path / 'm.db'}"
     assert prepare_directory(load_sweep(path), sweep_dir, None)["trials"] == state["trials"]  # same file: resumes
+    with pytest.raises(SystemExit, match="was never submitted to SLURM; nothing to cancel"):
+        main(["cancel", str(sweep_dir)])
     write(tmp_path / "base.yaml", {"epochs": 3})
     with pytest.raises(SystemExit, match=r"no longer describes the sweep .*trial 000: epochs: 2 -> 3"):
         prepare_directory(load_sweep(path), sweep_dir, None)
 
 
-def test_a_sweep_runs_locally_only_for_now(tmp_path):
-    path = write(tmp_path / "s.yaml", {"seeds": [0, 1]})
-    with pytest.raises(SystemExit, match="--local"):
-        main(["run", str(path), "--dir", str(tmp_path / "sweep")])
+def test_local_runs_on_one_node_and_takes_no_sbatch_options(tmp_path):
     path = write(tmp_path / "s.yaml", {"seeds": [0, 1], "resources": {"nodes": 2}})
     with pytest.raises(SystemExit, match="resources.nodes is 2"):
         main(["run", str(path), "--local", "--dir", str(tmp_path / "sweep")])
+    path = write(tmp_path / "s.yaml", {"seeds": [0, 1]})
+    with pytest.raises(SystemExit, match=r"sbatch options \(--partition=gpu\) with --local"):
+        main(["run", str(path), "--local", "--dir", str(tmp_path / "sweep"), "--", "--partition=gpu"])
+    with pytest.raises(SystemExit, match="--max-concurrent: a whole number >= 1, got 0"):
+        main(["run", str(path), "--max-concurrent", "0", "--dir", str(tmp_path / "sweep")])
     assert not (tmp_path / "sweep").exists()
+
+
+def test_a_failed_trial_s_error_is_its_own_not_torchrun_s():
+    log = [
+        "epoch 0 step 3: ...",
+        "error: --annotations: a.csv: cannot read as a CSV table",
+        "Traceback (most recent call last):",
+        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: ",
+        "  exitcode  : 1 (pid: 7)",
+    ]
+    assert error_line(log) == "error: --annotations: a.csv: cannot read as a CSV table"
+    crash = ["Traceback (most recent call last):", "  File ...", "RuntimeError: CUDA out of memory", *log[3:]]
+    assert error_line(crash) == "RuntimeError: CUDA out of memory"
+    assert error_line(["", "Killed", ""]) == "Killed" and error_line([]) is None
+
+
+def test_max_concurrent_comes_from_the_sweep_file(tmp_path):
+    assert load_sweep(write(tmp_path / "s.yaml", {"seeds": [0, 1]})).max_concurrent is None
+    sweep = load_sweep(write(tmp_path / "s.yaml", {"seeds": [0, 1], "resources": {"max_concurrent": 3}}))
+    assert sweep.max_concurrent == 3
 
 
 # ---- real sweeps: torchrun per trial -------------------------------------------------------------
@@ -246,6 +271,8 @@ def test_an_interrupted_sweep_resumes_when_run_again(tmp_path, tiny_demo):
 def test_status_of_a_directory_that_is_no_sweep_says_so(tmp_path):
     with pytest.raises(SystemExit, match="is not a sweep directory"):
         main(["status", str(tmp_path)])
+    with pytest.raises(SystemExit, match="is not a sweep directory"):
+        main(["cancel", str(tmp_path)])
     state = {"name": "s", "tracking_uri": f"sqlite:///{tmp_path / 'gone.db'}", "metric": "val/loss", "mode": "min"}
     (tmp_path / "sweep.json").write_text(json.dumps({**state, "swept": ["lr"], "trials": [], "parent_run_id": "x"}))
     with pytest.raises(SystemExit, match=r"store of sweep s cannot be read: .*gone.db does not exist"):
