@@ -11,7 +11,8 @@ from launch_helpers import TINY, run_train
 pytestmark = pytest.mark.slow
 
 # the demo, made tiny by flags (which win over configs/demo.yaml)
-SMALL = [*TINY, "--demo-videos", "16", "--batch-size", "4", "--max-steps", "2", "--val-every", "0"]
+SMALL = [*TINY, "--demo-videos", "16", "--demo-val-videos", "0", "--batch-size", "4", "--max-steps", "2"]
+SMALL += ["--val-every", "0"]
 
 
 def test_the_demo_runs_configs_demo_yaml_and_its_saved_config_repeats_it(tmp_path):

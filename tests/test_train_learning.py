@@ -32,7 +32,11 @@ from launch_helpers import train
 pytestmark = pytest.mark.slow
 
 EPOCHS = 8
-ALL = (320, "0.25", "--size", "48", "--epochs", str(EPOCHS))
+# 320 clips split as before (the same training clips), validated like the demo: on their validation
+# split plus clips rendered for validation only (VAL_ONLY), so each feature is measured to a
+# standard error near 0.05 rather than the split's 0.1 and the thresholds below sit on signal
+VAL_ONLY = 240
+ALL = (320, "0.25", "--size", "48", "--epochs", str(EPOCHS), "--demo-val-videos", str(VAL_ONLY))
 RUNS = {"moving": ALL, "static": (*ALL, "--demo-static")}  # name: clips, validation fraction, flags
 
 
@@ -63,6 +67,7 @@ def train_demo(tmp_path, name: str, videos: int, val_fraction: str, *extra: str)
         demo_videos=videos,
         val_fraction=val_fraction,
         test_fraction=0,
+        val_every=1,  # every epoch (the demo's file says every third): the first epoch is compared
         num_workers=1,
         seed=0,
         progress=False,
@@ -78,7 +83,7 @@ def test_demo_training_learns(learning_runs):
     val = learning_runs["moving"]
     assert len(val) == EPOCHS
     final = val[-1]
-    assert final["val/clips"] >= 80
+    assert final["val/clips"] >= 80 + VAL_ONLY
     assert final["val/mean_spearman"] >= 0.50, final  # measured 0.567 (version 7: a 0.025 spread): margin 0.067
     learned = [
         t
