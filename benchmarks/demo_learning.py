@@ -181,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         own = summary["final_validation"].get(feature)
         line = f"  {feature:14s} {v['spearman']:6.3f} ± {v['se']:.3f} (n={v['n']:4d})"
         if own is not None and own["spearman"] is not None:
-            line += f"   {own['spearman']:6.3f} ± {own['se'] or float('nan'):.3f} (n={own['n'] or 0:4.0f})"
+            se, n = (float("nan") if own[k] is None else own[k] for k in ("se", "n"))
+            line += f"   {own['spearman']:6.3f} ± {se:.3f} (n={n:4.0f})"
             line += f"   {own['spearman'] - v['spearman']:+.3f}"
         print(line)
     print(f"  {'mean':14s} {summary['mean_spearman']:6.3f} ± {summary['mean_spearman_se']:.3f}")
