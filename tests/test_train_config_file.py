@@ -22,7 +22,7 @@ def test_the_demo_runs_configs_demo_yaml_and_its_saved_config_repeats_it(tmp_pat
     assert first.stdout.splitlines()[0].startswith(
         "the demo (no --videos or --cache): settings from configs/demo.yaml, then the command line"
     ), first.stdout[:2000]
-    assert "  --width 32  (configs/demo.yaml)" in first.stdout  # the file's, where the flags say nothing
+    assert "  --lr 0.0007  (configs/demo.yaml)" in first.stdout  # the file's, where the flags say nothing
     assert "  --depth 18  (command line)" in first.stdout and "  --frames 4  (command line)" in first.stdout
     # the checkpoint and the MLflow run record the file
     last = torch.load(tmp_path / "first" / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
