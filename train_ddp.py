@@ -29,6 +29,7 @@ import random
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -58,6 +59,7 @@ from datasets import (
     collate_cached,
     collate_clips,
     demo_frame_cache_dir,
+    demo_validation_names,
     ensure_demo_dataset,
     ensure_demo_frame_cache,
     load_annotation_table,
@@ -174,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         # ---- 2. data ------------------------------------------------------------------------------
         if demo:
             use_demo_dataset(cfg, info)
-        data = build_data(cfg, tasks, info)
+        data = build_data(cfg, tasks, info, demo_validation_names(cfg.demo_videos, cfg.demo_val_videos) if demo else [])
 
         # ---- 3. model, freezing, optimizer, schedule, scaler ------------------------------------------
         t = build_training(cfg, tasks, data.total_steps, data.steps_per_epoch, info, amp_dtype, channels_last)
@@ -212,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=progress,
         )
         stop_reason = None
+        last_validation: dict[str, float] = {}  # this launch's latest validation, for the summary
         while state.epoch < cfg.epochs and stop_reason is None:
             start_epoch(t, state, cfg, info)
             stop_reason = train_one_epoch(t, data, state, window, checkpointer, preempt, cfg, info)
@@ -220,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             state.end_epoch()
             is_best = False
             if data.val_loader is not None and state.epoch % cfg.val_every == 0:
-                is_best = validate_and_record(t, data, state, early, tracker, cfg, info)
+                is_best, last_validation = validate_and_record(t, data, state, early, tracker, cfg, info)
                 if early.should_stop:
                     log0(
                         info,
@@ -232,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         progress.close()
         if stop_reason in (None, "max_steps") and data.val_loader is not None and early.last_step != state.step:
             # training ended on weights no validation has seen: validate them, so best.pt exists
-            checkpointer.save(is_best=validate_and_record(t, data, state, early, tracker, cfg, info))
+            is_best, last_validation = validate_and_record(t, data, state, early, tracker, cfg, info)
+            checkpointer.save(is_best=is_best)
 
         # ---- 7. the end -----------------------------------------------------------------------------
         exit_code, status = finish(stop_reason, t, state, early, checkpointer, tracker, cfg, info)
@@ -248,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                 info,
                 seconds=time.perf_counter() - started,
                 steps_run=state.step - first_step,
+                last_validation=last_validation,
             )
         return exit_code
     except BaseException:
@@ -570,16 +575,17 @@ def validate_and_record(
     tracker: RunTracker,
     cfg: TrainConfig,
     info: DistInfo,
-) -> bool:
+) -> tuple[bool, dict[str, float]]:
     """Validate the weights of this step, log it, update early stopping; rank 0 keeps the best
-    validation's predictions for the plots at the end.  Returns whether it is the best so far."""
+    validation's predictions for the plots at the end.  Returns whether it is the best so far, and
+    its metrics."""
     metrics, logits, targets = validate(t, data.val_loader, info)
     is_best = early.update(metrics, state.step, state.epoch)
     log_validation(metrics, state, tracker, info)
     if is_best and info.is_main:
         arrays = {f"logits/{k}": v for k, v in logits.items()} | {f"targets/{k}": v for k, v in targets.items()}
         atomic_write(Path(cfg.output_dir) / BEST_PREDICTIONS, lambda tmp: np.savez(tmp, **arrays))
-    return is_best
+    return is_best, metrics
 
 
 def log_validation(metrics: dict[str, float], state: TrainState, tracker: RunTracker, info: DistInfo) -> None:
@@ -760,7 +766,7 @@ def use_demo_dataset(cfg: TrainConfig, info: DistInfo) -> None:
     if info.local_rank == 0:
         ensure_demo_dataset(
             cfg.demo_dir,
-            num_videos=cfg.demo_videos,
+            num_videos=cfg.demo_videos + cfg.demo_val_videos,
             seed=cfg.seed,
             static=cfg.demo_static,
             progress=info.is_main and cfg.progress,
@@ -781,8 +787,10 @@ class Data:
     total_steps: int
 
 
-def build_data(cfg: TrainConfig, tasks, info: DistInfo) -> Data:
-    """Annotation table -> split -> clip datasets (decoded videos or the frame cache) -> loaders."""
+def build_data(cfg: TrainConfig, tasks, info: DistInfo, validation_only: Sequence[str] = ()) -> Data:
+    """Annotation table -> split -> clip datasets (decoded videos or the frame cache) -> loaders.
+    ``validation_only``: videos put in the validation split whatever the split method says (the
+    demo's extra validation clips)."""
     if cfg.annotations is None:
         raise SystemExit("--annotations CSV is required with --videos/--cache")
     try:
@@ -790,13 +798,15 @@ def build_data(cfg: TrainConfig, tasks, info: DistInfo) -> Data:
     except (OSError, AnnotationError) as exc:  # a missing file, a table without the asked-for columns
         raise SystemExit(f"--annotations: {exc}") from exc
     split = assign_splits(table, method=cfg.split, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction)
+    split[table["video_name"].isin(validation_only).to_numpy()] = "val"
     targets = build_targets(table, tasks)
     rows = split_indices(split.to_numpy())
     train_rows, val_rows = rows["train"], rows["val"]
     log0(
         info,
         f"annotations {cfg.annotations}: {len(table)} videos -> train {len(train_rows)}, "
-        f"val {len(val_rows)}, test {len(rows['test'])}",
+        f"val {len(val_rows)}{f' ({len(validation_only)} of them for validation only)' if validation_only else ''}, "
+        f"test {len(rows['test'])}",
     )
     if table_report is not None and getattr(table_report, "total_unmapped", 0):
         log0(info, f"annotation values that could not be mapped (set to unknown): {table_report}")
@@ -1220,8 +1230,11 @@ def print_summary(
     info: DistInfo,
     seconds: float,
     steps_run: int,
+    last_validation: dict[str, float],
 ) -> None:
-    """The last thing a run prints (rank 0): what happened and where everything is."""
+    """The last thing a run prints (rank 0): what happened, the last validation per task (each
+    Spearman with its bootstrap standard error and the clips it counts, so signal and noise can be
+    told apart) and where everything is."""
     files = checkpointer.files
     clips = steps_run * cfg.batch_size * cfg.accum_steps * info.world_size
     best = (
@@ -1233,6 +1246,7 @@ def print_summary(
         f"run ended: {stop_reason or 'all epochs done'} (exit code {exit_code}) after {state.step} steps, "
         f"{state.epoch} of {cfg.epochs} epochs",
         f"best: {best}",
+        *validation_lines(last_validation),
         *(
             f"{name}: {path}"
             for name, path in (("best.pt", files.best_path), ("last.pt", files.last_path))
@@ -1244,6 +1258,27 @@ def print_summary(
         f"launch ({cfg.batch_size} x {cfg.accum_steps} x {info.world_size} clips per step)",
     ]
     print("\n".join(["-" * 72, *lines, "-" * 72]), flush=True)
+
+
+def validation_lines(metrics: dict[str, float]) -> list[str]:
+    """The summary's lines for one validation: "facingness  0.54 ± 0.04 (n=600)" per score task,
+    accuracy and n per class task."""
+    if not metrics:
+        return []
+    lines = [
+        f"last validation ({metrics['val/clips']:.0f} clips): Spearman ± bootstrap standard error (n scored clips)"
+    ]
+    for key in metrics:
+        if key.endswith("/spearman") and key != "val/mean_spearman":
+            task = key[len("val/") : -len("/spearman")]
+            se, n = metrics.get(f"val/{task}/spearman_se", math.nan), metrics[f"val/{task}/n"]
+            lines.append(f"  {task:14s} {metrics[key]:6.3f} ± {se:.3f} (n={n:.0f})")
+        elif key.endswith("/accuracy"):
+            task = key[len("val/") : -len("/accuracy")]
+            lines.append(f"  {task:14s} accuracy {metrics[key]:.3f} (n={metrics[f'val/{task}/n']:.0f})")
+    if "val/mean_spearman" in metrics:
+        lines.append(f"  {'mean Spearman':14s} {metrics['val/mean_spearman']:6.3f}")
+    return lines
 
 
 def finish_tracking(tracker: RunTracker, model: nn.Module, tasks, cfg: TrainConfig, files: CheckpointManager) -> None:

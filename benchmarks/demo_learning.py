@@ -16,10 +16,11 @@ accuracy.  ``--static`` renders both the training and the evaluation clips as th
 frame repeated (``train_ddp.py --demo-static``, ``python -m datasets.demo --static``): what is
 still learned without motion.  Results go to ``OUT/NAME/summary.json``.
 
-The training run's own ``val/*`` metrics come from about 60 clips (the demo's 10 % validation
-split): too few to measure one feature to better than about +-0.1.  The evaluation set here has
-1000 clips (about 600 with two or more agents, the only ones with a joint-action score), which
-puts each feature's standard error near 0.03.
+The training run's own ``val/*`` metrics come from about 560 clips of the training seed (the
+demo's 10 % validation split plus ``demo_val_videos`` clips rendered for validation only), each
+feature's Spearman with its bootstrap standard error.  The evaluation set here has 1000 clips of
+another seed (about 600 with two or more agents, the only ones with a joint-action score), which
+puts each feature's standard error near 0.03: the check that the run's own validation says the same.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from datasets.demo import FEATURES, ensure_demo_dataset  # noqa: E402
 from evaluate import TARGET_PREFIX as TARGET  # noqa: E402  (the annotation beside each prediction)
-from utils.metrics import spearman  # noqa: E402
+from utils.metrics import spearman, spearman_se  # noqa: E402
+from utils.plots import read_metrics_jsonl  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
@@ -65,14 +67,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     return args, train_flags
 
 
-def bootstrap_spearman(pred: np.ndarray, target: np.ndarray, resamples: int, rng: np.random.Generator):
-    """(Spearman, bootstrap standard error, n) over the clips that have a target."""
+def bootstrap_spearman(pred: np.ndarray, target: np.ndarray, resamples: int):
+    """(Spearman, bootstrap standard error, n) over the clips that have a target; the standard error
+    is the one training's validation reports (utils.metrics.spearman_se)."""
     keep = np.isfinite(pred) & np.isfinite(target)
-    pred, target = pred[keep], target[keep]
-    n = len(pred)
-    draws = rng.integers(0, n, size=(resamples, n))
-    boot = np.array([spearman(pred[i], target[i]) for i in draws])
-    return spearman(pred, target), float(np.nanstd(boot, ddof=1)), n
+    return spearman(pred, target), spearman_se(pred, target, resamples), int(keep.sum())
 
 
 def summarize(predictions: Path, resamples: int) -> dict:
@@ -82,7 +81,7 @@ def summarize(predictions: Path, resamples: int) -> dict:
     features = [f for f in FEATURES if f"{f}_score" in frame]  # a run may train only some tasks
     for feature in features:
         col = f"{feature}_score"
-        rho, se, n = bootstrap_spearman(frame[col].to_numpy(float), frame[TARGET + col].to_numpy(float), resamples, rng)
+        rho, se, n = bootstrap_spearman(frame[col].to_numpy(float), frame[TARGET + col].to_numpy(float), resamples)
         out["features"][feature] = {"spearman": rho, "se": se, "n": n}
     out["mean_spearman"] = float(np.mean([v["spearman"] for v in out["features"].values()]))
     # the mean's standard error from resampling whole clips (the features are correlated)
@@ -105,6 +104,24 @@ def summarize(predictions: Path, resamples: int) -> dict:
             known = frame[TARGET + col].notna()
             pred, target = frame.loc[known, col].astype(str), frame.loc[known, TARGET + col].astype(str)
             out[f"{task}_accuracy"] = float((pred == target).mean())
+    return out
+
+
+def final_validation(train_out: Path, features) -> dict:
+    """The training run's own last validation per feature (Spearman, standard error, n), from its
+    metrics.jsonl; empty if it logged none."""
+    path = train_out / "metrics.jsonl"
+    if not path.exists():
+        return {}
+    history = read_metrics_jsonl(path)
+    last = {name: values[-1][1] for name, values in history.items() if values}
+    out = {}
+    for feature in features:
+        if f"val/{feature}/spearman" in last:
+            out[feature] = {
+                k: last.get(f"val/{feature}/{m}")
+                for k, m in (("spearman", "spearman"), ("se", "spearman_se"), ("n", "n"))
+            }
     return out
 
 
@@ -156,10 +173,18 @@ def main(argv: list[str] | None = None) -> int:
         eval_set={"seed": args.eval_seed, "videos": args.eval_videos},
         machine=f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}",
     )
+    summary["final_validation"] = final_validation(train_out, summary["features"])
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(f"\n{args.name}: held-out Spearman on {args.eval_videos} clips of seed {args.eval_seed} (± bootstrap SE)")
+    print(f"  {'':14s} {'held-out':>22s}   {'the run’s last validation':>27s}   difference")
     for feature, v in summary["features"].items():
-        print(f"  {feature:14s} {v['spearman']:6.3f} ± {v['se']:.3f}  (n={v['n']})")
+        own = summary["final_validation"].get(feature)
+        line = f"  {feature:14s} {v['spearman']:6.3f} ± {v['se']:.3f} (n={v['n']:4d})"
+        if own is not None and own["spearman"] is not None:
+            se, n = (float("nan") if own[k] is None else own[k] for k in ("se", "n"))
+            line += f"   {own['spearman']:6.3f} ± {se:.3f} (n={n:4.0f})"
+            line += f"   {own['spearman'] - v['spearman']:+.3f}"
+        print(line)
     print(f"  {'mean':14s} {summary['mean_spearman']:6.3f} ± {summary['mean_spearman_se']:.3f}")
     for task in ("peoplecount", "location"):
         if f"{task}_accuracy" in summary:

@@ -3,8 +3,9 @@
 
     python benchmarks/demo_throughput.py [--steps 25] [--repeats 2] [--nproc 2] [-- TRAIN FLAGS]
 
-Alternates ``torchrun --nproc_per_node=N train_ddp.py --max-steps STEPS --val-every 0`` as the
-demo runs (clips read from its frame cache ``DEMO_DIR/frame_cache_*``) and with the same settings
+Alternates ``torchrun --nproc_per_node=N train_ddp.py --max-steps STEPS --val-every 0
+--demo-val-videos 0`` as the demo runs (clips read from its frame cache ``DEMO_DIR/frame_cache_*``)
+and with the same settings
 (``--config configs/demo.yaml``) on ``--videos DEMO_DIR/videos`` (every clip decoded every epoch
 by DataLoader workers), ``--repeats`` times each, and reads each launch's own "clips/s over the
 N steps of this launch" line (the steps only: rendering, cache building and start-up are not in
@@ -36,7 +37,10 @@ QUIET = ["--no-progress", "--no-log-model", "--no-log-checkpoints", "--no-system
 def launch(out: Path, nproc: int, steps: int, flags: list[str]) -> float:
     """One training launch; its clips/s."""
     cmd = ["torchrun", "--standalone", f"--nproc_per_node={nproc}", str(REPO_ROOT / "train_ddp.py")]
-    cmd += ["--output-dir", str(out), "--max-steps", str(steps), "--val-every", "0", *QUIET, *flags]
+    # no validation, so none of the demo's validation-only clips either: they would be rendered for
+    # nothing, and the decoding launches (--videos, not the demo) would split them into training
+    cmd += ["--output-dir", str(out), "--max-steps", str(steps), "--val-every", "0", "--demo-val-videos", "0"]
+    cmd += [*QUIET, *flags]
     res = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
     match = RATE.search(res.stdout)
     if res.returncode != 0 or match is None:

@@ -57,6 +57,7 @@ _EXPORTS: dict[str, str] = {
     "ensure_demo_dataset": "demo",
     "ensure_demo_frame_cache": "demo",
     "demo_frame_cache_dir": "demo",
+    "demo_validation_names": "demo",
     "generate_demo_dataset": "demo",
     # annotations.py / splits.py: tables -> targets, train/val/test splits
     "AnnotationError": "annotations",

@@ -101,6 +101,7 @@ __all__ = [
     "MARKER_NAME",
     "NAN_RATES",
     "demo_frame_cache_dir",
+    "demo_validation_names",
     "ensure_demo_dataset",
     "ensure_demo_frame_cache",
     "generate_demo_dataset",
@@ -591,6 +592,13 @@ def _format_cell(value: object) -> object:
 
 def clip_name(index: int) -> str:
     return f"demo_{index:05d}.mp4"
+
+
+def demo_validation_names(num_videos: int, val_videos: int) -> list[str]:
+    """Names of the ``val_videos`` clips rendered after the first ``num_videos`` (in a dataset of
+    ``num_videos + val_videos`` clips) that a demo run validates on only: clips of the same seed and
+    distribution, so adding them leaves the first ``num_videos`` (and their split) as they were."""
+    return [clip_name(i) for i in range(num_videos, num_videos + val_videos)]
 
 
 def generate_demo_dataset(

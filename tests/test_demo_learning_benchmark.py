@@ -1,5 +1,6 @@
 """benchmarks/demo_learning.py's summary: Spearman per feature, its bootstrap standard error, accuracies."""
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.demo_learning import summarize  # noqa: E402
+from benchmarks.demo_learning import final_validation, summarize  # noqa: E402
 from datasets.demo import FEATURES  # noqa: E402
 from evaluate import TARGET_PREFIX  # noqa: E402
 
@@ -47,3 +48,15 @@ def test_summary_of_known_predictions(tmp_path):
     assert summary["mean_spearman"] == pytest.approx(np.mean([v["spearman"] for v in f.values()]))
     assert 0 < summary["mean_spearman_se"] < 0.05
     assert summary["peoplecount_accuracy"] == 0.25
+
+
+def test_the_runs_own_last_validation_is_read_beside_the_held_out_figures(tmp_path):
+    records = [
+        {"time": 1.0, "step": 45, "metrics": {"val/valence/spearman": 0.4, "val/valence/spearman_se": 0.05}},
+        {"time": 2.0, "step": 90, "metrics": {"train/loss": 0.3}},
+        {"time": 3.0, "step": 90, "metrics": {"val/valence/spearman": 0.8, "val/valence/spearman_se": 0.02}},
+        {"time": 3.0, "step": 90, "metrics": {"val/valence/n": 500.0}},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert final_validation(tmp_path, ["valence", "joint"]) == {"valence": {"spearman": 0.8, "se": 0.02, "n": 500.0}}
+    assert final_validation(tmp_path / "missing", ["valence"]) == {}

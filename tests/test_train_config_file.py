@@ -11,7 +11,8 @@ from launch_helpers import TINY, run_train
 pytestmark = pytest.mark.slow
 
 # the demo, made tiny by flags (which win over configs/demo.yaml)
-SMALL = [*TINY, "--demo-videos", "16", "--batch-size", "4", "--max-steps", "2", "--val-every", "0"]
+SMALL = [*TINY, "--demo-videos", "16", "--demo-val-videos", "0", "--batch-size", "4", "--max-steps", "2"]
+SMALL += ["--val-every", "0"]
 
 
 def test_the_demo_runs_configs_demo_yaml_and_its_saved_config_repeats_it(tmp_path):
@@ -21,7 +22,7 @@ def test_the_demo_runs_configs_demo_yaml_and_its_saved_config_repeats_it(tmp_pat
     assert first.stdout.splitlines()[0].startswith(
         "the demo (no --videos or --cache): settings from configs/demo.yaml, then the command line"
     ), first.stdout[:2000]
-    assert "  --width 32  (configs/demo.yaml)" in first.stdout  # the file's, where the flags say nothing
+    assert "  --lr 0.0007  (configs/demo.yaml)" in first.stdout  # the file's, where the flags say nothing
     assert "  --depth 18  (command line)" in first.stdout and "  --frames 4  (command line)" in first.stdout
     # the checkpoint and the MLflow run record the file
     last = torch.load(tmp_path / "first" / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)

@@ -64,6 +64,11 @@ def test_torchrun_two_processes_end_to_end(tiny_demo, tmp_path, monkeypatch):
     steps = last["step"]
     assert res.stdout.count("run ended:") == 1 and f"after {steps} steps, 2 of 2 epochs" in summary
     assert "best: val/mean_spearman = " in summary and f"best.pt: {ckdir / 'best.pt'}" in summary
+    # the last validation per score, its Spearman with the bootstrap standard error MLflow holds, and n
+    for task in ("valence", "arousal"):  # on the 4 validation clips, each has 4 targets
+        assert metrics[f"val/{task}/spearman_se"] >= 0
+        rho, se, n = (metrics[f"val/{task}/{m}"] for m in ("spearman", "spearman_se", "n"))
+        assert re.search(rf"^  {task} +{rho:.3f} ± {se:.3f} \(n={n:.0f}\)$", summary, re.M), summary
     assert (
         f"MLflow run {run.info.run_id}; to look at it: mlflow ui --backend-store-uri sqlite:///{out / 'mlflow.db'}"
         in summary

@@ -1,26 +1,26 @@
 """The model really learns the demo labels, and arousal from motion.
 
-Small versions of benchmarks/demo_learning.py (docs/log/demo_learning.md); each run's own validation
-split measures it.  Two runs of the demo config (ResNet3D-18 at width 32, trained from the demo's
+Small versions of benchmarks/demo_learning.py (docs/performance.md#demo), each measured by its own
+validation the way the demo measures itself: on its validation split plus clips rendered for
+validation only.  Two runs of the demo config (ResNet3D-18 at width 32, trained from the demo's
 frame cache, peak LR 7e-4, task weights joint 3x and communicating 2x) side by side, one
-single-thread process each: 320 clips of seed 0, 8 frames at 48 px, 8 epochs (120 steps), 83
-validation clips; the second on the same clips rendered without motion (``--demo-static``: each
-clip its first frame repeated, same labels).  Both take 76 s together here (2-core CPU VM,
-2026-12-03, demo generator version 9).
+single-thread process each: 320 clips of seed 0 (25 % of them for validation), 8 frames at 48 px,
+8 epochs (120 steps), then 83 + 240 = 323 validation clips, so each feature's Spearman has a
+bootstrap standard error of 0.02-0.07 (about 0.1 on the 83 alone); the second run on the same
+clips rendered without motion (``--demo-static``: each clip its first frame repeated, same labels).
 
-Since generator version 8 the demo's H.264 bytes are the same on every rendering, and each run is
-one single-thread process, so on this machine the pair gives the same figures every time; before,
-renderings differed slightly and that alone moved the outcome between draws (version 7, five
-draws: moving mean 0.518-0.543, arousal 0.65-0.70, static arousal 0.31-0.44, paired differences
-0.22-0.39; docs/log/demo_learning.md, rounds 7-8).  Measured with version 9: moving mean Spearman over
-the 8 score tasks 0.567 (after the first epoch 0.247), 5 single-frame tasks >= 0.4 (distance
-0.55, object 0.83, expanse 0.75, communicating 0.46, valence 0.78), arousal 0.65; static arousal
-0.38, difference 0.27.  Another machine's arithmetic (a different CPU's vector paths) can still
-move a figure by about as much as a re-rendering did, so each threshold sits below the measured
-value by at least that spread, as its comment says: mean >= 0.50, at least 4 single-frame tasks
->= 0.4, moving arousal >= 0.55 and at least 0.18 above the static run's.  Joint action is learned
-by the demo model at full size (round 8: .73-.81 in the default, -.02 without motion), not at CI
-size (0.15-0.30), so it has no threshold here.
+The demo's H.264 bytes are the same on every rendering and each run is one single-thread process,
+so on one machine the pair gives the same figures every time.  Measured with demo generator
+version 9 on the 323 clips: moving mean Spearman over the 8 score tasks 0.548 (after the first
+epoch 0.255), 6 single-frame tasks >= 0.4 (distance 0.46, object 0.79, expanse 0.79, facingness
+0.41, communicating 0.51, valence 0.75), arousal 0.52 +- 0.05; static arousal 0.29 +- 0.06,
+difference 0.23.  Another machine's arithmetic (a different CPU's vector paths) can move a figure
+by about as much as re-renderings of the non-reproducible clips of generator version 7 did (0.025
+for the mean), so each threshold sits below the measured value by more than that, as its comment
+says: mean >= 0.50, at least 4 single-frame tasks >= 0.4, moving arousal >= 0.42 and at least 0.13
+above the static run's.  Joint action is learned by the demo model at full size (0.82 on the
+demo's validation, 0.80 held out; docs/performance.md), not at CI size (0.15 here), so it has no
+threshold.
 """
 
 import shutil
@@ -32,7 +32,11 @@ from launch_helpers import train
 pytestmark = pytest.mark.slow
 
 EPOCHS = 8
-ALL = (320, "0.25", "--size", "48", "--epochs", str(EPOCHS))
+# 320 clips split as before (the same training clips), validated like the demo: on their validation
+# split plus clips rendered for validation only (VAL_ONLY), so each feature is measured to a
+# standard error near 0.05 rather than the split's 0.1 and the thresholds below sit on signal
+VAL_ONLY = 240
+ALL = (320, "0.25", "--size", "48", "--epochs", str(EPOCHS), "--demo-val-videos", str(VAL_ONLY))
 RUNS = {"moving": ALL, "static": (*ALL, "--demo-static")}  # name: clips, validation fraction, flags
 
 
@@ -63,6 +67,7 @@ def train_demo(tmp_path, name: str, videos: int, val_fraction: str, *extra: str)
         demo_videos=videos,
         val_fraction=val_fraction,
         test_fraction=0,
+        val_every=1,  # every epoch (the demo's file says every third): the first epoch is compared
         num_workers=1,
         seed=0,
         progress=False,
@@ -78,20 +83,20 @@ def test_demo_training_learns(learning_runs):
     val = learning_runs["moving"]
     assert len(val) == EPOCHS
     final = val[-1]
-    assert final["val/clips"] >= 80
-    assert final["val/mean_spearman"] >= 0.50, final  # measured 0.567 (version 7: a 0.025 spread): margin 0.067
+    assert final["val/clips"] >= 80 + VAL_ONLY
+    assert final["val/mean_spearman"] >= 0.50, final  # measured 0.548 (version 7: a 0.025 spread): margin 0.048
     learned = [
         t
         for t in ("distance", "object", "expanse", "valence", "facingness", "communicating")
         if final.get(f"val/{t}/spearman", 0) >= 0.4
     ]
-    assert len(learned) >= 4, final  # measured 5 (version 7: 3-5 between draws)
-    assert final["val/mean_spearman"] > val[0]["val/mean_spearman"] + 0.1, val  # it rose (measured +0.32)
+    assert len(learned) >= 4, final  # measured 6 (facingness 0.41, distance 0.46 the nearest)
+    assert final["val/mean_spearman"] > val[0]["val/mean_spearman"] + 0.1, val  # it rose (measured +0.29)
 
 
 def test_without_motion_arousal_is_not_learned(learning_runs):
     moving, static = learning_runs["moving"][-1], learning_runs["static"][-1]
     assert static["val/clips"] == moving["val/clips"]
-    assert moving["val/arousal/spearman"] >= 0.55, moving  # measured 0.65 (version 7: 0.65-0.70): margin 0.10
+    assert moving["val/arousal/spearman"] >= 0.42, moving  # measured 0.52 +- 0.05: margin 0.10
     gap = moving["val/arousal/spearman"] - static["val/arousal/spearman"]
-    assert gap >= 0.18, (moving, static)  # measured 0.27 (version 7: 0.22-0.39): margin 0.09
+    assert gap >= 0.13, (moving, static)  # measured 0.23 (static 0.29 +- 0.06): margin 0.10

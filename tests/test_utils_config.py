@@ -200,16 +200,20 @@ def test_the_default_output_dir_of_a_real_data_run_is_new_and_named_after_the_ru
     assert default_output_dir("lr sweep/3", now) == "runs/lr_sweep_3-" + stamp[len("runs/") :]
 
 
-def test_the_demo_file_holds_the_settings_of_the_preset_it_replaced_so_old_demo_runs_resume():
-    # the demo's settings as train_ddp.py's DEMO_PRESET set them, which runs/demo checkpoints hold
+def test_the_demo_file_holds_the_preset_it_replaced_plus_its_validation_clips():
+    # the demo's settings as train_ddp.py's DEMO_PRESET set them, which old runs/demo checkpoints hold
     preset = {
         **dict(depth=18, width=32, frames=8, size=48, batch_size=16, epochs=18, lr=7e-4, weight_decay=0.01),
         **dict(dropout=0.2, num_workers=2, checkpoint_every=0, val_every=1, patience=0, warmup_steps=20),
         **dict(task_weights="joint=3,communicating=2", output_dir="runs/demo"),
     }
+    # since then: validation on 500 more clips, every third epoch (docs/training.md)
+    now = {**preset, "demo_val_videos": 500, "val_every": 3}
     cfg, sources = parse_config([], demo_config=DEMO)
-    assert set(sources) == set(preset)
-    assert {**cfg.to_dict(), "config": None} == TrainConfig(**preset).to_dict()
+    assert set(sources) == set(now)
+    assert {**cfg.to_dict(), "config": None} == TrainConfig(**now).to_dict()
     old = {**TrainConfig(**preset).to_dict(), "demo_cache": True}  # what such a checkpoint's config holds
     del old["config"]
-    assert learning_options_mismatch(old, cfg) is None
+    # an old demo run validated on other clips: continuing it would mix two validation sets in one run
+    assert "--demo-val-videos 0 -> 500" in learning_options_mismatch(old, cfg)
+    assert learning_options_mismatch({**old, "demo_val_videos": 500}, cfg) is None  # val_every may change

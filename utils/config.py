@@ -44,7 +44,12 @@ class TrainConfig:
         None, "frame cache directory made by `python -m datasets.prepare` (used instead of decoding --videos)"
     )
     demo_dir: str = _f(".cache/demo", "where the demo dataset is generated when --videos is unset")
-    demo_videos: int = _f(600, "number of demo clips to generate")
+    demo_videos: int = _f(600, "number of demo clips to generate (split into train/val/test like any table)")
+    demo_val_videos: int = _f(
+        0,
+        "more demo clips, rendered after those and used for validation only, so a demo's validation "
+        "measures each feature to a readable standard error without taking training clips",
+    )
     demo_static: bool = _f(False, "demo clips show their first frame throughout (same labels): the no-motion control")
     split: str = _f(
         "hash",
@@ -305,7 +310,12 @@ HELP_GROUPS: dict[str, tuple[str, ...]] = {
     "distributed and launch": (
         *("device", "dist_timeout", "grad_compression", "ddp_bucket_mb", "gradient_as_bucket_view"),
     ),
-    "demo (no --videos/--cache: built-in clips, configs/demo.yaml)": ("demo_dir", "demo_videos", "demo_static"),
+    "demo (no --videos/--cache: built-in clips, configs/demo.yaml)": (
+        "demo_dir",
+        "demo_videos",
+        "demo_val_videos",
+        "demo_static",
+    ),
 }
 
 
@@ -432,7 +442,7 @@ COMM_OPTIONS = ("grad_compression", "ddp_bucket_mb", "gradient_as_bucket_view")
 # experiments (or train on clips it validated on) -- e.g. an old runs/demo continued under a newer
 # configs/demo.yaml.  Epochs, max steps, patience and the like may change: they say how long, not what.
 LEARNING_OPTIONS = (
-    *("split", "val_fraction", "test_fraction", "demo_videos", "demo_static", "frames", "size"),
+    *("split", "val_fraction", "test_fraction", "demo_videos", "demo_val_videos", "demo_static", "frames", "size"),
     *("tasks", "task_weights", "include_confidence", "alpha", "beta"),
 )
 
