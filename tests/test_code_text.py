@@ -101,6 +101,24 @@ x = "round 7"  # a plain string literal (not a comment, docstring or help string
     assert violations(source) == []
 
 
+def yaml_comment_violations(path: Path) -> list[str]:
+    """The same rules for the comments of a shipped config file (configs/, the demo's reasons)."""
+    out = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.lstrip().startswith("#"):
+            for label, pattern in FORBIDDEN.items():
+                out += [
+                    f"{path.relative_to(REPO)}:{number}: comment has a {label}: {m.group(0)!r}"
+                    for m in pattern.finditer(line)
+                ]
+    return out
+
+
+def test_config_file_comments_say_what_is_true_now():
+    found = [v for path in sorted((REPO / "configs").rglob("*.yaml")) for v in yaml_comment_violations(path)]
+    assert not found, "history belongs in docs/log/, not in config files:\n" + "\n".join(found)
+
+
 def test_code_text_says_what_is_true_now():
     found = [
         v for path in python_files() for v in violations(path.read_text(encoding="utf-8"), str(path.relative_to(REPO)))
