@@ -27,10 +27,12 @@ def test_the_demo_runs_configs_demo_yaml_and_its_saved_config_repeats_it(tmp_pat
     # the checkpoint and the MLflow run record the file
     last = torch.load(tmp_path / "first" / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     assert last["config"]["config"] == "configs/demo.yaml" and last["config"]["lr"] == 7e-4
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'first' / 'mlflow.db'}")
-    (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    # a client of its own: a process-wide set_tracking_uri() would send later tests' MLflow calls here
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'first' / 'mlflow.db'}")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    (run,) = client.search_runs(experiments)
     assert run.data.params["config"] == "configs/demo.yaml"
-    assert "config.yaml" in {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert "config.yaml" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
     saved = tmp_path / "first" / "config.yaml"
     second = run_train(["--config", str(saved), "--output-dir", str(tmp_path / "second")], timeout=600)

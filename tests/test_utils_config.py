@@ -40,11 +40,14 @@ def test_the_options_the_launch_scripts_pass_parse():
     repo = Path(__file__).resolve().parents[1]
     lines = [line for line in (repo / "launch" / "common.sh").read_text().splitlines() if "TRAIN_CMD+=" in line]
     passed = sorted({flag for line in lines for flag in re.findall(r"(--[a-z][a-z0-9-]*)", line)})
-    assert passed == ["--device", "--output-dir", "--resume", "--run-name", "--tracking-uri"], passed
-    values = {"--device": "cpu", "--resume": "auto"}  # the values the scripts use where the parser has choices
+    assert passed == ["--config", "--device", "--output-dir", "--resume", "--run-name", "--tracking-uri"], passed
+    # the values the scripts use where the parser has choices; a sweep trial's --config is a real file
+    values = {"--device": "cpu", "--resume": "auto", "--config": str(repo / "configs" / "demo.yaml")}
     args = [a for flag in passed for a in (flag, values.get(flag, "x"))]
     cfg, sources = parse_config(args)
-    assert set(sources) == {"device", "output_dir", "resume", "run_name", "tracking_uri"}
+    assert cfg.config == values["--config"]
+    given = {name for name, where in sources.items() if where == "command line"}
+    assert given == {"device", "output_dir", "resume", "run_name", "tracking_uri"}
     assert (cfg.device, cfg.resume, cfg.output_dir) == ("cpu", "auto", "x")
 
 
