@@ -163,6 +163,31 @@ class LocalSlurm:
     def scancel(self, *args: str) -> None:
         self._run(["scancel", *args])
 
+    def signal_batch_shell(self, job_id: int | str, sig: signal.Signals = signal.SIGUSR1) -> None:
+        """Send ``sig`` once to a running job's batch script, as ``--signal=B:SIG@secs`` does.
+
+        ``scancel --batch --signal`` is not used for array tasks: while other tasks of the array
+        are pending, SLURM answers "Job is in transitional state" although it delivered the
+        signal, and scancel retries until the job ends, so a requeued task gets it again."""
+        task_id = self.job(job_id).get("JobId")
+        if not task_id:
+            raise RuntimeError(f"no job {job_id}\n{self.logs()}")
+        script = f"/job{int(task_id):05d}/slurm_script"
+        shells = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            # the shell itself, not a subshell it forked (same command line): slurmstepd's child
+            if str(self.root / "spool") in cmdline and script in cmdline and self._parent_is_stepd(entry):
+                shells.append(int(entry.name))
+        if len(shells) != 1:
+            raise RuntimeError(f"job {job_id}: expected one batch script process, found {shells}\n{self.logs()}")
+        os.kill(shells[0], sig)
+
     def scontrol(self, *args: str) -> str:
         return self._run(["scontrol", *args]).stdout
 
@@ -206,6 +231,14 @@ class LocalSlurm:
         res = self._run(["sinfo", "--noheader", "--format=%n %t", "--Node"], check=False)
         states = dict(line.split() for line in res.stdout.splitlines() if line.strip())
         return res.returncode == 0 and all(states.get(n) in ("idle", "mix", "alloc") for n in self.nodes)
+
+    @staticmethod
+    def _parent_is_stepd(proc: Path) -> bool:
+        try:
+            ppid = (proc / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            return Path("/proc", ppid, "cmdline").read_bytes().startswith(b"slurmstepd")
+        except (OSError, IndexError):
+            return False
 
     def _step_daemons(self) -> list[int]:
         """slurmstepd processes whose command line names this cluster's spool directory."""

@@ -99,8 +99,8 @@ def test_a_sweep_on_slurm_two_at_a_time_with_a_preempted_trial(tmp_path, tiny_de
             wait_for("the array", lambda: state_file.exists() and (json.loads(state_file.read_text()).get("slurm")))
             job = json.loads(state_file.read_text())["slurm"]["array_job_id"]
             wait_for("trial 000 training", lambda: logged_step(sweep_dir / "trials" / "000") >= 2)
-            # what SLURM does before a time limit or a preemption: USR1 to the task's batch shell
-            cluster.scancel("--batch", "--signal=USR1", f"{job}_0")
+            # what SLURM does before a time limit or a preemption: USR1, once, to the task's batch shell
+            cluster.signal_batch_shell(f"{job}_0")
             wait_for("the end", lambda: proc.poll() is not None)
         finally:
             stop_leftovers(proc, out_path)

@@ -70,6 +70,49 @@ def _dead_port():
     return port
 
 
+def test_rows_inserted_at_once_by_another_run_do_not_stop_logging(tmp_path, monkeypatch):
+    """Runs that start together against one server (a sweep's trials) insert the same experiment
+    tag and dataset row; the server refuses the second insert (a unique constraint).  The run
+    still starts and logs everything, live, with no warning."""
+    import mlflow
+    from mlflow.exceptions import RestException
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    calls = []
+
+    def collides_once(name, real):
+        def call(*args, **kwargs):
+            calls.append(name)
+            if calls.count(name) == 1:  # the server's answer to the colliding insert
+                raise RestException({"error_code": "BAD_REQUEST", "message": "UNIQUE constraint failed"})
+            return real(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(mlflow, "set_experiment_tag", collides_once("tag", mlflow.set_experiment_tag))
+    monkeypatch.setattr(mlflow, "log_input", collides_once("input", mlflow.log_input))
+    t = RunTracker(True, tmp_path, uri, "exp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the tracker's "MLflow ... failed" warning
+        run_id = t.start(experiment_tags={"mlflow.experimentKind": "custom_model_development"})
+        t.log_input_table(pd.DataFrame({"a": [1]}), source="ann.csv", name="ann.csv", context="training")
+        t.log_metrics({"m": 1.0}, step=1)
+        t.end("FINISHED")
+    assert run_id is not None and calls == ["tag", "tag", "input", "input"]
+    client = _client(uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and len(run.inputs.dataset_inputs) == 1
+    assert [m.value for m in client.get_metric_history(run_id, "m")] == [1.0]
+    assert client.get_experiment_by_name("exp").tags["mlflow.experimentKind"] == "custom_model_development"
+
+    # a later run finds the tag already set and does not write it again
+    calls.clear()
+    t2 = RunTracker(True, tmp_path, uri, "exp")
+    assert t2.start(experiment_tags={"mlflow.experimentKind": "custom_model_development"}) is not None
+    t2.end("FINISHED")
+    assert calls == []
+
+
 def test_dead_server_never_raises_and_keeps_metrics(tmp_path):
     t = RunTracker(True, tmp_path, f"http://127.0.0.1:{_dead_port()}", "exp")
     with warnings.catch_warnings(record=True) as caught:

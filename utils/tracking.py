@@ -128,9 +128,19 @@ class RunTracker:
             mlflow.start_run(run_id=self.run_id, log_system_metrics=self.system_metrics)
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+        from mlflow.exceptions import RestException
+
         try:
-            self._activate()
-            result = fn()
+            try:
+                self._activate()
+                result = fn()
+            except RestException:
+                # The server answered, with an error.  Runs that start at once against one server
+                # (a sweep's trials) insert the same experiment tag or dataset row, and the second
+                # insert fails on a unique constraint; the row exists then, so one more try works.
+                # A request that is wrong fails again and is handled below.
+                self._activate()
+                result = fn()
         except Exception as exc:  # any backend error: keep training, keep the local record
             if not self._warned:
                 warnings.warn(
@@ -167,9 +177,10 @@ class RunTracker:
                     mlflow.create_experiment(
                         self.experiment, artifact_location=local_artifact_location(self.tracking_uri)
                     )
-                mlflow.set_experiment(self.experiment)
+                experiment = mlflow.set_experiment(self.experiment)
                 for key, value in (experiment_tags or {}).items():
-                    mlflow.set_experiment_tag(key, value)
+                    if experiment.tags.get(key) != value:
+                        mlflow.set_experiment_tag(key, value)
                 run = mlflow.start_run(run_name=self.run_name, tags=tags, log_system_metrics=self.system_metrics)
             return run.info.run_id
 
