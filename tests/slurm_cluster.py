@@ -50,6 +50,28 @@ def _binary(name: str) -> str:
     return shutil.which(name) or str(Path("/usr/sbin", name))
 
 
+def _cmdline(pid: int) -> str:
+    """A process's command line, arguments joined by spaces ("" once it is gone)."""
+    try:
+        return Path("/proc", str(pid), "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path("/proc", str(pid), "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _processes():
+    """(pid, command line) of every process on this machine."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            yield int(entry.name), _cmdline(int(entry.name))
+
+
 class LocalSlurm:
     """``with LocalSlurm(tmp_dir, cpus=2) as cluster: cluster.sbatch([...])``."""
 
@@ -173,17 +195,13 @@ class LocalSlurm:
         if not task_id:
             raise RuntimeError(f"no job {job_id}\n{self.logs()}")
         script = f"/job{int(task_id):05d}/slurm_script"
-        shells = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            # the shell itself, not a subshell it forked (same command line): slurmstepd's child
-            if str(self.root / "spool") in cmdline and script in cmdline and self._parent_is_stepd(entry):
-                shells.append(int(entry.name))
+        spool = str(self.root / "spool")
+        # the shell itself, not a subshell it forked (same command line): slurmstepd's child
+        shells = [
+            pid
+            for pid, cmdline in _processes()
+            if spool in cmdline and script in cmdline and _cmdline(_parent(pid)).startswith("slurmstepd")
+        ]
         if len(shells) != 1:
             raise RuntimeError(f"job {job_id}: expected one batch script process, found {shells}\n{self.logs()}")
         os.kill(shells[0], sig)
@@ -232,28 +250,18 @@ class LocalSlurm:
         states = dict(line.split() for line in res.stdout.splitlines() if line.strip())
         return res.returncode == 0 and all(states.get(n) in ("idle", "mix", "alloc") for n in self.nodes)
 
-    @staticmethod
-    def _parent_is_stepd(proc: Path) -> bool:
-        try:
-            ppid = (proc / "stat").read_text().rsplit(")", 1)[1].split()[1]
-            return Path("/proc", ppid, "cmdline").read_bytes().startswith(b"slurmstepd")
-        except (OSError, IndexError):
-            return False
-
     def _step_daemons(self) -> list[int]:
         """slurmstepd processes whose command line names this cluster's spool directory."""
-        found = []
         spool = str(self.root / "spool")
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                environ = (entry / "environ").read_bytes().decode(errors="replace")
-            except OSError:
-                continue
-            if cmdline.startswith("slurmstepd") and (spool in cmdline or str(self.conf) in environ):
-                found.append(int(entry.name))
+        found = []
+        for pid, cmdline in _processes():
+            if cmdline.startswith("slurmstepd"):
+                try:
+                    environ = Path("/proc", str(pid), "environ").read_bytes().decode(errors="replace")
+                except OSError:
+                    continue
+                if spool in cmdline or str(self.conf) in environ:
+                    found.append(pid)
         return found
 
     def _write_conf(self) -> None:
