@@ -333,6 +333,7 @@ def cache_batches(s: Settings, batch_size: int, n_batches: int, device: torch.de
         size=s.size,
         train=True,
         seed=s.seed,
+        augment=train_ddp.TRAIN_AUGMENTATION,  # the loop's own crops and flips
     )
     # the clips cycle to fill n_batches, each pass another epoch: fresh augmentation each time
     order = [(i // len(dataset), i % len(dataset)) for i in range(batch_size * n_batches)]
